@@ -1,0 +1,36 @@
+"""Which utterances a fold trains and tests on.
+
+The original protocol tests fold k of 5 on the contiguous block [int(n*(k-1)/5), int(n*k/5)) of the
+ordered utterances and trains on the rest; the integer boundaries are exactly the original's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import UserError
+
+NUM_FOLDS = 5
+SPLITS = ("contiguous",)
+
+
+@dataclass(frozen=True)
+class Fold:
+    fold: int  # 1-based
+    train: list[int]  # indices into the ordered utterance list
+    test: list[int]
+
+
+def block_bounds(n: int, fold: int, num_folds: int = NUM_FOLDS) -> tuple[int, int]:
+    """[start, end) of the test block, with the original's float division and truncation."""
+    return int(n * (fold - 1) / num_folds), int(n * fold / num_folds)
+
+
+def make_fold(n: int, fold: int, split: str = "contiguous", num_folds: int = NUM_FOLDS) -> Fold:
+    """Train/test indices for `fold` (1-based) of `num_folds` over n ordered utterances."""
+    if not 1 <= fold <= num_folds:
+        raise UserError(f"--num_fold {fold}: choose a fold from 1 to {num_folds}")
+    if split not in SPLITS:
+        raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    start, end = block_bounds(n, fold, num_folds)
+    return Fold(fold, [*range(start), *range(end, n)], list(range(start, end)))

@@ -1,0 +1,456 @@
+"""KEMDy19 / KEMDy20 readers: a corpus root on disk -> ordered utterance records, plus an audit command.
+
+The order is the original's (annotation files sorted by name, rows in file order), because the
+contiguous 5-fold split is defined on it. Every quirk of the real corpora is handled here and nowhere
+else; the README's "Data" section lists them. Utterances that cannot be used are returned as
+`Exclusion`s with a reason, never dropped silently.
+
+Audit:  python -m common.kemdy --dataset 20 --dataset_dir /data/KEMDy20 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+from common.errors import UserError, run_cli
+
+# The class order used everywhere (multi-hot vectors, logits, reports): alphabetical.
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+# The corpora spell disgust "disqust"; both spellings are accepted.
+_LABEL_INDEX = {name: i for i, name in enumerate(EMOTIONS)} | {"disqust": EMOTIONS.index("disgust")}
+DATASETS = ("19", "20")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one dataset keeps its annotation files and which columns hold what."""
+
+    dataset: str
+    file_pattern: re.Pattern  # annotation file name; group 1 = session number
+    file_glob: str  # the same, for messages
+    segment_col: int  # Segment ID; Emotion, Valence, Arousal follow it
+
+
+LAYOUTS = {
+    "19": Layout("19", re.compile(r"^Session(\d+)_([FM])_res\.csv$", re.I), "SessionNN_{F,M}_res.csv", 9),
+    "20": Layout("20", re.compile(r"^Sess(\d+)_eval\.csv$", re.I), "SessNN_eval.csv", 3),
+}
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One usable annotation row and the recording it refers to."""
+
+    segment_id: str  # the recording's id (its wav stem)
+    annotation_id: str  # the id as written in the annotation file (differs for KEMDy20 session 17)
+    annotation: str  # annotation file name
+    line: int  # 1-based line of the row in that file
+    session: str  # "Sess01"
+    speaker: str  # KEMDy20 "User002M"; KEMDy19 "Sess01_F"
+    wav: Path
+    text: str  # first line of the transcript, raw (noise markers kept, as the original)
+    labels: tuple[int, ...]  # multi-hot over EMOTIONS
+    valence: float  # 1..5
+    arousal: float  # 1..5
+    duration: float  # seconds, from the wav header
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """An annotation row that is not used, and why."""
+
+    segment_id: str
+    reason: str
+    annotation: str
+    line: int
+    detail: str = ""
+
+
+@dataclass
+class Corpus:
+    dataset: str
+    root: Path
+    annotation_files: list[str]
+    rows: int  # non-blank data rows read, used or not
+    utterances: list[Utterance]
+    excluded: list[Exclusion]
+    other_actor_rows: int = 0  # KEMDy19 rows dropped by rows="speaker"
+    transcript_encodings: Counter = field(default_factory=Counter)
+
+
+def decode_text(data: bytes) -> tuple[str, str] | None:
+    """Strict decoding, UTF-8 (with or without BOM) first, then cp949; None if neither fits."""
+    for encoding in ("utf-8-sig", "cp949"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if encoding == "utf-8-sig":
+            encoding = "utf-8-bom" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
+        return text, encoding
+    return None
+
+
+def parse_emotions(cell: str) -> tuple[int, ...]:
+    """`neutral;happy` -> multi-hot over EMOTIONS. Raises ValueError naming an unknown label."""
+    names = [part.strip().lower() for part in cell.split(";") if part.strip()]
+    if not names:
+        raise ValueError("empty Emotion cell")
+    hot = [0] * len(EMOTIONS)
+    for name in names:
+        if name not in _LABEL_INDEX:
+            raise ValueError(f"unknown emotion label {name!r}")
+        hot[_LABEL_INDEX[name]] = 1
+    return tuple(hot)
+
+
+def _parse_score(cell: str, name: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ValueError(f"{name} {cell.strip()!r} is not a number") from None
+    if math.isnan(value) or not 1.0 <= value <= 5.0:
+        raise ValueError(f"{name} {cell.strip()!r} is outside 1..5")
+    return value
+
+
+def _read_annotation(path: Path, layout: Layout) -> list[list[str]]:
+    """The data rows of one annotation file, after checking its two header rows."""
+    decoded = decode_text(path.read_bytes())
+    if decoded is None:
+        raise UserError(f"{path}: annotation file is neither UTF-8 nor cp949 text")
+    rows = list(csv.reader(io.StringIO(decoded[0], newline="")))
+    if len(rows) < 2:
+        raise UserError(f"{path}: expected two header rows, found {len(rows)} row(s)")
+    first, second = rows[0], rows[1]
+    col = layout.segment_col
+
+    def cell(row: list[str], i: int) -> str:
+        return row[i].strip().lower().replace(" ", "") if i < len(row) else ""
+
+    if cell(first, col) != "segmentid":
+        other = LAYOUTS["20" if layout.dataset == "19" else "19"]
+        if cell(first, other.segment_col) == "segmentid":
+            raise UserError(
+                f"{path}: 'Segment ID' is in column {other.segment_col + 1} as in KEMDy{other.dataset}, "
+                f"not column {col + 1} as in KEMDy{layout.dataset}: use --dataset {other.dataset}"
+            )
+        found = repr(first[col].strip()) if col < len(first) else "nothing"
+        raise UserError(
+            f"{path}: expected 'Segment ID' in column {col + 1} of the first header row, found {found} "
+            f"(missing columns?)"
+        )
+    wanted = ["emotion", "valence", "arousal"]
+    found = [cell(second, col + k) for k in (1, 2, 3)]
+    if found != wanted:
+        raise UserError(
+            f"{path}: expected Emotion, Valence, Arousal in columns {col + 2}-{col + 4} of the second "
+            f"header row, found {', '.join(repr(f) for f in found)} (missing columns?)"
+        )
+    return rows[2:]
+
+
+class _Skip(Exception):
+    """An annotation row that cannot be used: reason code and detail."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+class _RowReader:
+    """Turns annotation rows into Utterances; caches per-recording lookups (KEMDy19 lists each twice)."""
+
+    def __init__(self, layout: Layout, root: Path):
+        self.layout, self.root = layout, root
+        self._info: dict[Path, object] = {}
+        self._text: dict[Path, tuple[str, str] | None] = {}
+
+    def _wav_info(self, wav: Path):
+        if wav not in self._info:
+            try:
+                self._info[wav] = sf.info(str(wav))
+            except (sf.LibsndfileError, RuntimeError, OSError) as err:
+                message = (str(err).strip() or "unreadable").splitlines()[0]
+                raise _Skip("unreadable_wav", f"{wav}: {message}") from None
+        return self._info[wav]
+
+    def _transcript(self, txt: Path) -> tuple[str, str]:
+        if txt not in self._text:
+            self._text[txt] = decode_text(txt.read_bytes())
+        if self._text[txt] is None:
+            raise _Skip("undecodable_transcript", f"{txt}: neither UTF-8 nor cp949")
+        return self._text[txt]
+
+    def read(self, annotation: str, file_session: str, line: int, row: list[str]) -> tuple[Utterance, str]:
+        """The row's utterance and its transcript's encoding; raises _Skip when unusable."""
+        col = self.layout.segment_col
+        if len(row) < col + 4:
+            raise _Skip("malformed_row", f"{len(row)} columns, need at least {col + 4}")
+        annotation_id = row[col].strip()
+        if not annotation_id:
+            raise _Skip("missing_segment_id")
+        try:
+            labels = parse_emotions(row[col + 1])
+        except ValueError as err:
+            raise _Skip("unknown_emotion" if "unknown" in str(err) else "missing_emotion", str(err)) from None
+        try:
+            valence = _parse_score(row[col + 2], "valence")
+            arousal = _parse_score(row[col + 3], "arousal")
+        except ValueError as err:
+            raise _Skip("invalid_valence_arousal", str(err)) from None
+        segment_id, session, speaker, wav = _locate(self.layout, self.root, file_session, annotation_id)
+        txt = wav.with_suffix(".txt")
+        has_wav, has_txt = wav.is_file(), txt.is_file()
+        if not has_wav and not has_txt:
+            raise _Skip("missing_wav_and_transcript", str(wav))
+        if not has_wav or not has_txt:
+            raise _Skip("missing_wav", str(wav)) if not has_wav else _Skip("missing_transcript", str(txt))
+        info = self._wav_info(wav)
+        text, encoding = self._transcript(txt)
+        lines = text.splitlines()
+        return Utterance(
+            segment_id=segment_id,
+            annotation_id=annotation_id,
+            annotation=annotation,
+            line=line,
+            session=session,
+            speaker=speaker,
+            wav=wav,
+            text=lines[0].strip() if lines else "",
+            labels=labels,
+            valence=valence,
+            arousal=arousal,
+            duration=info.frames / info.samplerate if info.samplerate else 0.0,
+            sample_rate=info.samplerate,
+            channels=info.channels,
+        ), encoding
+
+
+def _locate(layout: Layout, root: Path, file_session: str, annotation_id: str) -> tuple[str, str, str, Path]:
+    """(segment id on disk, session, speaker, wav path) for an annotation row."""
+    match = re.match(r"Sess(\d+)", annotation_id)
+    if layout.dataset == "20":
+        # Session-17 quirk, handled generally: an id naming another session than its annotation file
+        # lives in the file's session folder under the file's prefix.
+        segment_id = annotation_id
+        if match and int(match.group(1)) != int(file_session):
+            segment_id = f"Sess{file_session}" + annotation_id[match.end() :]
+        session = f"Sess{file_session}"
+        wav = root / "wav" / f"Session{file_session}" / f"{segment_id}.wav"
+        speaker = re.search(r"User\d+[FM]?", segment_id, re.I)
+        return segment_id, session, speaker.group(0) if speaker else "", wav
+    number = match.group(1) if match else file_session
+    session = f"Sess{number}"
+    # The recording folder is the id without its last five characters ("_F001").
+    wav = root / "wav" / f"Session{number}" / annotation_id[:-5] / f"{annotation_id}.wav"
+    gender = _gender(annotation_id)
+    return annotation_id, session, f"{session}_{gender}" if gender else "", wav
+
+
+def _gender(kemdy19_id: str) -> str:
+    """The speaking actor of a KEMDy19 segment id ("Sess01_impro01_F001" -> "F"), or ""."""
+    match = re.search(r"_([FM])\d+$", kemdy19_id, re.I)
+    return match.group(1).upper() if match else ""
+
+
+def _check_root(dataset: str, root: Path) -> list[Path]:
+    """The dataset's annotation files in the original's order, or a UserError saying what is wrong."""
+    if dataset not in LAYOUTS:
+        raise UserError(f"--dataset {dataset!r}: choose 19 or 20")
+    if not root.is_dir():
+        raise UserError(f"--dataset_dir {root}: no such directory")
+    for sub in ("annotation", "wav"):
+        if not (root / sub).is_dir():
+            raise UserError(f"--dataset_dir {root}: not a KEMDy{dataset} root (no {sub}/ folder)")
+    layout = LAYOUTS[dataset]
+    names = sorted(p.name for p in (root / "annotation").iterdir() if p.is_file())
+    files = [root / "annotation" / n for n in names if layout.file_pattern.match(n)]
+    if files:
+        return files
+    other = LAYOUTS["20" if dataset == "19" else "19"]
+    if any(other.file_pattern.match(n) for n in names):
+        raise UserError(
+            f"{root / 'annotation'}: holds KEMDy{other.dataset} annotation files ({other.file_glob}), "
+            f"not KEMDy{dataset}'s ({layout.file_glob}): use --dataset {other.dataset}"
+        )
+    raise UserError(f"{root / 'annotation'}: no KEMDy{dataset} annotation files ({layout.file_glob})")
+
+
+def read_corpus(dataset: str, root: str | Path, rows: str = "all") -> Corpus:
+    """Read a KEMDy19/20 root. rows="speaker" keeps, for KEMDy19, only the speaking actor's file's row."""
+    dataset, root = str(dataset), Path(root)
+    if rows not in ("all", "speaker"):
+        raise UserError(f"rows {rows!r}: choose 'all' or 'speaker'")
+    files = _check_root(dataset, root)
+    layout = LAYOUTS[dataset]
+    corpus = Corpus(dataset, root, [p.name for p in files], 0, [], [])
+    reader = _RowReader(layout, root)
+    for path in files:
+        file_match = layout.file_pattern.match(path.name)
+        for line, row in enumerate(_read_annotation(path, layout), start=3):
+            if not any(c.strip() for c in row):
+                continue
+            corpus.rows += 1
+            if dataset == "19" and rows == "speaker" and len(row) > layout.segment_col:
+                gender = _gender(row[layout.segment_col].strip())
+                if gender and gender != file_match.group(2).upper():
+                    corpus.other_actor_rows += 1
+                    continue
+            try:
+                utterance, encoding = reader.read(path.name, file_match.group(1), line, row)
+            except _Skip as skip:
+                ident = row[layout.segment_col].strip() if len(row) > layout.segment_col else ""
+                corpus.excluded.append(
+                    Exclusion(ident or f"{path.name}:{line}", skip.reason, path.name, line, skip.detail)
+                )
+                continue
+            corpus.utterances.append(utterance)
+            corpus.transcript_encodings[encoding] += 1
+    if not corpus.utterances:
+        reasons = Counter(e.reason for e in corpus.excluded).most_common(3)
+        raise UserError(
+            f"--dataset_dir {root}: no usable KEMDy{dataset} utterances in {corpus.rows} rows"
+            + (f" (excluded: {', '.join(f'{r} x{n}' for r, n in reasons)})" if reasons else "")
+        )
+    return corpus
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "std": round(statistics.pstdev(values), 4),
+        "min": min(values),
+        "median": round(statistics.median(values), 4),
+        "max": max(values),
+    }
+
+
+def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0.25) -> dict:
+    """Everything the audit reports, as plain JSON-ready data."""
+    utts = corpus.utterances
+    n_labels = Counter(sum(u.labels) for u in utts)
+    recordings = {u.wav: u for u in utts}.values()  # KEMDy19 lists each recording twice
+    durations = [u.duration for u in recordings]
+    return {
+        "dataset": f"KEMDy{corpus.dataset}",
+        "root": str(corpus.root),
+        "annotation_files": corpus.annotation_files,
+        "rows": corpus.rows,
+        "used": len(utts),
+        "excluded": [
+            {
+                "segment_id": e.segment_id,
+                "reason": e.reason,
+                "annotation": e.annotation,
+                "line": e.line,
+                "detail": e.detail,
+            }
+            for e in corpus.excluded
+        ],
+        "exclusion_counts": dict(Counter(e.reason for e in corpus.excluded).most_common()),
+        "other_actor_rows": corpus.other_actor_rows,
+        "label_counts": {name: sum(u.labels[i] for u in utts) for i, name in enumerate(EMOTIONS)},
+        "single_label": n_labels.get(1, 0),
+        "multi_label": sum(n for k, n in n_labels.items() if k > 1),
+        "labels_per_utterance": {str(k): n for k, n in sorted(n_labels.items())},
+        "valence": _stats([u.valence for u in utts]),
+        "arousal": _stats([u.arousal for u in utts]),
+        "sessions": len({u.session for u in utts}),
+        "speakers": len({u.speaker for u in utts}),
+        "audio": {
+            "recordings": len(durations),
+            "seconds": _stats(durations),
+            "total_hours": round(sum(durations) / 3600, 3),
+            f"longer_than_{max_seconds:g}s": sum(d > max_seconds for d in durations),
+            f"shorter_than_{short_seconds:g}s": sum(d < short_seconds for d in durations),
+            "sample_rates": {str(k): n for k, n in sorted(Counter(u.sample_rate for u in recordings).items())},
+            "channels": {str(k): n for k, n in sorted(Counter(u.channels for u in recordings).items())},
+        },
+        "transcripts": {
+            "encodings": dict(sorted(corpus.transcript_encodings.items())),
+            "empty": sum(not u.text for u in utts),
+        },
+    }
+
+
+def format_summary(s: dict) -> str:
+    files = s["annotation_files"]
+    out = [
+        f"{s['dataset']} at {s['root']}",
+        f"annotation files: {len(files)} ({files[0]} .. {files[-1]})",
+        f"rows: {s['rows']}   used: {s['used']}   excluded: {len(s['excluded'])}"
+        + (f"   other actor's rows dropped: {s['other_actor_rows']}" if s["other_actor_rows"] else ""),
+        f"sessions: {s['sessions']}   speakers: {s['speakers']}",
+    ]
+    if s["excluded"]:
+        out.append("exclusions by reason:")
+        for reason, n in s["exclusion_counts"].items():
+            ids = [e["segment_id"] for e in s["excluded"] if e["reason"] == reason]
+            shown = ", ".join(ids[:20]) + (f", ... ({len(ids) - 20} more)" if len(ids) > 20 else "")
+            out.append(f"  {reason:<28}{n:>6}  {shown}")
+    used = s["used"]
+    out.append("utterances carrying each label:")
+    for name, n in s["label_counts"].items():
+        out.append(f"  {name:<10}{n:>7}  {100 * n / used:5.1f} %")
+    out.append(
+        f"single-label: {s['single_label']}   multi-label: {s['multi_label']}   "
+        f"(labels per utterance: {s['labels_per_utterance']})"
+    )
+    for key in ("valence", "arousal"):
+        v = s[key]
+        out.append(f"{key:<8} mean {v['mean']:.3f}  std {v['std']:.3f}  range {v['min']:g} .. {v['max']:g}")
+    a = s["audio"]
+    sec = a["seconds"]
+    longer, shorter = (k for k in a if k.startswith(("longer", "shorter")))
+    out.append(
+        f"audio: {a['recordings']} recordings, {a['total_hours']} h; seconds min {sec['min']:.2f}  "
+        f"median {sec['median']:.2f}  mean {sec['mean']:.2f}  max {sec['max']:.2f}; "
+        f"{longer.replace('_', ' ')}: {a[longer]}; {shorter.replace('_', ' ')}: {a[shorter]}"
+    )
+    out.append(f"       sample rates {a['sample_rates']}  channels {a['channels']}")
+    t = s["transcripts"]
+    out.append(f"transcripts: encodings {t['encodings']}  empty {t['empty']}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.kemdy", description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip."
+    )
+    parser.add_argument("--dataset", choices=DATASETS, default="19", help="19 = KEMDy19, 20 = KEMDy20")
+    parser.add_argument("--dataset_dir", help="corpus root holding annotation/ and wav/")
+    parser.add_argument("--demo", action="store_true", help="audit the built-in synthetic demo corpus instead")
+    parser.add_argument(
+        "--kemdy19_rows",
+        choices=("all", "speaker"),
+        default="all",
+        help="KEMDy19: every annotation row (the original) or only the speaking actor's row",
+    )
+    parser.add_argument("--json", action="store_true", help="print the audit as JSON")
+    args = parser.parse_args(argv)
+    if args.demo:
+        from common.synthetic import demo_corpus
+
+        args.dataset_dir = demo_corpus(args.dataset)
+    elif not args.dataset_dir:
+        parser.error("--dataset_dir is required (or --demo)")
+    summary = summarize(read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows))
+    print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
+
+
+if __name__ == "__main__":
+    run_cli(main)

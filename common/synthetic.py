@@ -1,0 +1,463 @@
+"""Synthetic KEMDy corpora in the real on-disk layout, with planted signal, for the demo and the tests.
+
+    python -m common.synthetic --dataset 20 --out DIR [--sessions 4 --utterances_per_session 60 --seed 0]
+
+The corpus follows the layout the readers expect from the real data (folders, file names, two header
+rows, column positions, cp949 transcripts) and carries every quirk: multi-label `;` rows, the spelling
+`disqust`, KEMDy20's session-17 id mismatch (in session 17, or the last session of a smaller corpus),
+KEMDy19's two annotation files per session and 6 annotated recordings without a wav, a transcript or
+both (12 rows, as in the real corpus), transcripts re-saved as UTF-8 with and without BOM, noise
+markers, clips shorter than 0.25 s and longer than 5 s; with --odd_audio also 44.1/48 kHz and stereo files.
+
+Generative rule, per recording (utterance index i, all draws from the seed):
+- Labels: a primary emotion from PRIOR; with probability 0.1 a second, different one (`;`-joined).
+- Latent valence/arousal: the mean over its labels of VA_MEAN plus N(0, 0.35) each. Ten evaluators
+  score round(latent + N(0, 0.6)) clipped to 1..5; the annotation holds their mean (a multiple of 0.1).
+  KEMDy19's two files hold two independent panels for the same recording.
+- Text cue (probability 0.6): the transcript contains a word of each label from EMOTION_WORDS; otherwise
+  only neutral filler words. Markers such as `l/`, `b/`, `*` are sprinkled in, as in the real corpus.
+- Speech cue (probability 0.6, independent of the text cue): the voice has the primary emotion's
+  timbre from VOICES (pitch, contour, vibrato, breathiness); otherwise the timbre of a random emotion.
+  Syllable rate always follows the latent arousal (1 + 0.9 * (arousal - 1) per second).
+Text alone can decode the label for ~60 % of utterances, speech alone for ~60 % (and arousal always);
+together ~84 %: each modality beats chance and their combination beats both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from common.errors import UserError, run_cli
+from common.kemdy import EMOTIONS
+
+PRIOR = {"angry": 0.12, "disgust": 0.08, "fear": 0.08, "happy": 0.20, "neutral": 0.30, "sad": 0.12, "surprise": 0.10}
+VA_MEAN = {
+    "angry": (1.8, 4.2),
+    "disgust": (1.9, 3.3),
+    "fear": (2.0, 3.8),
+    "happy": (4.3, 3.7),
+    "neutral": (3.0, 2.6),
+    "sad": (1.8, 1.9),
+    "surprise": (3.6, 4.3),
+}
+EMOTION_WORDS = {
+    "angry": ["화가 나", "짜증나", "열받아", "어이없어"],
+    "disgust": ["역겨워", "더러워", "징그러워", "불쾌해"],
+    "fear": ["무서워", "겁나", "두려워", "불안해"],
+    "happy": ["행복해", "기뻐", "신나", "좋아"],
+    "neutral": ["그렇구나", "알겠어", "보통이야", "괜찮아"],
+    "sad": ["슬퍼", "우울해", "속상해", "눈물나"],
+    "surprise": ["깜짝이야", "놀랐어", "세상에", "대박"],
+}
+FILLERS = [
+    "그래서",
+    "오늘",
+    "우리",
+    "진짜",
+    "그냥",
+    "아니",
+    "근데",
+    "저기",
+    "내가",
+    "너는",
+    "이거",
+    "그거",
+    "어제",
+    "집에",
+    "회사",
+    "친구",
+    "밥을",
+    "먹었어",
+    "했어",
+    "갔어",
+    "있잖아",
+    "말이야",
+    "생각",
+    "정말",
+    "좀",
+    "다시",
+    "같이",
+    "혼자",
+    "지금",
+    "나중에",
+    "주말에",
+    "학교",
+    "전화",
+    "얘기",
+]
+MARKERS = ["c/", "n/", "N/", "u/", "l/", "b/", "*", "+", "/"]
+
+
+@dataclass(frozen=True)
+class Voice:
+    f0: float  # Hz
+    slope: float  # relative pitch change from start to end
+    vibrato: float  # relative depth of a 6 Hz vibrato
+    breath: float  # share of noise in the source
+
+
+VOICES = {
+    "angry": Voice(210, -0.10, 0.00, 0.45),
+    "disgust": Voice(150, -0.20, 0.00, 0.25),
+    "fear": Voice(320, 0.00, 0.06, 0.10),
+    "happy": Voice(270, 0.25, 0.00, 0.00),
+    "neutral": Voice(125, 0.00, 0.00, 0.00),
+    "sad": Voice(100, -0.30, 0.00, 0.05),
+    "surprise": Voice(390, 0.50, 0.00, 0.00),
+}
+TEXT_CUE, SPEECH_CUE, SECOND_LABEL = 0.6, 0.6, 0.1
+N_EVALUATORS = 10
+# Real sizes: KEMDy20 40 sessions / 13,462 utterances; KEMDy19 20 sessions / 10,283 recordings (20,566 rows).
+FULL_SIZE = {"20": (40, 13462), "19": (20, 10283)}
+N_MISSING_19 = 6  # recordings annotated but lacking files: 12 rows, as in the real KEMDy19
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The generator's ground truth for one recording (tests compare the readers against it)."""
+
+    segment_id: str  # on disk
+    annotation_id: str  # as written in the annotation file(s)
+    session: int
+    speaker: str
+    labels: tuple[str, ...]
+    text: str
+    text_cue: bool
+    speech_cue: bool
+    duration: float
+    sample_rate: int
+    channels: int
+    encoding: str  # transcript encoding: cp949, utf-8 or utf-8-bom
+    missing: str  # "", "wav", "transcript" or "both"
+    scores: tuple[tuple[float, float], ...]  # (valence, arousal) per annotation file, in file order
+
+
+def synthesize(
+    rng: np.random.Generator, seconds: float, voice: Voice, arousal: float, sample_rate: int, f0_scale: float = 1.0
+) -> np.ndarray:
+    """A voiced 'utterance': harmonic source with the voice's pitch contour, syllable-rate envelope."""
+    n = max(1, int(round(seconds * sample_rate)))
+    t = np.arange(n) / sample_rate
+    rel = t / max(seconds, 1e-3)
+    f0 = voice.f0 * f0_scale * (1 + voice.slope * (rel - 0.5)) * (1 + voice.vibrato * np.sin(2 * np.pi * 6 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate + rng.uniform(0, 2 * np.pi)
+    # Harmonics 1..6 with 1/h amplitudes; sin(h*p) by the Chebyshev recurrence (two transcendentals).
+    two_cos, prev, cur = 2 * np.cos(phase), np.zeros(n), np.sin(phase)
+    source = cur.copy()
+    for h in range(2, 7):
+        prev, cur = cur, two_cos * cur - prev
+        source += cur / h
+    noise = rng.standard_normal(n)
+    source = (1 - voice.breath) * source / 1.5 + voice.breath * noise
+    rate = 1.0 + 0.9 * (arousal - 1.0)
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi)))
+    x = envelope * source + 0.02 * rng.standard_normal(n)
+    return (0.3 + 0.1 * arousal) * x / (np.abs(x).max() + 1e-9)
+
+
+def _sentence(rng: np.random.Generator, labels: tuple[str, ...], cue: bool) -> str:
+    words = list(rng.choice(FILLERS, size=int(rng.integers(3, 10))))
+    if cue:
+        for label in labels:
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(EMOTION_WORDS[label])))
+    for _ in range(int(rng.binomial(2, 0.3))):
+        marker = str(rng.choice(MARKERS))
+        k = int(rng.integers(0, len(words)))
+        words[k] = words[k] + marker if marker in ("*", "+") else f"{marker} {words[k]}"
+    return " ".join(words)
+
+
+def _panel(rng: np.random.Generator, labels: tuple[str, ...], latent: tuple[float, float]):
+    """Ten evaluators' (emotion, valence, arousal) and the total evaluation's V/A (their mean)."""
+    scores = np.clip(np.rint(np.asarray(latent) + rng.normal(0, 0.6, size=(N_EVALUATORS, 2))), 1, 5)
+    names = [
+        labels[int(rng.integers(len(labels)))] if rng.random() < 0.85 else str(rng.choice(EMOTIONS))
+        for _ in range(N_EVALUATORS)
+    ]
+    total = tuple(round(float(v), 1) for v in scores.mean(axis=0))
+    return names, scores.astype(int), total
+
+
+def _spell(label: str) -> str:
+    return "disqust" if label == "disgust" else label
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}".removesuffix(".0") if x == int(x) else f"{x:.1f}"
+
+
+def _sizes(sessions: int, total: int) -> list[int]:
+    base, extra = divmod(total, sessions)
+    return [base + (s < extra) for s in range(sessions)]
+
+
+class _Writer:
+    """Shared state of one corpus: random streams, the label draws and file writing."""
+
+    def __init__(self, out: Path, seed: int, odd_audio: bool):
+        self.out, self.seed, self.odd_audio = out, seed, odd_audio
+        self.rng = np.random.default_rng(seed)
+        self.index = 0
+
+    def draw(
+        self,
+        speaker_shift: float,
+        segment_id: str,
+        annotation_id: str,
+        session: int,
+        speaker: str,
+        missing: str,
+        n_panels: int,
+    ) -> tuple[Recording, list, Path]:
+        rng, i = self.rng, self.index
+        self.index += 1
+        primary = str(rng.choice(list(PRIOR), p=list(PRIOR.values())))
+        labels = (primary,)
+        if rng.random() < SECOND_LABEL:
+            others = [e for e in PRIOR if e != primary]
+            weights = np.array([PRIOR[e] for e in others])
+            labels = (primary, str(rng.choice(others, p=weights / weights.sum())))
+        means = np.mean([VA_MEAN[label] for label in labels], axis=0)
+        latent = tuple(float(np.clip(m + rng.normal(0, 0.35), 1, 5)) for m in means)
+        text_cue, speech_cue = bool(rng.random() < TEXT_CUE), bool(rng.random() < SPEECH_CUE)
+        voice = VOICES[primary if speech_cue else str(rng.choice(EMOTIONS))]
+        if i % 50 == 17:
+            seconds = float(rng.uniform(0.08, 0.24))
+        else:
+            seconds = float(np.clip(rng.lognormal(np.log(2.2), 0.5), 0.3, 9.0))
+        sample_rate, channels = 16000, 1
+        if self.odd_audio:
+            sample_rate = {5: 44100, 6: 48000}.get(i % 10, 16000)
+            channels = 2 if i % 10 == 8 else 1
+        encoding = {3: "utf-8", 7: "utf-8-bom"}.get(i % 10, "cp949")
+        text = _sentence(rng, labels, text_cue)
+        panels = [_panel(rng, labels, latent) for _ in range(n_panels)]
+        audio_rng = np.random.default_rng([self.seed, i])
+        x = synthesize(audio_rng, seconds, voice, latent[1], sample_rate, f0_scale=speaker_shift)
+        if channels == 2:
+            x = np.stack([x, 0.8 * x + 0.01 * audio_rng.standard_normal(len(x))], axis=1)
+        rec = Recording(
+            segment_id,
+            annotation_id,
+            session,
+            speaker,
+            labels,
+            text,
+            text_cue,
+            speech_cue,
+            len(x) / sample_rate,
+            sample_rate,
+            channels,
+            encoding,
+            missing,
+            tuple(p[2] for p in panels),
+        )
+        return rec, panels, x
+
+    def write_files(self, wav: Path, rec: Recording, x: np.ndarray) -> None:
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        if rec.missing not in ("wav", "both"):
+            sf.write(str(wav), x, rec.sample_rate, subtype="PCM_16")
+        if rec.missing not in ("transcript", "both"):
+            data = (rec.text + "\r\n").encode("cp949" if rec.encoding == "cp949" else "utf-8")
+            wav.with_suffix(".txt").write_bytes((b"\xef\xbb\xbf" if rec.encoding == "utf-8-bom" else b"") + data)
+
+
+def _write_csv(path: Path, header: list[list[str]], rows: list[list[str]], crlf: bool) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n" if crlf else "\n").writerows(header + rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _eval_cells(panel) -> list[str]:
+    names, scores, total = panel
+    cells = []
+    for name, (v, a) in zip(names, scores, strict=False):
+        cells += [_spell(name), str(v), str(a)]
+    return cells
+
+
+def _generate_20(w: _Writer, sizes: list[int]) -> list[Recording]:
+    n_sessions = len(sizes)
+    quirk = 17 if n_sessions >= 17 else (n_sessions if n_sessions >= 2 else 0)
+    header = [
+        ["Numb", "Wav", "", "Segment ID", "Total Evaluation", "", ""]
+        + sum(([f"Eval{e:02d}{'MF'[e % 2]}", "", ""] for e in range(1, N_EVALUATORS + 1)), []),
+        ["", "start", "end", "", "Emotion", "Valence", "Arousal"] + ["Emotion", "Valence", "Arousal"] * N_EVALUATORS,
+    ]
+    recordings = []
+    for s, size in enumerate(sizes, start=1):
+        users = [(f"User{2 * s - 1:03d}F", 1.15), (f"User{2 * s:03d}M", 0.9)]
+        n_scripts = min(6, max(1, size // 10))
+        rows, clock, counters = [], 0.0, {}
+        for k in range(size):
+            script = 1 + k * n_scripts // size
+            user, shift = users[k % 2]
+            counters[(script, user)] = counters.get((script, user), 0) + 1
+            segment_id = f"Sess{s:02d}_script{script:02d}_{user}_{counters[(script, user)]:03d}"
+            annotation_id = segment_id
+            if s == quirk and script <= 2:
+                annotation_id = f"Sess{(s % n_sessions) + 1:02d}" + segment_id[6:]
+            rec, panels, x = w.draw(shift, segment_id, annotation_id, s, user, "", 1)
+            w.write_files(w.out / "wav" / f"Session{s:02d}" / f"{segment_id}.wav", rec, x)
+            (v, a) = rec.scores[0]
+            rows.append(
+                [
+                    str(k + 1),
+                    f"{clock:.4f}",
+                    f"{clock + rec.duration:.4f}",
+                    annotation_id,
+                    ";".join(map(_spell, rec.labels)),
+                    _fmt(v),
+                    _fmt(a),
+                ]
+                + _eval_cells(panels[0])
+            )
+            clock += rec.duration + 0.5
+            recordings.append(rec)
+        _write_csv(w.out / "annotation" / f"Sess{s:02d}_eval.csv", header, rows, crlf=False)
+    for bio in ("EDA", "IBI", "TEMP"):
+        (w.out / bio).mkdir(parents=True, exist_ok=True)
+    return recordings
+
+
+def _generate_19(w: _Writer, sizes: list[int]) -> list[Recording]:
+    total = sum(sizes)
+    missing_at = (
+        {int(total * (j + 0.5) / N_MISSING_19): ("wav", "transcript", "both")[j % 3] for j in range(N_MISSING_19)}
+        if total >= 2 * N_MISSING_19
+        else {}
+    )
+    header = [
+        ["Numb", "Wav", "", "ECG", "", "EDA", "", "TEMP", "", "Segment ID", "Total Evaluation", "", ""]
+        + sum(([f"Eval{e:02d}", "", ""] for e in range(1, N_EVALUATORS + 1)), []),
+        [" ", "start", "end", "start", "end", "start", "end", "start", "end", " ", "Emotion", "Valence", "Arousal"]
+        + ["Emotion", "Valence", "Arousal"] * N_EVALUATORS,
+    ]
+    recordings, index = [], 0
+    for s, size in enumerate(sizes, start=1):
+        n_dialogs = max(1, size // 12)
+        rows_by_file: dict[str, list[list[str]]] = {"F": [], "M": []}
+        clock, counters = 0.0, {}
+        for k in range(size):
+            dialog = k * n_dialogs // size
+            kind = f"{('impro', 'script')[dialog % 2]}{dialog // 2 + 1:02d}"
+            gender, shift = ("F", 1.15) if k % 2 == 0 else ("M", 0.9)
+            counters[(kind, gender)] = counters.get((kind, gender), 0) + 1
+            segment_id = f"Sess{s:02d}_{kind}_{gender}{counters[(kind, gender)]:03d}"
+            rec, panels, x = w.draw(
+                shift, segment_id, segment_id, s, f"Sess{s:02d}_{gender}", missing_at.get(index, ""), 2
+            )
+            index += 1
+            w.write_files(w.out / "wav" / f"Session{s:02d}" / segment_id[:-5] / f"{segment_id}.wav", rec, x)
+            bio = [f"{clock + d:.3f}" for d in (0.0, rec.duration)] * 3
+            for actor, panel in zip("FM", panels, strict=False):
+                v, a = panel[2]
+                rows_by_file[actor].append(
+                    [
+                        str(k + 1),
+                        f"{clock:.3f}",
+                        f"{clock + rec.duration:.3f}",
+                        *bio,
+                        segment_id,
+                        ";".join(map(_spell, rec.labels)),
+                        _fmt(v),
+                        _fmt(a),
+                    ]
+                    + _eval_cells(panel)
+                )
+            clock += rec.duration + 0.5
+            recordings.append(rec)
+        for actor, rows in rows_by_file.items():
+            _write_csv(w.out / "annotation" / f"Session{s:02d}_{actor}_res.csv", header, rows, crlf=True)
+    for bio in ("ECG", "EDA", "TEMP"):
+        (w.out / bio).mkdir(parents=True, exist_ok=True)
+    return recordings
+
+
+def generate(
+    dataset: str,
+    out: str | Path,
+    sessions: int = 4,
+    utterances_per_session: int = 60,
+    seed: int = 0,
+    odd_audio: bool = False,
+    full_size: bool = False,
+) -> list[Recording]:
+    """Write a synthetic KEMDy corpus to `out` (which must not hold one already); return its ground truth.
+
+    KEMDy19's utterances_per_session counts recordings; each appears in both annotation files.
+    full_size reproduces the real session and utterance counts.
+    """
+    dataset, out = str(dataset), Path(out)
+    if dataset not in FULL_SIZE:
+        raise UserError(f"--dataset {dataset!r}: choose 19 or 20")
+    if full_size:
+        sessions, total = FULL_SIZE[dataset]
+    else:
+        if sessions < 1 or utterances_per_session < 1:
+            raise UserError("--sessions and --utterances_per_session must be at least 1")
+        total = sessions * utterances_per_session
+    if (out / "annotation").exists():
+        raise UserError(f"--out {out}: already holds a corpus (annotation/ exists); choose an empty folder")
+    w = _Writer(out, seed, odd_audio)
+    return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
+
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build `target` with build(tmp_dir) unless it exists; atomic, so a half-built folder is never used."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def demo_corpus(dataset: str, demo_dir: Path = DEMO_DIR) -> Path:
+    """The built-in demo corpus of a dataset's layout, built on first use under demo/."""
+    return _build_once(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m common.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=("19", "20"), default="20", help="which layout to write")
+    parser.add_argument("--out", required=True, help="folder to create the corpus in")
+    parser.add_argument("--sessions", type=int, default=4, help="number of sessions")
+    parser.add_argument(
+        "--utterances_per_session", type=int, default=60, help="recordings per session (KEMDy19 annotates each twice)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus")
+    parser.add_argument("--odd_audio", action="store_true", help="also write 44.1/48 kHz and stereo files")
+    parser.add_argument(
+        "--full_size",
+        action="store_true",
+        help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
+    )
+    args = parser.parse_args(argv)
+    recordings = generate(
+        args.dataset, args.out, args.sessions, args.utterances_per_session, args.seed, args.odd_audio, args.full_size
+    )
+    print(f"wrote a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings to {os.fspath(args.out)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

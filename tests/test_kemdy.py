@@ -1,0 +1,358 @@
+"""KEMDy19/20 readers: order, labels, quirks, exclusions and errors, against the generator's ground truth
+and against small hand-written corpora."""
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from common.errors import UserError
+from common.kemdy import EMOTIONS, decode_text, parse_emotions, read_corpus, summarize
+
+HEADER20 = (
+    "Numb,Wav,,Segment ID,Total Evaluation,,,Eval01F,,\n,start,end,,Emotion,Valence,Arousal,Emotion,Valence,Arousal\n"
+)
+HEADER19 = (
+    "Numb,Wav,,ECG,,EDA,,TEMP,,Segment ID,Total Evaluation,,,Eval01,,\n"
+    " ,start,end,start,end,start,end,start,end, ,Emotion,Valence,Arousal,Emotion,Valence,Arousal\n"
+)
+
+
+def hot(*names):
+    return tuple(int(e in names) for e in EMOTIONS)
+
+
+def write_wav(path: Path, seconds=0.5, rate=16000, channels=1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = 0.1 * np.sin(np.arange(int(seconds * rate)) / 10)
+    sf.write(str(path), np.stack([x] * channels, axis=1) if channels > 1 else x, rate)
+
+
+def kemdy20(root: Path, session: int, rows, transcripts=None, header=HEADER20):
+    """A KEMDy20 annotation file with `rows` = [(id, emotion, valence, arousal)], plus a wav and a
+    transcript (bytes from `transcripts`, or the id in cp949) for every id not starting with 'nofile'."""
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    lines = [f"{i},0.0,1.0,{sid},{emo},{v},{a},neutral,3,3" for i, (sid, emo, v, a) in enumerate(rows, 1)]
+    path = root / "annotation" / f"Sess{session:02d}_eval.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    for sid, *_ in rows:
+        if sid.startswith("Sess"):
+            stem = f"Sess{session:02d}" + sid[6:]
+            wav = root / "wav" / f"Session{session:02d}" / f"{stem}.wav"
+            write_wav(wav)
+            data = (transcripts or {}).get(sid, f"문장 {sid}\n".encode("cp949"))
+            wav.with_suffix(".txt").write_bytes(data)
+    return path
+
+
+def test_kemdy20_records_follow_annotation_order_and_match_the_generator(corpus20):
+    root, truth = corpus20
+    corpus = read_corpus("20", root)
+    assert corpus.annotation_files == ["Sess01_eval.csv", "Sess02_eval.csv", "Sess03_eval.csv"]
+    assert corpus.rows == len(truth) == 120
+    assert corpus.excluded == []
+    assert [u.segment_id for u in corpus.utterances] == [r.segment_id for r in truth]
+    assert [u.annotation_id for u in corpus.utterances] == [r.annotation_id for r in truth]
+    for u, r in zip(corpus.utterances, truth, strict=True):
+        assert u.labels == hot(*r.labels)
+        assert (u.valence, u.arousal) == r.scores[0]
+        assert u.text == r.text
+        assert u.speaker == r.speaker and u.session == f"Sess{r.session:02d}"
+        assert u.duration == pytest.approx(r.duration)
+        assert u.wav == root / "wav" / f"Session{r.session:02d}" / f"{r.segment_id}.wav"
+    assert corpus.transcript_encodings == Counter(r.encoding for r in truth)
+    assert [u.line for u in corpus.utterances[:3]] == [3, 4, 5]
+
+
+def test_kemdy20_ids_naming_another_session_are_found_in_their_files_session(corpus20):
+    root, truth = corpus20
+    corpus = read_corpus("20", root)
+    moved = [u for u in corpus.utterances if u.annotation_id != u.segment_id]
+    assert moved, "the synthetic corpus must carry the session-17 quirk"
+    for u in moved:
+        assert u.annotation == "Sess03_eval.csv" and u.annotation_id.startswith("Sess01_")
+        assert u.segment_id == "Sess03" + u.annotation_id[6:] and u.wav.is_file()
+
+
+def test_session_17_quirk_on_a_hand_written_file(tmp_path):
+    kemdy20(tmp_path, 17, [("Sess16_script01_User033F_001", "happy", 4, 3)])
+    (u,) = read_corpus("20", tmp_path).utterances
+    assert u.segment_id == "Sess17_script01_User033F_001"
+    assert u.annotation_id == "Sess16_script01_User033F_001"
+    assert u.wav == tmp_path / "wav" / "Session17" / "Sess17_script01_User033F_001.wav"
+    assert u.speaker == "User033F" and u.session == "Sess17"
+
+
+def test_kemdy19_reads_every_row_of_both_files_and_lists_the_recordings_without_files(corpus19):
+    root, truth = corpus19
+    corpus = read_corpus("19", root)
+    assert corpus.annotation_files == [f"Session{s:02d}_{g}_res.csv" for s in (1, 2, 3) for g in "FM"]
+    assert corpus.rows == 2 * len(truth) == 240
+    missing = {r.segment_id: r.missing for r in truth if r.missing}
+    assert len(missing) == 6
+    reasons = {"wav": "missing_wav", "transcript": "missing_transcript", "both": "missing_wav_and_transcript"}
+    assert sorted((e.segment_id, e.reason) for e in corpus.excluded) == sorted(
+        (sid, reasons[kind]) for sid, kind in missing.items() for _ in "FM"
+    )
+    assert len(corpus.utterances) == 240 - 12
+    # Order: file by file (F then M per session), rows in file order; each file's own evaluation.
+    expected = []
+    for s in (1, 2, 3):
+        for k, _ in enumerate("FM"):
+            expected += [(r.segment_id, r.scores[k]) for r in truth if r.session == s and not r.missing]
+    assert [(u.segment_id, (u.valence, u.arousal)) for u in corpus.utterances] == expected
+    first = corpus.utterances[0]
+    assert first.wav == root / "wav" / "Session01" / "Sess01_impro01" / "Sess01_impro01_F001.wav"
+    assert first.speaker == "Sess01_F"
+
+
+def test_kemdy19_speaker_rows_keep_one_row_per_recording_from_the_speakers_file(corpus19):
+    root, truth = corpus19
+    corpus = read_corpus("19", root, rows="speaker")
+    assert corpus.other_actor_rows == len(truth)
+    assert len(corpus.utterances) == len(truth) - 6
+    assert len({u.segment_id for u in corpus.utterances}) == len(corpus.utterances)
+    for u in corpus.utterances:
+        assert u.annotation.endswith(f"_{u.segment_id[-4]}_res.csv")
+
+
+def test_audio_headers_give_sample_rate_channels_and_duration(corpus19):
+    root, truth = corpus19
+    by_id = {r.segment_id: r for r in truth}
+    corpus = read_corpus("19", root)
+    assert {(u.sample_rate, u.channels) for u in corpus.utterances} == {(16000, 1), (44100, 1), (48000, 1), (16000, 2)}
+    for u in corpus.utterances:
+        r = by_id[u.segment_id]
+        assert (u.sample_rate, u.channels) == (r.sample_rate, r.channels)
+        assert u.duration == pytest.approx(r.duration)
+
+
+@pytest.mark.parametrize(
+    "cell, names",
+    [
+        ("neutral", ["neutral"]),
+        ("neutral;happy", ["neutral", "happy"]),
+        (" Disqust ; sad ", ["disgust", "sad"]),
+        ("disgust;", ["disgust"]),
+        ("surprise;fear;angry", ["surprise", "fear", "angry"]),
+    ],
+)
+def test_emotion_cells_become_multi_hot_vectors_in_the_documented_order(cell, names):
+    assert EMOTIONS == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+    assert parse_emotions(cell) == hot(*names)
+
+
+def test_transcripts_decode_strictly_utf8_first_then_cp949():
+    text = "오늘 정말 행복해"
+    assert decode_text(text.encode("utf-8")) == (text, "utf-8")
+    assert decode_text(b"\xef\xbb\xbf" + text.encode("utf-8")) == (text, "utf-8-bom")
+    assert decode_text(text.encode("cp949")) == (text, "cp949")
+    assert decode_text(b"\xff\xfe\xfa\xff") is None
+
+
+def test_transcript_quirks_first_line_encodings_empty_and_undecodable(tmp_path):
+    ids = [f"Sess01_script01_User001F_{k:03d}" for k in range(1, 6)]
+    transcripts = {
+        ids[0]: "l/ 진짜 화가 나 *\r\n둘째 줄\r\n".encode("cp949"),
+        ids[1]: b"\xef\xbb\xbf" + "좋아 b/\n".encode(),
+        ids[2]: "슬퍼".encode(),
+        ids[3]: b"",
+        ids[4]: b"\xff\xfe\xfa\xff",
+    }
+    kemdy20(tmp_path, 1, [(i, "neutral", 3, 3) for i in ids], transcripts)
+    corpus = read_corpus("20", tmp_path)
+    assert [u.text for u in corpus.utterances] == ["l/ 진짜 화가 나 *", "좋아 b/", "슬퍼", ""]
+    assert corpus.transcript_encodings == Counter({"cp949": 1, "utf-8-bom": 1, "utf-8": 2})
+    (bad,) = corpus.excluded
+    assert (bad.segment_id, bad.reason) == (ids[4], "undecodable_transcript")
+    assert bad.detail.startswith(str(tmp_path / "wav" / "Session01" / f"{ids[4]}.txt"))
+    assert summarize(corpus)["transcripts"]["empty"] == 1
+
+
+def test_rows_with_unusable_labels_or_files_are_excluded_with_their_reason(tmp_path):
+    rows = [
+        ("Sess01_script01_User001F_001", "happy", 4.2, 3.1),
+        ("Sess01_script01_User001F_002", "joyful", 4, 3),
+        ("Sess01_script01_User001F_003", "", 3, 3),
+        ("Sess01_script01_User001F_004", "sad", "nan", 3),
+        ("Sess01_script01_User001F_005", "sad", 2, 5.5),
+        ("Sess01_script01_User001F_006", "sad", 2, "high"),
+        ("nofile_Sess01_script01_User001F_007", "sad", 2, 2),
+        ("Sess01_script01_User001F_008", "angry;disgust", 1.5, 4.5),
+    ]
+    kemdy20(tmp_path, 1, rows)
+    (tmp_path / "wav" / "Session01" / "Sess01_script01_User001F_001.wav").write_bytes(b"RIFF, not really")
+    corpus = read_corpus("20", tmp_path)
+    got = [(e.segment_id, e.reason, e.line) for e in corpus.excluded]
+    assert got == [
+        ("Sess01_script01_User001F_001", "unreadable_wav", 3),
+        ("Sess01_script01_User001F_002", "unknown_emotion", 4),
+        ("Sess01_script01_User001F_003", "missing_emotion", 5),
+        ("Sess01_script01_User001F_004", "invalid_valence_arousal", 6),
+        ("Sess01_script01_User001F_005", "invalid_valence_arousal", 7),
+        ("Sess01_script01_User001F_006", "invalid_valence_arousal", 8),
+        ("nofile_Sess01_script01_User001F_007", "missing_wav_and_transcript", 9),
+    ]
+    assert "'joyful'" in corpus.excluded[1].detail and "5.5" in corpus.excluded[4].detail
+    (u,) = corpus.utterances
+    assert (u.segment_id, u.labels, u.valence, u.arousal) == (
+        "Sess01_script01_User001F_008",
+        hot("angry", "disgust"),
+        1.5,
+        4.5,
+    )
+
+
+def test_blank_rows_are_ignored_and_short_rows_are_excluded(tmp_path):
+    path = kemdy20(tmp_path, 1, [("Sess01_script01_User001F_001", "happy", 4, 3)])
+    path.write_text(path.read_text() + ",,,,,,,,,\n \n5,0.0,1.0,Sess01_script01_User001F_002\n")
+    corpus = read_corpus("20", tmp_path)
+    assert corpus.rows == 2 and len(corpus.utterances) == 1
+    (e,) = corpus.excluded
+    assert (e.segment_id, e.reason, e.line) == ("Sess01_script01_User001F_002", "malformed_row", 6)
+
+
+def test_kemdy19_second_header_row_with_spaces_and_crlf_is_read(tmp_path):
+    sid = "Sess02_script03_M012"
+    path = tmp_path / "annotation" / "Session02_M_res.csv"
+    path.parent.mkdir(parents=True)
+    row = f"1,0,1,0,1,0,1,0,1,{sid},neutral;sad,2.5,1.9,sad,2,2"
+    path.write_bytes((HEADER19 + row + "\n").replace("\n", "\r\n").encode("cp949"))
+    wav = tmp_path / "wav" / "Session02" / "Sess02_script03" / f"{sid}.wav"
+    write_wav(wav, seconds=0.2, rate=48000, channels=2)
+    wav.with_suffix(".txt").write_bytes("그래서 슬퍼".encode("cp949"))
+    (u,) = read_corpus("19", tmp_path).utterances
+    assert (u.segment_id, u.labels, u.valence, u.arousal, u.text) == (
+        sid,
+        hot("neutral", "sad"),
+        2.5,
+        1.9,
+        "그래서 슬퍼",
+    )
+    assert (u.sample_rate, u.channels, u.speaker) == (48000, 2, "Sess02_M")
+    assert u.duration == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "setup, dataset, message",
+    [
+        (lambda root: None, "20", "no such directory"),
+        (lambda root: (root / "wav").mkdir(parents=True), "20", "not a KEMDy20 root (no annotation/ folder)"),
+        (lambda root: (root / "annotation").mkdir(parents=True), "19", "not a KEMDy19 root (no wav/ folder)"),
+        (
+            lambda root: kemdy20(root, 1, [("Sess01_script01_User001F_001", "happy", 4, 3)]),
+            "19",
+            "holds KEMDy20 annotation files (SessNN_eval.csv), not KEMDy19's (SessionNN_{F,M}_res.csv): "
+            "use --dataset 20",
+        ),
+    ],
+)
+def test_wrong_roots_stop_with_a_message_naming_the_folder(tmp_path, setup, dataset, message):
+    root = tmp_path / "KEMDy"
+    setup(root)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        read_corpus(dataset, root)
+    assert str(root) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_kemdy19_folder_read_as_kemdy20_says_use_dataset_19(corpus19):
+    root, _ = corpus19
+    with pytest.raises(UserError, match=r"holds KEMDy19 annotation files .* use --dataset 19"):
+        read_corpus("20", root)
+
+
+def write_annotation(root: Path, name: str, text: str | bytes) -> Path:
+    (root / "wav").mkdir(parents=True, exist_ok=True)
+    path = root / "annotation" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (
+            "Session01_F_res.csv",
+            HEADER20 + "1,0,1,Sess01_x,happy,3,3\n",
+            r"'Segment ID' is in column 4 as in KEMDy20, not column 10 as in KEMDy19: use --dataset 20",
+        ),
+        (
+            "Session01_F_res.csv",
+            "Numb,Wav\n,start\n",
+            r"expected 'Segment ID' in column 10 of the first header row, found nothing \(missing columns\?\)",
+        ),
+        (
+            "Session01_F_res.csv",
+            HEADER19.replace("Valence,Arousal,Emotion", "Valence,Emotion"),
+            r"expected Emotion, Valence, Arousal in columns 11-13 of the second header row",
+        ),
+        ("Session01_F_res.csv", "", r"expected two header rows, found 0 row\(s\)"),
+        ("Session01_F_res.csv", b"\xff\xfe\xfa\xff,\n", "annotation file is neither UTF-8 nor cp949 text"),
+    ],
+)
+def test_malformed_annotation_files_stop_with_a_message_naming_the_file(tmp_path, name, text, message):
+    path = write_annotation(tmp_path, name, text)
+    with pytest.raises(UserError, match=message) as err:
+        read_corpus("19", tmp_path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_kemdy20_header_in_kemdy19_position_says_use_dataset_19(tmp_path):
+    write_annotation(tmp_path, "Sess01_eval.csv", HEADER19)
+    with pytest.raises(UserError, match="use --dataset 19"):
+        read_corpus("20", tmp_path)
+
+
+def test_a_corpus_with_nothing_usable_stops_and_names_the_reasons(tmp_path):
+    kemdy20(tmp_path, 1, [("nofile_a", "happy", 3, 3), ("nofile_b", "glad", 3, 3)])
+    with pytest.raises(UserError, match=r"no usable KEMDy20 utterances in 2 rows \(excluded: "):
+        read_corpus("20", tmp_path)
+
+
+def run_audit(*args):
+    return subprocess.run([sys.executable, "-m", "common.kemdy", *args], capture_output=True, text=True)
+
+
+def test_audit_json_reports_counts_exclusions_labels_and_audio(corpus19):
+    root, truth = corpus19
+    proc = run_audit("--dataset", "19", "--dataset_dir", str(root), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    used = [r for r in truth if not r.missing]
+    assert report["rows"] == 240 and report["used"] == 228
+    assert sorted(e["segment_id"] for e in report["excluded"]) == sorted([r.segment_id for r in truth if r.missing] * 2)
+    assert {e["reason"] for e in report["excluded"]} == {
+        "missing_wav",
+        "missing_transcript",
+        "missing_wav_and_transcript",
+    }
+    assert report["label_counts"] == {e: 2 * sum(e in r.labels for r in used) for e in EMOTIONS}
+    assert report["multi_label"] == 2 * sum(len(r.labels) > 1 for r in used)
+    assert report["single_label"] + report["multi_label"] == 228
+    valences = [r.scores[k][0] for r in used for k in (0, 1)]
+    assert report["valence"]["min"] == min(valences) and report["valence"]["max"] == max(valences)
+    assert report["valence"]["mean"] == pytest.approx(np.mean(valences), abs=1e-4)
+    durations = [r.duration for r in used]
+    assert report["audio"]["recordings"] == len(used)
+    assert report["audio"]["seconds"]["max"] == pytest.approx(max(durations))
+    assert report["audio"]["longer_than_5s"] == sum(d > 5 for d in durations) > 0
+    assert report["audio"]["shorter_than_0.25s"] == sum(d < 0.25 for d in durations) > 0
+
+
+def test_audit_text_report_and_one_line_errors(corpus20, tmp_path):
+    root, _ = corpus20
+    proc = run_audit("--dataset", "20", "--dataset_dir", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "rows: 120   used: 120   excluded: 0" in proc.stdout
+    assert "annotation files: 3 (Sess01_eval.csv .. Sess03_eval.csv)" in proc.stdout
+    bad = run_audit("--dataset", "20", "--dataset_dir", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == f"error: --dataset_dir {tmp_path / 'nowhere'}: no such directory\n"

@@ -1,0 +1,169 @@
+"""Synthetic corpora: exact layout, quirks, planted signal, determinism."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from common.errors import UserError
+from common.synthetic import EMOTION_WORDS, FULL_SIZE, VOICES, _sizes, generate
+
+
+def tree_digest(root):
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_corpus(tmp_path):
+    a = generate("20", tmp_path / "a", sessions=2, utterances_per_session=8, seed=3)
+    b = generate("20", tmp_path / "b", sessions=2, utterances_per_session=8, seed=3)
+    c = generate("20", tmp_path / "c", sessions=2, utterances_per_session=8, seed=4)
+    assert a == b and a != c
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b") != tree_digest(tmp_path / "c")
+
+
+def test_kemdy20_layout_headers_and_encodings(corpus20):
+    root, truth = corpus20
+    assert sorted(p.name for p in (root / "annotation").iterdir()) == [
+        "Sess01_eval.csv",
+        "Sess02_eval.csv",
+        "Sess03_eval.csv",
+    ]
+    assert {p.name for p in root.iterdir()} == {"annotation", "wav", "EDA", "IBI", "TEMP"}
+    lines = (root / "annotation" / "Sess01_eval.csv").read_text(encoding="utf-8").splitlines()
+    first, second = lines[0].split(","), lines[1].split(",")
+    assert first[:7] == ["Numb", "Wav", "", "Segment ID", "Total Evaluation", "", ""] and first[7] == "Eval01F"
+    assert second[:7] == ["", "start", "end", "", "Emotion", "Valence", "Arousal"] and len(second) == 37
+    assert lines[2].split(",")[:4] == ["1", "0.0000", lines[2].split(",")[2], "Sess01_script01_User001F_001"]
+    r = truth[0]
+    wav = root / "wav" / "Session01" / "Sess01_script01_User001F_001.wav"
+    assert r.segment_id == wav.stem and sf.info(str(wav)).samplerate == 16000
+    for r in truth:
+        data = (root / "wav" / f"Session{r.session:02d}" / f"{r.segment_id}.txt").read_bytes()
+        if r.encoding == "cp949":
+            assert data.decode("cp949") == r.text + "\r\n"
+            with pytest.raises(UnicodeDecodeError):
+                data.decode("utf-8")
+        else:
+            assert data.startswith(b"\xef\xbb\xbf") == (r.encoding == "utf-8-bom")
+            assert data.decode("utf-8-sig") == r.text + "\r\n"
+    assert {r.encoding for r in truth} == {"cp949", "utf-8", "utf-8-bom"}
+
+
+def test_kemdy20_carries_the_quirks(corpus20):
+    root, truth = corpus20
+    text = (root / "annotation" / "Sess03_eval.csv").read_text()
+    assert "Sess01_script01_User005F_001" in text  # session-17-style id in the last session's file
+    assert not (root / "wav" / "Session01" / "Sess01_script01_User005F_001.wav").exists()
+    assert any(len(r.labels) == 2 for r in truth)
+    assert ";" in text or any(";" in (root / "annotation" / f"Sess0{s}_eval.csv").read_text() for s in (1, 2))
+    if any("disgust" in r.labels for r in truth):
+        assert "disqust" in "".join(p.read_text() for p in (root / "annotation").iterdir())
+    assert any(r.duration < 0.25 for r in truth) and any(r.duration > 5 for r in truth)
+    assert {(r.sample_rate, r.channels) for r in truth} == {(16000, 1)}
+    assert any(any(m in r.text for m in ("c/", "n/", "N/", "u/", "l/", "b/", "*", "+")) for r in truth)
+
+
+def test_kemdy19_layout_two_files_per_session_and_missing_files(corpus19):
+    root, truth = corpus19
+    names = sorted(p.name for p in (root / "annotation").iterdir())
+    assert names == [f"Session{s:02d}_{g}_res.csv" for s in (1, 2, 3) for g in "FM"]
+    f_rows = (root / "annotation" / "Session01_F_res.csv").read_bytes().split(b"\r\n")
+    m_rows = (root / "annotation" / "Session01_M_res.csv").read_bytes().split(b"\r\n")
+    assert f_rows[0].split(b",")[9:11] == [b"Segment ID", b"Total Evaluation"]
+    assert f_rows[1].split(b",")[:2] == [b" ", b"start"] and f_rows[1].split(b",")[9] == b" "
+    ids = lambda rows: [r.split(b",")[9] for r in rows[2:] if r]  # noqa: E731
+    assert ids(f_rows) == ids(m_rows) == [r.segment_id.encode() for r in truth if r.session == 1]
+    assert [r.split(b",")[11:13] for r in f_rows[2:5]] != [r.split(b",")[11:13] for r in m_rows[2:5]]
+    r = truth[0]
+    assert (root / "wav" / "Session01" / "Sess01_impro01" / "Sess01_impro01_F001.wav").is_file()
+    assert r.segment_id == "Sess01_impro01_F001"
+    missing = [r for r in truth if r.missing]
+    assert sorted(r.missing for r in missing) == ["both", "both", "transcript", "transcript", "wav", "wav"]
+    for r in missing:
+        wav = root / "wav" / f"Session{r.session:02d}" / r.segment_id[:-5] / f"{r.segment_id}.wav"
+        assert wav.exists() == (r.missing == "transcript")
+        assert wav.with_suffix(".txt").exists() == (r.missing == "wav")
+
+
+def test_odd_audio_only_when_asked(corpus19):
+    root, truth = corpus19
+    assert {(r.sample_rate, r.channels) for r in truth} == {(16000, 1), (44100, 1), (48000, 1), (16000, 2)}
+    stereo = next(r for r in truth if r.channels == 2 and not r.missing)
+    info = sf.info(
+        str(root / "wav" / f"Session{stereo.session:02d}" / stereo.segment_id[:-5] / f"{stereo.segment_id}.wav")
+    )
+    assert (info.channels, info.samplerate) == (2, 16000)
+
+
+def test_text_cue_plants_emotion_words_and_only_then(corpus20):
+    _, truth = corpus20
+    words = {w for ws in EMOTION_WORDS.values() for w in ws}
+    for r in truth:
+        if r.text_cue:
+            assert all(any(w in r.text for w in EMOTION_WORDS[label]) for label in r.labels)
+        else:
+            assert not any(w in r.text for w in words)
+    share = np.mean([r.text_cue for r in truth])
+    assert 0.45 < share < 0.75  # Bernoulli(0.6) over 120 utterances: 3.3 standard deviations each side
+
+
+def dominant_pitch(x, rate):
+    """Autocorrelation pitch estimate between 70 and 500 Hz (independent of the generator's code)."""
+    x = x - x.mean()
+    ac = np.correlate(x, x, mode="full")[len(x) - 1 :]
+    lo, hi = int(rate / 500), int(rate / 70)
+    return rate / (lo + int(np.argmax(ac[lo:hi])))
+
+
+def test_speech_cue_sets_the_voice_pitch_of_the_primary_emotion(corpus20):
+    root, truth = corpus20
+    checked = 0
+    for r in truth:
+        if not r.speech_cue or r.duration < 1.0 or VOICES[r.labels[0]].slope or VOICES[r.labels[0]].vibrato:
+            continue
+        x, rate = sf.read(str(root / "wav" / f"Session{r.session:02d}" / f"{r.segment_id}.wav"), dtype="float32")
+        shift = 1.15 if r.speaker.endswith("F") else 0.9
+        assert dominant_pitch(x[: rate // 2 * 2], rate) == pytest.approx(VOICES[r.labels[0]].f0 * shift, rel=0.06)
+        checked += 1
+    assert checked >= 10
+
+
+def test_full_size_matches_the_real_counts():
+    assert sum(_sizes(*FULL_SIZE["20"])) == 13462 and len(_sizes(*FULL_SIZE["20"])) == 40
+    assert 2 * sum(_sizes(*FULL_SIZE["19"])) == 20566 and len(_sizes(*FULL_SIZE["19"])) == 20
+
+
+def test_refuses_to_write_over_an_existing_corpus(corpus20):
+    root, _ = corpus20
+    with pytest.raises(UserError, match="already holds a corpus"):
+        generate("20", root)
+
+
+def test_command_line_writes_a_corpus(tmp_path):
+    out = tmp_path / "c"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common.synthetic",
+            "--dataset",
+            "19",
+            "--out",
+            str(out),
+            "--sessions",
+            "1",
+            "--utterances_per_session",
+            "12",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "12 recordings" in proc.stdout
+    assert len(list((out / "annotation").iterdir())) == 2
