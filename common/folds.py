@@ -6,6 +6,7 @@ ordered utterances and trains on the rest; the integer boundaries are exactly th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from common.errors import UserError
@@ -34,3 +35,12 @@ def make_fold(n: int, fold: int, split: str = "contiguous", num_folds: int = NUM
         raise UserError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     start, end = block_bounds(n, fold, num_folds)
     return Fold(fold, [*range(start), *range(end, n)], list(range(start, end)))
+
+
+def hold_out_validation(train: list[int], ratio: float) -> tuple[list[int], list[int]]:
+    """(train, valid): the last `ratio` of the training fold. A contiguous block, like the test folds: a random
+    subset would put most of KEMDy19's recordings, annotated twice, on both sides."""
+    if not 0 <= ratio < 1:
+        raise UserError(f"--valid_ratio {ratio}: choose a value in [0, 1)")
+    n_valid = math.ceil(len(train) * ratio) if ratio else 0
+    return train[: len(train) - n_valid], train[len(train) - n_valid :]

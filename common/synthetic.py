@@ -105,15 +105,17 @@ class Voice:
     breath: float  # share of noise in the source
 
 
+# Pitches a third of an octave or more apart, so that the speakers' +-5 % never confuse two emotions.
 VOICES = {
     "angry": Voice(210, -0.10, 0.00, 0.45),
-    "disgust": Voice(150, -0.20, 0.00, 0.25),
-    "fear": Voice(320, 0.00, 0.06, 0.10),
-    "happy": Voice(270, 0.25, 0.00, 0.00),
-    "neutral": Voice(125, 0.00, 0.00, 0.00),
-    "sad": Voice(100, -0.30, 0.00, 0.05),
-    "surprise": Voice(390, 0.50, 0.00, 0.00),
+    "disgust": Voice(160, -0.20, 0.00, 0.25),
+    "fear": Voice(375, 0.00, 0.06, 0.10),
+    "happy": Voice(280, 0.25, 0.00, 0.00),
+    "neutral": Voice(120, 0.00, 0.00, 0.00),
+    "sad": Voice(90, -0.30, 0.00, 0.05),
+    "surprise": Voice(500, 0.50, 0.00, 0.00),
 }
+SPEAKER_PITCH = {"F": 1.05, "M": 0.95}
 TEXT_CUE, SPEECH_CUE, SECOND_LABEL = 0.6, 0.6, 0.1
 N_EVALUATORS = 10
 # Real sizes: KEMDy20 40 sessions / 13,462 utterances; KEMDy19 20 sessions / 10,283 recordings (20,566 rows).
@@ -232,8 +234,10 @@ class _Writer:
         voice = VOICES[primary if speech_cue else str(rng.choice(EMOTIONS))]
         if i % 50 == 17:
             seconds = float(rng.uniform(0.08, 0.24))
+        elif i % 50 == 33:
+            seconds = float(rng.uniform(5.5, 9.0))
         else:
-            seconds = float(np.clip(rng.lognormal(np.log(2.2), 0.5), 0.3, 9.0))
+            seconds = float(np.clip(rng.lognormal(np.log(1.6), 0.4), 0.3, 9.0))
         sample_rate, channels = 16000, 1
         if self.odd_audio:
             sample_rate = {5: 44100, 6: 48000}.get(i % 10, 16000)
@@ -297,7 +301,7 @@ def _generate_20(w: _Writer, sizes: list[int]) -> list[Recording]:
     ]
     recordings = []
     for s, size in enumerate(sizes, start=1):
-        users = [(f"User{2 * s - 1:03d}F", 1.15), (f"User{2 * s:03d}M", 0.9)]
+        users = [(f"User{2 * s - 1:03d}F", SPEAKER_PITCH["F"]), (f"User{2 * s:03d}M", SPEAKER_PITCH["M"])]
         n_scripts = min(6, max(1, size // 10))
         rows, clock, counters = [], 0.0, {}
         for k in range(size):
@@ -352,7 +356,8 @@ def _generate_19(w: _Writer, sizes: list[int]) -> list[Recording]:
         for k in range(size):
             dialog = k * n_dialogs // size
             kind = f"{('impro', 'script')[dialog % 2]}{dialog // 2 + 1:02d}"
-            gender, shift = ("F", 1.15) if k % 2 == 0 else ("M", 0.9)
+            gender = "FM"[k % 2]
+            shift = SPEAKER_PITCH[gender]
             counters[(kind, gender)] = counters.get((kind, gender), 0) + 1
             segment_id = f"Sess{s:02d}_{kind}_{gender}{counters[(kind, gender)]:03d}"
             rec, panels, x = w.draw(
@@ -414,6 +419,99 @@ def generate(
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 
+def _hangul_syllables() -> list[str]:
+    """The 2,350 Hangul syllables of KS X 1001 (those EUC-KR encodes): nearly all of everyday Korean text."""
+    # Python's euc_kr also writes the other syllables, as 8-byte jamo sequences: keep the 2-byte ones.
+    return [chr(c) for c in range(0xAC00, 0xD7A4) if len(chr(c).encode("euc_kr")) == 2]
+
+
+def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
+    """Tiny random-weight BERT (+ Korean WordPiece tokenizer) and wav2vec2 (+ feature extractor) in
+    `out/text` and `out/speech`, saved with save_pretrained so they load like hub models.
+
+    The wav2vec2 keeps the real 7-layer convolution stack (total stride 320) and group norm, as
+    wav2vec2-base-960h, with narrow layers; the BERT is 2 layers of width 32.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizerFast,
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+    )
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    syllables = _hangul_syllables()
+    # Each syllable alone and inside a word, so that both its forms (X and ##X) are in the vocabulary.
+    lines = FILLERS + [w for ws in EMOTION_WORDS.values() for w in ws] + MARKERS + syllables
+    lines += ["아" + x for x in syllables]
+    lines += [_sentence(rng, (str(rng.choice(EMOTIONS)),), True) for _ in range(300)]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # BertNormalizer's defaults strip accents, which splits Hangul syllables into jamo.
+    tok.normalizer = normalizers.BertNormalizer(strip_accents=False, lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=specials))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tok.decoder = decoders.WordPiece()
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=tok,
+        do_lower_case=False,
+        strip_accents=False,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(seed)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
+    )
+    with torch.no_grad():  # a pooler that passes [CLS] through, as a trained one does, instead of a near-zero map
+        bert.pooler.dense.weight.copy_(torch.eye(bert.config.hidden_size))
+        bert.pooler.dense.bias.zero_()
+    bert.save_pretrained(out / "text")
+    tokenizer.save_pretrained(out / "text")
+    wav2vec2 = Wav2Vec2Model(
+        Wav2Vec2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(32,) * 7,
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2),
+            conv_stride=(5, 2, 2, 2, 2, 2, 2),
+            feat_extract_norm="group",
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            mask_time_prob=0.05,
+            layerdrop=0.1,
+        )
+    )
+    wav2vec2.save_pretrained(out / "speech")
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(out / "speech")
+    return out
+
+
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
 
 
@@ -434,13 +532,24 @@ def _build_once(target: Path, build) -> Path:
 
 def demo_corpus(dataset: str, demo_dir: Path = DEMO_DIR) -> Path:
     """The built-in demo corpus of a dataset's layout, built on first use under demo/."""
-    return _build_once(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp))
+    per_session = 100 if str(dataset) == "20" else 50  # recordings; KEMDy19 annotates each twice
+    return _build_once(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp, 5, per_session))
+
+
+def demo_models(demo_dir: Path = DEMO_DIR) -> Path:
+    """The built-in tiny encoders (demo_dir/tiny_models/{text,speech}), built on first use."""
+    return _build_once(Path(demo_dir) / "tiny_models", write_tiny_models)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m common.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=("19", "20"), default="20", help="which layout to write")
-    parser.add_argument("--out", required=True, help="folder to create the corpus in")
+    parser.add_argument("--out", help="folder to create the corpus in")
+    parser.add_argument(
+        "--tiny_models",
+        metavar="DIR",
+        help="write tiny random encoders to DIR/text and DIR/speech (instead of, or besides, a corpus)",
+    )
     parser.add_argument("--sessions", type=int, default=4, help="number of sessions")
     parser.add_argument(
         "--utterances_per_session", type=int, default=60, help="recordings per session (KEMDy19 annotates each twice)"
@@ -453,6 +562,13 @@ def main(argv: list[str] | None = None) -> None:
         help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
     )
     args = parser.parse_args(argv)
+    if not (args.out or args.tiny_models):
+        parser.error("give --out DIR (a corpus), --tiny_models DIR (encoders), or both")
+    if args.tiny_models:
+        write_tiny_models(args.tiny_models, seed=args.seed)
+        print(f"wrote tiny encoders to {args.tiny_models}/text and {args.tiny_models}/speech")
+    if not args.out:
+        return
     recordings = generate(
         args.dataset, args.out, args.sessions, args.utterances_per_session, args.seed, args.odd_audio, args.full_size
     )

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from common.errors import UserError
-from common.synthetic import EMOTION_WORDS, FULL_SIZE, VOICES, _sizes, generate
+from common.synthetic import EMOTION_WORDS, FULL_SIZE, SPEAKER_PITCH, VOICES, _sizes, generate
 
 
 def tree_digest(root):
@@ -128,7 +128,7 @@ def test_speech_cue_sets_the_voice_pitch_of_the_primary_emotion(corpus20):
         if not r.speech_cue or r.duration < 1.0 or VOICES[r.labels[0]].slope or VOICES[r.labels[0]].vibrato:
             continue
         x, rate = sf.read(str(root / "wav" / f"Session{r.session:02d}" / f"{r.segment_id}.wav"), dtype="float32")
-        shift = 1.15 if r.speaker.endswith("F") else 0.9
+        shift = SPEAKER_PITCH[r.speaker[-1]]
         assert dominant_pitch(x[: rate // 2 * 2], rate) == pytest.approx(VOICES[r.labels[0]].f0 * shift, rel=0.06)
         checked += 1
     assert checked >= 10

@@ -1,0 +1,226 @@
+"""Batches -> outputs: the encoders, their pooling, the fusion of the two, and the heads.
+
+One model class serves all twelve cells; a cell only decides which encoders exist and which heads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
+
+from common.data import AudioSpec
+from common.errors import UserError
+from common.kemdy import EMOTIONS
+
+MODALITIES = ("text", "speech", "multimodal")
+TASKS = ("classification", "regression", "total")
+FUSIONS = ("concat", "element_wise_add")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; its name is the script's name."""
+
+    modality: str
+    task: str
+    fusion: str | None = None
+
+    def __post_init__(self):
+        assert self.modality in MODALITIES and self.task in TASKS
+        assert (self.fusion in FUSIONS) == (self.modality == "multimodal")
+
+    @property
+    def name(self) -> str:
+        return f"multimodal_{self.task}_{self.fusion}" if self.fusion else f"{self.modality}_{self.task}"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.modality in ("text", "multimodal")
+
+    @property
+    def uses_speech(self) -> bool:
+        return self.modality in ("speech", "multimodal")
+
+    @property
+    def classifies(self) -> bool:
+        return self.task in ("classification", "total")
+
+    @property
+    def regresses(self) -> bool:
+        return self.task in ("regression", "total")
+
+
+def _load(flag: str, name: str, loader):
+    try:
+        return loader(name)
+    except (OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or ["unknown error"])[0]
+        if Path(name).is_dir():
+            raise UserError(f"{flag} {name}: cannot load from this folder ({first})") from None
+        raise UserError(
+            f"{flag} {name}: not a local folder and not available offline ({first}); "
+            "connect once to download it, or pass a local folder"
+        ) from None
+
+
+def load_text_encoder(name: str) -> tuple[object, nn.Module]:
+    """(tokenizer, encoder) from a hub name or a local folder."""
+    tokenizer = _load("--text_model", name, AutoTokenizer.from_pretrained)
+    return tokenizer, _load("--text_model", name, AutoModel.from_pretrained)
+
+
+def load_speech_encoder(name: str) -> tuple[object, nn.Module]:
+    """(feature extractor, encoder) from a hub name or a local folder."""
+    extractor = _load("--speech_model", name, AutoFeatureExtractor.from_pretrained)
+    return extractor, _load("--speech_model", name, AutoModel.from_pretrained)
+
+
+def audio_spec(extractor, encoder: nn.Module, pad_to: int = 0) -> AudioSpec:
+    """What the speech encoder needs from collation: normalisation, padding and a minimum clip length."""
+    config = encoder.config
+    # Shortest clip that still yields enough frames: one, or a SpecAugment span when that is on.
+    frames_needed = max(1, config.mask_time_length + 1 if config.mask_time_prob > 0 else 1)
+    n = 1
+    while int(encoder._get_feat_extract_output_lengths(n)) < frames_needed:
+        n += 16
+    return AudioSpec(
+        normalize=bool(getattr(extractor, "do_normalize", False)),
+        padding_value=float(getattr(extractor, "padding_value", 0.0)),
+        min_samples=n,
+        pass_mask=bool(getattr(extractor, "return_attention_mask", False)),
+        pad_to=pad_to,
+    )
+
+
+@dataclass(frozen=True)
+class Heads:
+    """What the model needs beyond the encoders; saved with a trained model as model.json."""
+
+    modality: str
+    task: str
+    fusion: str | None
+    text_pooling: str = "pooler"
+    speech_pooling: str = "mean"
+    dropout: float = 0.1
+    pass_audio_mask: bool = False
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.modality, self.task, self.fusion)
+
+
+class EmotionModel(nn.Module):
+    """Encoders -> pooled vectors -> fusion -> emotion logits and/or standardised valence/arousal."""
+
+    def __init__(self, heads: Heads, text_encoder: nn.Module | None = None, speech_encoder: nn.Module | None = None):
+        super().__init__()
+        self.heads, cell = heads, heads.cell
+        self.text_encoder, self.speech_encoder = text_encoder, speech_encoder
+        width = 0
+        if cell.uses_text:
+            if heads.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
+                raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
+            if heads.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
+                text_encoder.pooler = None  # unused parameters would break multi-process training
+            width = text_encoder.config.hidden_size
+        if cell.uses_speech:
+            config = speech_encoder.config
+            # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
+            config.layerdrop = 0.0
+            speech_width = config.hidden_size if heads.speech_pooling == "mean" else config.conv_dim[-1]
+            if heads.fusion == "element_wise_add":
+                self.speech_projection = nn.Linear(speech_width, width)
+            else:
+                width += speech_width
+        self.dropout = nn.Dropout(heads.dropout)
+        self.emotion_head = nn.Linear(width, len(EMOTIONS)) if cell.classifies else None
+        self.va_head = nn.Linear(width, 2) if cell.regresses else None
+        # Valence/arousal are predicted standardised with the training fold's statistics (set by the trainer).
+        self.register_buffer("va_mean", torch.full((2,), 3.0))
+        self.register_buffer("va_std", torch.ones(2))
+
+    def _text(self, batch: dict) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        out = self.text_encoder(
+            input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
+        )
+        if self.heads.text_pooling == "pooler":
+            return out.pooler_output
+        if self.heads.text_pooling == "cls":
+            return out.last_hidden_state[:, 0]
+        return masked_mean(out.last_hidden_state, mask)
+
+    def _speech(self, batch: dict) -> torch.Tensor:
+        encoder, samples = self.speech_encoder, batch["audio_mask"]
+        out = encoder(batch["audio"], attention_mask=samples if self.heads.pass_audio_mask else None)
+        if self.heads.speech_pooling == "cnn_last":
+            # The original's representation: the last frame of the CNN features of a fixed-length input.
+            return out.extract_features[:, -1]
+        frames = encoder._get_feature_vector_attention_mask(out.last_hidden_state.shape[1], samples)
+        return masked_mean(out.last_hidden_state, frames)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        parts = []
+        if self.heads.cell.uses_text:
+            parts.append(self._text(batch))
+        if self.heads.cell.uses_speech:
+            speech = self._speech(batch)
+            parts.append(self.speech_projection(speech) if self.heads.fusion == "element_wise_add" else speech)
+        if self.heads.fusion == "element_wise_add":
+            fused = parts[0] + parts[1]
+        else:
+            fused = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        fused = self.dropout(fused)
+        out = {}
+        if self.emotion_head is not None:
+            out["emotion_logits"] = self.emotion_head(fused)
+        if self.va_head is not None:
+            out["va_z"] = self.va_head(fused)
+        return out
+
+    def va(self, va_z: torch.Tensor) -> torch.Tensor:
+        """Standardised outputs back on the 1..5 scale."""
+        return va_z * self.va_std + self.va_mean
+
+    def save(self, folder: Path, tokenizer=None, extractor=None) -> None:
+        """A folder `load` reads back: encoders in transformers format, heads as safetensors, model.json."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.text_encoder is not None:
+            self.text_encoder.save_pretrained(folder / "text")
+            tokenizer.save_pretrained(folder / "text")
+        if self.speech_encoder is not None:
+            self.speech_encoder.save_pretrained(folder / "speech")
+            extractor.save_pretrained(folder / "speech")
+        encoders = ("text_encoder.", "speech_encoder.")
+        rest = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(encoders)}
+        save_file(rest, str(folder / "heads.safetensors"))
+        (folder / "model.json").write_text(json.dumps(asdict(self.heads), indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[EmotionModel, object, object]:
+        """(model, tokenizer or None, feature extractor or None) from a folder written by `save`."""
+        heads = Heads(**json.loads((folder / "model.json").read_text()))
+        tokenizer = text = extractor = speech = None
+        if heads.cell.uses_text:
+            tokenizer, text = load_text_encoder(str(folder / "text"))
+        if heads.cell.uses_speech:
+            extractor, speech = load_speech_encoder(str(folder / "speech"))
+        model = cls(heads, text, speech)
+        result = model.load_state_dict(load_file(str(folder / "heads.safetensors")), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(("text_encoder.", "speech_encoder."))]
+        if missing or result.unexpected_keys:
+            keys = missing or result.unexpected_keys
+            raise UserError(f"{folder / 'heads.safetensors'}: does not match model.json ({keys[:3]})")
+        return model.eval(), tokenizer, extractor
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where mask is set; a row with none set averages nothing to zeros."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)

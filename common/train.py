@@ -1,0 +1,356 @@
+"""The one training loop: read the fold, build the cell's model, fit, evaluate every epoch, write the run.
+
+    python multimodal_total_concat.py --dataset 20 --dataset_dir /data/KEMDy20 --num_fold 1
+
+A run directory holds config.json (arguments, models, versions, data), metrics.json (every epoch and
+the chosen one), predictions.csv (the chosen epoch's test predictions) and model/ (the trained model).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from common.cli import parse_args
+from common.data import SAMPLE_RATE, Collator, EpochBatchSampler, KemdyDataset
+from common.errors import run_cli
+from common.folds import hold_out_validation, make_fold
+from common.kemdy import EMOTIONS, Corpus, read_corpus
+from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+from common.tasks import DIMENSIONS, classification_metrics, per_sample_loss, regression_metrics
+
+
+def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | None = None) -> None:
+    """Entry point of the twelve scripts."""
+    cell = Cell(modality, task, fusion)
+    run_cli(lambda: train(cell, parse_args(cell, argv, sys.modules["__main__"].__doc__)))
+
+
+def _run_dir(cell: Cell, args) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    return Path("runs", *(["demo"] if args.demo else []), cell.name, f"KEMDy{args.dataset}", f"fold{args.num_fold}")
+
+
+def _resolve_demo(cell: Cell, args) -> None:
+    from common.synthetic import demo_corpus, demo_models
+
+    args.dataset_dir = str(demo_corpus(args.dataset))
+    models = demo_models()
+    if cell.uses_text and args.text_model == "klue/bert-base":
+        args.text_model = str(models / "text")
+    if cell.uses_speech and args.speech_model == "facebook/wav2vec2-base-960h":
+        args.speech_model = str(models / "speech")
+
+
+class Trainer:
+    """Holds what the epoch functions share: the accelerator, the model, the loaders and the task weights."""
+
+    def __init__(self, cell: Cell, args, accelerator):
+        self.cell, self.args, self.accelerator = cell, args, accelerator
+        self.cls_weight = getattr(args, "cls_weight", 1.0)
+        self.reg_weight = getattr(args, "reg_weight", 1.0)
+
+    def loss(self, model, outputs, batch) -> torch.Tensor:
+        core = self.accelerator.unwrap_model(model)
+        return per_sample_loss(outputs, batch, core.va_mean, core.va_std, self.cls_weight, self.reg_weight)
+
+    def fit_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> float:
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{self.args.epochs}",
+            leave=False,
+            disable=not self.accelerator.is_local_main_process,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            loss = self.loss(model, model(batch), batch).mean()
+            self.accelerator.backward(loss)
+            if self.args.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total, count = total + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        mean = torch.tensor([total / max(count, 1)], device=self.accelerator.device)
+        return float(self.accelerator.gather(mean).mean())
+
+    @torch.no_grad()
+    def predict(self, model, loader) -> dict[str, np.ndarray]:
+        """Per-utterance outputs over the whole split, gathered from every process without duplicates."""
+        model.eval()
+        core = self.accelerator.unwrap_model(model)
+        parts: dict[str, list] = {}
+        for batch in loader:
+            outputs = model(batch)
+            row = {
+                "index": batch["index"],
+                "loss": self.loss(model, outputs, batch),
+                "labels": batch["labels"],
+                "va": batch["va"],
+            }
+            if "emotion_logits" in outputs:
+                row["probs"] = torch.sigmoid(outputs["emotion_logits"].float())
+            if "va_z" in outputs:
+                row["va_pred"] = core.va(outputs["va_z"].float())
+            for key, value in self.accelerator.gather_for_metrics(row).items():
+                parts.setdefault(key, []).append(value.cpu().numpy())
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    def metrics(self, out: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
+        metrics, notes = {"loss": float(out["loss"].mean()), "n": int(len(out["index"]))}, []
+        if "probs" in out:
+            m, n = classification_metrics(out["labels"], out["probs"], self.args.threshold)
+            metrics, notes = metrics | m, notes + n
+        if "va_pred" in out:
+            m, n = regression_metrics(out["va"], out["va_pred"])
+            metrics, notes = metrics | m, notes + n
+        return metrics, notes
+
+
+def _loader(dataset, collate, args, batch_sampler=None) -> DataLoader:
+    sizes = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": args.batch_size, "shuffle": False}
+    return DataLoader(
+        dataset, collate_fn=collate, num_workers=args.num_workers, persistent_workers=args.num_workers > 0, **sizes
+    )
+
+
+def train(cell: Cell, args) -> dict:
+    """Train and evaluate one fold; returns the metrics written to metrics.json."""
+    if args.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()  # loading and saving bars would drown the per-epoch progress
+    hf_logging.disable_progress_bar()
+    if args.demo:
+        _resolve_demo(cell, args)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed)
+    log = accelerator.print
+    corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
+    utts = corpus.utterances
+    fold = make_fold(len(utts), args.num_fold)
+    train_idx, valid_idx = hold_out_validation(fold.train, args.valid_ratio)
+    log(
+        f"KEMDy{args.dataset} fold {args.num_fold}: {len(train_idx)} train, {len(valid_idx)} valid, "
+        f"{len(fold.test)} test utterances ({len(corpus.excluded)} rows excluded"
+        + (f": {dict(Counter(e.reason for e in corpus.excluded))}" if corpus.excluded else "")
+        + ")"
+    )
+
+    tokenizer = text_encoder = extractor = speech_encoder = spec = None
+    if cell.uses_text:
+        tokenizer, text_encoder = load_text_encoder(args.text_model)
+    if cell.uses_speech:
+        extractor, speech_encoder = load_speech_encoder(args.speech_model)
+        pad_to = int(args.max_seq_len * SAMPLE_RATE) if args.speech_pooling == "cnn_last" else 0
+        spec = audio_spec(extractor, speech_encoder, pad_to=pad_to)
+    heads = Heads(
+        cell.modality,
+        cell.task,
+        cell.fusion,
+        getattr(args, "text_pooling", "pooler"),
+        getattr(args, "speech_pooling", "mean"),
+        args.dropout,
+        bool(spec and spec.pass_mask),
+    )
+    set_seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
+    model = EmotionModel(heads, text_encoder, speech_encoder)
+    va_train = np.array([[utts[i].valence, utts[i].arousal] for i in train_idx])
+    model.va_mean.copy_(torch.from_numpy(va_train.mean(axis=0)))
+    model.va_std.copy_(torch.from_numpy(va_train.std(axis=0).clip(min=1e-3)))
+
+    collate = Collator(tokenizer, args.max_text_len, spec)
+    datasets = {
+        name: KemdyDataset(utts, idx, args.max_seq_len, spec)
+        for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", fold.test))
+    }
+    lengths = None
+    if args.group_by_length:
+        lengths = [utts[i].duration if cell.uses_speech else len(utts[i].text) for i in train_idx]
+    sampler = EpochBatchSampler(len(train_idx), args.batch_size, args.seed, lengths)
+    train_loader = _loader(datasets["train"], collate, args, batch_sampler=sampler)
+    eval_loaders = {
+        name: _loader(datasets[name], collate, args) for name in ("valid", "test") if datasets[name].indices
+    }
+    steps = len(train_loader) * args.epochs
+    encoder_params = [p for n, p in model.named_parameters() if n.startswith(("text_encoder.", "speech_encoder."))]
+    head_params = [p for n, p in model.named_parameters() if not n.startswith(("text_encoder.", "speech_encoder."))]
+    groups = [{"params": encoder_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr or args.lr}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8, weight_decay=args.weight_decay)
+    warmup = int(args.warmup_ratio * steps)
+    scheduler = (
+        get_linear_schedule_with_warmup(optimizer, warmup, steps)
+        if args.lr_scheduler == "linear"
+        else get_constant_schedule_with_warmup(optimizer, warmup)
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
+
+    trainer = Trainer(cell, args, accelerator)
+    history, best, best_state, best_test = [], None, None, None
+    for epoch in range(1, args.epochs + 1):
+        sampler.set_epoch(epoch)
+        record = {"epoch": epoch, "train_loss": trainer.fit_epoch(model, train_loader, optimizer, scheduler, epoch)}
+        outputs = {name: trainer.predict(model, loader) for name, loader in eval_loaders.items()}
+        notes = []
+        for name, out in outputs.items():
+            record[name], split_notes = trainer.metrics(out)
+            notes += [f"{name}: {n}" for n in split_notes]
+        record["notes"] = notes
+        history.append(record)
+        log(_epoch_line(record))
+        score = record["valid"]["loss"] if "valid" in record else -epoch  # without validation: the last epoch
+        if best is None or score < best:
+            best, best_test = score, outputs["test"]
+            if "valid" in record:  # keep the chosen weights on the CPU, not in accelerator memory
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()
+                }
+            chosen = epoch
+
+    core = accelerator.unwrap_model(model)
+    if best_state is not None:
+        core.load_state_dict(best_state)
+    result = {
+        "script": cell.name,
+        "dataset": f"KEMDy{args.dataset}",
+        "fold": args.num_fold,
+        "task": cell.task,
+        "selection": "valid_loss" if valid_idx else "last_epoch",
+        "chosen_epoch": chosen,
+        "test": history[chosen - 1]["test"],
+        "epochs": history,
+    }
+    if accelerator.is_main_process:
+        run_dir = _run_dir(cell, args)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = _config(cell, args, corpus, accelerator, len(train_idx), len(valid_idx), len(fold.test), model=core)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        _write_predictions(run_dir / "predictions.csv", utts, best_test)
+        if args.save_model:
+            core.save(run_dir / "model", tokenizer, extractor)
+        log(_summary(result, run_dir))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _headline(m: dict) -> str:
+    keys = [k for k in ("micro_f1", "macro_f1", "top1_accuracy", "valence_ccc", "arousal_ccc") if k in m]
+    return "  ".join(f"{k} {_fmt(m[k])}" for k in ["loss", *keys])
+
+
+def _epoch_line(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"]
+    parts += [f"{name}: {_headline(record[name])}" for name in ("valid", "test") if name in record]
+    return " | ".join(parts)
+
+
+def _summary(result: dict, run_dir: Path) -> str:
+    m = result["test"]
+    lines = [
+        f"{result['script']} {result['dataset']} fold {result['fold']}: test metrics of epoch "
+        f"{result['chosen_epoch']} (chosen by {result['selection'].replace('_', ' ')})"
+    ]
+    for key, value in m.items():
+        if key == "per_class_f1":
+            lines.append("  per-class F1: " + "  ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
+        elif key != "n":
+            lines.append(f"  {key:<18}{_fmt(value)}")
+    lines.append(f"run directory: {run_dir}")
+    return "\n".join(lines)
+
+
+def _write_predictions(path: Path, utts, out: dict[str, np.ndarray]) -> None:
+    order = np.argsort(out["index"], kind="stable")
+    header = ["segment_id", *[f"true_{e}" for e in EMOTIONS]]
+    if "probs" in out:
+        header += [f"prob_{e}" for e in EMOTIONS]
+    header += [f"true_{d}" for d in DIMENSIONS]
+    if "va_pred" in out:
+        header += [f"pred_{d}" for d in DIMENSIONS]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for k in order:
+            u = utts[int(out["index"][k])]
+            row = [u.segment_id, *u.labels]
+            if "probs" in out:
+                row += [f"{p:.6f}" for p in out["probs"][k]]
+            row += [u.valence, u.arousal]
+            if "va_pred" in out:
+                row += [f"{v:.6f}" for v in out["va_pred"][k]]
+            writer.writerow(row)
+
+
+def _describe_model(name: str, encoder) -> dict:
+    return {
+        "name": name,
+        "path": str(Path(name).resolve()) if Path(name).is_dir() else None,
+        "model_type": encoder.config.model_type,
+        "class": type(encoder).__name__,
+        "hidden_size": encoder.config.hidden_size,
+        "parameters": sum(p.numel() for p in encoder.parameters()),
+    }
+
+
+def _config(cell: Cell, args, corpus: Corpus, accelerator, n_train, n_valid, n_test, model) -> dict:
+    import accelerate
+    import transformers
+
+    return {
+        "script": cell.name,
+        "cell": asdict(cell),
+        "args": vars(args),
+        "command": " ".join(sys.argv),
+        "models": {
+            **({"text": _describe_model(args.text_model, model.text_encoder)} if cell.uses_text else {}),
+            **({"speech": _describe_model(args.speech_model, model.speech_encoder)} if cell.uses_speech else {}),
+        },
+        "data": {
+            "dataset_dir": str(Path(args.dataset_dir).resolve()),
+            "annotation_files": len(corpus.annotation_files),
+            "rows": corpus.rows,
+            "used": len(corpus.utterances),
+            "excluded": len(corpus.excluded),
+            "exclusions": [asdict(e) for e in corpus.excluded],
+            "split": {"train": n_train, "valid": n_valid, "test": n_test},
+            "va_mean": model.va_mean.tolist(),
+            "va_std": model.va_std.tolist(),
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+            "numpy": np.__version__,
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+        },
+    }
