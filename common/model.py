@@ -21,6 +21,7 @@ from common.kemdy import EMOTIONS
 MODALITIES = ("text", "speech", "multimodal")
 TASKS = ("classification", "regression", "total")
 FUSIONS = ("concat", "element_wise_add")
+CNN_PARAMETERS = ("feature_extractor.", "feature_projection.layer_norm.")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,9 @@ class EmotionModel(nn.Module):
             # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
             config.layerdrop = 0.0
             speech_width = config.hidden_size if heads.speech_pooling == "mean" else config.conv_dim[-1]
+            if heads.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
+                for name, param in speech_encoder.named_parameters():
+                    param.requires_grad_(name.startswith(CNN_PARAMETERS))
             if heads.fusion == "element_wise_add":
                 self.speech_projection = nn.Linear(speech_width, width)
             else:
@@ -158,10 +162,12 @@ class EmotionModel(nn.Module):
 
     def _speech(self, batch: dict) -> torch.Tensor:
         encoder, samples = self.speech_encoder, batch["audio_mask"]
-        out = encoder(batch["audio"], attention_mask=samples if self.heads.pass_audio_mask else None)
         if self.heads.speech_pooling == "cnn_last":
-            # The original's representation: the last frame of the CNN features of a fixed-length input.
-            return out.extract_features[:, -1]
+            # The original's representation: the last frame of the (layer-normed) CNN features of a
+            # fixed-length input, i.e. wav2vec2's `extract_features[:, -1]`, without running the transformer.
+            features = encoder.feature_extractor(batch["audio"]).transpose(1, 2)
+            return encoder.feature_projection.layer_norm(features[:, -1])
+        out = encoder(batch["audio"], attention_mask=samples if self.heads.pass_audio_mask else None)
         frames = encoder._get_feature_vector_attention_mask(out.last_hidden_state.shape[1], samples)
         return masked_mean(out.last_hidden_state, frames)
 

@@ -14,13 +14,13 @@ Generative rule, per recording (utterance index i, all draws from the seed):
 - Latent valence/arousal: the mean over its labels of VA_MEAN plus N(0, 0.35) each. Ten evaluators
   score round(latent + N(0, 0.6)) clipped to 1..5; the annotation holds their mean (a multiple of 0.1).
   KEMDy19's two files hold two independent panels for the same recording.
-- Text cue (probability 0.6): the transcript contains a word of each label from EMOTION_WORDS; otherwise
+- Text cue (probability 0.7): the transcript contains a word of each label from EMOTION_WORDS; otherwise
   only neutral filler words. Markers such as `l/`, `b/`, `*` are sprinkled in, as in the real corpus.
-- Speech cue (probability 0.6, independent of the text cue): the voice has the primary emotion's
+- Speech cue (probability 0.7, independent of the text cue): the voice has the primary emotion's
   timbre from VOICES (pitch, contour, vibrato, breathiness); otherwise the timbre of a random emotion.
   Syllable rate always follows the latent arousal (1 + 0.9 * (arousal - 1) per second).
-Text alone can decode the label for ~60 % of utterances, speech alone for ~60 % (and arousal always);
-together ~84 %: each modality beats chance and their combination beats both.
+Text alone reveals the label of ~70 % of utterances, speech alone of ~70 % (and arousal always),
+together of ~91 %: each modality beats chance and their combination beats both.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ VOICES = {
     "surprise": Voice(500, 0.50, 0.00, 0.00),
 }
 SPEAKER_PITCH = {"F": 1.05, "M": 0.95}
-TEXT_CUE, SPEECH_CUE, SECOND_LABEL = 0.6, 0.6, 0.1
+TEXT_CUE, SPEECH_CUE, SECOND_LABEL = 0.7, 0.7, 0.1
 N_EVALUATORS = 10
 # Real sizes: KEMDy20 40 sessions / 13,462 utterances; KEMDy19 20 sessions / 10,283 recordings (20,566 rows).
 FULL_SIZE = {"20": (40, 13462), "19": (20, 10283)}

@@ -59,8 +59,8 @@ class Trainer:
 
     def __init__(self, cell: Cell, args, accelerator):
         self.cell, self.args, self.accelerator = cell, args, accelerator
-        self.cls_weight = getattr(args, "cls_weight", 1.0)
-        self.reg_weight = getattr(args, "reg_weight", 1.0)
+        self.cls_weight = args.cls_weight
+        self.reg_weight = args.reg_weight
 
     def loss(self, model, outputs, batch) -> torch.Tensor:
         core = self.accelerator.unwrap_model(model)
@@ -168,8 +168,8 @@ def train(cell: Cell, args) -> dict:
         cell.modality,
         cell.task,
         cell.fusion,
-        getattr(args, "text_pooling", "pooler"),
-        getattr(args, "speech_pooling", "mean"),
+        args.text_pooling,
+        args.speech_pooling,
         args.dropout,
         bool(spec and spec.pass_mask),
     )
@@ -193,8 +193,9 @@ def train(cell: Cell, args) -> dict:
         name: _loader(datasets[name], collate, args) for name in ("valid", "test") if datasets[name].indices
     }
     steps = len(train_loader) * args.epochs
-    encoder_params = [p for n, p in model.named_parameters() if n.startswith(("text_encoder.", "speech_encoder."))]
-    head_params = [p for n, p in model.named_parameters() if not n.startswith(("text_encoder.", "speech_encoder."))]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    encoder_params = [p for n, p in trainable if n.startswith(("text_encoder.", "speech_encoder."))]
+    head_params = [p for n, p in trainable if not n.startswith(("text_encoder.", "speech_encoder."))]
     groups = [{"params": encoder_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr or args.lr}]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8, weight_decay=args.weight_decay)
     warmup = int(args.warmup_ratio * steps)

@@ -23,3 +23,11 @@ def corpus19(tmp_path_factory):
     """(root, ground truth) of a 3-session synthetic KEMDy19 with odd sample rates and stereo files."""
     root = tmp_path_factory.mktemp("kemdy19")
     return root, generate("19", root, sessions=3, utterances_per_session=40, seed=11, odd_audio=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folder with text/ and speech/ tiny encoders, written by the same code as the demo's."""
+    from common.synthetic import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))

@@ -110,7 +110,7 @@ def test_text_cue_plants_emotion_words_and_only_then(corpus20):
         else:
             assert not any(w in r.text for w in words)
     share = np.mean([r.text_cue for r in truth])
-    assert 0.45 < share < 0.75  # Bernoulli(0.6) over 120 utterances: 3.3 standard deviations each side
+    assert 0.56 < share < 0.84  # Bernoulli(0.7) over 120 utterances: 3.3 standard deviations each side
 
 
 def dominant_pitch(x, rate):
@@ -167,3 +167,32 @@ def test_command_line_writes_a_corpus(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "12 recordings" in proc.stdout
     assert len(list((out / "annotation").iterdir())) == 2
+
+
+def test_tiny_encoders_load_like_hub_models_and_tokenize_korean(tiny_models):
+    from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models / "text")
+    tokens = tok.tokenize("l/ 오늘 정말 행복해 * 밖에서 뛰놀았다")
+    assert "[UNK]" not in tokens and "행복해" in tokens  # syllables and frequent words survive save/load
+    assert tok("짜증나")["input_ids"][0] == tok.cls_token_id
+    text = AutoModel.from_pretrained(tiny_models / "text")
+    assert (text.config.model_type, text.config.hidden_size, text.config.num_hidden_layers) == ("bert", 32, 2)
+    speech = AutoModel.from_pretrained(tiny_models / "speech")
+    assert speech.config.model_type == "wav2vec2" and speech.config.feat_extract_norm == "group"
+    assert int(np.prod(speech.config.conv_stride)) == 320 and len(speech.config.conv_kernel) == 7
+    fe = AutoFeatureExtractor.from_pretrained(tiny_models / "speech")
+    assert (fe.sampling_rate, fe.do_normalize, fe.return_attention_mask) == (16000, True, False)
+
+
+def test_tiny_models_command_writes_text_and_speech_folders(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "common.synthetic", "--tiny_models", str(tmp_path / "m")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "m" / "text").iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
+    assert {p.name for p in (tmp_path / "m" / "speech").iterdir()} >= {"config.json", "preprocessor_config.json"}

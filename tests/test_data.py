@@ -1,0 +1,140 @@
+"""Audio decoding, collation, the training sampler and the validation hold-out."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+from common.data import AudioSpec, Collator, EpochBatchSampler, KemdyDataset, load_audio
+from common.errors import UserError
+from common.folds import hold_out_validation, make_fold
+from common.kemdy import read_corpus
+
+
+def write(path, x, rate):
+    sf.write(str(path), x, rate, subtype="FLOAT")
+    return path
+
+
+def test_16k_mono_is_read_as_is_and_cut_to_max_seconds(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32)
+    path = write(tmp_path / "a.wav", x, 16000)
+    np.testing.assert_array_equal(load_audio(path, 5), x)
+    np.testing.assert_array_equal(load_audio(path, 2), x[:32000])
+    np.testing.assert_array_equal(load_audio(path, 0.5), x[:8000])
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 8000])
+def test_other_rates_and_stereo_are_downmixed_and_resampled_with_scipy(tmp_path, rate):
+    rng = np.random.default_rng(1)
+    stereo = rng.uniform(-0.5, 0.5, (rate * 2, 2)).astype(np.float32)
+    path = write(tmp_path / "b.wav", stereo, rate)
+    got = load_audio(path, 5)
+    mono = stereo.mean(axis=1)
+    g = np.gcd(rate, 16000)
+    expected = resample_poly(mono, 16000 // g, rate // g)
+    assert got.dtype == np.float32 and len(got) == 32000
+    np.testing.assert_allclose(got, expected[:32000], atol=1e-5)
+
+
+def test_long_files_are_only_read_up_to_max_seconds(tmp_path):
+    x = np.zeros(48000 * 7, dtype=np.float32)
+    x[48000 * 6] = 1.0
+    path = write(tmp_path / "long.wav", x, 48000)
+    got = load_audio(path, 5)
+    assert len(got) == 80000 and np.abs(got).max() == 0.0
+
+
+def spec(**kw):
+    return AudioSpec(**({"normalize": True, "padding_value": 0.0, "min_samples": 400, "pass_mask": False} | kw))
+
+
+def test_collator_pads_audio_to_the_longest_clip_and_marks_real_samples():
+    items = [
+        {
+            "index": 4,
+            "text": "a",
+            "labels": np.ones(7, np.float32),
+            "va": np.array([3, 2], np.float32),
+            "audio": np.ones(1000, np.float32),
+        },
+        {
+            "index": 9,
+            "text": "b",
+            "labels": np.zeros(7, np.float32),
+            "va": np.array([1, 5], np.float32),
+            "audio": np.full(100, 2.0, np.float32),
+        },
+    ]
+    batch = Collator(None, 8, spec(padding_value=-1.0))(items)
+    assert batch["audio"].shape == (2, 1000) and batch["index"].tolist() == [4, 9]
+    assert batch["audio_mask"].sum(1).tolist() == [1000, 400]  # the short clip is stretched to min_samples
+    assert batch["audio"][1, :100].eq(2.0).all() and batch["audio"][1, 100:].eq(-1.0).all()
+    assert batch["va"].tolist() == [[3, 2], [1, 5]]
+    fixed = Collator(None, 8, spec(pad_to=4000))(items)
+    assert fixed["audio"].shape == (2, 4000) and fixed["audio_mask"].sum(1).tolist() == [1000, 400]
+
+
+def test_dataset_normalises_each_clip_like_wav2vec2(corpus20):
+    root, _ = corpus20
+    utts = read_corpus("20", root).utterances
+    item = KemdyDataset(utts, [5], 5, spec())[0]
+    raw = load_audio(utts[5].wav, 5)
+    np.testing.assert_allclose(item["audio"], (raw - raw.mean()) / np.sqrt(raw.var() + 1e-7), rtol=1e-5, atol=1e-6)
+    assert item["index"] == 5 and item["text"] == utts[5].text
+    assert "audio" not in KemdyDataset(utts, [5], 5, None)[0]
+
+
+def test_batch_sampler_is_a_seeded_function_of_the_epoch_and_covers_everything():
+    a, b = EpochBatchSampler(103, 10, seed=3), EpochBatchSampler(103, 10, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert a.batches() == b.batches() and len(a) == 11
+    assert sorted(i for batch in a.batches() for i in batch) == list(range(103))
+    b.set_epoch(3)
+    assert a.batches() != b.batches()
+
+
+def test_length_grouping_puts_similar_lengths_together_and_still_shuffles():
+    rng = np.random.default_rng(0)
+    lengths = rng.uniform(0.2, 5.0, 1000).tolist()
+    grouped = EpochBatchSampler(1000, 16, seed=1, lengths=lengths)
+    plain = EpochBatchSampler(1000, 16, seed=1)
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert sorted(i for b in grouped.batches() for i in b) == list(range(1000))
+    assert padding(grouped.batches()) < 0.1 * padding(plain.batches())
+    grouped.set_epoch(1)
+    first = grouped.batches()
+    grouped.set_epoch(2)
+    assert first != grouped.batches()
+    assert [max(lengths[i] for i in b) for b in first] != sorted(
+        [max(lengths[i] for i in b) for b in first], reverse=True
+    )
+
+
+def test_validation_is_the_last_block_of_the_training_fold():
+    fold = make_fold(100, 2)
+    train, valid = hold_out_validation(fold.train, 0.1)
+    assert valid == list(range(92, 100)) and train == [*range(20), *range(40, 92)]
+    assert hold_out_validation(fold.train, 0.0) == (fold.train, [])
+    with pytest.raises(UserError, match=r"--valid_ratio 1.0: choose a value in \[0, 1\)"):
+        hold_out_validation(fold.train, 1.0)
+
+
+def test_torch_tensors_come_out_with_the_right_dtypes():
+    items = [
+        {
+            "index": 0,
+            "text": "x",
+            "labels": np.ones(7, np.float32),
+            "va": np.ones(2, np.float32),
+            "audio": np.ones(500, np.float32),
+        }
+    ]
+    batch = Collator(None, 8, spec())(items)
+    assert batch["audio"].dtype == torch.float32 and batch["audio_mask"].dtype == torch.int64
+    assert batch["labels"].dtype == torch.float32 and batch["index"].dtype == torch.int64

@@ -1,0 +1,198 @@
+"""The twelve scripts end to end, each in its own process, on a tiny synthetic corpus with tiny encoders."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from common.kemdy import EMOTIONS, read_corpus
+from common.model import EmotionModel
+from common.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFICATION_KEYS = {
+    "loss",
+    "n",
+    "micro_f1",
+    "macro_f1",
+    "weighted_f1",
+    "per_class_f1",
+    "hamming_accuracy",
+    "subset_accuracy",
+    "top1_accuracy",
+}
+REGRESSION_KEYS = {"loss", "n", "mean_ccc"} | {
+    f"{d}_{m}" for d in ("valence", "arousal") for m in ("ccc", "pearson", "mae", "rmse")
+}
+# (script, dataset, extra flags): together they cover both datasets and the non-default options.
+RUNS = [
+    ("text_classification", "20", ["--text_pooling", "mean"]),
+    ("text_regression", "19", ["--valid_ratio", "0"]),
+    ("text_total", "20", ["--lr_scheduler", "linear", "--warmup_ratio", "0.5"]),
+    ("speech_classification", "19", ["--group_by_length"]),
+    ("speech_regression", "20", ["--speech_pooling", "cnn_last", "--max_seq_len", "2"]),
+    ("speech_total", "20", ["--max_grad_norm", "1.0"]),
+    ("multimodal_classification_concat", "20", ["--threshold", "0.3"]),
+    ("multimodal_regression_concat", "19", ["--kemdy19_rows", "speaker"]),
+    ("multimodal_total_concat", "20", ["--cls_weight", "2", "--reg_weight", "0.5"]),
+    ("multimodal_classification_element_wise_add", "19", ["--text_pooling", "cls"]),
+    ("multimodal_regression_element_wise_add", "20", ["--head_lr", "1e-3"]),
+    ("multimodal_total_element_wise_add", "19", []),
+]
+
+
+def run_script(script, *args, cwd=ROOT):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / f"{script}.py"), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_models):
+    base = tmp_path_factory.mktemp("scripts")
+    corpora = {"20": base / "KEMDy20", "19": base / "KEMDy19"}
+    generate("20", corpora["20"], sessions=2, utterances_per_session=20, seed=5)
+    generate("19", corpora["19"], sessions=2, utterances_per_session=12, seed=6, odd_audio=True)
+
+    def one(run):
+        script, dataset, extra = run
+        out = base / "runs" / script
+        proc = run_script(
+            script,
+            "--dataset",
+            dataset,
+            "--dataset_dir",
+            corpora[dataset],
+            "--num_fold",
+            "2",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "8",
+            "--max_text_len",
+            "32",
+            "--lr",
+            "1e-3",
+            "--text_model",
+            tiny_models / "text",
+            "--speech_model",
+            tiny_models / "speech",
+            "--output_dir",
+            out,
+            *extra,
+        )
+        return script, (proc, out, corpora[dataset], dataset)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, RUNS))
+
+
+@pytest.mark.parametrize("script, dataset, extra", RUNS, ids=[r[0] for r in RUNS])
+def test_each_script_trains_one_fold_and_writes_its_run_directory(runs, script, dataset, extra):
+    proc, out, corpus_dir, dataset = runs[script]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    task = script.split("_")[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = {
+        "classification": CLASSIFICATION_KEYS,
+        "regression": REGRESSION_KEYS,
+        "total": CLASSIFICATION_KEYS | REGRESSION_KEYS,
+    }[task]
+    assert set(metrics["test"]) == expected
+    assert metrics["script"] == script and metrics["fold"] == 2 and metrics["chosen_epoch"] == 1
+    assert metrics["selection"] == ("last_epoch" if "--valid_ratio" in extra else "valid_loss")
+    assert len(metrics["epochs"]) == 1 and set(metrics["epochs"][0]["test"]) == expected
+
+    rows = "speaker" if "speaker" in extra else "all"
+    utts = read_corpus(dataset, corpus_dir, rows=rows).utterances
+    n = len(utts)
+    test_ids = [u.segment_id for u in utts[int(n * 1 / 5) : int(n * 2 / 5)]]
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert [r["segment_id"] for r in table] == test_ids and metrics["test"]["n"] == len(test_ids)
+    columns = set(table[0])
+    assert {f"true_{e}" for e in EMOTIONS} <= columns and {"true_valence", "true_arousal"} <= columns
+    assert ({f"prob_{e}" for e in EMOTIONS} <= columns) == (task != "regression")
+    assert ({"pred_valence", "pred_arousal"} <= columns) == (task != "classification")
+    if task != "regression":
+        assert all(0.0 <= float(r[f"prob_{e}"]) <= 1.0 for r in table for e in EMOTIONS)
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["script"] == script and config["args"]["dataset"] == dataset
+    assert config["data"]["used"] == n and config["data"]["split"]["test"] == len(test_ids)
+    assert config["environment"]["torch"].startswith("2.13")
+    for modality in ("text", "speech"):
+        if modality in script or script.startswith("multimodal"):
+            assert config["models"][modality]["path"].endswith(f"{modality}")
+    assert (out / "model" / "model.json").is_file()
+    assert f"{script} KEMDy{dataset} fold 2: test metrics of epoch 1" in proc.stdout
+
+
+def test_a_saved_model_reproduces_its_predictions(runs):
+    proc, out, corpus_dir, dataset = runs["multimodal_total_concat"]
+    model, tok, fe = EmotionModel.load(out / "model")
+    assert model.heads.cell.name == "multimodal_total_concat" and tok is not None and fe is not None
+    config = json.loads((out / "config.json").read_text())
+    assert model.va_mean.tolist() == pytest.approx(config["data"]["va_mean"])
+
+
+def test_help_explains_every_flag():
+    proc = run_script("multimodal_total_element_wise_add", "--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for flag in (
+        "--dataset ",
+        "--dataset_dir",
+        "--num_fold",
+        "--lr ",
+        "--batch_size",
+        "--epochs",
+        "--max_text_len",
+        "--max_seq_len",
+        "--seed",
+        "--gpus",
+        "--text_model",
+        "--speech_model",
+        "--output_dir",
+        "--valid_ratio",
+        "--mixed_precision",
+        "--num_workers",
+        "--threshold",
+        "--demo",
+        "--text_pooling",
+        "--speech_pooling",
+        "--cls_weight",
+        "--reg_weight",
+        "--group_by_length",
+        "--head_lr",
+    ):
+        assert flag in text, flag
+    assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
+    assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
+    assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text
+    assert "settings for tiny models: --lr 0.002" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "error: --dataset_dir is required (the KEMDy root holding annotation/ and wav/), or use --demo"),
+        (
+            ["--dataset_dir", "/nonexistent/KEMDy20", "--dataset", "20"],
+            "error: --dataset_dir /nonexistent/KEMDy20: no such directory",
+        ),
+        (["--dataset_dir", "/nonexistent", "--num_fold", "6"], "error: --num_fold 6: choose a fold from 1 to 5"),
+        (["--dataset_dir", "/nonexistent", "--batch_size", "0"], "error: --batch_size 0: must be at least 1"),
+        (["--dataset_dir", "/nonexistent", "--lr", "-0.001"], "error: --lr -0.001: must be positive"),
+    ],
+)
+def test_bad_arguments_stop_with_one_line(args, message, tmp_path):
+    proc = run_script("text_classification", *args, "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == message and "Traceback" not in proc.stderr

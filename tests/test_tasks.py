@@ -1,0 +1,128 @@
+"""Losses and metrics against scikit-learn, SciPy and hand computations, including the undefined cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr
+from sklearn.metrics import f1_score, mean_absolute_error
+
+from common.kemdy import EMOTIONS
+from common.tasks import ccc, classification_metrics, per_sample_loss, regression_metrics
+
+
+def test_classification_metrics_on_a_hand_computed_example():
+    # 4 utterances x 7 classes; threshold 0.5
+    labels = np.zeros((4, 7), dtype=int)
+    labels[0, [0]] = 1  # angry
+    labels[1, [3, 4]] = 1  # happy + neutral
+    labels[2, [5]] = 1  # sad
+    labels[3, [4]] = 1  # neutral
+    probs = np.full((4, 7), 0.1)
+    probs[0, 0] = 0.9  # angry: TP
+    probs[1, 3] = 0.6  # happy: TP, neutral missed (0.1): FN; top-1 happy is a true label
+    probs[2, 4] = 0.7  # neutral predicted for sad: FP neutral, FN sad; top-1 neutral is wrong
+    probs[3, 4] = 0.8  # neutral: TP
+    m, notes = classification_metrics(labels, probs, 0.5)
+    # micro: TP 3, FP 1, FN 2 -> 2*3 / (2*3 + 1 + 2) = 6/9
+    assert m["micro_f1"] == pytest.approx(6 / 9)
+    # per class: angry 1, happy 1, neutral TP1 FP1 FN1 -> 0.5, sad 0, disgust/fear/surprise undefined
+    assert m["per_class_f1"] == {
+        "angry": 1.0,
+        "disgust": None,
+        "fear": None,
+        "happy": 1.0,
+        "neutral": 0.5,
+        "sad": 0.0,
+        "surprise": None,
+    }
+    assert m["macro_f1"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    # weighted by support: angry 1, happy 1, neutral 2, sad 1 -> (1 + 1 + 2*0.5 + 0) / 5
+    assert m["weighted_f1"] == pytest.approx(3 / 5)
+    # 28 decisions, 3 wrong (neutral FN on row 1, neutral FP and sad FN on row 2)
+    assert m["hamming_accuracy"] == pytest.approx(25 / 28)
+    assert m["subset_accuracy"] == pytest.approx(2 / 4)
+    assert m["top1_accuracy"] == pytest.approx(3 / 4)
+    assert len(notes) == 3 and all("no true or predicted positives" in n for n in notes)
+
+
+def test_classification_metrics_match_scikit_learn_on_random_data():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 7)) < 0.25).astype(int)
+    labels[np.arange(200), rng.integers(0, 7, 200)] = 1
+    probs = np.clip(labels * 0.4 + rng.random((200, 7)) * 0.6, 0, 1)
+    m, notes = classification_metrics(labels, probs, 0.5)
+    pred = (probs >= 0.5).astype(int)
+    assert notes == []
+    for avg in ("micro", "macro", "weighted"):
+        assert m[f"{avg}_f1"] == pytest.approx(f1_score(labels, pred, average=avg))
+    assert list(m["per_class_f1"].values()) == pytest.approx(list(f1_score(labels, pred, average=None)))
+    assert m["hamming_accuracy"] == pytest.approx((labels == pred).mean())
+    assert m["subset_accuracy"] == pytest.approx((labels == pred).all(axis=1).mean())
+    assert list(m["per_class_f1"]) == list(EMOTIONS)
+
+
+def test_a_class_predicted_but_absent_scores_zero_not_undefined():
+    labels = np.zeros((2, 7), dtype=int)
+    labels[:, 4] = 1
+    probs = np.zeros((2, 7))
+    probs[:, 4] = 0.9
+    probs[0, 1] = 0.9  # disgust predicted, never true
+    m, notes = classification_metrics(labels, probs, 0.5)
+    assert m["per_class_f1"]["disgust"] == 0.0 and m["per_class_f1"]["neutral"] == 1.0
+    assert m["macro_f1"] == pytest.approx(0.5)
+    assert not any(isinstance(v, float) and math.isnan(v) for v in m["per_class_f1"].values())
+
+
+def test_ccc_matches_a_hand_computation():
+    true = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.5, 2.0, 2.5, 5.0])
+    # means 2.5 and 2.75; population variances 1.25 and 7.25/4; covariance 5.5/4
+    assert ccc(true, pred) == pytest.approx(2 * (5.5 / 4) / (1.25 + 7.25 / 4 + 0.25**2))
+    assert ccc(true, pred) == pytest.approx(0.88)
+    assert ccc(true, true) == pytest.approx(1.0)
+    assert ccc(true, -true) == pytest.approx(-1.0 * 2 * 1.25 / (2.5 + 25))
+
+
+def test_regression_metrics_match_scipy_and_scikit_learn():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(1, 5, size=(50, 2))
+    pred = true + rng.normal(0, 0.5, size=(50, 2))
+    m, notes = regression_metrics(true, pred)
+    assert notes == []
+    for j, name in enumerate(("valence", "arousal")):
+        assert m[f"{name}_pearson"] == pytest.approx(pearsonr(true[:, j], pred[:, j]).statistic)
+        assert m[f"{name}_mae"] == pytest.approx(mean_absolute_error(true[:, j], pred[:, j]))
+        assert m[f"{name}_rmse"] == pytest.approx(np.sqrt(((true[:, j] - pred[:, j]) ** 2).mean()))
+        assert m[f"{name}_ccc"] == pytest.approx(ccc(true[:, j], pred[:, j]))
+    assert m["mean_ccc"] == pytest.approx((m["valence_ccc"] + m["arousal_ccc"]) / 2)
+
+
+def test_constant_predictions_give_defined_ccc_null_pearson_and_a_note():
+    true = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
+    pred = np.array([[3.0, 2.0], [3.0, 2.0], [3.0, 2.0]])
+    m, notes = regression_metrics(true, pred)
+    assert m["valence_ccc"] == 0.0  # covariance 0 over a non-zero denominator
+    assert m["valence_pearson"] is None and m["arousal_pearson"] is None
+    assert m["arousal_ccc"] is None and m["mean_ccc"] is None  # constant 2 predicted for constant 2
+    assert m["arousal_mae"] == 0.0
+    assert "valence Pearson r undefined: constant predictions" in notes
+    assert "arousal Pearson r undefined: constant targets" in notes
+    assert "arousal CCC undefined: targets and predictions are the same constant" in notes
+
+
+def test_loss_is_per_sample_bce_plus_weighted_standardised_mse():
+    torch.manual_seed(0)
+    logits, va_z = torch.randn(3, 7), torch.randn(3, 2)
+    labels = (torch.rand(3, 7) < 0.3).float()
+    va = torch.tensor([[3.0, 2.0], [4.5, 1.0], [1.0, 5.0]])
+    mean, std = torch.tensor([3.0, 2.5]), torch.tensor([1.0, 0.5])
+    batch = {"labels": labels, "va": va}
+    got = per_sample_loss({"emotion_logits": logits, "va_z": va_z}, batch, mean, std, 2.0, 0.5)
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+    mse = ((va_z - (va - mean) / std) ** 2).mean(1)
+    assert torch.allclose(got, 2.0 * bce + 0.5 * mse)
+    assert torch.allclose(per_sample_loss({"emotion_logits": logits}, batch, mean, std), bce)
+    assert torch.allclose(per_sample_loss({"va_z": va_z}, batch, mean, std), mse)
