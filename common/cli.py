@@ -7,6 +7,7 @@ does not apply to a script (say --speech_model for a text script) is accepted an
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common.errors import UserError
 from common.folds import NUM_FOLDS
@@ -15,6 +16,7 @@ from common.model import Cell
 # The demo trains tiny random encoders on a small synthetic corpus: it needs far larger learning rates
 # than fine-tuning pretrained ones, and a faster head. Flags given on the command line still win.
 DEMO_DEFAULTS = {
+    "num_fold": 1,
     "lr": 2e-3,
     "head_lr": 1e-2,
     "batch_size": 16,
@@ -32,8 +34,13 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     )
     add = p.add_argument_group("data").add_argument
     add("--dataset", choices=("19", "20"), default="19", help="19 = KEMDy19, 20 = KEMDy20")
-    add("--dataset_dir", help="corpus root holding annotation/ and wav/")
-    add("--num_fold", type=int, default=1, help="fold to test on, 1..5 (contiguous 20%% blocks)")
+    add(
+        "--dataset_dir",
+        help="corpus root holding annotation/ and wav/ (default: ./KEMDy19 or ./KEMDy20, as the original)",
+    )
+    add(
+        "--num_fold", type=int, default=5, help="fold to test on, 1..5 (contiguous 20%% blocks); the original's default"
+    )
     add(
         "--valid_ratio",
         type=float,
@@ -122,7 +129,13 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         parser.set_defaults(**DEMO_DEFAULTS)
         args = parser.parse_args(argv)
     elif not args.dataset_dir:
-        raise UserError("--dataset_dir is required (the KEMDy root holding annotation/ and wav/), or use --demo")
+        default = Path(f"KEMDy{args.dataset}")
+        if not default.is_dir():
+            raise UserError(
+                f"--dataset_dir not given and no ./{default} folder here: pass the KEMDy root holding "
+                "annotation/ and wav/, or use --demo"
+            )
+        args.dataset_dir = str(default)
     if not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     for name, ok, rule in [

@@ -73,7 +73,7 @@ class Trainer:
             loader,
             desc=f"epoch {epoch}/{self.args.epochs}",
             leave=False,
-            disable=not self.accelerator.is_local_main_process,
+            disable=None if self.accelerator.is_local_main_process else True,  # None: off when not a terminal
             dynamic_ncols=True,
         )
         for batch in bar:

@@ -44,6 +44,8 @@ RUNS = [
     ("multimodal_regression_element_wise_add", "20", ["--head_lr", "1e-3"]),
     ("multimodal_total_element_wise_add", "19", []),
 ]
+# Run as the original's README does: from the folder holding ./KEMDy19, without --dataset_dir.
+DEFAULT_DATASET_DIR = "multimodal_total_element_wise_add"
 
 
 def run_script(script, *args, cwd=ROOT):
@@ -63,12 +65,12 @@ def runs(tmp_path_factory, tiny_models):
     def one(run):
         script, dataset, extra = run
         out = base / "runs" / script
+        where = [] if script == DEFAULT_DATASET_DIR else ["--dataset_dir", corpora[dataset]]
         proc = run_script(
             script,
             "--dataset",
             dataset,
-            "--dataset_dir",
-            corpora[dataset],
+            *where,
             "--num_fold",
             "2",
             "--epochs",
@@ -86,6 +88,7 @@ def runs(tmp_path_factory, tiny_models):
             "--output_dir",
             out,
             *extra,
+            cwd=base,
         )
         return script, (proc, out, corpora[dataset], dataset)
 
@@ -176,13 +179,17 @@ def test_help_explains_every_flag():
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
     assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text
-    assert "settings for tiny models: --lr 0.002" in text
+    assert "settings for tiny models: --num_fold 1, --lr 0.002" in text
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "error: --dataset_dir is required (the KEMDy root holding annotation/ and wav/), or use --demo"),
+        (
+            [],
+            "error: --dataset_dir not given and no ./KEMDy19 folder here: pass the KEMDy root holding annotation/ "
+            "and wav/, or use --demo",
+        ),
         (
             ["--dataset_dir", "/nonexistent/KEMDy20", "--dataset", "20"],
             "error: --dataset_dir /nonexistent/KEMDy20: no such directory",
