@@ -58,10 +58,29 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--max_seq_len", type=float, default=5, help="seconds of 16 kHz audio kept from each clip")
     add(
         "--group_by_length",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="train on batches of similar length (less padding); evaluation order is unchanged",
     )
-    add("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    add(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: 0 on CPU, where workers would compete with training; "
+        "up to 4 per process on GPUs)",
+    )
+    add(
+        "--pad_to_max_length",
+        action="store_true",
+        help="pad every transcript to --max_text_len tokens, as the original (default: to the longest in the batch)",
+    )
+    add(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep token ids, decoded audio and frozen-encoder vectors in --cache_dir for every later run",
+    )
+    add("--cache_dir", default="cache", help="folder of the preprocessing caches (safe to delete)")
     add(
         "--demo",
         action="store_true",
@@ -84,6 +103,12 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         default="mean",
         help="speech vector: masked mean of the transformer's states, or the original's last CNN frame of "
         "an input padded to --max_seq_len",
+    )
+    add(
+        "--freeze",
+        choices=("none", "text", "speech", "both"),
+        default="none",
+        help="encoders left untrained: their pooled vectors are computed once, cached, and the heads train on them",
     )
     add("--dropout", type=float, default=0.1, help="dropout before the heads")
     add("--threshold", type=float, default=0.5, help="probability from which an emotion is predicted")
@@ -145,7 +170,7 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         ("head_lr", args.head_lr is None or args.head_lr > 0, "positive"),
         ("max_text_len", args.max_text_len >= 2, "at least 2"),
         ("max_seq_len", args.max_seq_len > 0, "positive"),
-        ("num_workers", args.num_workers >= 0, "0 or more"),
+        ("num_workers", args.num_workers is None or args.num_workers >= 0, "0 or more"),
         ("weight_decay", args.weight_decay >= 0, "0 or more"),
         ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
         ("dropout", 0 <= args.dropout < 1, "in [0, 1)"),

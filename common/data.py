@@ -1,17 +1,23 @@
-"""Records -> batches: audio decoding, the dataset, collation and the training sampler."""
+"""Records -> batches: audio decoding, tokenisation, their caches, the dataset, collation and the sampler."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
 
+from common.cache import ArrayStore, cached, file_stamp, fingerprint
 from common.kemdy import Utterance
 
 SAMPLE_RATE = 16000
@@ -40,26 +46,79 @@ class AudioSpec:
     pad_to: int = 0  # pad every batch to this many samples (0: to the longest clip)
 
 
-class KemdyDataset(Dataset):
-    """The utterances of one split; returns text, audio and targets for index i of `indices`."""
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1) as 16-bit PCM: lossless for 16-bit sources, the cache's compact format."""
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
 
-    def __init__(self, utterances: list[Utterance], indices: list[int], max_seconds: float, audio: AudioSpec | None):
-        self.utterances, self.indices = utterances, list(indices)
-        self.max_seconds, self.audio = max_seconds, audio
+
+class Pcm16Audio:
+    """Clip i as 16-bit PCM, 16 kHz mono, cut to max_seconds, decoded from its file on every access."""
+
+    def __init__(self, wavs: Sequence[Path], max_seconds: float):
+        self.wavs, self.max_seconds = list(wavs), max_seconds
+
+    def __len__(self) -> int:
+        return len(self.wavs)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return to_pcm16(load_audio(self.wavs[i], self.max_seconds))
+
+
+class TokenIds:
+    """Token ids of transcript i (special tokens added, cut to max_len), tokenised on every access."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_len: int):
+        self.tokenizer, self.texts, self.max_len = tokenizer, list(texts), max_len
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        ids = self.tokenizer(self.texts[i], truncation=True, max_length=self.max_len)["input_ids"]
+        return np.asarray(ids, dtype=np.int32)
+
+
+@dataclass
+class Inputs:
+    """What the model reads for every utterance of the corpus, indexed like the utterances.
+
+    `tokens` and `audio` are sources (cached arrays or decoded on access); `text_vectors` and
+    `speech_vectors`, when an encoder is frozen, replace them with its pooled output.
+    """
+
+    tokens: Sequence | None = None
+    audio: Sequence | None = None
+    text_vectors: np.ndarray | None = None
+    speech_vectors: np.ndarray | None = None
+
+
+class KemdyDataset(Dataset):
+    """The utterances of one split: targets, and the inputs of utterance `indices[i]`."""
+
+    def __init__(
+        self, utterances: list[Utterance], indices: Sequence[int], inputs: Inputs, audio: AudioSpec | None = None
+    ):
+        self.utterances, self.indices, self.inputs, self.audio = utterances, list(indices), inputs, audio
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        u = self.utterances[self.indices[i]]
+        k, inputs = self.indices[i], self.inputs
+        u = self.utterances[k]
         item = {
-            "index": self.indices[i],
-            "text": u.text,
+            "index": k,
             "labels": np.asarray(u.labels, dtype=np.float32),
             "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
         }
-        if self.audio is not None:
-            x = load_audio(u.wav, self.max_seconds)
+        if inputs.text_vectors is not None:
+            item["text_vec"] = inputs.text_vectors[k]
+        elif inputs.tokens is not None:
+            item["input_ids"] = inputs.tokens[k]
+        if inputs.speech_vectors is not None:
+            item["speech_vec"] = inputs.speech_vectors[k]
+        elif inputs.audio is not None:
+            x = inputs.audio[k].astype(np.float32) / 32768.0
             if self.audio.normalize and len(x):
                 x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
             item["audio"] = x
@@ -67,10 +126,16 @@ class KemdyDataset(Dataset):
 
 
 class Collator:
-    """Pads a list of items into tensors; text is tokenised here so padding follows the batch."""
+    """Pads a list of items into tensors: text to the longest in the batch (or to max_text_len), audio to
+    the longest clip (or to the spec's pad_to)."""
 
-    def __init__(self, tokenizer=None, max_text_len: int = 256, audio: AudioSpec | None = None):
-        self.tokenizer, self.max_text_len, self.audio = tokenizer, max_text_len, audio
+    def __init__(
+        self, tokenizer=None, max_text_len: int = 256, audio: AudioSpec | None = None, pad_to_max_length: bool = False
+    ):
+        self.max_text_len, self.audio, self.pad_to_max_length = max_text_len, audio, pad_to_max_length
+        if tokenizer is not None:
+            self.pad_id, self.left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
+            self.token_types = "token_type_ids" in tokenizer.model_input_names
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {
@@ -78,28 +143,37 @@ class Collator:
             "labels": torch.from_numpy(np.stack([it["labels"] for it in items])),
             "va": torch.from_numpy(np.stack([it["va"] for it in items])),
         }
-        if self.tokenizer is not None:
-            enc = self.tokenizer(
-                [it["text"] for it in items],
-                padding="longest",
-                truncation=True,
-                max_length=self.max_text_len,
-                return_tensors="pt",
-            )
-            batch["input_ids"], batch["attention_mask"] = enc["input_ids"], enc["attention_mask"]
-            if "token_type_ids" in enc:
-                batch["token_type_ids"] = enc["token_type_ids"]
-        if self.audio is not None:
-            spec = self.audio
-            lengths = [max(len(it["audio"]), spec.min_samples) for it in items]
-            width = max(max(lengths), spec.pad_to)
-            audio = np.full((len(items), width), spec.padding_value, dtype=np.float32)
-            mask = np.zeros((len(items), width), dtype=np.int64)
-            for row, (it, n) in enumerate(zip(items, lengths, strict=True)):
-                audio[row, : len(it["audio"])] = it["audio"]
-                mask[row, :n] = 1  # a clip padded up to min_samples counts its padding as signal
-            batch["audio"], batch["audio_mask"] = torch.from_numpy(audio), torch.from_numpy(mask)
+        for key in ("text_vec", "speech_vec"):
+            if key in items[0]:
+                batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))
+        if "input_ids" in items[0]:
+            batch |= self._text([it["input_ids"] for it in items])
+        if "audio" in items[0]:
+            batch |= self._audio([it["audio"] for it in items])
         return batch
+
+    def _text(self, rows: list[np.ndarray]) -> dict:
+        width = self.max_text_len if self.pad_to_max_length else max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for k, r in enumerate(rows):
+            span = slice(width - len(r), width) if self.left else slice(0, len(r))
+            ids[k, span], mask[k, span] = r, 1
+        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if self.token_types:
+            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+        return out
+
+    def _audio(self, clips: list[np.ndarray]) -> dict:
+        spec = self.audio
+        lengths = [max(len(x), spec.min_samples) for x in clips]
+        width = max(max(lengths), spec.pad_to)
+        audio = np.full((len(clips), width), spec.padding_value, dtype=np.float32)
+        mask = np.zeros((len(clips), width), dtype=np.int64)
+        for row, (x, n) in enumerate(zip(clips, lengths, strict=True)):
+            audio[row, : len(x)] = x
+            mask[row, :n] = 1  # a clip padded up to min_samples counts its padding as signal
+        return {"audio": torch.from_numpy(audio), "audio_mask": torch.from_numpy(mask)}
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -134,3 +208,53 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What determines the token ids: the tokenizer's class, its full serialised state, special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # its truncation and padding settings change with every call: not part of it
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    return fingerprint(type(tokenizer).__name__, state, tokenizer.special_tokens_map, tokenizer.padding_side)
+
+
+def prepare_inputs(
+    utterances: list[Utterance],
+    tokenizer=None,
+    max_text_len: int = 256,
+    max_seconds: float | None = None,
+    cache_dir: str | Path | None = None,
+    log=print,
+) -> Inputs:
+    """Token ids (with a tokenizer) and audio (with max_seconds) of every utterance: read from the cache
+    under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access."""
+    inputs = Inputs()
+    if tokenizer is not None:
+        inputs.tokens = TokenIds(tokenizer, [u.text for u in utterances], max_text_len)
+    if max_seconds is not None:
+        inputs.audio = Pcm16Audio([u.wav for u in utterances], max_seconds)
+    if cache_dir is None:
+        return inputs
+    if inputs.tokens is not None:
+        key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, inputs.tokens.texts)
+        inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log)
+    if inputs.audio is not None:
+        key = fingerprint(SAMPLE_RATE, max_seconds, [file_stamp(u.wav) for u in utterances])
+        wavs = [str(u.wav) for u in utterances]  # KEMDy19 lists every recording twice: decode it once
+        inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log)
+    return inputs
+
+
+def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, log) -> ArrayStore:
+    start = time.perf_counter()
+
+    def progress(it):
+        return tqdm(it, desc=f"{kind} cache", leave=False, disable=None, dynamic_ncols=True)
+
+    folder, built = cached(cache_dir, kind, key, lambda tmp: ArrayStore.write(tmp, rows, dtype, keys, progress))
+    store = ArrayStore(folder)
+    action = f"built in {time.perf_counter() - start:.1f} s" if built else "reused"
+    log(f"{kind} cache {folder}: {action} ({len(store)} utterances)")
+    return store

@@ -149,7 +149,8 @@ class EmotionModel(nn.Module):
         self.register_buffer("va_mean", torch.full((2,), 3.0))
         self.register_buffer("va_std", torch.ones(2))
 
-    def _text(self, batch: dict) -> torch.Tensor:
+    def encode_text(self, batch: dict) -> torch.Tensor:
+        """The pooled text vector of each utterance."""
         mask = batch["attention_mask"]
         out = self.text_encoder(
             input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
@@ -160,7 +161,8 @@ class EmotionModel(nn.Module):
             return out.last_hidden_state[:, 0]
         return masked_mean(out.last_hidden_state, mask)
 
-    def _speech(self, batch: dict) -> torch.Tensor:
+    def encode_speech(self, batch: dict) -> torch.Tensor:
+        """The pooled speech vector of each utterance."""
         encoder, samples = self.speech_encoder, batch["audio_mask"]
         if self.heads.speech_pooling == "cnn_last":
             # The original's representation: the last frame of the (layer-normed) CNN features of a
@@ -173,10 +175,11 @@ class EmotionModel(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         parts = []
+        # A frozen encoder's vectors may come precomputed in the batch (common.features).
         if self.heads.cell.uses_text:
-            parts.append(self._text(batch))
+            parts.append(batch["text_vec"] if "text_vec" in batch else self.encode_text(batch))
         if self.heads.cell.uses_speech:
-            speech = self._speech(batch)
+            speech = batch["speech_vec"] if "speech_vec" in batch else self.encode_speech(batch)
             parts.append(self.speech_projection(speech) if self.heads.fusion == "element_wise_add" else speech)
         if self.heads.fusion == "element_wise_add":
             fused = parts[0] + parts[1]
@@ -189,6 +192,13 @@ class EmotionModel(nn.Module):
         if self.va_head is not None:
             out["va_z"] = self.va_head(fused)
         return out
+
+    def freeze(self, which: str) -> None:
+        """Stop training the text and/or speech encoder ("none", "text", "speech", "both")."""
+        for name in ("text", "speech"):
+            encoder = getattr(self, f"{name}_encoder")
+            if which in (name, "both") and encoder is not None:
+                encoder.requires_grad_(False)
 
     def va(self, va_z: torch.Tensor) -> torch.Tensor:
         """Standardised outputs back on the 1..5 scale."""

@@ -29,13 +29,13 @@ import argparse
 import csv
 import io
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from common.atomic import build_folder
 from common.errors import UserError, run_cli
 from common.kemdy import EMOTIONS
 
@@ -425,12 +425,27 @@ def _hangul_syllables() -> list[str]:
     return [chr(c) for c in range(0xAC00, 0xD7A4) if len(chr(c).encode("euc_kr")) == 2]
 
 
-def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
+# Encoder sizes: "tiny" for the demo and the tests, "small" (a few million weights) for the benchmark.
+SIZES = {
+    "tiny": {
+        "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
+        "speech": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+        "conv_dim": 32,
+    },
+    "small": {
+        "text": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+        "speech": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+        "conv_dim": 128,
+    },
+}
+
+
+def write_tiny_models(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Tiny random-weight BERT (+ Korean WordPiece tokenizer) and wav2vec2 (+ feature extractor) in
     `out/text` and `out/speech`, saved with save_pretrained so they load like hub models.
 
     The wav2vec2 keeps the real 7-layer convolution stack (total stride 320) and group norm, as
-    wav2vec2-base-960h, with narrow layers; the BERT is 2 layers of width 32.
+    wav2vec2-base-960h, with narrow layers; the BERT is 2 layers of width 64 (see SIZES).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -477,11 +492,8 @@ def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
     bert = BertModel(
         BertConfig(
             vocab_size=tok.get_vocab_size(),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
             max_position_embeddings=512,
+            **SIZES[size]["text"],
         )
     )
     with torch.no_grad():  # a pooler that passes [CLS] through, as a trained one does, instead of a near-zero map
@@ -491,11 +503,8 @@ def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(out / "text")
     wav2vec2 = Wav2Vec2Model(
         Wav2Vec2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            conv_dim=(32,) * 7,
+            **SIZES[size]["speech"],
+            conv_dim=(SIZES[size]["conv_dim"],) * 7,
             conv_kernel=(10, 3, 3, 3, 3, 2, 2),
             conv_stride=(5, 2, 2, 2, 2, 2, 2),
             feat_extract_norm="group",
@@ -512,33 +521,20 @@ def write_tiny_models(out: str | Path, seed: int = 0) -> Path:
     return out
 
 
-DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
-
-
-def _build_once(target: Path, build) -> Path:
-    """Build `target` with build(tmp_dir) unless it exists; atomic, so a half-built folder is never used."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+# Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
+DEMO_VERSION = 2
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"
 
 
 def demo_corpus(dataset: str, demo_dir: Path = DEMO_DIR) -> Path:
     """The built-in demo corpus of a dataset's layout, built on first use under demo/."""
-    per_session = 100 if str(dataset) == "20" else 50  # recordings; KEMDy19 annotates each twice
-    return _build_once(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp, 5, per_session))
+    per_session = 160 if str(dataset) == "20" else 80  # recordings; KEMDy19 annotates each twice
+    return build_folder(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp, 5, per_session))
 
 
 def demo_models(demo_dir: Path = DEMO_DIR) -> Path:
     """The built-in tiny encoders (demo_dir/tiny_models/{text,speech}), built on first use."""
-    return _build_once(Path(demo_dir) / "tiny_models", write_tiny_models)
+    return build_folder(Path(demo_dir) / "tiny_models", write_tiny_models)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import platform
 import sys
 from collections import Counter
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from common.cli import parse_args
-from common.data import SAMPLE_RATE, Collator, EpochBatchSampler, KemdyDataset
+from common.data import SAMPLE_RATE, AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
 from common.errors import run_cli
+from common.features import frozen_vectors
 from common.folds import hold_out_validation, make_fold
 from common.kemdy import EMOTIONS, Corpus, read_corpus
 from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
@@ -122,11 +124,50 @@ class Trainer:
         return metrics, notes
 
 
-def _loader(dataset, collate, args, batch_sampler=None) -> DataLoader:
+def make_loader(dataset, collate, args, pin_memory: bool, batch_sampler=None) -> DataLoader:
     sizes = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": args.batch_size, "shuffle": False}
     return DataLoader(
-        dataset, collate_fn=collate, num_workers=args.num_workers, persistent_workers=args.num_workers > 0, **sizes
+        dataset,
+        collate_fn=collate,
+        num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0,
+        pin_memory=pin_memory,
+        **sizes,
     )
+
+
+def _lengths(inputs: Inputs, utts, indices: list[int], max_seconds: float) -> list[float]:
+    """Input length of each training utterance, for --group_by_length: audio if the model reads it."""
+    if inputs.audio is not None and inputs.speech_vectors is None:
+        stored = getattr(inputs.audio, "lengths", None)
+        return [float(stored[i]) if stored is not None else min(utts[i].duration, max_seconds) for i in indices]
+    if inputs.tokens is not None and inputs.text_vectors is None:
+        return [float(len(inputs.tokens[i])) for i in indices]
+    return [0.0] * len(indices)  # only cached vectors: every batch has the same size
+
+
+def build_model(cell: Cell, args) -> tuple[EmotionModel, object, object, AudioSpec | None]:
+    """(model, tokenizer, feature extractor, audio spec) of the cell, heads seeded by --seed."""
+    from accelerate.utils import set_seed
+
+    tokenizer = text_encoder = extractor = speech_encoder = spec = None
+    if cell.uses_text:
+        tokenizer, text_encoder = load_text_encoder(args.text_model)
+    if cell.uses_speech:
+        extractor, speech_encoder = load_speech_encoder(args.speech_model)
+        pad_to = int(args.max_seq_len * SAMPLE_RATE) if args.speech_pooling == "cnn_last" else 0
+        spec = audio_spec(extractor, speech_encoder, pad_to=pad_to)
+    heads = Heads(
+        cell.modality,
+        cell.task,
+        cell.fusion,
+        args.text_pooling,
+        args.speech_pooling,
+        args.dropout,
+        bool(spec and spec.pass_mask),
+    )
+    set_seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
+    return EmotionModel(heads, text_encoder, speech_encoder), tokenizer, extractor, spec
 
 
 def train(cell: Cell, args) -> dict:
@@ -146,6 +187,9 @@ def train(cell: Cell, args) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     log = accelerator.print
+    if args.num_workers is None:
+        on_gpu = accelerator.device.type == "cuda"
+        args.num_workers = min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0
     corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
     utts = corpus.utterances
     fold = make_fold(len(utts), args.num_fold)
@@ -157,46 +201,40 @@ def train(cell: Cell, args) -> dict:
         + ")"
     )
 
-    tokenizer = text_encoder = extractor = speech_encoder = spec = None
-    if cell.uses_text:
-        tokenizer, text_encoder = load_text_encoder(args.text_model)
-    if cell.uses_speech:
-        extractor, speech_encoder = load_speech_encoder(args.speech_model)
-        pad_to = int(args.max_seq_len * SAMPLE_RATE) if args.speech_pooling == "cnn_last" else 0
-        spec = audio_spec(extractor, speech_encoder, pad_to=pad_to)
-    heads = Heads(
-        cell.modality,
-        cell.task,
-        cell.fusion,
-        args.text_pooling,
-        args.speech_pooling,
-        args.dropout,
-        bool(spec and spec.pass_mask),
-    )
-    set_seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
-    model = EmotionModel(heads, text_encoder, speech_encoder)
+    model, tokenizer, extractor, spec = build_model(cell, args)
     va_train = np.array([[utts[i].valence, utts[i].arousal] for i in train_idx])
     model.va_mean.copy_(torch.from_numpy(va_train.mean(axis=0)))
     model.va_std.copy_(torch.from_numpy(va_train.std(axis=0).clip(min=1e-3)))
+    model.freeze(args.freeze)
+    model.to(accelerator.device)
 
-    collate = Collator(tokenizer, args.max_text_len, spec)
+    collate = Collator(tokenizer, args.max_text_len, spec, args.pad_to_max_length)
+    cache_dir = args.cache_dir if args.cache else None
+    with accelerator.main_process_first():  # the first process builds the caches, the others read them
+        inputs = prepare_inputs(
+            utts, tokenizer, args.max_text_len, args.max_seq_len if cell.uses_speech else None, cache_dir, log
+        )
+        for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
+            if encoder is not None and args.freeze in (modality, "both"):
+                vectors = frozen_vectors(
+                    modality, model, utts, inputs, collate, spec, args.batch_size, accelerator, cache_dir, log
+                )
+                setattr(inputs, f"{modality}_vectors", vectors)
     datasets = {
-        name: KemdyDataset(utts, idx, args.max_seq_len, spec)
+        name: KemdyDataset(utts, idx, inputs, spec)
         for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", fold.test))
     }
-    lengths = None
-    if args.group_by_length:
-        lengths = [utts[i].duration if cell.uses_speech else len(utts[i].text) for i in train_idx]
+    lengths = _lengths(inputs, utts, train_idx, args.max_seq_len) if args.group_by_length else None
     sampler = EpochBatchSampler(len(train_idx), args.batch_size, args.seed, lengths)
-    train_loader = _loader(datasets["train"], collate, args, batch_sampler=sampler)
-    eval_loaders = {
-        name: _loader(datasets[name], collate, args) for name in ("valid", "test") if datasets[name].indices
-    }
+    loader = partial(make_loader, collate=collate, args=args, pin_memory=accelerator.device.type == "cuda")
+    train_loader = loader(datasets["train"], batch_sampler=sampler)
+    eval_loaders = {name: loader(datasets[name]) for name in ("valid", "test") if datasets[name].indices}
     steps = len(train_loader) * args.epochs
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     encoder_params = [p for n, p in trainable if n.startswith(("text_encoder.", "speech_encoder."))]
     head_params = [p for n, p in trainable if not n.startswith(("text_encoder.", "speech_encoder."))]
     groups = [{"params": encoder_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr or args.lr}]
+    groups = [g for g in groups if g["params"]]  # frozen encoders leave the first group empty
     optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8, weight_decay=args.weight_decay)
     warmup = int(args.warmup_ratio * steps)
     scheduler = (

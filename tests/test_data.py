@@ -6,7 +6,16 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from common.data import AudioSpec, Collator, EpochBatchSampler, KemdyDataset, load_audio
+from common.data import (
+    AudioSpec,
+    Collator,
+    EpochBatchSampler,
+    KemdyDataset,
+    Pcm16Audio,
+    load_audio,
+    prepare_inputs,
+    to_pcm16,
+)
 from common.errors import UserError
 from common.folds import hold_out_validation, make_fold
 from common.kemdy import read_corpus
@@ -54,14 +63,12 @@ def test_collator_pads_audio_to_the_longest_clip_and_marks_real_samples():
     items = [
         {
             "index": 4,
-            "text": "a",
             "labels": np.ones(7, np.float32),
             "va": np.array([3, 2], np.float32),
             "audio": np.ones(1000, np.float32),
         },
         {
             "index": 9,
-            "text": "b",
             "labels": np.zeros(7, np.float32),
             "va": np.array([1, 5], np.float32),
             "audio": np.full(100, 2.0, np.float32),
@@ -79,11 +86,20 @@ def test_collator_pads_audio_to_the_longest_clip_and_marks_real_samples():
 def test_dataset_normalises_each_clip_like_wav2vec2(corpus20):
     root, _ = corpus20
     utts = read_corpus("20", root).utterances
-    item = KemdyDataset(utts, [5], 5, spec())[0]
+    assert sf.info(str(utts[5].wav)).subtype == "PCM_16"
+    item = KemdyDataset(utts, [5], prepare_inputs(utts, max_seconds=5), spec())[0]
     raw = load_audio(utts[5].wav, 5)
     np.testing.assert_allclose(item["audio"], (raw - raw.mean()) / np.sqrt(raw.var() + 1e-7), rtol=1e-5, atol=1e-6)
-    assert item["index"] == 5 and item["text"] == utts[5].text
-    assert "audio" not in KemdyDataset(utts, [5], 5, None)[0]
+    assert item["index"] == 5 and "input_ids" not in item
+    assert "audio" not in KemdyDataset(utts, [5], prepare_inputs(utts), None)[0]
+
+
+def test_16_bit_pcm_is_stored_losslessly_and_other_audio_to_16_bits(tmp_path):
+    pcm = np.random.default_rng(2).integers(-32768, 32768, 16000, dtype=np.int16)
+    sf.write(str(tmp_path / "pcm.wav"), pcm, 16000, subtype="PCM_16")
+    np.testing.assert_array_equal(Pcm16Audio([tmp_path / "pcm.wav"], 5)[0], pcm)
+    x = np.array([0.5, -1.0, 0.99999, -0.3333333, 1.5], np.float32)
+    assert to_pcm16(x).tolist() == [16384, -32768, 32767, -10923, 32767]
 
 
 def test_batch_sampler_is_a_seeded_function_of_the_epoch_and_covers_everything():
@@ -129,7 +145,6 @@ def test_torch_tensors_come_out_with_the_right_dtypes():
     items = [
         {
             "index": 0,
-            "text": "x",
             "labels": np.ones(7, np.float32),
             "va": np.ones(2, np.float32),
             "audio": np.ones(500, np.float32),

@@ -1,12 +1,13 @@
-"""Learning is real: on the demo-size synthetic corpus, with the demo settings, the models beat the best
-constant predictors, and the two modalities together beat each alone.
+"""Learning is real: on the demo corpus, with the demo settings, the models beat the best constant
+predictors, and the two modalities together beat each alone.
 
 The corpus plants the label in the text of 70 % of the utterances and in the voice of another,
-independent 70 % (common/synthetic.py), so the reachable top-1 accuracy is about 0.75 from either
-modality and 0.9 from both, against about 0.32 for the best constant. Observed on fold 1 (seeded, so
-fixed on a given machine): top-1 0.58 text, 0.60 speech, 0.72 both; micro-F1 0.57, 0.61, 0.71 against
-0.35 for the best constant label set; valence CCC 0.78. Each margin below is at most half the observed
-gain and at least twice the standard error of an accuracy on the 100-utterance test fold (0.05).
+independent 70 % (common/synthetic.py). Fold 1 of the demo KEMDy20 corpus (800 utterances, 160 in the
+test fold): the best constant label set has micro-F1 0.39 and the best constant class top-1 0.37.
+Observed (seeded, so fixed on a given machine): top-1 0.81 text, 0.71 speech, 0.85 both; micro-F1
+0.74, 0.71, 0.84; valence CCC 0.83, arousal CCC 0.73. Each margin below is at most half the observed
+gain; the smallest, both over the better single modality (0.05 of an observed 0.10 in micro-F1), is
+about 1.5 standard errors of an F1 on 160 utterances, the others at least 4.
 """
 
 import itertools
@@ -18,15 +19,13 @@ from sklearn.metrics import f1_score
 from common.cli import parse_args
 from common.kemdy import read_corpus
 from common.model import Cell
-from common.synthetic import generate
+from common.synthetic import demo_corpus
 from common.train import train
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_size")
-    generate("20", root, sessions=5, utterances_per_session=100, seed=0)
-    return root
+    return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))
 
 
 def fit(cell, corpus, tiny_models, tmp_path):
@@ -62,7 +61,7 @@ def constant_baselines(corpus) -> tuple[float, float]:
 
 def test_text_speech_and_both_beat_the_best_constant_predictors(corpus, tiny_models, tmp_path):
     best_f1, best_top1 = constant_baselines(corpus)
-    assert 0.25 < best_f1 < 0.4 and 0.25 < best_top1 < 0.4
+    assert 0.3 < best_f1 < 0.45 and 0.3 < best_top1 < 0.45
     text = fit(Cell("text", "classification"), corpus, tiny_models, tmp_path)
     speech = fit(Cell("speech", "classification"), corpus, tiny_models, tmp_path)
     both = fit(Cell("multimodal", "total", "concat"), corpus, tiny_models, tmp_path)
@@ -70,9 +69,9 @@ def test_text_speech_and_both_beat_the_best_constant_predictors(corpus, tiny_mod
         name: {k: m.get(k) for k in ("micro_f1", "top1_accuracy", "valence_ccc", "arousal_ccc")}
         for name, m in (("text", text), ("speech", speech), ("both", both))
     }
-    assert text["top1_accuracy"] > best_top1 + 0.1, seen
-    assert speech["top1_accuracy"] > best_top1 + 0.1, seen
-    assert text["micro_f1"] > best_f1 + 0.1 and speech["micro_f1"] > best_f1 + 0.1, seen
-    assert both["micro_f1"] > best_f1 + 0.15, seen
-    assert both["top1_accuracy"] > max(text["top1_accuracy"], speech["top1_accuracy"]) + 0.05, seen
-    assert both["valence_ccc"] > 0.3 and both["arousal_ccc"] > 0.3, seen
+    assert text["top1_accuracy"] > best_top1 + 0.15 and speech["top1_accuracy"] > best_top1 + 0.15, seen
+    assert text["micro_f1"] > best_f1 + 0.15 and speech["micro_f1"] > best_f1 + 0.15, seen
+    assert both["micro_f1"] > best_f1 + 0.2, seen
+    assert both["micro_f1"] > max(text["micro_f1"], speech["micro_f1"]) + 0.05, seen
+    assert both["top1_accuracy"] > max(text["top1_accuracy"], speech["top1_accuracy"]), seen
+    assert both["valence_ccc"] > 0.4 and both["arousal_ccc"] > 0.35, seen

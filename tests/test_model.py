@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from common.data import Collator, KemdyDataset
+from common.data import Collator, KemdyDataset, prepare_inputs
 from common.errors import UserError
 from common.kemdy import read_corpus
 from common.model import (
@@ -38,7 +38,7 @@ def a_batch(corpus20, tok, spec, indices=(0, 17, 3)):  # utterance 17 is a clip 
     root, _ = corpus20
     utts = read_corpus("20", root).utterances
     assert utts[17].duration < 0.25
-    ds = KemdyDataset(utts, list(indices), 5, spec)
+    ds = KemdyDataset(utts, list(indices), prepare_inputs(utts, tok, 32, 5 if spec else None), spec)
     return Collator(tok, 32, spec)([ds[i] for i in range(len(ds))])
 
 
@@ -77,7 +77,8 @@ def test_element_wise_add_projects_speech_into_the_text_width(tiny_models):
     assert model.speech_projection.in_features == model.speech_encoder.config.hidden_size
     assert model.emotion_head.in_features == model.text_encoder.config.hidden_size
     concat, *_ = build(tiny_models, Cell("multimodal", "classification", "concat"))
-    assert concat.emotion_head.in_features == 32 + 32
+    width = concat.text_encoder.config.hidden_size + concat.speech_encoder.config.hidden_size
+    assert width == 64 + 32 and concat.emotion_head.in_features == width
 
 
 def test_text_pooling_choices(tiny_models, corpus20):
@@ -86,16 +87,16 @@ def test_text_pooling_choices(tiny_models, corpus20):
     batch = a_batch(corpus20, tok, None)
     out = pooler.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     pooler.eval()
-    assert torch.allclose(pooler._text(batch), out.pooler_output)
+    assert torch.allclose(pooler.encode_text(batch), out.pooler_output)
     cls, *_ = build(tiny_models, cell, text_pooling="cls")
     cls.eval()
     assert cls.text_encoder.pooler is None  # unused, so removed
-    assert torch.allclose(cls._text(batch), out.last_hidden_state[:, 0], atol=1e-6)
+    assert torch.allclose(cls.encode_text(batch), out.last_hidden_state[:, 0], atol=1e-6)
     mean, *_ = build(tiny_models, cell, text_pooling="mean")
     mean.eval()
     mask = batch["attention_mask"].unsqueeze(-1).float()
     expected = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
-    assert torch.allclose(mean._text(batch), expected, atol=1e-6)
+    assert torch.allclose(mean.encode_text(batch), expected, atol=1e-6)
 
 
 def test_masked_mean_ignores_padding_and_survives_empty_rows():
@@ -112,7 +113,7 @@ def test_speech_mean_pooling_uses_only_the_clips_own_frames(tiny_models, corpus2
     frames = model.speech_encoder._get_feat_extract_output_lengths(batch["audio_mask"].sum(1))
     out = model.speech_encoder(batch["audio"]).last_hidden_state
     expected = torch.stack([out[i, : frames[i]].mean(0) for i in range(2)])
-    assert torch.allclose(model._speech(batch), expected, atol=1e-6)
+    assert torch.allclose(model.encode_speech(batch), expected, atol=1e-6)
 
 
 def test_cnn_last_is_the_last_frame_of_wav2vec2s_extract_features_and_freezes_the_rest(tiny_models, corpus20):
@@ -121,7 +122,7 @@ def test_cnn_last_is_the_last_frame_of_wav2vec2s_extract_features_and_freezes_th
     batch = a_batch(corpus20, None, spec)
     assert batch["audio"].shape == (3, 80000)
     expected = model.speech_encoder(batch["audio"]).extract_features[:, -1]
-    assert torch.allclose(model._speech(batch), expected, atol=1e-6)
+    assert torch.allclose(model.encode_speech(batch), expected, atol=1e-6)
     trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad and n.startswith("speech")}
     assert trainable == {"feature_extractor", "feature_projection"}
     assert not model.speech_encoder.feature_projection.projection.weight.requires_grad

@@ -177,7 +177,7 @@ def test_tiny_encoders_load_like_hub_models_and_tokenize_korean(tiny_models):
     assert "[UNK]" not in tokens and "행복해" in tokens  # syllables and frequent words survive save/load
     assert tok("짜증나")["input_ids"][0] == tok.cls_token_id
     text = AutoModel.from_pretrained(tiny_models / "text")
-    assert (text.config.model_type, text.config.hidden_size, text.config.num_hidden_layers) == ("bert", 32, 2)
+    assert (text.config.model_type, text.config.hidden_size, text.config.num_hidden_layers) == ("bert", 64, 2)
     speech = AutoModel.from_pretrained(tiny_models / "speech")
     assert speech.config.model_type == "wav2vec2" and speech.config.feat_extract_norm == "group"
     assert int(np.prod(speech.config.conv_stride)) == 320 and len(speech.config.conv_kernel) == 7

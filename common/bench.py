@@ -1,0 +1,298 @@
+"""Speed and memory benchmark: every figure is a ratio of two measurements taken side by side in one run.
+
+    python -m common.bench [--out bench.json] [--work cache/bench]
+
+On a synthetic KEMDy20 corpus of the real size (13,462 utterances) and "small" random encoders (BERT and
+wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
+
+- loop_overhead: a step of the training loop (data loading from the cache, collation, progress bar,
+  loss bookkeeping) over a bare forward+backward+step on the same batches collated beforehand;
+- text_padding: text-encoder forward+backward time with the original's static 256-token padding over
+  dynamic padding with length grouping, on the corpus's transcripts;
+- data_cache: preparing every utterance's inputs with a cold cache (decode, resample, tokenise, write)
+  over a warm one (check the key, open the arrays); the wav files are in the OS page cache for both;
+- frozen_epoch: a fine-tuning epoch over an epoch of heads on cached frozen-encoder vectors;
+- audio_padding: the share of padded audio samples in the training batches with --group_by_length;
+- data_rss_gib: peak resident memory of a process that reads the corpus, builds the caches and makes
+  one pass of collated batches over all of it (imports included).
+
+Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
+noise of a shared machine. The corpus and encoders are built once under --work and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.atomic import build_folder, write_text
+from common.errors import run_cli
+
+GOALS = {
+    "loop_overhead": ("training-loop step / bare forward+backward+step on pre-collated tensors", "<=", 1.10),
+    "text_padding": ("text encoder time: static 256 padding / dynamic padding + length grouping", ">=", 4.0),
+    "data_cache": ("data preparation: cold cache / warm cache", ">=", 20.0),
+    "frozen_epoch": ("fine-tune epoch / frozen-feature epoch (cached embeddings)", ">=", 30.0),
+    "audio_padding": ("share of padded audio frames with --group_by_length", "<=", 0.10),
+    "data_rss_gib": ("peak RSS of the data side, 13k-utterance corpus (GiB)", "<", 1.0),
+}
+
+
+def _met(value: float, op: str, goal: float) -> bool:
+    return {"<=": value <= goal, ">=": value >= goal, "<": value < goal}[op]
+
+
+def _best_of(repeats: int, *sides):
+    """Fastest time of each callable, alternating them `repeats` times."""
+    best = [float("inf")] * len(sides)
+    for _ in range(repeats):
+        for k, side in enumerate(sides):
+            start = time.perf_counter()
+            side()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
+    """Run in its own process: cold and warm data preparation, one collated pass, and the peak RSS."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer
+
+    from common.data import AudioSpec, Collator, KemdyDataset, prepare_inputs
+    from common.kemdy import read_corpus
+
+    utts = read_corpus("20", corpus).utterances
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    quiet = lambda message: None  # noqa: E731
+    start = time.perf_counter()
+    prepare_inputs(utts, tokenizer, 256, 5.0, cache_dir, quiet)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    inputs = prepare_inputs(utts, tokenizer, 256, 5.0, cache_dir, quiet)
+    warm = time.perf_counter() - start
+    spec = AudioSpec(normalize=True, padding_value=0.0, min_samples=400, pass_mask=False)
+    loader = DataLoader(
+        KemdyDataset(utts, range(len(utts)), inputs, spec), batch_size=32, collate_fn=Collator(tokenizer, 256, spec)
+    )
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    one_pass = time.perf_counter() - start
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {"cold_s": cold, "warm_s": warm, "pass_s": one_pass, "peak_rss_bytes": peak, "utterances": len(utts)}
+
+
+class Bench:
+    def __init__(self, work: Path):
+        from common.synthetic import generate, write_tiny_models
+
+        self.work = work
+        self.corpus = build_folder(work / "KEMDy20-full", lambda tmp: generate("20", tmp, full_size=True))
+        self.models = build_folder(work / "small_models", lambda tmp: write_tiny_models(tmp, size="small"))
+        self.results: dict[str, dict] = {}
+
+    def record(self, key: str, value: float, **detail) -> None:
+        description, op, goal = GOALS[key]
+        self.results[key] = {
+            "description": description,
+            "value": round(float(value), 4),
+            "goal": goal,
+            "goal_op": op,
+            "met": _met(value, op, goal),
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in detail.items()},
+        }
+
+    def data_side(self) -> None:
+        code = "import json, sys; from common.bench import data_probe; print(json.dumps(data_probe(*sys.argv[1:])))"
+        cache = self.work / "probe_cache"
+        argv = [sys.executable, "-c", code, str(self.corpus), str(self.models / "text"), str(cache)]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if proc.returncode != 0:
+            raise RuntimeError(f"data probe failed:\n{proc.stderr[-2000:]}")
+        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+        self.record("data_cache", probe["cold_s"] / probe["warm_s"], cold_s=probe["cold_s"], warm_s=probe["warm_s"])
+        self.record(
+            "data_rss_gib",
+            probe["peak_rss_bytes"] / 2**30,
+            utterances=probe["utterances"],
+            collated_pass_s=probe["pass_s"],
+        )
+
+    def training(self) -> None:
+        from accelerate import Accelerator
+
+        from common.cli import parse_args
+        from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
+        from common.features import frozen_vectors
+        from common.folds import make_fold
+        from common.kemdy import read_corpus
+        from common.model import Cell
+        from common.tasks import per_sample_loss
+        from common.train import Trainer, build_model, make_loader
+
+        cell = Cell("multimodal", "total", "concat")
+        argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_fold", "1", "--batch_size", "8"]
+        argv += ["--text_model", str(self.models / "text"), "--speech_model", str(self.models / "speech")]
+        argv += ["--lr", "1e-4", "--num_workers", "0"]
+        args = parse_args(cell, argv)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        quiet = lambda message: None  # noqa: E731
+        utts = read_corpus("20", self.corpus).utterances
+        train_idx = make_fold(len(utts), 1).train
+
+        # Audio lengths of the whole training fold, batched as --group_by_length does.
+        inputs_all = prepare_inputs(utts, None, 256, 5.0, self.work / "cache", quiet)
+        lengths = [float(inputs_all.audio.lengths[i]) for i in train_idx]
+
+        def padded_share(sampler) -> float:
+            batches = sampler.batches()
+            padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+            return 1 - sum(lengths) / padded
+
+        grouped = padded_share(EpochBatchSampler(len(train_idx), 32, 1234, lengths))
+        shuffled = padded_share(EpochBatchSampler(len(train_idx), 32, 1234))
+        self.record("audio_padding", grouped, without_grouping=shuffled, batch_size=32)
+
+        # A subset of the training fold for the timings.
+        subset = [utts[i] for i in train_idx[:: len(train_idx) // 128][:128]]
+        model, tokenizer, _, spec = build_model(cell, args)
+        model.to(accelerator.device)
+        inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
+        collate = Collator(tokenizer, 256, spec)
+        sub_lengths = [float(inputs.audio.lengths[i]) for i in range(len(subset))]
+        sampler = EpochBatchSampler(len(subset), 8, 1234, sub_lengths)
+        loader = make_loader(KemdyDataset(subset, range(len(subset)), inputs, spec), collate, args, False, sampler)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        trainer = Trainer(cell, args, accelerator)
+        device = accelerator.device
+        pre_collated = [{k: v.to(device) for k, v in b.items()} for b in loader]
+
+        def loop():
+            trainer.fit_epoch(model, loader, optimizer, scheduler, 1)
+            _sync(device)
+
+        core = accelerator.unwrap_model(model)
+
+        def bare():
+            model.train()
+            for batch in pre_collated:
+                out = model(batch)
+                loss = per_sample_loss(out, batch, core.va_mean, core.va_std).mean()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            _sync(device)
+
+        loop_s, bare_s = _best_of(5, loop, bare)
+        steps = len(pre_collated)
+        self.record("loop_overhead", loop_s / bare_s, loop_step_s=loop_s / steps, bare_step_s=bare_s / steps)
+
+        # The same epoch with both encoders frozen: the heads train on cached vectors.
+        core.freeze("both")
+        frozen_inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
+        for modality in ("text", "speech"):
+            vectors = frozen_vectors(
+                modality, core, subset, frozen_inputs, collate, spec, 8, accelerator, self.work / "cache", quiet
+            )
+            setattr(frozen_inputs, f"{modality}_vectors", vectors)
+        head_params = [p for p in core.parameters() if p.requires_grad]
+        frozen_opt = torch.optim.AdamW(head_params, lr=1e-4, eps=1e-8)
+        frozen_sched = torch.optim.lr_scheduler.LambdaLR(frozen_opt, lambda step: 1.0)
+        frozen_loader = make_loader(
+            KemdyDataset(subset, range(len(subset)), frozen_inputs, spec), collate, args, False, sampler
+        )
+        frozen_loader = accelerator.prepare(frozen_loader)
+
+        def frozen_epoch():
+            trainer.fit_epoch(model, frozen_loader, frozen_opt, frozen_sched, 1)
+            _sync(device)
+
+        (frozen_s,) = _best_of(3, frozen_epoch)
+        self.record("frozen_epoch", loop_s / frozen_s, fine_tune_epoch_s=loop_s, frozen_epoch_s=frozen_s)
+
+    def text_padding(self) -> None:
+        from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
+        from common.folds import make_fold
+        from common.kemdy import read_corpus
+        from common.model import EmotionModel, Heads, load_text_encoder
+
+        utts = read_corpus("20", self.corpus).utterances
+        train_idx = make_fold(len(utts), 1).train
+        subset = [utts[i] for i in train_idx[:: len(train_idx) // 128][:128]]
+        tokenizer, encoder = load_text_encoder(str(self.models / "text"))
+        model = EmotionModel(Heads("text", "classification", None), encoder)
+        inputs = prepare_inputs(subset, tokenizer, 256, None, self.work / "cache", lambda m: None)
+        dataset = KemdyDataset(subset, range(len(subset)), inputs)
+        token_lengths = [len(inputs.tokens[i]) for i in range(len(subset))]
+        static = Collator(tokenizer, 256, pad_to_max_length=True)
+        dynamic = Collator(tokenizer, 256)
+        plain = EpochBatchSampler(len(subset), 32, 1234)
+        grouped = EpochBatchSampler(len(subset), 32, 1234, [float(n) for n in token_lengths])
+        static_batches = [static([dataset[i] for i in b]) for b in plain.batches()]
+        dynamic_batches = [dynamic([dataset[i] for i in b]) for b in grouped.batches()]
+
+        def run(batches):
+            def side():
+                for batch in batches:
+                    model.encode_text(batch).sum().backward()
+                model.zero_grad(set_to_none=True)
+
+            return side
+
+        static_s, dynamic_s = _best_of(2, run(static_batches), run(dynamic_batches))
+        self.record(
+            "text_padding",
+            static_s / dynamic_s,
+            mean_tokens=float(np.mean(token_lengths)),
+            max_tokens=int(max(token_lengths)),
+            static_s=static_s,
+            dynamic_s=dynamic_s,
+        )
+
+    def table(self) -> str:
+        lines = ["| ratio | measured | goal | met |", "|---|---|---|---|"]
+        for key, (description, op, goal) in GOALS.items():
+            r = self.results[key]
+            lines.append(f"| {description} | {r['value']:.3g} | {op} {goal:g} | {'yes' if r['met'] else 'NO'} |")
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m common.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="write the ratios to this JSON file")
+    parser.add_argument("--work", default="cache/bench", help="folder for the corpus, encoders and caches")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    bench = Bench(Path(args.work))
+    bench.data_side()
+    bench.training()
+    bench.text_padding()
+    print(bench.table())
+    print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    if args.out:
+        write_text(args.out, json.dumps(bench.results, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,109 @@
+"""Preprocessing caches shared by every script and fold: token ids, decoded audio, frozen embeddings.
+
+A cache is a folder `<cache_dir>/<kind>-<key>` whose key hashes everything its content depends on (the
+corpus files with their sizes and modification times, the tokenizer, the maximum lengths, the sample
+rate). A changed input gets a new folder instead of a stale one, and folders are built under a temporary
+name and renamed when complete, so a half-written cache is never read. `rm -rf cache/` is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic import build_folder
+
+FORMAT = 1  # part of every key: a new on-disk format never reads an old cache
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (paths and other objects by their str)."""
+    text = json.dumps([FORMAT, *parts], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def file_stamp(path: str | Path) -> tuple[str, int, int]:
+    """What identifies a file's content without reading it: absolute path, size, modification time."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """(folder, built now) for `<cache_dir>/<kind>-<key>`, built with build(tmp_folder) if missing."""
+    folder = Path(cache_dir) / f"{kind}-{key}"
+    existed = folder.is_dir()
+    return build_folder(folder, build), not existed
+
+
+class ArrayStore:
+    """Variable-length 1-D arrays in one flat file, read through a memory map.
+
+    Rows may share storage (KEMDy19 annotates every recording twice). A read copies the row out; every
+    RELEASE_BYTES read, the mapping's pages are given back (madvise), so a pass over a corpus larger
+    than RAM keeps this process's resident memory flat (the OS page cache still serves re-reads).
+    """
+
+    RELEASE_BYTES = 64 * 2**20
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        self.path = folder / "data.bin"
+        self.dtype = np.dtype(json.loads((folder / "store.json").read_text())["dtype"])
+        self.starts = np.load(folder / "starts.npy")
+        self.lengths = np.load(folder / "lengths.npy")
+        self._map: mmap.mmap | None = None
+        self._pid = None
+        self._unreleased = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getstate__(self) -> dict:  # DataLoader workers open their own mapping
+        return self.__dict__ | {"_map": None, "_pid": None}
+
+    def _mapping(self) -> mmap.mmap:
+        if self._map is None or self._pid != os.getpid():
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._pid = os.getpid()
+        return self._map
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = int(self.lengths[i])
+        if n == 0:
+            return np.zeros(0, self.dtype)
+        mm, size = self._mapping(), self.dtype.itemsize
+        begin = int(self.starts[i]) * size
+        row = np.frombuffer(mm, self.dtype, count=n, offset=begin).copy()
+        self._unreleased += n * size
+        if self._unreleased > self.RELEASE_BYTES and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+            self._unreleased = 0
+        return row
+
+    @staticmethod
+    def write(folder: Path, rows: Sequence, dtype, keys: Sequence | None = None, progress=None) -> None:
+        """Store rows[i] for every i; rows with equal keys are read and stored once."""
+        folder.mkdir(parents=True, exist_ok=True)
+        n = len(rows)
+        starts, lengths = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        seen: dict = {}
+        offset = 0
+        with open(folder / "data.bin", "wb") as f:
+            for i in progress(range(n)) if progress else range(n):
+                key = keys[i] if keys is not None else i
+                if key not in seen:
+                    row = np.ascontiguousarray(rows[i], dtype=dtype)
+                    f.write(row.tobytes())
+                    seen[key] = (offset, len(row))
+                    offset += len(row)
+                starts[i], lengths[i] = seen[key]
+        np.save(folder / "starts.npy", starts)
+        np.save(folder / "lengths.npy", lengths)
+        (folder / "store.json").write_text(json.dumps({"dtype": np.dtype(dtype).str, "rows": n}))

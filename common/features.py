@@ -1,0 +1,105 @@
+"""Frozen encoders (`--freeze`): their pooled vectors, computed once per corpus and model and cached.
+
+The heads then train on these vectors instead of running the encoder at every step. Vectors are computed
+in evaluation mode (no dropout); speech models that take no attention mask see each clip alone, so that a
+clip's vector never depends on the padding of a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from common.cache import cached, fingerprint
+from common.data import AudioSpec, Collator, Inputs, KemdyDataset
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of a module's configuration and of every weight's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(getattr(getattr(module, "config", None), "to_json_string", lambda: "")().encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _source_key(source) -> str:
+    folder = getattr(source, "path", None)
+    return folder.parent.name if folder is not None else ""
+
+
+def frozen_vectors(
+    modality: str,
+    model,
+    utterances: list,
+    inputs: Inputs,
+    collate: Collator,
+    spec: AudioSpec | None,
+    batch_size: int,
+    accelerator,
+    cache_dir=None,
+    log=print,
+) -> np.ndarray:
+    """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder."""
+    source = inputs.tokens if modality == "text" else inputs.audio
+    one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to)
+    size = 1 if one_by_one else batch_size
+
+    def compute() -> np.ndarray:
+        restricted = Inputs(tokens=inputs.tokens) if modality == "text" else Inputs(audio=inputs.audio)
+        order = _by_length(utterances, source, modality)
+        loader = DataLoader(KemdyDataset(utterances, order, restricted, spec), batch_size=size, collate_fn=collate)
+        encode = model.encode_text if modality == "text" else model.encode_speech
+        out = None
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            for batch in tqdm(loader, desc=f"{modality} vectors", leave=False, disable=None, dynamic_ncols=True):
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                vectors = encode(batch).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(utterances), vectors.shape[1]), np.float32)
+                out[batch["index"].cpu().numpy()] = vectors
+        model.train(was_training)
+        return out
+
+    encoder = model.text_encoder if modality == "text" else model.speech_encoder
+    if cache_dir is None or not _source_key(source):
+        return compute()
+    pooling = model.heads.text_pooling if modality == "text" else model.heads.speech_pooling
+    key = fingerprint(
+        modality,
+        module_fingerprint(encoder),
+        pooling,
+        _source_key(source),
+        spec,
+        size,
+        collate.max_text_len,
+        collate.pad_to_max_length,
+    )
+    start = time.perf_counter()
+    folder, built = cached(cache_dir, f"{modality}_vectors", key, lambda tmp: _save(tmp, compute()))
+    vectors = np.load(folder / "vectors.npy")
+    action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
+    log(f"{modality} vectors {folder}: {action} ({vectors.shape[0]} x {vectors.shape[1]})")
+    return vectors
+
+
+def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:
+    """Utterance indices from the longest input down, so batches hold similar lengths."""
+    lengths = getattr(source, "lengths", None)
+    if lengths is None:
+        lengths = [len(u.text) if modality == "text" else u.duration for u in utterances]
+    return sorted(range(len(utterances)), key=lambda i: -lengths[i])
+
+
+def _save(folder, vectors: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    np.save(folder / "vectors.npy", vectors)

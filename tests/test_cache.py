@@ -1,0 +1,225 @@
+"""Preprocessing caches: same inputs as without a cache, reused, invalidated by any change, never half-read."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.cache import ArrayStore, cached
+from common.data import Collator, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
+from common.features import frozen_vectors
+from common.kemdy import read_corpus
+from common.model import EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+
+
+class Log(list):
+    """Collects the messages of prepare_inputs / frozen_vectors: "<kind> cache <folder>: <action> (...)"."""
+
+    def __call__(self, message):
+        self.append(message)
+
+    def events(self) -> list[tuple[str, str]]:
+        """(cache folder name, "built" / "reused" / "computed") of each message."""
+        return [(Path(m.split()[2].rstrip(":")).name, m.split(": ")[1].split()[0]) for m in self]
+
+
+def test_array_store_reads_back_every_row_and_stores_shared_rows_once(tmp_path):
+    rows = [np.arange(5, dtype=np.int16), np.zeros(0, np.int16), np.arange(5, dtype=np.int16), np.array([-7], np.int16)]
+    ArrayStore.write(tmp_path / "s", rows, np.int16, keys=["a", "b", "a", "c"])
+    store = ArrayStore(tmp_path / "s")
+    assert len(store) == 4 and [store[i].tolist() for i in range(4)] == [r.tolist() for r in rows]
+    assert (tmp_path / "s" / "data.bin").stat().st_size == 6 * 2  # "a" once, "c" once
+    assert store.lengths.tolist() == [5, 0, 5, 1] and store[0].dtype == np.int16
+
+
+def test_a_failed_build_leaves_no_cache_behind(tmp_path):
+    def broken(folder):
+        folder.mkdir()
+        (folder / "data.bin").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        cached(tmp_path, "audio", "k1", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def copy20(corpus20, tmp_path):
+    """A private copy of the KEMDy20 corpus, which the test may change."""
+    return Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
+
+
+def test_cached_inputs_equal_inputs_prepared_on_the_fly(corpus19, tiny_models, tmp_path):
+    utts = read_corpus("19", corpus19[0]).utterances  # stereo and 44.1/48 kHz files among them
+    tok, _ = load_text_encoder(str(tiny_models / "text"))
+    fresh = prepare_inputs(utts, tok, 8, 1.5)
+    log = Log()
+    stored = prepare_inputs(utts, tok, 8, 1.5, tmp_path / "cache", log)
+    assert isinstance(fresh.audio, Pcm16Audio) and isinstance(fresh.tokens, TokenIds)
+    assert isinstance(stored.audio, ArrayStore) and isinstance(stored.tokens, ArrayStore)
+    for i in range(len(utts)):
+        np.testing.assert_array_equal(stored.audio[i], fresh.audio[i])
+        np.testing.assert_array_equal(stored.tokens[i], fresh.tokens[i])
+    assert max(len(stored.tokens[i]) for i in range(len(utts))) == 8
+    assert max(len(stored.audio[i]) for i in range(len(utts))) == 24000
+    assert [action for _, action in log.events()] == ["built", "built"]
+    # KEMDy19 lists each recording in two annotation files: its audio is stored once
+    first_of_each_wav = {str(u.wav): k for k, u in enumerate(utts)}.values()
+    (data,) = (tmp_path / "cache").glob("audio-*/data.bin")
+    assert len(first_of_each_wav) < len(utts)
+    assert data.stat().st_size == 2 * sum(len(fresh.audio[k]) for k in first_of_each_wav)
+
+
+def test_a_second_run_reuses_the_cache_and_any_change_rebuilds_it(copy20, tiny_models, tmp_path):
+    cache = tmp_path / "cache"
+    tok, _ = load_text_encoder(str(tiny_models / "text"))
+
+    def prepare(max_text_len=32, max_seconds=5.0):
+        log = Log()
+        prepare_inputs(read_corpus("20", copy20).utterances, tok, max_text_len, max_seconds, cache, log)
+        return log.events()
+
+    (tokens, built1), (audio, built2) = prepare()
+    assert built1 == built2 == "built" and tokens.startswith("tokens-") and audio.startswith("audio-")
+    assert prepare() == [(tokens, "reused"), (audio, "reused")]
+
+    utts = read_corpus("20", copy20).utterances
+    stat = utts[3].wav.stat()
+    os.utime(utts[3].wav, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same bytes, newer file
+    (tokens2, t2), (audio2, a2) = prepare()
+    assert (tokens2, t2) == (tokens, "reused") and a2 == "built" and audio2 != audio
+
+    txt = utts[5].wav.with_suffix(".txt")
+    data = txt.read_bytes()  # the first line gets a "!" at its end
+    end = min([data.find(c) for c in (b"\r", b"\n") if c in data] or [len(data)])
+    txt.write_bytes(data[:end] + b"!" + data[end:])
+    assert read_corpus("20", copy20).utterances[5].text == utts[5].text + "!"
+    (tokens3, t3), (audio3, a3) = prepare()
+    assert t3 == "built" and tokens3 != tokens and (audio3, a3) == (audio2, "reused")
+
+    tok.add_tokens(["새토큰"])
+    (tokens4, t4), _ = prepare()
+    assert t4 == "built" and tokens4 not in (tokens, tokens3)
+
+    (tokens5, t5), (audio5, a5) = prepare(max_text_len=8, max_seconds=2.0)
+    assert t5 == a5 == "built" and {tokens5, audio5}.isdisjoint({tokens, tokens3, tokens4, audio, audio2})
+    assert {p.name for p in cache.iterdir()} == {tokens, tokens3, tokens4, tokens5, audio, audio2, audio5}
+
+
+def test_an_unfinished_cache_folder_is_never_read(copy20, tiny_models, tmp_path):
+    cache = tmp_path / "cache"
+    utts = read_corpus("20", copy20).utterances
+    log = Log()
+    prepare_inputs(utts, max_seconds=5.0, cache_dir=cache, log=log)
+    (folder,) = cache.iterdir()
+    # a crashed build leaves only a hidden temporary folder: the next run builds the real one
+    shutil.move(folder, cache / f".{folder.name}.tmp-123-abcdef12")
+    log2 = Log()
+    inputs = prepare_inputs(utts, max_seconds=5.0, cache_dir=cache, log=log2)
+    assert "built" in log2[0] and (cache / folder.name).is_dir()
+    np.testing.assert_array_equal(inputs.audio[0], Pcm16Audio([utts[0].wav], 5.0)[0])
+
+
+def test_collator_pads_token_ids_exactly_like_the_tokenizer(corpus20, tiny_models):
+    utts = read_corpus("20", corpus20[0]).utterances[:9]
+    tok, _ = load_text_encoder(str(tiny_models / "text"))
+    texts = [u.text for u in utts]
+    ds = KemdyDataset(utts, range(9), prepare_inputs(utts, tok, 12))
+    items = [ds[i] for i in range(9)]
+    for pad_to_max, padding in ((False, "longest"), (True, "max_length")):
+        batch = Collator(tok, 12, None, pad_to_max)(items)
+        expected = tok(texts, padding=padding, truncation=True, max_length=12, return_tensors="pt")
+        assert set(expected) == {"input_ids", "attention_mask", "token_type_ids"}
+        for name in expected:
+            assert torch.equal(batch[name], expected[name]), name
+    assert batch["input_ids"].shape == (9, 12)
+
+
+def _frozen_setup(tiny_models, corpus20, modality):
+    utts = read_corpus("20", corpus20[0]).utterances[:24]
+    tok, text = load_text_encoder(str(tiny_models / "text"))
+    fe, speech = load_speech_encoder(str(tiny_models / "speech"))
+    spec = audio_spec(fe, speech)
+    model = EmotionModel(Heads("multimodal", "total", "concat"), text, speech)
+    inputs = prepare_inputs(utts, tok, 32, 5.0)
+    return utts, tok, model, inputs, Collator(tok, 32, spec), spec
+
+
+class CPU:
+    device = torch.device("cpu")
+
+    @staticmethod
+    def autocast():
+        return torch.autocast("cpu", enabled=False)
+
+
+@pytest.mark.parametrize("modality", ["text", "speech"])
+def test_frozen_vectors_are_each_utterances_own_pooled_output_and_are_cached(tiny_models, corpus20, tmp_path, modality):
+    utts, tok, model, inputs, collate, spec = _frozen_setup(tiny_models, corpus20, modality)
+    cache = tmp_path / "cache"
+    cached_inputs = prepare_inputs(utts, tok, 32, 5.0, cache, Log())
+    log = Log()
+    model.train()  # vectors are computed without dropout whatever the model's mode
+    vectors = frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    width = (model.text_encoder if modality == "text" else model.speech_encoder).config.hidden_size
+    assert model.training and vectors.shape == (24, width) and "computed" in log[0]
+    model.eval()
+    ds = KemdyDataset(utts, range(24), inputs, spec)
+    encode = model.encode_text if modality == "text" else model.encode_speech
+    with torch.no_grad():
+        for i in (0, 5, 17, 23):
+            alone = collate([ds[i]])
+            np.testing.assert_allclose(vectors[i], encode(alone)[0].numpy(), rtol=1e-4, atol=1e-5)
+    again = frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    assert "reused" in log[1] and np.array_equal(again, vectors)
+    with torch.no_grad():
+        next(model.text_encoder.parameters() if modality == "text" else model.speech_encoder.parameters()).add_(0.1)
+    frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    assert "computed" in log[2]  # other weights, other vectors
+
+
+def _train(cell, corpus, tiny_models, out, *flags):
+    from common.cli import parse_args
+    from common.train import train
+
+    argv = ["--dataset", "20", "--dataset_dir", str(corpus), "--num_fold", "2", "--epochs", "2", "--batch_size", "8"]
+    argv += ["--lr", "1e-3", "--max_text_len", "32", "--output_dir", str(out), "--group_by_length"]
+    argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech"), *flags]
+    return train(cell, parse_args(cell, argv))
+
+
+def test_runs_without_cache_with_a_cold_cache_and_with_a_warm_one_give_the_same_numbers(
+    corpus20, tiny_models, tmp_path
+):
+    from common.model import Cell
+
+    cell = Cell("multimodal", "total", "concat")
+    cache = ["--cache_dir", str(tmp_path / "cache")]
+    plain = _train(cell, corpus20[0], tiny_models, tmp_path / "a", "--no-cache")
+    cold = _train(cell, corpus20[0], tiny_models, tmp_path / "b", *cache)
+    warm = _train(cell, corpus20[0], tiny_models, tmp_path / "c", *cache)
+    assert plain["epochs"] == cold["epochs"] == warm["epochs"]
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["audio", "tokens"]
+
+
+def test_frozen_encoders_keep_their_weights_and_the_heads_still_learn(corpus20, tiny_models, tmp_path):
+    from safetensors.torch import load_file
+
+    from common.model import Cell
+
+    cell = Cell("multimodal", "total", "element_wise_add")
+    result = _train(cell, corpus20[0], tiny_models, tmp_path / "run", "--freeze", "text", "--cache_dir", str(tmp_path))
+    assert result["epochs"][1]["train_loss"] < result["epochs"][0]["train_loss"]
+    saved, original = tmp_path / "run" / "model", tiny_models
+    for part, same in (("text", True), ("speech", False)):
+        after, before = (
+            load_file(str(saved / part / "model.safetensors")),
+            load_file(str(original / part / "model.safetensors")),
+        )
+        equal = all(torch.equal(after[k], before[k]) for k in before)
+        assert equal == same, part
+    assert [p.name.split("-")[0] for p in sorted(tmp_path.glob("text_vectors-*"))] == ["text_vectors"]
+    assert not list(tmp_path.glob("speech_vectors-*"))
