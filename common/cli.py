@@ -23,6 +23,7 @@ DEMO_DEFAULTS = {
     "epochs": 6,
     "max_text_len": 64,
     "group_by_length": True,
+    "overwrite": True,  # a demo run replaces the previous demo run of its script
 }
 
 
@@ -85,7 +86,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         "--demo",
         action="store_true",
         help="run on the built-in synthetic corpus and tiny encoders (built under demo/ on first use), with "
-        "settings for tiny models: " + ", ".join(f"--{k} {v}" for k, v in DEMO_DEFAULTS.items()),
+        "settings for tiny models: "
+        + ", ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in DEMO_DEFAULTS.items()),
     )
 
     add = p.add_argument_group("model").add_argument
@@ -137,6 +139,18 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
 
     add = p.add_argument_group("output").add_argument
     add("--output_dir", help="run directory (default: runs/<script>/KEMDy<dataset>/fold<k>; runs/demo/... for --demo)")
+    add(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in the run directory from its last complete epoch",
+    )
+    add("--overwrite", action="store_true", help="replace a run directory that holds a finished or unfinished run")
+    add(
+        "--keep_checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the chosen epoch's checkpoint (model, optimizer, RNG states) when the run finishes",
+    )
     add(
         "--save_model",
         action=argparse.BooleanOptionalAction,

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from common.cache import ArrayStore, cached, file_stamp, fingerprint
+from common.errors import UserError
 from common.kemdy import Utterance
 
 SAMPLE_RATE = 16000
@@ -25,9 +26,12 @@ SAMPLE_RATE = 16000
 
 def load_audio(path, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float32 at `sample_rate`, cut to the first `max_seconds` (as the original); any rate, any channels."""
-    info = sf.info(str(path))
-    frames = min(info.frames, math.ceil(max_seconds * info.samplerate)) if info.frames > 0 else -1
-    x, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    try:
+        info = sf.info(str(path))
+        frames = min(info.frames, math.ceil(max_seconds * info.samplerate)) if info.frames > 0 else -1
+        x, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:  # it was readable when the corpus was read
+        raise UserError(f"{path}: cannot decode the audio ({err})") from None
     x = x.mean(axis=1)
     if rate != sample_rate:
         g = gcd(rate, sample_rate)

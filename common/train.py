@@ -9,9 +9,11 @@ the chosen one), predictions.csv (the chosen epoch's test predictions) and model
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
+import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict
@@ -23,6 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common import atomic
+from common.checkpoints import Checkpoints, check_same_settings, check_writable, decide
 from common.cli import parse_args
 from common.data import SAMPLE_RATE, AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
 from common.errors import run_cli
@@ -170,6 +174,12 @@ def build_model(cell: Cell, args) -> tuple[EmotionModel, object, object, AudioSp
     return EmotionModel(heads, text_encoder, speech_encoder), tokenizer, extractor, spec
 
 
+def _launched_without_accelerator() -> bool:
+    """Several processes launched on a machine without GPUs: accelerate must be told to use gloo on CPU."""
+    gpus = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpus
+
+
 def train(cell: Cell, args) -> dict:
     """Train and evaluate one fold; returns the metrics written to metrics.json."""
     if args.gpus:
@@ -184,12 +194,24 @@ def train(cell: Cell, args) -> dict:
     hf_logging.disable_progress_bar()
     if args.demo:
         _resolve_demo(cell, args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=_launched_without_accelerator())
     set_seed(args.seed)
     log = accelerator.print
     if args.num_workers is None:
         on_gpu = accelerator.device.type == "cuda"
         args.num_workers = min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0
+    run_dir = _run_dir(cell, args)
+    mode = decide(run_dir, args)  # every process decides alike; only the main one changes the folder
+    if mode == "finished":
+        result = json.loads((run_dir / "metrics.json").read_text())
+        log(f"{run_dir}: already finished\n" + _summary(result, run_dir))
+        return result
+    if mode == "resume":
+        check_same_settings(run_dir / "config.json", args)
+    if args.overwrite and accelerator.is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    check_writable(run_dir)
     corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
     utts = corpus.utterances
     fold = make_fold(len(utts), args.num_fold)
@@ -245,10 +267,22 @@ def train(cell: Cell, args) -> dict:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
 
+    core = accelerator.unwrap_model(model)
+    if accelerator.is_main_process and mode == "fresh":
+        config = _config(cell, args, corpus, accelerator, len(train_idx), len(valid_idx), len(fold.test), model=core)
+        atomic.write_text(run_dir / "config.json", json.dumps(config, indent=1, ensure_ascii=False))
+
     trainer = Trainer(cell, args, accelerator)
-    history, best, best_state, best_test = [], None, None, None
-    for epoch in range(1, args.epochs + 1):
-        sampler.set_epoch(epoch)
+    checkpoints = Checkpoints(run_dir, accelerator)
+    history, best, chosen, start = [], None, None, 1
+    if mode == "resume" and checkpoints.epochs():
+        last = checkpoints.epochs()[-1]
+        state = checkpoints.load(last)
+        history, best, chosen, start = state["history"], state["best"], state["chosen"], last + 1
+        log(f"resuming {run_dir} after epoch {last}")
+    in_model = start - 1  # the epoch whose weights the model holds
+    for epoch in range(start, args.epochs + 1):
+        train_loader.set_epoch(epoch)  # accelerate passes it on to the batch sampler at every iteration
         record = {"epoch": epoch, "train_loss": trainer.fit_epoch(model, train_loader, optimizer, scheduler, epoch)}
         outputs = {name: trainer.predict(model, loader) for name, loader in eval_loaders.items()}
         notes = []
@@ -259,17 +293,16 @@ def train(cell: Cell, args) -> dict:
         history.append(record)
         log(_epoch_line(record))
         score = record["valid"]["loss"] if "valid" in record else -epoch  # without validation: the last epoch
-        if best is None or score < best:
-            best, best_test = score, outputs["test"]
-            if "valid" in record:  # keep the chosen weights on the CPU, not in accelerator memory
-                best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()
-                }
-            chosen = epoch
+        improved = best is None or score < best
+        if improved:
+            best, chosen = score, epoch
+        state = {"epoch": epoch, "history": history, "best": best, "chosen": chosen}
+        checkpoints.save(epoch, state, outputs["test"] if improved else None)
+        in_model = epoch
 
-    core = accelerator.unwrap_model(model)
-    if best_state is not None:
-        core.load_state_dict(best_state)
+    if chosen != in_model:
+        checkpoints.load(chosen)
+    best_test = checkpoints.test_outputs(chosen)
     result = {
         "script": cell.name,
         "dataset": f"KEMDy{args.dataset}",
@@ -280,16 +313,18 @@ def train(cell: Cell, args) -> dict:
         "test": history[chosen - 1]["test"],
         "epochs": history,
     }
-    if accelerator.is_main_process:
-        run_dir = _run_dir(cell, args)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = _config(cell, args, corpus, accelerator, len(train_idx), len(valid_idx), len(fold.test), model=core)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
-        (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    if accelerator.is_main_process:  # metrics.json last: its presence marks a finished run
         _write_predictions(run_dir / "predictions.csv", utts, best_test)
         if args.save_model:
-            core.save(run_dir / "model", tokenizer, extractor)
+            shutil.rmtree(run_dir / "model", ignore_errors=True)
+            atomic.build_folder(run_dir / "model", lambda tmp: core.save(tmp, tokenizer, extractor))
+        atomic.write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
         log(_summary(result, run_dir))
+    accelerator.wait_for_everyone()
+    if args.keep_checkpoint:
+        checkpoints.prune(keep=chosen)
+    else:
+        checkpoints.remove()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
@@ -333,18 +368,19 @@ def _write_predictions(path: Path, utts, out: dict[str, np.ndarray]) -> None:
     header += [f"true_{d}" for d in DIMENSIONS]
     if "va_pred" in out:
         header += [f"pred_{d}" for d in DIMENSIONS]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for k in order:
-            u = utts[int(out["index"][k])]
-            row = [u.segment_id, *u.labels]
-            if "probs" in out:
-                row += [f"{p:.6f}" for p in out["probs"][k]]
-            row += [u.valence, u.arousal]
-            if "va_pred" in out:
-                row += [f"{v:.6f}" for v in out["va_pred"][k]]
-            writer.writerow(row)
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for k in order:
+        u = utts[int(out["index"][k])]
+        row = [u.segment_id, *u.labels]
+        if "probs" in out:
+            row += [f"{p:.6f}" for p in out["probs"][k]]
+        row += [u.valence, u.arousal]
+        if "va_pred" in out:
+            row += [f"{v:.6f}" for v in out["va_pred"][k]]
+        writer.writerow(row)
+    atomic.write_text(path, f.getvalue())
 
 
 def _describe_model(name: str, encoder) -> dict:
