@@ -106,6 +106,15 @@ class Bench:
         self.corpus = build_folder(work / "KEMDy20-full", lambda tmp: generate("20", tmp, full_size=True))
         self.models = build_folder(work / "small_models", lambda tmp: write_tiny_models(tmp, size="small"))
         self.results: dict[str, dict] = {}
+        from common.folds import make_fold
+        from common.kemdy import read_corpus
+
+        self.utts = read_corpus("20", self.corpus).utterances
+        self.train_idx = make_fold(len(self.utts), 1).train
+
+    def subset(self, n: int) -> list:
+        """n utterances spread evenly over fold 1's training part."""
+        return [self.utts[i] for i in self.train_idx[:: len(self.train_idx) // n][:n]]
 
     def record(self, key: str, value: float, **detail) -> None:
         description, op, goal = GOALS[key]
@@ -140,8 +149,6 @@ class Bench:
         from common.cli import parse_args
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
         from common.features import frozen_vectors
-        from common.folds import make_fold
-        from common.kemdy import read_corpus
         from common.model import Cell
         from common.tasks import per_sample_loss
         from common.train import Trainer, build_model, make_loader
@@ -153,8 +160,7 @@ class Bench:
         args = parse_args(cell, argv)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         quiet = lambda message: None  # noqa: E731
-        utts = read_corpus("20", self.corpus).utterances
-        train_idx = make_fold(len(utts), 1).train
+        utts, train_idx = self.utts, self.train_idx
 
         # Audio lengths of the whole training fold, batched as --group_by_length does.
         inputs_all = prepare_inputs(utts, None, 256, 5.0, self.work / "cache", quiet)
@@ -170,7 +176,7 @@ class Bench:
         self.record("audio_padding", grouped, without_grouping=shuffled, batch_size=32)
 
         # A subset of the training fold for the timings.
-        subset = [utts[i] for i in train_idx[:: len(train_idx) // 128][:128]]
+        subset = self.subset(128)
         model, tokenizer, _, spec = build_model(cell, args)
         model.to(accelerator.device)
         inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
@@ -231,13 +237,9 @@ class Bench:
 
     def text_padding(self) -> None:
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
-        from common.folds import make_fold
-        from common.kemdy import read_corpus
         from common.model import EmotionModel, Heads, load_text_encoder
 
-        utts = read_corpus("20", self.corpus).utterances
-        train_idx = make_fold(len(utts), 1).train
-        subset = [utts[i] for i in train_idx[:: len(train_idx) // 128][:128]]
+        subset = self.subset(128)
         tokenizer, encoder = load_text_encoder(str(self.models / "text"))
         model = EmotionModel(Heads("text", "classification", None), encoder)
         inputs = prepare_inputs(subset, tokenizer, 256, None, self.work / "cache", lambda m: None)
