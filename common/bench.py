@@ -110,7 +110,7 @@ class Bench:
         from common.kemdy import read_corpus
 
         self.utts = read_corpus("20", self.corpus).utterances
-        self.train_idx = make_fold(len(self.utts), 1).train
+        self.train_idx = make_fold([u.session for u in self.utts], 1).train
 
     def subset(self, n: int) -> list:
         """n utterances spread evenly over fold 1's training part."""

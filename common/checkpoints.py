@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = {
     "cache",
     "cache_dir",
     "keep_checkpoint",
+    "report_to",
 }
 
 

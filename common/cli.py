@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from common.errors import UserError
-from common.folds import NUM_FOLDS
+from common.folds import NUM_FOLDS, SPLITS
 from common.model import Cell
 
 # The demo trains tiny random encoders on a small synthetic corpus: it needs far larger learning rates
@@ -27,6 +27,15 @@ DEMO_DEFAULTS = {
 }
 
 
+def _fold(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: choose a fold from 1 to {NUM_FOLDS}, or all") from None
+
+
 def build_parser(cell: Cell, description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python {cell.name}.py",
@@ -40,7 +49,18 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="corpus root holding annotation/ and wav/ (default: ./KEMDy19 or ./KEMDy20, as the original)",
     )
     add(
-        "--num_fold", type=int, default=5, help="fold to test on, 1..5 (contiguous 20%% blocks); the original's default"
+        "--num_fold",
+        type=_fold,
+        default=5,
+        help="fold to test on, 1..5 (the original's default: 5), or all: the five folds one after the other, "
+        "each into its own run directory",
+    )
+    add(
+        "--split",
+        choices=SPLITS,
+        default="contiguous",
+        help="contiguous: the original's 20%% blocks of the ordered utterances; session: whole sessions held "
+        "out (speaker-independent), sessions in number order cut into five blocks",
     )
     add(
         "--valid_ratio",
@@ -138,7 +158,11 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--gpus", help="visible GPU ids, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
 
     add = p.add_argument_group("output").add_argument
-    add("--output_dir", help="run directory (default: runs/<script>/KEMDy<dataset>/fold<k>; runs/demo/... for --demo)")
+    add(
+        "--output_dir",
+        help="run directory, holding fold1/ .. fold5/ with --num_fold all (default: "
+        "runs/<script>/KEMDy<dataset>[_session]/fold<k>; runs/demo/... for --demo)",
+    )
     add(
         "--resume",
         action="store_true",
@@ -150,6 +174,12 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep the chosen epoch's checkpoint (model, optimizer, RNG states) when the run finishes",
+    )
+    add(
+        "--report_to",
+        choices=("none", "tensorboard"),
+        default="none",
+        help="also log every epoch's losses and metrics to TensorBoard (events in <run directory>/tensorboard/)",
     )
     add(
         "--save_model",
@@ -175,7 +205,7 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
                 "annotation/ and wav/, or use --demo"
             )
         args.dataset_dir = str(default)
-    if not 1 <= args.num_fold <= NUM_FOLDS:
+    if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     for name, ok, rule in [
         ("batch_size", args.batch_size >= 1, "at least 1"),

@@ -96,6 +96,14 @@ class Inputs:
     speech_vectors: np.ndarray | None = None
 
 
+def model_audio(pcm16: np.ndarray, spec: AudioSpec) -> np.ndarray:
+    """A stored clip as the speech encoder reads it: float, normalised per clip when its extractor does."""
+    x = pcm16.astype(np.float32) / 32768.0
+    if spec.normalize and len(x):
+        x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+    return x
+
+
 class KemdyDataset(Dataset):
     """The utterances of one split: targets, and the inputs of utterance `indices[i]`."""
 
@@ -122,10 +130,7 @@ class KemdyDataset(Dataset):
         if inputs.speech_vectors is not None:
             item["speech_vec"] = inputs.speech_vectors[k]
         elif inputs.audio is not None:
-            x = inputs.audio[k].astype(np.float32) / 32768.0
-            if self.audio.normalize and len(x):
-                x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-            item["audio"] = x
+            item["audio"] = model_audio(inputs.audio[k], self.audio)
         return item
 
 
@@ -142,11 +147,10 @@ class Collator:
             self.token_types = "token_type_ids" in tokenizer.model_input_names
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = {
-            "index": torch.tensor([it["index"] for it in items]),
-            "labels": torch.from_numpy(np.stack([it["labels"] for it in items])),
-            "va": torch.from_numpy(np.stack([it["va"] for it in items])),
-        }
+        batch = {"index": torch.tensor([it["index"] for it in items])}
+        for key in ("labels", "va"):  # absent when predicting
+            if key in items[0]:
+                batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
         for key in ("text_vec", "speech_vec"):
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))

@@ -24,6 +24,7 @@ from pathlib import Path
 import soundfile as sf
 
 from common.errors import UserError, run_cli
+from common.folds import NUM_FOLDS, SPLITS, fold_sizes
 
 # The class order used everywhere (multi-hot vectors, logits, reports): alphabetical.
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -384,6 +385,11 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
             "encodings": dict(sorted(corpus.transcript_encodings.items())),
             "empty": sum(not u.text for u in utts),
         },
+        "folds": {
+            split: fold_sizes([u.session for u in utts], split)
+            for split in SPLITS
+            if split != "session" or len({u.session for u in utts}) >= NUM_FOLDS
+        },
     }
 
 
@@ -424,6 +430,14 @@ def format_summary(s: dict) -> str:
     out.append(f"       sample rates {a['sample_rates']}  channels {a['channels']}")
     t = s["transcripts"]
     out.append(f"transcripts: encodings {t['encodings']}  empty {t['empty']}")
+    out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
+    for split, rows in s["folds"].items():
+        for r in rows:
+            held = r.get("test_sessions")
+            out.append(
+                f"  --split {split:<10} --num_fold {r['fold']}: {r['train']:>6} / {r['valid']:>5} / {r['test']:>5}"
+                + (f"   test sessions {' .. '.join(dict.fromkeys([held[0], held[-1]]))}" if held else "")
+            )
     return "\n".join(out)
 
 

@@ -8,6 +8,8 @@ the chosen one), predictions.csv (the chosen epoch's test predictions) and model
 
 from __future__ import annotations
 
+import argparse
+import copy
 import csv
 import io
 import json
@@ -16,12 +18,13 @@ import platform
 import shutil
 import sys
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -31,7 +34,7 @@ from common.cli import parse_args
 from common.data import SAMPLE_RATE, AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
 from common.errors import run_cli
 from common.features import frozen_vectors
-from common.folds import hold_out_validation, make_fold
+from common.folds import NUM_FOLDS, Fold, hold_out_validation, make_fold, session_order
 from common.kemdy import EMOTIONS, Corpus, read_corpus
 from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
 from common.tasks import DIMENSIONS, classification_metrics, per_sample_loss, regression_metrics
@@ -43,10 +46,12 @@ def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | 
     run_cli(lambda: train(cell, parse_args(cell, argv, sys.modules["__main__"].__doc__)))
 
 
-def _run_dir(cell: Cell, args) -> Path:
+def _run_dir(cell: Cell, args, fold: int) -> Path:
+    """--output_dir (its fold<k>/ for --num_fold all), or runs/[demo/]<script>/KEMDy<d>[_session]/fold<k>."""
     if args.output_dir:
-        return Path(args.output_dir)
-    return Path("runs", *(["demo"] if args.demo else []), cell.name, f"KEMDy{args.dataset}", f"fold{args.num_fold}")
+        return Path(args.output_dir, f"fold{fold}") if args.num_fold == "all" else Path(args.output_dir)
+    protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
+    return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
 
 
 def _resolve_demo(cell: Cell, args) -> None:
@@ -150,17 +155,35 @@ def _lengths(inputs: Inputs, utts, indices: list[int], max_seconds: float) -> li
     return [0.0] * len(indices)  # only cached vectors: every batch has the same size
 
 
-def build_model(cell: Cell, args) -> tuple[EmotionModel, object, object, AudioSpec | None]:
+class Encoders:
+    """The cell's tokenizer, feature extractor and pretrained encoders, loaded once for every fold."""
+
+    def __init__(self, cell: Cell, args):
+        self.tokenizer = self.extractor = self.text = self.speech = None
+        if cell.uses_text:
+            self.tokenizer, self.text = load_text_encoder(args.text_model)
+        if cell.uses_speech:
+            self.extractor, self.speech = load_speech_encoder(args.speech_model)
+
+    def fresh(self, keep: bool) -> tuple[nn.Module | None, nn.Module | None]:
+        """(text, speech) encoders with their pretrained weights: copies when `keep`, for later folds."""
+        if keep:
+            return copy.deepcopy(self.text), copy.deepcopy(self.speech)
+        return self.text, self.speech
+
+
+def build_model(
+    cell: Cell, args, encoders: Encoders | None = None, keep: bool = False
+) -> tuple[EmotionModel, object, object, AudioSpec | None]:
     """(model, tokenizer, feature extractor, audio spec) of the cell, heads seeded by --seed."""
     from accelerate.utils import set_seed
 
-    tokenizer = text_encoder = extractor = speech_encoder = spec = None
-    if cell.uses_text:
-        tokenizer, text_encoder = load_text_encoder(args.text_model)
+    encoders = encoders or Encoders(cell, args)
+    text_encoder, speech_encoder = encoders.fresh(keep)
+    spec = None
     if cell.uses_speech:
-        extractor, speech_encoder = load_speech_encoder(args.speech_model)
         pad_to = int(args.max_seq_len * SAMPLE_RATE) if args.speech_pooling == "cnn_last" else 0
-        spec = audio_spec(extractor, speech_encoder, pad_to=pad_to)
+        spec = audio_spec(encoders.extractor, speech_encoder, pad_to=pad_to)
     heads = Heads(
         cell.modality,
         cell.task,
@@ -171,7 +194,7 @@ def build_model(cell: Cell, args) -> tuple[EmotionModel, object, object, AudioSp
         bool(spec and spec.pass_mask),
     )
     set_seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
-    return EmotionModel(heads, text_encoder, speech_encoder), tokenizer, extractor, spec
+    return EmotionModel(heads, text_encoder, speech_encoder), encoders.tokenizer, encoders.extractor, spec
 
 
 def _launched_without_accelerator() -> bool:
@@ -180,50 +203,92 @@ def _launched_without_accelerator() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpus
 
 
-def train(cell: Cell, args) -> dict:
-    """Train and evaluate one fold; returns the metrics written to metrics.json."""
+def train(cell: Cell, args) -> dict | list[dict]:
+    """Train and evaluate one fold, or the five of --num_fold all; returns what metrics.json holds (a list
+    for all folds). The corpus, tokenizer, encoders' weights and prepared inputs are read once."""
     if args.gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
     from huggingface_hub.utils import disable_progress_bars
-    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
     disable_progress_bars()  # loading and saving bars would drown the per-epoch progress
     hf_logging.disable_progress_bar()
     if args.demo:
         _resolve_demo(cell, args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=_launched_without_accelerator())
-    set_seed(args.seed)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        cpu=_launched_without_accelerator(),
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir="runs",  # replaced by each fold's run directory before its trackers start
+    )
     log = accelerator.print
     if args.num_workers is None:
         on_gpu = accelerator.device.type == "cuda"
         args.num_workers = min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0
-    run_dir = _run_dir(cell, args)
-    mode = decide(run_dir, args)  # every process decides alike; only the main one changes the folder
-    if mode == "finished":
-        result = json.loads((run_dir / "metrics.json").read_text())
-        log(f"{run_dir}: already finished\n" + _summary(result, run_dir))
-        return result
+    folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
+    run_dirs = {k: _run_dir(cell, args, k) for k in folds}
+    modes = {k: decide(run_dirs[k], args) for k in folds}  # refuse before training any fold
+    todo = [k for k in folds if modes[k] != "finished"]
+    shared = None
+    if todo:
+        corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
+        shared = Shared(corpus, Encoders(cell, args))
+    results = []
+    for k in folds:
+        if modes[k] == "finished":
+            result = json.loads((run_dirs[k] / "metrics.json").read_text())
+            log(f"{run_dirs[k]}: already finished\n" + _summary(result, run_dirs[k]))
+        else:
+            fold_args = argparse.Namespace(**{**vars(args), "num_fold": k})
+            result = _train_fold(cell, fold_args, accelerator, run_dirs[k], modes[k], shared, keep=k != todo[-1])
+        results.append(result)
+    if len(results) > 1:
+        from common.report import fold_summary
+
+        log(fold_summary(results))
+    accelerator.end_training()
+    return results if args.num_fold == "all" else results[0]
+
+
+@dataclass
+class Shared:
+    """What every fold of a run reads: the corpus, the pretrained encoders, and inputs once prepared."""
+
+    corpus: Corpus
+    encoders: Encoders
+    inputs: Inputs | None = None
+
+
+def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shared, keep: bool) -> dict:
+    from accelerate.utils import set_seed
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    log = accelerator.print
+    set_seed(args.seed)
     if mode == "resume":
         check_same_settings(run_dir / "config.json", args)
     if args.overwrite and accelerator.is_main_process:
         shutil.rmtree(run_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
     check_writable(run_dir)
-    corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
+    corpus = shared.corpus
     utts = corpus.utterances
-    fold = make_fold(len(utts), args.num_fold)
-    train_idx, valid_idx = hold_out_validation(fold.train, args.valid_ratio)
+    sessions = [u.session for u in utts]
+    fold = make_fold(sessions, args.num_fold, args.split)
+    train_idx, valid_idx = hold_out_validation(
+        fold.train, args.valid_ratio, sessions if args.split == "session" else None
+    )
     log(
-        f"KEMDy{args.dataset} fold {args.num_fold}: {len(train_idx)} train, {len(valid_idx)} valid, "
-        f"{len(fold.test)} test utterances ({len(corpus.excluded)} rows excluded"
+        f"KEMDy{args.dataset} fold {args.num_fold} ({args.split} split"
+        + (f", test sessions {', '.join(fold.test_sessions)}" if fold.test_sessions else "")
+        + f"): {len(train_idx)} train, {len(valid_idx)} valid, {len(fold.test)} test utterances "
+        f"({len(corpus.excluded)} rows excluded"
         + (f": {dict(Counter(e.reason for e in corpus.excluded))}" if corpus.excluded else "")
         + ")"
     )
 
-    model, tokenizer, extractor, spec = build_model(cell, args)
+    model, tokenizer, extractor, spec = build_model(cell, args, shared.encoders, keep)
     va_train = np.array([[utts[i].valence, utts[i].arousal] for i in train_idx])
     model.va_mean.copy_(torch.from_numpy(va_train.mean(axis=0)))
     model.va_std.copy_(torch.from_numpy(va_train.std(axis=0).clip(min=1e-3)))
@@ -232,16 +297,19 @@ def train(cell: Cell, args) -> dict:
 
     collate = Collator(tokenizer, args.max_text_len, spec, args.pad_to_max_length)
     cache_dir = args.cache_dir if args.cache else None
-    with accelerator.main_process_first():  # the first process builds the caches, the others read them
-        inputs = prepare_inputs(
-            utts, tokenizer, args.max_text_len, args.max_seq_len if cell.uses_speech else None, cache_dir, log
-        )
-        for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
-            if encoder is not None and args.freeze in (modality, "both"):
-                vectors = frozen_vectors(
-                    modality, model, utts, inputs, collate, spec, args.batch_size, accelerator, cache_dir, log
-                )
-                setattr(inputs, f"{modality}_vectors", vectors)
+    if shared.inputs is None:  # the same for every fold: the first fold prepares them
+        with accelerator.main_process_first():  # the first process builds the caches, the others read them
+            inputs = prepare_inputs(
+                utts, tokenizer, args.max_text_len, args.max_seq_len if cell.uses_speech else None, cache_dir, log
+            )
+            for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
+                if encoder is not None and args.freeze in (modality, "both"):
+                    vectors = frozen_vectors(
+                        modality, model, utts, inputs, collate, spec, args.batch_size, accelerator, cache_dir, log
+                    )
+                    setattr(inputs, f"{modality}_vectors", vectors)
+        shared.inputs = inputs
+    inputs = shared.inputs
     datasets = {
         name: KemdyDataset(utts, idx, inputs, spec)
         for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", fold.test))
@@ -269,8 +337,11 @@ def train(cell: Cell, args) -> dict:
 
     core = accelerator.unwrap_model(model)
     if accelerator.is_main_process and mode == "fresh":
-        config = _config(cell, args, corpus, accelerator, len(train_idx), len(valid_idx), len(fold.test), model=core)
+        config = _config(cell, args, corpus, accelerator, fold, len(train_idx), len(valid_idx), model=core)
         atomic.write_text(run_dir / "config.json", json.dumps(config, indent=1, ensure_ascii=False))
+    if args.report_to != "none":  # events in <run_dir>/tensorboard/
+        accelerator.project_configuration.logging_dir = str(run_dir)
+        accelerator.init_trackers("tensorboard", config=_tracked_config(args))
 
     trainer = Trainer(cell, args, accelerator)
     checkpoints = Checkpoints(run_dir, accelerator)
@@ -292,6 +363,8 @@ def train(cell: Cell, args) -> dict:
         record["notes"] = notes
         history.append(record)
         log(_epoch_line(record))
+        if args.report_to != "none":
+            accelerator.log(_scalars(record), step=epoch)
         score = record["valid"]["loss"] if "valid" in record else -epoch  # without validation: the last epoch
         improved = best is None or score < best
         if improved:
@@ -306,6 +379,7 @@ def train(cell: Cell, args) -> dict:
     result = {
         "script": cell.name,
         "dataset": f"KEMDy{args.dataset}",
+        "split": args.split,
         "fold": args.num_fold,
         "task": cell.task,
         "selection": "valid_loss" if valid_idx else "last_epoch",
@@ -326,8 +400,28 @@ def train(cell: Cell, args) -> dict:
     else:
         checkpoints.remove()
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    if args.report_to != "none":
+        accelerator.end_training()
+        accelerator.trackers = []
+    accelerator.free_memory()  # the next fold's model, optimizer and loaders replace these
     return result
+
+
+def _tracked_config(args) -> dict:
+    """The arguments as TensorBoard's hyper-parameter table accepts them (numbers, strings, booleans)."""
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
+
+
+def _scalars(record: dict) -> dict[str, float]:
+    """An epoch's numbers for the trackers: train/loss, valid/loss, test/micro_f1, test/per_class_f1/angry ..."""
+    out = {"train/loss": record["train_loss"]}
+    for split in ("valid", "test"):
+        for key, value in record.get(split, {}).items():
+            if isinstance(value, dict):
+                out |= {f"{split}/{key}/{k}": v for k, v in value.items() if v is not None}
+            elif value is not None and key != "n":
+                out[f"{split}/{key}"] = value
+    return out
 
 
 def _fmt(x) -> str:
@@ -394,7 +488,7 @@ def _describe_model(name: str, encoder) -> dict:
     }
 
 
-def _config(cell: Cell, args, corpus: Corpus, accelerator, n_train, n_valid, n_test, model) -> dict:
+def _config(cell: Cell, args, corpus: Corpus, accelerator, fold: Fold, n_train, n_valid, model) -> dict:
     import accelerate
     import transformers
 
@@ -414,7 +508,8 @@ def _config(cell: Cell, args, corpus: Corpus, accelerator, n_train, n_valid, n_t
             "used": len(corpus.utterances),
             "excluded": len(corpus.excluded),
             "exclusions": [asdict(e) for e in corpus.excluded],
-            "split": {"train": n_train, "valid": n_valid, "test": n_test},
+            "split": {"train": n_train, "valid": n_valid, "test": len(fold.test)},
+            "test_sessions": session_order([corpus.utterances[i].session for i in fold.test]),
             "va_mean": model.va_mean.tolist(),
             "va_std": model.va_std.tolist(),
         },

@@ -133,7 +133,7 @@ def test_length_grouping_puts_similar_lengths_together_and_still_shuffles():
 
 
 def test_validation_is_the_last_block_of_the_training_fold():
-    fold = make_fold(100, 2)
+    fold = make_fold(["Sess01"] * 100, 2)
     train, valid = hold_out_validation(fold.train, 0.1)
     assert valid == list(range(92, 100)) and train == [*range(20), *range(40, 92)]
     assert hold_out_validation(fold.train, 0.0) == (fold.train, [])

@@ -18,36 +18,14 @@ from common.errors import UserError
 from common.model import Cell
 from common.train import train
 
+from helpers import tiny_command
+
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Cell("multimodal", "total", "concat")
 
 
 def command(corpus, tiny_models, out, *flags, epochs=3):
-    return [
-        sys.executable,
-        str(ROOT / "multimodal_total_concat.py"),
-        "--dataset",
-        "20",
-        "--dataset_dir",
-        str(corpus),
-        "--num_fold",
-        "3",
-        "--epochs",
-        str(epochs),
-        "--batch_size",
-        "8",
-        "--lr",
-        "1e-3",
-        "--max_text_len",
-        "32",
-        "--text_model",
-        str(tiny_models / "text"),
-        "--speech_model",
-        str(tiny_models / "speech"),
-        "--output_dir",
-        str(out),
-        *flags,
-    ]
+    return tiny_command("multimodal_total_concat", corpus, tiny_models, out, "--num_fold", "3", *flags, epochs=epochs)
 
 
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -220,7 +198,7 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     assert proc.stdout.count("test metrics of epoch") == 1  # only the main process reports and writes
 
     utts = read_corpus("20", corpus).utterances
-    test = make_fold(len(utts), 2).test
+    test = make_fold([u.session for u in utts], 2).test
     metrics = json.loads((out / "metrics.json").read_text())
     lines = (out / "predictions.csv").read_text().splitlines()[1:]
     assert len(test) == 13 and [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]

@@ -174,6 +174,8 @@ def test_help_explains_every_flag():
         "--reg_weight",
         "--group_by_length",
         "--head_lr",
+        "--split",
+        "--report_to",
     ):
         assert flag in text, flag
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
@@ -195,6 +197,10 @@ def test_help_explains_every_flag():
             "error: --dataset_dir /nonexistent/KEMDy20: no such directory",
         ),
         (["--dataset_dir", "/nonexistent", "--num_fold", "6"], "error: --num_fold 6: choose a fold from 1 to 5"),
+        (
+            ["--dataset_dir", "/nonexistent", "--num_fold", "last"],
+            "python text_classification.py: error: argument --num_fold: 'last': choose a fold from 1 to 5, or all",
+        ),
         (["--dataset_dir", "/nonexistent", "--batch_size", "0"], "error: --batch_size 0: must be at least 1"),
         (["--dataset_dir", "/nonexistent", "--lr", "-0.001"], "error: --lr -0.001: must be positive"),
     ],

@@ -1,0 +1,157 @@
+"""Emotions and valence/arousal of new utterances from a trained run directory.
+
+    python -m common.predict --run_dir runs/multimodal_total_concat/KEMDy20/fold1 --wav a.wav --text "..."
+    python -m common.predict --run_dir DIR --csv utterances.csv      # columns wav and/or text; one JSON line each
+
+Inputs are prepared exactly as in training: audio of any sample rate and channel count is mixed to mono,
+resampled to 16 kHz and cut to the run's --max_seq_len; text is cut to its --max_text_len tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data import SAMPLE_RATE, Collator, TokenIds, load_audio, model_audio, to_pcm16
+from common.errors import UserError, run_cli
+from common.kemdy import EMOTIONS
+from common.model import EmotionModel, audio_spec
+from common.tasks import DIMENSIONS
+
+
+class Predictor:
+    """A run's trained model with the preprocessing and threshold it was trained and evaluated with."""
+
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
+        run_dir = Path(run_dir)
+        config_path, model_dir = run_dir / "config.json", run_dir / "model"
+        if not config_path.is_file() or not (model_dir / "model.json").is_file():
+            raise UserError(
+                f"--run_dir {run_dir}: not a finished run with a saved model (needs config.json and model/); "
+                "train without --no-save_model"
+            )
+        self.args = json.loads(config_path.read_text(encoding="utf-8"))["args"]
+        self.model, self.tokenizer, extractor = EmotionModel.load(model_dir)
+        self.model.to(device)
+        self.device = device
+        cell = self.model.heads.cell
+        self.uses_text, self.uses_speech = cell.uses_text, cell.uses_speech
+        self.spec = None
+        if self.uses_speech:
+            pad_to = int(self.args["max_seq_len"] * SAMPLE_RATE) if self.args["speech_pooling"] == "cnn_last" else 0
+            self.spec = audio_spec(extractor, self.model.speech_encoder, pad_to=pad_to)
+        self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
+        self.threshold = float(self.args["threshold"])
+
+    def items(self, wavs: list | None, texts: list | None) -> list[dict]:
+        """Model inputs of each utterance; the one a model does not read may be missing."""
+        n = len(wavs if wavs is not None else texts)
+        items = [{"index": i} for i in range(n)]
+        if self.uses_text:
+            if texts is None:
+                raise UserError("this run reads transcripts: give --text (or a text column in --csv)")
+            tokens = TokenIds(self.tokenizer, texts, self.args["max_text_len"])
+            for i in range(n):
+                items[i]["input_ids"] = tokens[i]
+        if self.uses_speech:
+            if wavs is None:
+                raise UserError("this run reads speech: give --wav (or a wav column in --csv)")
+            for i, wav in enumerate(wavs):
+                if not wav or not Path(wav).is_file():
+                    raise UserError(f"{wav or 'utterance ' + str(i + 1)}: no such audio file")
+                pcm = to_pcm16(load_audio(wav, self.args["max_seq_len"]))  # as the training cache stores it
+                items[i]["audio"] = model_audio(pcm, self.spec)
+        return items
+
+    @torch.no_grad()
+    def __call__(self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1) -> list[dict]:
+        """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
+        items, results = self.items(wavs, texts), []
+        for start in range(0, len(items), batch_size):
+            batch = self.collate(items[start : start + batch_size])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self.model(batch)
+            probs = torch.sigmoid(out["emotion_logits"].float()).cpu().numpy() if "emotion_logits" in out else None
+            va = self.model.va(out["va_z"].float()).cpu().numpy() if "va_z" in out else None
+            for row in range(len(batch["index"])):
+                result = {}
+                if probs is not None:
+                    p = probs[row]
+                    result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
+                    result["threshold"] = self.threshold
+                    result["labels"] = [e for e, x in zip(EMOTIONS, p, strict=True) if x >= self.threshold]
+                    result["top1"] = EMOTIONS[int(np.argmax(p))]
+                if va is not None:
+                    result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}
+                results.append(result)
+        return results
+
+
+def read_csv(path: Path) -> tuple[list[dict], list | None, list | None]:
+    """(rows, wav paths resolved against the CSV's folder, texts) of a batch file."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--csv {path}: cannot read it ({err})") from None
+    columns = set(rows[0]) if rows else set()
+    if not rows or not columns & {"wav", "text"}:
+        raise UserError(f"--csv {path}: needs a header with a wav and/or a text column, and at least one row")
+    wavs = [str(path.parent / r["wav"]) if r["wav"] else "" for r in rows] if "wav" in columns else None
+    texts = [r["text"] or "" for r in rows] if "text" in columns else None
+    return rows, wavs, texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.predict",
+        description="Predict emotions (probabilities, labels at the run's threshold) and valence/arousal with a "
+        "trained run; prints JSON.",
+    )
+    parser.add_argument("--run_dir", required=True, help="a finished run directory (holding config.json and model/)")
+    parser.add_argument("--wav", help="audio file of one utterance (any sample rate, any number of channels)")
+    parser.add_argument("--text", help="transcript of that utterance")
+    parser.add_argument(
+        "--csv",
+        help="batch: a CSV with a wav column (paths relative to the CSV) and/or a text column; other columns are "
+        "copied to the output, one JSON object per line",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=1,
+        help="utterances per forward pass; 1 keeps each result independent of the others (wav2vec2-base "
+        "normalises over padding)",
+    )
+    args = parser.parse_args(argv)
+    if args.csv and (args.wav or args.text is not None):
+        raise UserError("give either --csv or --wav/--text, not both")
+    if not args.csv and not args.wav and args.text is None:
+        raise UserError("give --wav and/or --text for one utterance, or --csv for a batch")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    from accelerate import PartialState
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    predictor = Predictor(args.run_dir, PartialState().device)
+    if args.csv:
+        rows, wavs, texts = read_csv(Path(args.csv))
+        for row, result in zip(rows, predictor(wavs, texts, args.batch_size), strict=True):
+            print(json.dumps(row | result, ensure_ascii=False))
+    else:
+        result = predictor([args.wav] if args.wav else None, [args.text] if args.text is not None else None)[0]
+        inputs = {"wav": args.wav} if args.wav else {}
+        inputs |= {"text": args.text} if args.text is not None else {}
+        json.dump(inputs | result, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,352 @@
+"""Results over folds: every run directory under a folder -> a Markdown and a CSV table, and figures.
+
+    python -m common.report runs            # writes runs/report/results.md, results.csv, figures/*.png
+
+A fold set is the run directories next to each other (runs/<script>/KEMDy20/fold1 .. fold5) of one
+script, dataset and split. Each metric is reported as the mean and sample standard deviation (ddof=1)
+of its five fold values; a set missing folds is marked, never silently averaged as if complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import atomic
+from common.errors import UserError, run_cli
+from common.folds import NUM_FOLDS
+from common.kemdy import EMOTIONS
+
+CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy")
+REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
+
+
+@dataclass
+class FoldSet:
+    """The finished runs of one script, dataset and split in one folder."""
+
+    folder: Path  # relative to the report's root
+    script: str
+    dataset: str
+    split: str
+    runs: dict[int, Path] = field(default_factory=dict)  # fold -> run directory
+    metrics: dict[int, dict] = field(default_factory=dict)  # fold -> metrics.json
+    duplicates: list[Path] = field(default_factory=list)  # a second run claiming a fold already seen
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(self.metrics)
+
+    @property
+    def complete(self) -> bool:
+        return self.folds == list(range(1, NUM_FOLDS + 1)) and not self.duplicates
+
+    @property
+    def status(self) -> str:
+        missing = [k for k in range(1, NUM_FOLDS + 1) if k not in self.metrics]
+        text = f"{len(self.metrics)}/{NUM_FOLDS}" + (f" (missing {', '.join(map(str, missing))})" if missing else "")
+        return text + (f" ({len(self.duplicates)} duplicate runs ignored)" if self.duplicates else "")
+
+    @property
+    def name(self) -> str:
+        """A file-name stem unique to the set: its folder, path parts joined by _."""
+        return "_".join(self.folder.parts) or self.script
+
+
+def find_fold_sets(root: str | Path) -> list[FoldSet]:
+    """Every finished run (a metrics.json) under `root`, grouped into fold sets, sorted by folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder of run directories")
+    sets: dict[tuple, FoldSet] = {}
+    for path in sorted(root.rglob("metrics.json")):
+        if "checkpoints" in path.parts:
+            continue
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+            key = (path.parent.parent.relative_to(root), m["script"], m["dataset"], m.get("split", "contiguous"))
+            fold = int(m["fold"])
+            m["test"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: not a run's metrics.json ({type(err).__name__}: {err})") from None
+        fs = sets.setdefault(key, FoldSet(*key))
+        if fold in fs.metrics:
+            fs.duplicates.append(path.parent)
+            continue
+        fs.runs[fold], fs.metrics[fold] = path.parent, m
+    return sorted(sets.values(), key=lambda s: (str(s.folder), s.script, s.dataset, s.split))
+
+
+def flat_metrics(test: dict) -> dict[str, float | None]:
+    """A run's test metrics as name -> number; per-class F1 as f1_<emotion>."""
+    out = {}
+    for key, value in test.items():
+        if isinstance(value, dict):
+            out |= {f"f1_{k}" if key == "per_class_f1" else f"{key}_{k}": v for k, v in value.items()}
+        elif key != "n":
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float | None
+    std: float | None  # sample standard deviation over folds; None with fewer than two values
+    n: int  # folds where the metric is defined
+
+    def __str__(self) -> str:
+        if self.mean is None:
+            return "n/a"
+        return f"{self.mean:.4f}" + ("" if self.std is None else f" ± {self.std:.4f}")
+
+
+def aggregate(metrics: list[dict]) -> dict[str, Stat]:
+    """Mean and sample std over folds of every test metric; an undefined (null) fold value is left out."""
+    values: dict[str, list[float]] = defaultdict(list)
+    names: dict[str, None] = {}
+    for m in metrics:
+        for key, value in flat_metrics(m["test"]).items():
+            names[key] = None
+            if value is not None:
+                values[key].append(float(value))
+    out = {}
+    for key in names:
+        v = values[key]
+        out[key] = Stat(statistics.fmean(v) if v else None, statistics.stdev(v) if len(v) > 1 else None, len(v))
+    return out
+
+
+def fold_summary(results: list[dict]) -> str:
+    """Lines for the end of a --num_fold all run: the headline metrics over its folds."""
+    stats = aggregate(results)
+    first = results[0]
+    lines = [
+        f"{first['script']} {first['dataset']} ({first.get('split', 'contiguous')} split), test metrics "
+        f"over folds {', '.join(str(r['fold']) for r in results)}: mean ± sample std"
+    ]
+    lines += [f"  {k:<18}{stats[k]}" for k in (*CLASSIFICATION, *REGRESSION) if k in stats]
+    return "\n".join(lines)
+
+
+def tables(sets: list[FoldSet]) -> tuple[str, str]:
+    """(Markdown, CSV) of every fold set's metrics over folds."""
+    md = [
+        "# Results over folds",
+        "",
+        "Mean ± sample standard deviation over the folds found; * marks an "
+        "incomplete fold set. Test metrics of each fold's chosen epoch.",
+        "",
+    ]
+    rows = []
+    for title, keys in (("Emotion classification", CLASSIFICATION), ("Valence and arousal", REGRESSION)):
+        chosen = [(fs, aggregate([fs.metrics[k] for k in fs.folds])) for fs in sets]
+        chosen = [(fs, st) for fs, st in chosen if keys[0] in st]
+        if not chosen:
+            continue
+        md += [
+            f"## {title}",
+            "",
+            "| script | dataset | split | folds | " + " | ".join(keys) + " |",
+            "|" + "---|" * (4 + len(keys)),
+        ]
+        protocols = Counter((fs.script, fs.dataset, fs.split) for fs in sets)
+        for fs, st in chosen:
+            name = fs.script + (" *" if not fs.complete else "")
+            if protocols[fs.script, fs.dataset, fs.split] > 1:  # the same cell in several folders: name the folder
+                name += f" (`{fs.folder.as_posix()}`)"
+            cells = [name, fs.dataset, fs.split, fs.status, *(str(st[k]) for k in keys)]
+            md.append("| " + " | ".join(cells) + " |")
+        md.append("")
+    for fs in sets:
+        for key, st in aggregate([fs.metrics[k] for k in fs.folds]).items():
+            rows.append(
+                [
+                    fs.folder.as_posix(),
+                    fs.script,
+                    fs.dataset,
+                    fs.split,
+                    key,
+                    st.mean,
+                    st.std,
+                    st.n,
+                    " ".join(map(str, fs.folds)),
+                    fs.complete,
+                ]
+            )
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["folder", "script", "dataset", "split", "metric", "mean", "std", "n_folds", "folds", "complete"])
+    writer.writerows(rows)
+    return "\n".join(md), f.getvalue()
+
+
+def read_predictions(fs: FoldSet):
+    """The test predictions of every fold of the set, one table with a fold column."""
+    import pandas as pd
+
+    frames = []
+    for k in fs.folds:
+        path = fs.runs[k] / "predictions.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path).assign(fold=k))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def confusion(true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Counts [true emotion, top-1 predicted emotion]; a multi-label utterance counts in each of its rows."""
+    top1 = probs.argmax(axis=1)
+    counts = np.zeros((true.shape[1], true.shape[1]), dtype=np.int64)
+    for row, pred in zip(true.astype(bool), top1, strict=True):
+        counts[row, pred] += 1
+    return counts
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def figures(fs: FoldSet, out: Path) -> list[Path]:
+    """The set's PNG figures in `out`: confusion matrix, per-class F1, training curves, V/A scatter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    label = f"{fs.script}, {fs.dataset}, {fs.split} split, folds {','.join(map(str, fs.folds))}"
+    preds, written = read_predictions(fs), []
+    stats = aggregate([fs.metrics[k] for k in fs.folds])
+
+    def done(fig, kind: str) -> None:
+        path = out / f"{fs.name}_{kind}.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+
+    if preds is not None and f"prob_{EMOTIONS[0]}" in preds:
+        counts = confusion(
+            preds[[f"true_{e}" for e in EMOTIONS]].to_numpy(), preds[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
+        )
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(7, 6))
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(EMOTIONS)):
+            for j in range(len(EMOTIONS)):
+                ax.text(
+                    j,
+                    i,
+                    f"{share[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
+        ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+        ax.set_yticks(range(len(EMOTIONS)), [f"{e} ({n})" for e, n in zip(EMOTIONS, counts.sum(axis=1), strict=True)])
+        ax.set_xlabel("top-1 predicted emotion")
+        ax.set_ylabel("true emotion (utterances)")
+        ax.set_title(f"Top-1 predictions, share of each true emotion\n{label}", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        done(fig, "confusion")
+
+        means = [stats.get(f"f1_{e}", Stat(None, None, 0)) for e in EMOTIONS]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(EMOTIONS, [s.mean or 0 for s in means], yerr=[s.std or 0 for s in means], capsize=4, color="tab:blue")
+        for i, s in enumerate(means):
+            ax.text(
+                i,
+                (s.mean or 0) + (s.std or 0) + 0.02,
+                "n/a" if s.mean is None else f"{s.mean:.2f}",
+                ha="center",
+                fontsize=8,
+            )
+        ax.set_ylim(0, 1.1)
+        ax.set_ylabel("F1 (mean ± std over folds)")
+        ax.set_title(f"Per-class F1\n{label}", fontsize=9)
+        done(fig, "per_class_f1")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    headline = "micro_f1" if "micro_f1" in stats else "mean_ccc"
+    for k in fs.folds:
+        epochs = fs.metrics[k]["epochs"]
+        x = [e["epoch"] for e in epochs]
+        (line,) = axes[0].plot(x, [e["train_loss"] for e in epochs], label=f"fold {k} train")
+        if all("valid" in e for e in epochs):
+            axes[0].plot(x, [e["valid"]["loss"] for e in epochs], "--", color=line.get_color(), label=f"fold {k} valid")
+        y = [e["test"].get(headline) for e in epochs]
+        axes[1].plot(x, [np.nan if v is None else v for v in y], color=line.get_color(), label=f"fold {k}")
+        chosen = fs.metrics[k]["chosen_epoch"]
+        if y[chosen - 1] is not None:
+            axes[1].plot([chosen], [y[chosen - 1]], "o", color=line.get_color())
+    axes[0].set(xlabel="epoch", ylabel="loss", title="training (solid) and validation (dashed) loss")
+    axes[1].set(xlabel="epoch", ylabel=f"test {headline}", title=f"test {headline} (dot: chosen epoch)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(label, fontsize=9)
+    done(fig, "curves")
+
+    if preds is not None and "pred_valence" in preds:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+        for ax, dim in zip(axes, ("valence", "arousal"), strict=True):
+            ax.scatter(
+                preds[f"true_{dim}"],
+                preds[f"pred_{dim}"],
+                s=8,
+                alpha=0.35,
+                c=preds["fold"],
+                cmap="tab10",
+                vmin=0.5,
+                vmax=10.5,
+            )
+            ax.plot([1, 5], [1, 5], color="gray", lw=1, label="prediction = truth")
+            ax.set(xlim=(0.8, 5.2), ylim=(0.8, 5.2), xlabel=f"true {dim}", ylabel=f"predicted {dim}", aspect="equal")
+            ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} (mean ± std over folds)", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"Valence/arousal, test utterances of every fold (colour: fold)\n{label}", fontsize=9)
+        done(fig, "va_scatter")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.report",
+        description="Tables (mean ± std over folds) and figures of every finished run under RUNS_DIR.",
+    )
+    parser.add_argument("runs_dir", help="folder searched for run directories (those holding metrics.json)")
+    parser.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
+    parser.add_argument("--no-figures", dest="figures", action="store_false", help="tables only")
+    args = parser.parse_args(argv)
+    sets = find_fold_sets(args.runs_dir)
+    if not sets:
+        raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
+    out = Path(args.out or Path(args.runs_dir, "report"))
+    out.mkdir(parents=True, exist_ok=True)
+    md, table = tables(sets)
+    atomic.write_text(out / "results.md", md + "\n")
+    atomic.write_text(out / "results.csv", table)
+    written = [p for fs in sets for p in figures(fs, out / "figures")] if args.figures else []
+    print(md)
+    incomplete = [fs for fs in sets if not fs.complete]
+    print(
+        f"{len(sets)} fold sets ({len(incomplete)} incomplete); wrote {out / 'results.md'}, "
+        f"{out / 'results.csv'} and {len(written)} figures in {out / 'figures'}"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,33 @@
+"""Command lines shared by the end-to-end tests."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_command(script, corpus, tiny_models, out, *flags, dataset="20", epochs=2):
+    """`python <script>.py` on `corpus` with the tiny encoders and settings that learn in a few steps."""
+    return [
+        sys.executable,
+        str(ROOT / f"{script}.py"),
+        "--dataset",
+        dataset,
+        "--dataset_dir",
+        str(corpus),
+        "--epochs",
+        str(epochs),
+        "--batch_size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max_text_len",
+        "32",
+        "--text_model",
+        str(tiny_models / "text"),
+        "--speech_model",
+        str(tiny_models / "speech"),
+        "--output_dir",
+        str(out),
+        *map(str, flags),
+    ]

@@ -1,0 +1,98 @@
+"""Report aggregation against hand computations on fabricated run directories."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from common.errors import UserError
+from common.report import aggregate, find_fold_sets, main, tables
+
+
+def write_run(folder, fold, micro, *, script="text_classification", dataset="KEMDy20", split=None, fear=0.5):
+    folder.mkdir(parents=True)
+    test = {
+        "loss": 0.3,
+        "n": 10,
+        "micro_f1": micro,
+        "macro_f1": micro / 2,
+        "weighted_f1": micro,
+        "top1_accuracy": 0.5,
+        "per_class_f1": {"angry": micro, "fear": fear},
+    }
+    m = {
+        "script": script,
+        "dataset": dataset,
+        "fold": fold,
+        "task": "classification",
+        "chosen_epoch": 1,
+        "test": test,
+        "epochs": [{"epoch": 1, "train_loss": 0.4, "test": test}],
+    }
+    if split:
+        m["split"] = split
+    (folder / "metrics.json").write_text(json.dumps(m))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for k, micro in zip(range(1, 6), (0.5, 0.6, 0.7, 0.8, 0.9), strict=True):
+        write_run(tmp_path / "a" / "KEMDy20" / f"fold{k}", k, micro, fear=None if k == 2 else 0.1 * k)
+    for k, micro in ((1, 0.2), (2, 0.4), (4, 0.9)):
+        write_run(tmp_path / "b" / "KEMDy19_session" / f"fold{k}", k, micro, dataset="KEMDy19", split="session")
+    write_run(tmp_path / "b" / "KEMDy19_session" / "fold2_again", 2, 0.0, dataset="KEMDy19", split="session")
+    (tmp_path / "a" / "KEMDy20" / "fold9" / "checkpoints" / "epoch1").mkdir(parents=True)  # no metrics: ignored
+    return tmp_path
+
+
+def test_mean_and_sample_std_over_folds_match_a_hand_computation(runs):
+    a, b = find_fold_sets(runs)
+    assert (a.folder.as_posix(), a.split, a.folds, a.complete) == ("a/KEMDy20", "contiguous", [1, 2, 3, 4, 5], True)
+    stats = aggregate([a.metrics[k] for k in a.folds])
+    # mean 0.7; squared deviations 0.04 + 0.01 + 0 + 0.01 + 0.04 = 0.1; sample variance 0.1 / 4
+    assert stats["micro_f1"].mean == pytest.approx(0.7) and stats["micro_f1"].std == pytest.approx(math.sqrt(0.025))
+    assert stats["f1_angry"].mean == pytest.approx(0.7)
+    # fear undefined in fold 2: the mean of 0.1, 0.3, 0.4, 0.5 over the 4 folds where it is defined
+    assert stats["f1_fear"].n == 4 and stats["f1_fear"].mean == pytest.approx(1.3 / 4)
+    assert str(stats["macro_f1"]) == f"0.3500 ± {math.sqrt(0.025) / 2:.4f}"
+
+
+def test_incomplete_and_duplicated_fold_sets_are_marked(runs):
+    _, b = find_fold_sets(runs)
+    assert (b.dataset, b.split, b.folds, b.complete) == ("KEMDy19", "session", [1, 2, 4], False)
+    assert b.status == "3/5 (missing 3, 5) (1 duplicate runs ignored)"
+    assert [p.name for p in b.duplicates] == ["fold2_again"]  # the first of the two in path order counts
+    assert aggregate([b.metrics[k] for k in b.folds])["micro_f1"].mean == pytest.approx(0.5)
+
+
+def test_markdown_and_csv_tables(runs, tmp_path):
+    md, table = tables(find_fold_sets(runs))
+    assert "| text_classification | KEMDy20 | contiguous | 5/5 | 0.7000 ± 0.1581 | 0.3500 ± 0.0791 |" in md
+    assert (
+        "| text_classification * | KEMDy19 | session | 3/5 (missing 3, 5) (1 duplicate runs ignored) | 0.5000 ± 0.3606"
+        in md
+    )
+    rows = list(csv.DictReader(table.splitlines()))
+    row = next(r for r in rows if r["folder"] == "b/KEMDy19_session" and r["metric"] == "micro_f1")
+    # 0.2, 0.4, 0.9: mean 0.5, squared deviations 0.09 + 0.01 + 0.16 = 0.26, sample variance 0.13
+    assert float(row["mean"]) == pytest.approx(0.5) and float(row["std"]) == pytest.approx(math.sqrt(0.13))
+    assert (row["n_folds"], row["folds"], row["complete"]) == ("3", "1 2 4", "False")
+
+
+def test_the_same_cell_in_two_folders_is_told_apart_by_its_folder(runs):
+    write_run(runs / "c" / "KEMDy20" / "fold1", 1, 0.3)
+    md, _ = tables(find_fold_sets(runs))
+    assert "| text_classification (`a/KEMDy20`) | KEMDy20 | contiguous | 5/5 |" in md
+    assert "| text_classification * (`c/KEMDy20`) | KEMDy20 | contiguous | 1/5 (missing 2, 3, 4, 5) |" in md
+
+
+def test_the_command_writes_its_files_and_refuses_a_broken_metrics_file(runs, capsys):
+    main([str(runs), "--no-figures"])
+    assert (runs / "report" / "results.md").read_text().startswith("# Results over folds")
+    assert "2 fold sets (1 incomplete)" in capsys.readouterr().out
+    (runs / "a" / "KEMDy20" / "fold3" / "metrics.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"fold3/metrics.json: not a run's metrics.json \(JSONDecodeError"):
+        find_fold_sets(runs)
+    with pytest.raises(UserError, match="no such folder of run directories"):
+        find_fold_sets(runs / "nothing")
