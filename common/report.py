@@ -26,6 +26,11 @@ from common.errors import UserError, run_cli
 from common.folds import NUM_FOLDS
 from common.kemdy import EMOTIONS
 
+TASKS = ("classification", "regression", "total")
+# The twelve scripts in the README's order; tables list fold sets in this order within a dataset and split.
+SCRIPTS = [f"{m}_{t}" for m in ("text", "speech") for t in TASKS] + [
+    f"multimodal_{t}_{f}" for f in ("concat", "element_wise_add") for t in TASKS
+]
 CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy")
 REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
 
@@ -63,7 +68,7 @@ class FoldSet:
 
 
 def find_fold_sets(root: str | Path) -> list[FoldSet]:
-    """Every finished run (a metrics.json) under `root`, grouped into fold sets, sorted by folder."""
+    """Every finished run (a metrics.json) under `root`, grouped into fold sets, in grid order."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder of run directories")
@@ -83,7 +88,11 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
             fs.duplicates.append(path.parent)
             continue
         fs.runs[fold], fs.metrics[fold] = path.parent, m
-    return sorted(sets.values(), key=lambda s: (str(s.folder), s.script, s.dataset, s.split))
+    def order(fs: FoldSet):
+        rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
+        return fs.dataset, fs.split, rank, fs.script, str(fs.folder)
+
+    return sorted(sets.values(), key=order)
 
 
 def flat_metrics(test: dict) -> dict[str, float | None]:

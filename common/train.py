@@ -203,6 +203,15 @@ def _launched_without_accelerator() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpus
 
 
+@dataclass
+class Shared:
+    """What every fold of a run reads: the corpus, the pretrained encoders, and inputs once prepared."""
+
+    corpus: Corpus
+    encoders: Encoders
+    inputs: Inputs | None = None
+
+
 def train(cell: Cell, args) -> dict | list[dict]:
     """Train and evaluate one fold, or the five of --num_fold all; returns what metrics.json holds (a list
     for all folds). The corpus, tokenizer, encoders' weights and prepared inputs are read once."""
@@ -249,15 +258,6 @@ def train(cell: Cell, args) -> dict | list[dict]:
         log(fold_summary(results))
     accelerator.end_training()
     return results if args.num_fold == "all" else results[0]
-
-
-@dataclass
-class Shared:
-    """What every fold of a run reads: the corpus, the pretrained encoders, and inputs once prepared."""
-
-    corpus: Corpus
-    encoders: Encoders
-    inputs: Inputs | None = None
 
 
 def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shared, keep: bool) -> dict:

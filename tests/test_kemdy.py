@@ -345,6 +345,15 @@ def test_audit_json_reports_counts_exclusions_labels_and_audio(corpus19):
     assert report["audio"]["seconds"]["max"] == pytest.approx(max(durations))
     assert report["audio"]["longer_than_5s"] == sum(d > 5 for d in durations) > 0
     assert report["audio"]["shorter_than_0.25s"] == sum(d < 0.25 for d in durations) > 0
+    # 228 utterances: test blocks end at int(228k/5) = 45, 91, 136, 182, 228; valid = ceil(0.1 x rest)
+    assert [(f["train"], f["valid"], f["test"]) for f in report["folds"]["contiguous"]] == [
+        (164, 19, 45),
+        (163, 19, 46),
+        (164, 19, 45),
+        (163, 19, 46),
+        (163, 19, 46),
+    ]
+    assert "session" not in report["folds"]  # 3 sessions: too few for five session folds
 
 
 def test_audit_text_report_and_one_line_errors(corpus20, tmp_path):
@@ -353,6 +362,7 @@ def test_audit_text_report_and_one_line_errors(corpus20, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "rows: 120   used: 120   excluded: 0" in proc.stdout
     assert "annotation files: 3 (Sess01_eval.csv .. Sess03_eval.csv)" in proc.stdout
+    assert "  --split contiguous --num_fold 5:     86 /    10 /    24\n" in proc.stdout  # 120 = 5 x 24
     bad = run_audit("--dataset", "20", "--dataset_dir", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == f"error: --dataset_dir {tmp_path / 'nowhere'}: no such directory\n"

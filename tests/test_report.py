@@ -47,7 +47,7 @@ def runs(tmp_path):
 
 
 def test_mean_and_sample_std_over_folds_match_a_hand_computation(runs):
-    a, b = find_fold_sets(runs)
+    b, a = find_fold_sets(runs)  # by dataset first: KEMDy19 before KEMDy20
     assert (a.folder.as_posix(), a.split, a.folds, a.complete) == ("a/KEMDy20", "contiguous", [1, 2, 3, 4, 5], True)
     stats = aggregate([a.metrics[k] for k in a.folds])
     # mean 0.7; squared deviations 0.04 + 0.01 + 0 + 0.01 + 0.04 = 0.1; sample variance 0.1 / 4
@@ -59,7 +59,7 @@ def test_mean_and_sample_std_over_folds_match_a_hand_computation(runs):
 
 
 def test_incomplete_and_duplicated_fold_sets_are_marked(runs):
-    _, b = find_fold_sets(runs)
+    b, _ = find_fold_sets(runs)
     assert (b.dataset, b.split, b.folds, b.complete) == ("KEMDy19", "session", [1, 2, 4], False)
     assert b.status == "3/5 (missing 3, 5) (1 duplicate runs ignored)"
     assert [p.name for p in b.duplicates] == ["fold2_again"]  # the first of the two in path order counts
@@ -80,9 +80,19 @@ def test_markdown_and_csv_tables(runs, tmp_path):
     assert (row["n_folds"], row["folds"], row["complete"]) == ("3", "1 2 4", "False")
 
 
-def test_the_same_cell_in_two_folders_is_told_apart_by_its_folder(runs):
+def test_the_same_cell_in_two_folders_is_told_apart_by_its_folder_and_sets_follow_the_grid(runs):
     write_run(runs / "c" / "KEMDy20" / "fold1", 1, 0.3)
-    md, _ = tables(find_fold_sets(runs))
+    write_run(runs / "d" / "KEMDy20" / "fold1", 1, 0.3, script="speech_classification")
+    write_run(runs / "e" / "KEMDy20" / "fold1", 1, 0.3, script="multimodal_classification_concat")
+    sets = find_fold_sets(runs)
+    assert [(fs.dataset, fs.script, fs.folder.name) for fs in sets][1:] == [
+        ("KEMDy20", "text_classification", "KEMDy20"),
+        ("KEMDy20", "text_classification", "KEMDy20"),
+        ("KEMDy20", "speech_classification", "KEMDy20"),
+        ("KEMDy20", "multimodal_classification_concat", "KEMDy20"),
+    ]
+    assert [fs.folder.parts[0] for fs in sets] == ["b", "a", "c", "d", "e"]
+    md, _ = tables(sets)
     assert "| text_classification (`a/KEMDy20`) | KEMDy20 | contiguous | 5/5 |" in md
     assert "| text_classification * (`c/KEMDy20`) | KEMDy20 | contiguous | 1/5 (missing 2, 3, 4, 5) |" in md
 

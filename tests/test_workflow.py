@@ -89,6 +89,14 @@ def test_all_folds_hold_out_each_session_once_into_per_fold_run_directories(grid
     assert sorted(seen) == sorted(u.segment_id for u in utts)
 
 
+def test_the_audit_prints_the_session_fold_sizes(grid):
+    proc = python("-m", "common.kemdy", "--dataset", "20", "--dataset_dir", grid["corpus"])
+    assert proc.returncode == 0, proc.stderr
+    # 5 sessions of 16: one tested, one of the other four (ceil(0.1 x 4)) validates, three train
+    for k in range(1, 6):
+        assert f"  --split session    --num_fold {k}:     48 /    16 /    16   test sessions Sess0{k}\n" in proc.stdout
+
+
 def test_a_fold_of_an_all_folds_run_equals_the_same_fold_run_alone(grid):
     inside, alone = grid["runs"] / "mm" / "fold3", grid["single"]
     assert metrics(inside)["epochs"] == metrics(alone)["epochs"]
