@@ -88,6 +88,7 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
             fs.duplicates.append(path.parent)
             continue
         fs.runs[fold], fs.metrics[fold] = path.parent, m
+
     def order(fs: FoldSet):
         rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
         return fs.dataset, fs.split, rank, fs.script, str(fs.folder)
