@@ -400,9 +400,9 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
     else:
         checkpoints.remove()
     accelerator.wait_for_everyone()
-    if args.report_to != "none":
-        accelerator.end_training()
-        accelerator.trackers = []
+    for tracker in accelerator.trackers:  # end_training() would also end the processes' group
+        tracker.finish()
+    accelerator.trackers = []
     accelerator.free_memory()  # the next fold's model, optimizer and loaders replace these
     return result
 

@@ -15,6 +15,8 @@ import soundfile as sf
 
 from common.cli import parse_args
 from common.errors import UserError
+from common.folds import make_fold
+from common.kemdy import read_corpus
 from common.model import Cell
 from common.train import train
 
@@ -170,8 +172,6 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from common.data import Collator, KemdyDataset, prepare_inputs
-    from common.folds import make_fold
-    from common.kemdy import read_corpus
     from common.model import EmotionModel, audio_spec
     from common.synthetic import generate
     from common.train import Trainer
@@ -225,3 +225,19 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
         if isinstance(value, float) and single[key] != pytest.approx(value, rel=1e-5, abs=1e-6)
     }
     assert not differ
+
+
+def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "runs"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv = tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", "--report_to", "tensorboard")
+    proc = run(launch + argv[1:], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test metrics over folds 1, 2, 3, 4, 5" in proc.stdout
+    utts = read_corpus("20", corpus20[0]).utterances
+    for k in range(1, 6):
+        test = make_fold([u.session for u in utts], k).test
+        lines = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()[1:]
+        assert [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]  # each once
+        assert list((out / f"fold{k}" / "tensorboard").glob("events.out.tfevents.*"))
