@@ -112,6 +112,24 @@ def test_an_all_folds_run_ends_with_the_mean_and_std_over_its_folds(grid):
         assert line.split()[1:] == [f"{statistics.fmean(values):.4f}", "±", f"{statistics.stdev(values):.4f}"]
 
 
+def test_an_all_folds_rerun_is_refused_before_training_and_resume_reports_the_finished_folds(grid, tiny_models):
+    before = [metrics(grid["runs"] / "mm" / f"fold{k}") for k in range(1, 6)]
+    cmd = train_command(
+        "multimodal_total_concat", grid["corpus"], tiny_models, grid["runs"] / "mm", "--split", "session"
+    )
+    refused = python(*cmd, "--num_fold", "all")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {grid['runs'] / 'mm' / 'fold1'}: holds a finished run (metrics.json); add --overwrite to replace "
+        "it, or choose another --output_dir"
+    )
+    resumed = python(*cmd, "--num_fold", "all", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("already finished") == 5 and "epoch 1:" not in resumed.stdout
+    assert "test metrics over folds 1, 2, 3, 4, 5: mean ± sample std" in resumed.stdout
+    assert [metrics(grid["runs"] / "mm" / f"fold{k}") for k in range(1, 6)] == before
+
+
 def test_tensorboard_events_hold_every_epochs_losses(grid):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -230,6 +248,15 @@ def predict_main(*args):
 def test_predict_stops_with_one_line_on_bad_input(grid, args, message, capsys):
     assert predict_main("--run_dir", grid["runs"] / "mm" / "fold1", *args) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == message
+
+
+def test_predict_csv_needs_a_wav_or_text_column(grid, tmp_path, capsys):
+    batch = tmp_path / "batch.csv"
+    batch.write_text("audio,transcript\na.wav,hi\n", encoding="utf-8")
+    assert predict_main("--run_dir", grid["runs"] / "mm" / "fold1", "--csv", batch) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --csv {batch}: needs a header with a wav and/or a text column, and at least one row"
+    )
 
 
 def test_predict_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
