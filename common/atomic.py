@@ -17,15 +17,20 @@ def _temporary(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` (UTF-8) in one step."""
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step."""
     path = Path(path)
     tmp = _temporary(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) in one step."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def build_folder(target: str | Path, build: Callable[[Path], None]) -> Path:

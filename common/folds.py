@@ -81,12 +81,20 @@ def hold_out_validation(
     return [i for i in train if sessions[i] not in held], [i for i in train if sessions[i] in held]
 
 
+def fold_splits(
+    sessions: Sequence[str], fold: int, split: str, valid_ratio: float
+) -> tuple[Fold, list[int], list[int]]:
+    """(fold, train, valid) of `fold` under `split`, validation held out as that split does it."""
+    f = make_fold(sessions, fold, split)
+    train, valid = hold_out_validation(f.train, valid_ratio, sessions if split == "session" else None)
+    return f, train, valid
+
+
 def fold_sizes(sessions: Sequence[str], split: str, valid_ratio: float = 0.1) -> list[dict]:
     """Per fold: its train/valid/test utterance counts and, for the session split, its test sessions."""
     rows = []
     for k in range(1, NUM_FOLDS + 1):
-        fold = make_fold(sessions, k, split)
-        train, valid = hold_out_validation(fold.train, valid_ratio, sessions if split == "session" else None)
+        fold, train, valid = fold_splits(sessions, k, split, valid_ratio)
         rows.append(
             {"fold": k, "train": len(train), "valid": len(valid), "test": len(fold.test)}
             | ({"test_sessions": list(fold.test_sessions)} if split == "session" else {})

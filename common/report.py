@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -157,9 +156,10 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
         "",
     ]
     rows = []
+    stats = [aggregate([fs.metrics[k] for k in fs.folds]) for fs in sets]
+    protocols = Counter((fs.script, fs.dataset, fs.split) for fs in sets)
     for title, keys in (("Emotion classification", CLASSIFICATION), ("Valence and arousal", REGRESSION)):
-        chosen = [(fs, aggregate([fs.metrics[k] for k in fs.folds])) for fs in sets]
-        chosen = [(fs, st) for fs, st in chosen if keys[0] in st]
+        chosen = [(fs, st) for fs, st in zip(sets, stats, strict=True) if keys[0] in st]
         if not chosen:
             continue
         md += [
@@ -168,7 +168,6 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             "| script | dataset | split | folds | " + " | ".join(keys) + " |",
             "|" + "---|" * (4 + len(keys)),
         ]
-        protocols = Counter((fs.script, fs.dataset, fs.split) for fs in sets)
         for fs, st in chosen:
             name = fs.script + (" *" if not fs.complete else "")
             if protocols[fs.script, fs.dataset, fs.split] > 1:  # the same cell in several folders: name the folder
@@ -176,8 +175,8 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             cells = [name, fs.dataset, fs.split, fs.status, *(str(st[k]) for k in keys)]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
-    for fs in sets:
-        for key, st in aggregate([fs.metrics[k] for k in fs.folds]).items():
+    for fs, set_stats in zip(sets, stats, strict=True):
+        for key, st in set_stats.items():
             rows.append(
                 [
                     fs.folder.as_posix(),
@@ -223,9 +222,7 @@ def confusion(true: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def figures(fs: FoldSet, out: Path) -> list[Path]:

@@ -34,9 +34,10 @@ from common.cli import parse_args
 from common.data import SAMPLE_RATE, AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
 from common.errors import run_cli
 from common.features import frozen_vectors
-from common.folds import NUM_FOLDS, Fold, hold_out_validation, make_fold, session_order
+from common.folds import NUM_FOLDS, Fold, fold_splits, session_order
 from common.kemdy import EMOTIONS, Corpus, read_corpus
 from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+from common.report import flat_metrics, fold_summary
 from common.tasks import DIMENSIONS, classification_metrics, per_sample_loss, regression_metrics
 
 
@@ -253,8 +254,6 @@ def train(cell: Cell, args) -> dict | list[dict]:
             result = _train_fold(cell, fold_args, accelerator, run_dirs[k], modes[k], shared, keep=k != todo[-1])
         results.append(result)
     if len(results) > 1:
-        from common.report import fold_summary
-
         log(fold_summary(results))
     accelerator.end_training()
     return results if args.num_fold == "all" else results[0]
@@ -274,11 +273,7 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
     check_writable(run_dir)
     corpus = shared.corpus
     utts = corpus.utterances
-    sessions = [u.session for u in utts]
-    fold = make_fold(sessions, args.num_fold, args.split)
-    train_idx, valid_idx = hold_out_validation(
-        fold.train, args.valid_ratio, sessions if args.split == "session" else None
-    )
+    fold, train_idx, valid_idx = fold_splits([u.session for u in utts], args.num_fold, args.split, args.valid_ratio)
     log(
         f"KEMDy{args.dataset} fold {args.num_fold} ({args.split} split"
         + (f", test sessions {', '.join(fold.test_sessions)}" if fold.test_sessions else "")
@@ -413,14 +408,10 @@ def _tracked_config(args) -> dict:
 
 
 def _scalars(record: dict) -> dict[str, float]:
-    """An epoch's numbers for the trackers: train/loss, valid/loss, test/micro_f1, test/per_class_f1/angry ..."""
+    """An epoch's numbers for the trackers: train/loss, valid/loss, test/micro_f1, test/f1_angry ..."""
     out = {"train/loss": record["train_loss"]}
     for split in ("valid", "test"):
-        for key, value in record.get(split, {}).items():
-            if isinstance(value, dict):
-                out |= {f"{split}/{key}/{k}": v for k, v in value.items() if v is not None}
-            elif value is not None and key != "n":
-                out[f"{split}/{key}"] = value
+        out |= {f"{split}/{k}": v for k, v in flat_metrics(record.get(split, {})).items() if v is not None}
     return out
 
 
