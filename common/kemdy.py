@@ -30,6 +30,10 @@ from common.folds import NUM_FOLDS, SPLITS, fold_sizes
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 # The corpora spell disgust "disqust"; both spellings are accepted.
 _LABEL_INDEX = {name: i for i, name in enumerate(EMOTIONS)} | {"disqust": EMOTIONS.index("disgust")}
+# The original's dictionary: exact names, with KEMDy20's spelling only (KEMDy19 writes "disgust").
+ORIGINAL_LABELS = {"angry": 0, "disqust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6}
+ALL_SEVEN = (1,) * len(EMOTIONS)
+LABEL_READINGS = ("checked", "original")
 DATASETS = ("19", "20")
 
 
@@ -61,6 +65,7 @@ class Utterance:
     speaker: str  # KEMDy20 "User002M"; KEMDy19 "Sess01_F"
     wav: Path
     text: str  # first line of the transcript, raw (noise markers kept, as the original)
+    emotion: str  # the Emotion cell as written
     labels: tuple[int, ...]  # multi-hot over EMOTIONS
     valence: float  # 1..5
     arousal: float  # 1..5
@@ -90,6 +95,7 @@ class Corpus:
     excluded: list[Exclusion]
     other_actor_rows: int = 0  # KEMDy19 rows dropped by rows="speaker"
     transcript_encodings: Counter = field(default_factory=Counter)
+    labels: str = "checked"  # how Emotion cells were read (LABEL_READINGS)
 
 
 def decode_text(data: bytes) -> tuple[str, str] | None:
@@ -116,6 +122,23 @@ def parse_emotions(cell: str) -> tuple[int, ...]:
             raise ValueError(f"unknown emotion label {name!r}")
         hot[_LABEL_INDEX[name]] = 1
     return tuple(hot)
+
+
+def original_emotions(cell: str) -> tuple[int, ...]:
+    """What the original made of an Emotion cell: parts split on `;`, not stripped, looked up in its
+    dictionary; a part it does not know (`disgust`, `neutral `, an empty part after a trailing `;`)
+    sets all seven emotions, because its multi-hot row was indexed with None."""
+    if not cell:
+        raise ValueError("empty Emotion cell")  # the original crashed on it (pandas reads it as NaN)
+    parts = cell.split(";")
+    if any(part not in ORIGINAL_LABELS for part in parts):
+        return ALL_SEVEN
+    return tuple(int(any(ORIGINAL_LABELS[part] == i for part in parts)) for i in range(len(EMOTIONS)))
+
+
+def all_seven_in_original(cell: str) -> bool:
+    """Whether the original's dictionary turned this Emotion cell into all seven emotions."""
+    return bool(cell) and any(part not in ORIGINAL_LABELS for part in cell.split(";"))
 
 
 def _parse_score(cell: str, name: str) -> float:
@@ -175,8 +198,8 @@ class _Skip(Exception):
 class _RowReader:
     """Turns annotation rows into Utterances; caches per-recording lookups (KEMDy19 lists each twice)."""
 
-    def __init__(self, layout: Layout, root: Path):
-        self.layout, self.root = layout, root
+    def __init__(self, layout: Layout, root: Path, labels: str):
+        self.layout, self.root, self.labels = layout, root, labels
         self._info: dict[Path, object] = {}
         self._text: dict[Path, tuple[str, str] | None] = {}
 
@@ -205,10 +228,6 @@ class _RowReader:
         if not annotation_id:
             raise _Skip("missing_segment_id")
         try:
-            labels = parse_emotions(row[col + 1])
-        except ValueError as err:
-            raise _Skip("unknown_emotion" if "unknown" in str(err) else "missing_emotion", str(err)) from None
-        try:
             valence = _parse_score(row[col + 2], "valence")
             arousal = _parse_score(row[col + 3], "arousal")
         except ValueError as err:
@@ -223,6 +242,12 @@ class _RowReader:
         info = self._wav_info(wav)
         text, encoding = self._transcript(txt)
         lines = text.splitlines()
+        # Last, so that a row excluded for its label is one the original used (as all seven emotions).
+        try:
+            labels = (original_emotions if self.labels == "original" else parse_emotions)(row[col + 1])
+        except ValueError as err:
+            reason = "unknown_emotion" if "unknown" in str(err) else "missing_emotion"
+            raise _Skip(reason, f"{err} in Emotion cell {row[col + 1]!r}") from None
         return Utterance(
             segment_id=segment_id,
             annotation_id=annotation_id,
@@ -232,6 +257,7 @@ class _RowReader:
             speaker=speaker,
             wav=wav,
             text=lines[0].strip() if lines else "",
+            emotion=row[col + 1],
             labels=labels,
             valence=valence,
             arousal=arousal,
@@ -291,15 +317,18 @@ def _check_root(dataset: str, root: Path) -> list[Path]:
     raise UserError(f"{root / 'annotation'}: no KEMDy{dataset} annotation files ({layout.file_glob})")
 
 
-def read_corpus(dataset: str, root: str | Path, rows: str = "all") -> Corpus:
-    """Read a KEMDy19/20 root. rows="speaker" keeps, for KEMDy19, only the speaking actor's file's row."""
+def read_corpus(dataset: str, root: str | Path, rows: str = "all", labels: str = "checked") -> Corpus:
+    """Read a KEMDy19/20 root. rows="speaker" keeps, for KEMDy19, only the speaking actor's file's row;
+    labels="original" reads Emotion cells as the original did (`original_emotions`)."""
     dataset, root = str(dataset), Path(root)
     if rows not in ("all", "speaker"):
         raise UserError(f"rows {rows!r}: choose 'all' or 'speaker'")
+    if labels not in LABEL_READINGS:
+        raise UserError(f"labels {labels!r}: choose {' or '.join(LABEL_READINGS)}")
     files = _check_root(dataset, root)
     layout = LAYOUTS[dataset]
-    corpus = Corpus(dataset, root, [p.name for p in files], 0, [], [])
-    reader = _RowReader(layout, root)
+    corpus = Corpus(dataset, root, [p.name for p in files], 0, [], [], labels=labels)
+    reader = _RowReader(layout, root, labels)
     for path in files:
         file_match = layout.file_pattern.match(path.name)
         for line, row in enumerate(_read_annotation(path, layout), start=3):
@@ -346,12 +375,20 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
     n_labels = Counter(sum(u.labels) for u in utts)
     recordings = {u.wav: u for u in utts}.values()  # KEMDy19 lists each recording twice
     durations = [u.duration for u in recordings]
+    # Rows the original used with all seven emotions: used here, or excluded here only for their label.
+    seven = [(u.segment_id, u.annotation, u.line, u.emotion) for u in utts if all_seven_in_original(u.emotion)]
+    seven += [
+        (e.segment_id, e.annotation, e.line, e.detail.split("Emotion cell ", 1)[-1][1:-1])
+        for e in corpus.excluded
+        if e.reason == "unknown_emotion"
+    ]
     return {
         "dataset": f"KEMDy{corpus.dataset}",
         "root": str(corpus.root),
         "annotation_files": corpus.annotation_files,
         "rows": corpus.rows,
         "used": len(utts),
+        "labels": corpus.labels,
         "excluded": [
             {
                 "segment_id": e.segment_id,
@@ -368,6 +405,11 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
         "single_label": n_labels.get(1, 0),
         "multi_label": sum(n for k, n in n_labels.items() if k > 1),
         "labels_per_utterance": {str(k): n for k, n in sorted(n_labels.items())},
+        "original_all_seven": {
+            "rows": len(seven),
+            "cells": dict(Counter(cell for *_, cell in seven).most_common()),
+            "segment_ids": [sid for sid, *_ in sorted(seven, key=lambda r: (r[1], r[2]))],
+        },
         "valence": _stats([u.valence for u in utts]),
         "arousal": _stats([u.arousal for u in utts]),
         "sessions": len({u.session for u in utts}),
@@ -400,7 +442,7 @@ def format_summary(s: dict) -> str:
         f"annotation files: {len(files)} ({files[0]} .. {files[-1]})",
         f"rows: {s['rows']}   used: {s['used']}   excluded: {len(s['excluded'])}"
         + (f"   other actor's rows dropped: {s['other_actor_rows']}" if s["other_actor_rows"] else ""),
-        f"sessions: {s['sessions']}   speakers: {s['speakers']}",
+        f"sessions: {s['sessions']}   speakers: {s['speakers']}   Emotion cells read: {s['labels']}",
     ]
     if s["excluded"]:
         out.append("exclusions by reason:")
@@ -415,6 +457,13 @@ def format_summary(s: dict) -> str:
     out.append(
         f"single-label: {s['single_label']}   multi-label: {s['multi_label']}   "
         f"(labels per utterance: {s['labels_per_utterance']})"
+    )
+    seven = s["original_all_seven"]
+    ids = seven["segment_ids"]
+    out.append(
+        f"rows the original's label dictionary turns into all seven emotions: {seven['rows']}"
+        + (f"  cells {seven['cells']}" if ids else "")
+        + (f"  ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
     )
     for key in ("valence", "arousal"):
         v = s[key]
@@ -454,6 +503,12 @@ def main(argv: list[str] | None = None) -> None:
         default="all",
         help="KEMDy19: every annotation row (the original) or only the speaking actor's row",
     )
+    parser.add_argument(
+        "--labels",
+        choices=LABEL_READINGS,
+        default="checked",
+        help="read Emotion cells with both spellings of disgust (checked), or as the original did",
+    )
     parser.add_argument("--json", action="store_true", help="print the audit as JSON")
     args = parser.parse_args(argv)
     if args.demo:
@@ -462,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
         args.dataset_dir = demo_corpus(args.dataset)
     elif not args.dataset_dir:
         parser.error("--dataset_dir is required (or --demo)")
-    summary = summarize(read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows))
+    summary = summarize(read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels))
     print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
 
 

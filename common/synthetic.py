@@ -3,11 +3,12 @@
     python -m common.synthetic --dataset 20 --out DIR [--sessions 4 --utterances_per_session 60 --seed 0]
 
 The corpus follows the layout the readers expect from the real data (folders, file names, two header
-rows, column positions, cp949 transcripts) and carries every quirk: multi-label `;` rows, the spelling
-`disqust`, KEMDy20's session-17 id mismatch (in session 17, or the last session of a smaller corpus),
-KEMDy19's two annotation files per session and 6 annotated recordings without a wav, a transcript or
-both (12 rows, as in the real corpus), transcripts re-saved as UTF-8 with and without BOM, noise
-markers, clips shorter than 0.25 s and longer than 5 s; with --odd_audio also 44.1/48 kHz and stereo files.
+rows, column positions, cp949 transcripts) and carries every quirk: multi-label `;` rows, disgust spelt
+`disqust` in KEMDy20 and `disgust` in KEMDy19, KEMDy20's session-17 id mismatch (in session 17, or the
+last session of a smaller corpus), KEMDy19's two annotation files per session and 6 annotated recordings
+without a wav, a transcript or both (12 rows, as in the real corpus), transcripts re-saved as UTF-8 with
+and without BOM, noise markers, clips shorter than 0.25 s and longer than 5 s; with --odd_audio also
+44.1/48 kHz and stereo files.
 
 Generative rule, per recording (utterance index i, all draws from the seed):
 - Labels: a primary emotion from PRIOR; with probability 0.1 a second, different one (`;`-joined).
@@ -189,7 +190,8 @@ def _panel(rng: np.random.Generator, labels: tuple[str, ...], latent: tuple[floa
     return names, scores.astype(int), total
 
 
-def _spell(label: str) -> str:
+def _spell20(label: str) -> str:
+    """KEMDy20's files spell disgust "disqust"; KEMDy19's write "disgust"."""
     return "disqust" if label == "disgust" else label
 
 
@@ -283,11 +285,11 @@ def _write_csv(path: Path, header: list[list[str]], rows: list[list[str]], crlf:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _eval_cells(panel) -> list[str]:
+def _eval_cells(panel, spell=str) -> list[str]:
     names, scores, total = panel
     cells = []
     for name, (v, a) in zip(names, scores, strict=False):
-        cells += [_spell(name), str(v), str(a)]
+        cells += [spell(name), str(v), str(a)]
     return cells
 
 
@@ -321,11 +323,11 @@ def _generate_20(w: _Writer, sizes: list[int]) -> list[Recording]:
                     f"{clock:.4f}",
                     f"{clock + rec.duration:.4f}",
                     annotation_id,
-                    ";".join(map(_spell, rec.labels)),
+                    ";".join(map(_spell20, rec.labels)),
                     _fmt(v),
                     _fmt(a),
                 ]
-                + _eval_cells(panels[0])
+                + _eval_cells(panels[0], _spell20)
             )
             clock += rec.duration + 0.5
             recordings.append(rec)
@@ -375,7 +377,7 @@ def _generate_19(w: _Writer, sizes: list[int]) -> list[Recording]:
                         f"{clock + rec.duration:.3f}",
                         *bio,
                         segment_id,
-                        ";".join(map(_spell, rec.labels)),
+                        ";".join(rec.labels),
                         _fmt(v),
                         _fmt(a),
                     ]
@@ -522,7 +524,7 @@ def write_tiny_models(out: str | Path, seed: int = 0, size: str = "tiny") -> Pat
 
 
 # Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"
 
 

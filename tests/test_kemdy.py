@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from common.errors import UserError
-from common.kemdy import EMOTIONS, decode_text, parse_emotions, read_corpus, summarize
+from common.kemdy import EMOTIONS, decode_text, original_emotions, parse_emotions, read_corpus, summarize
 
 HEADER20 = (
     "Numb,Wav,,Segment ID,Total Evaluation,,,Eval01F,,\n,start,end,,Emotion,Valence,Arousal,Emotion,Valence,Arousal\n"
@@ -147,6 +147,79 @@ def test_audio_headers_give_sample_rate_channels_and_duration(corpus19):
 def test_emotion_cells_become_multi_hot_vectors_in_the_documented_order(cell, names):
     assert EMOTIONS == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert parse_emotions(cell) == hot(*names)
+
+
+@pytest.mark.parametrize(
+    "cell, names",
+    [
+        ("neutral", ["neutral"]),
+        ("disqust", ["disgust"]),  # KEMDy20's spelling: the only one the original's dictionary knew
+        ("neutral;happy", ["neutral", "happy"]),
+        ("disgust", EMOTIONS),  # KEMDy19's spelling: all seven
+        ("neutral; happy", EMOTIONS),  # parts were not stripped
+        ("neutral;", EMOTIONS),  # an empty part after a trailing ;
+        ("Neutral", EMOTIONS),  # nor lower-cased
+        ("sad;joyful", EMOTIONS),
+    ],
+)
+def test_the_original_dictionary_turns_any_label_it_does_not_know_into_all_seven_emotions(cell, names):
+    # By hand, what the original did: make_label[k][emotion_dict.get(part)] = 1 for every part, where a
+    # None index selects the whole row.
+    dictionary = {"angry": 0, "disqust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6}
+    row = np.zeros((1, 7))
+    for part in cell.split(";"):
+        row[0][dictionary.get(part)] = 1
+    assert original_emotions(cell) == tuple(row[0].astype(int)) == hot(*names)
+
+
+def test_a_kemdy19_disgust_row_is_all_seven_emotions_under_the_original_labels_and_listed_by_the_audit(tmp_path):
+    ids = [f"Sess01_impro01_F{k:03d}" for k in range(1, 5)]
+    cells = ["disgust", "neutral;disgust", "happy", "joyful"]
+    lines = [
+        f"{k},0,1,0,1,0,1,0,1,{sid},{cell},3,3,neutral,3,3"
+        for k, (sid, cell) in enumerate(zip(ids, cells, strict=True), 1)
+    ]
+    path = tmp_path / "annotation" / "Session01_F_res.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(HEADER19 + "\n".join(lines) + "\n", encoding="utf-8")
+    for sid in ids:
+        wav = tmp_path / "wav" / "Session01" / "Sess01_impro01" / f"{sid}.wav"
+        write_wav(wav)
+        wav.with_suffix(".txt").write_text("그래", encoding="utf-8")
+    checked = read_corpus("19", tmp_path)
+    original = read_corpus("19", tmp_path, labels="original")
+    assert [u.labels for u in checked.utterances] == [hot("disgust"), hot("neutral", "disgust"), hot("happy")]
+    assert [(e.segment_id, e.reason) for e in checked.excluded] == [(ids[3], "unknown_emotion")]
+    assert "'joyful'" in checked.excluded[0].detail
+    # The original used every row whose files exist, 'joyful' included, as a row of seven ones.
+    assert [u.labels for u in original.utterances] == [hot(*EMOTIONS), hot(*EMOTIONS), hot("happy"), hot(*EMOTIONS)]
+    assert original.excluded == [] and [u.emotion for u in original.utterances] == cells
+    for corpus in (checked, original):
+        seven = summarize(corpus)["original_all_seven"]
+        assert seven["rows"] == 3 and seven["segment_ids"] == [ids[0], ids[1], ids[3]]
+        assert seven["cells"] == {"disgust": 1, "neutral;disgust": 1, "joyful": 1}
+    proc = run_audit("--dataset", "19", "--dataset_dir", str(tmp_path), "--labels", "original")
+    assert proc.returncode == 0, proc.stderr
+    assert "Emotion cells read: original" in proc.stdout
+    assert "rows the original's label dictionary turns into all seven emotions: 3" in proc.stdout
+    assert f"({ids[0]}, {ids[1]}, {ids[3]})" in proc.stdout
+
+
+def test_the_synthetic_corpora_spell_disgust_as_the_real_ones(tmp_path):
+    from common.synthetic import generate
+
+    for dataset, spelling in (("19", "disgust"), ("20", "disqust")):
+        root = tmp_path / dataset
+        truth = generate(dataset, root, sessions=2, utterances_per_session=40, seed=3)
+        assert any("disgust" in r.labels for r in truth)
+        cells = set()
+        for path in (root / "annotation").iterdir():
+            cells |= {c for line in path.read_text().splitlines()[2:] for c in line.split(",") if "dis" in c}
+        assert cells and all(spelling in c and c.count("dis") == c.count(spelling) for c in cells)
+        seven = summarize(read_corpus(dataset, root))["original_all_seven"]["rows"]
+        # KEMDy19 lists every recording in both actors' files; recordings without files are excluded.
+        used = [r for r in truth if not r.missing]
+        assert seven == (2 * sum("disgust" in r.labels for r in used) if dataset == "19" else 0)
 
 
 def test_transcripts_decode_strictly_utf8_first_then_cp949():
