@@ -146,6 +146,67 @@ def fold_summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def decisions(run_dir: Path) -> dict[str, int | float] | None:
+    """How a run's emotion decisions spread over its test utterances (from predictions.csv, at the run's
+    --threshold): utterances with two or more emotions predicted, with none, with two or more true, and
+    the Hamming accuracy of predicting no emotion at all, the floor its hamming_accuracy should clear."""
+    from common.tasks import predicted  # torch: only when there are predictions to read
+
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or f"prob_{EMOTIONS[0]}" not in rows[0]:
+        return None
+    config = run_dir / "config.json"
+    args = json.loads(config.read_text(encoding="utf-8")).get("args", {}) if config.is_file() else {}
+    true = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    chosen = predicted(np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]), args.get("threshold", 0.5))
+    return {
+        "n": len(rows),
+        "two_or_more_predicted": int((chosen.sum(axis=1) >= 2).sum()),
+        "none_predicted": int((chosen.sum(axis=1) == 0).sum()),
+        "two_or_more_true": int((true.sum(axis=1) >= 2).sum()),
+        "hamming_accuracy_of_none": float(1 - true.mean()),
+    }
+
+
+def _decision_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
+    """The Markdown table of emotion decisions, summed over each fold set's test utterances."""
+    lines = []
+    for fs, st in zip(sets, stats, strict=True):
+        found = [d for d in (decisions(fs.runs[k]) for k in fs.folds) if d]
+        if "hamming_accuracy" not in st or not found:
+            continue
+        n = sum(d["n"] for d in found)
+        none = Stat(
+            statistics.fmean(d["hamming_accuracy_of_none"] for d in found),
+            statistics.stdev(d["hamming_accuracy_of_none"] for d in found) if len(found) > 1 else None,
+            len(found),
+        )
+        counts = [f"{sum(d[k] for d in found)} / {n}" for k in ("two_or_more_predicted", "none_predicted")]
+        counts.append(f"{sum(d['two_or_more_true'] for d in found)} / {n}")
+        lines.append(
+            f"| {fs.script} | {fs.dataset} | {fs.split} | `{fs.folder.as_posix()}` | "
+            f"{st['hamming_accuracy']} | {none} | " + " | ".join(counts) + " |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Emotion decisions",
+        "",
+        "Test utterances of all folds; an emotion is predicted where its probability exceeds the run's threshold. "
+        "Predicting nothing at all scores the Hamming accuracy in its column.",
+        "",
+        "| script | dataset | split | folder | hamming_accuracy | Hamming accuracy of predicting nothing | "
+        "2+ emotions predicted | none predicted | 2+ emotions true |",
+        "|" + "---|" * 9,
+        *lines,
+        "",
+    ]
+
+
 def tables(sets: list[FoldSet]) -> tuple[str, str]:
     """(Markdown, CSV) of every fold set's metrics over folds."""
     md = [
@@ -175,6 +236,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             cells = [name, fs.dataset, fs.split, fs.status, *(str(st[k]) for k in keys)]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
+    md += _decision_rows(sets, stats)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():
             rows.append(
