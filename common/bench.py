@@ -150,7 +150,7 @@ class Bench:
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
         from common.features import frozen_vectors
         from common.model import Cell
-        from common.tasks import per_sample_loss
+        from common.tasks import Objective
         from common.train import Trainer, build_model, make_loader
 
         cell = Cell("multimodal", "total", "concat")
@@ -201,7 +201,7 @@ class Bench:
             model.train()
             for batch in pre_collated:
                 out = model(batch)
-                loss = per_sample_loss(out, batch, core.va_mean, core.va_std).mean()
+                loss = Objective().per_sample(out, batch, core.va_mean, core.va_std).mean()
                 loss.backward()
                 optimizer.step()
                 scheduler.step()

@@ -31,6 +31,21 @@ RESUMABLE_CHANGES = {
     "cache_dir",
     "keep_checkpoint",
     "report_to",
+    "ckpt",
+}
+# Settings added after a run may have started, with the value that computes what the code computed
+# before they existed: a run resumed after an update compares against these.
+EARLIER = {
+    "labels": "checked",
+    "text_inputs": "masked",
+    "speech_inputs": "extractor",
+    "emotion_output": "sigmoid",
+    "va_targets": "standardized",
+    "va_loss": "mean",
+    "dropout_on": "fused",
+    "num_labels": 7,
+    "regress": 1,
+    "original": False,
 }
 
 
@@ -67,7 +82,7 @@ def check_writable(run_dir: Path) -> None:
 
 def check_same_settings(config_path: Path, args) -> None:
     """A resumed run must continue with the settings it started with."""
-    saved = json.loads(config_path.read_text(encoding="utf-8"))["args"]
+    saved = EARLIER | json.loads(config_path.read_text(encoding="utf-8"))["args"]
     now = vars(args)
     changed = sorted(k for k in saved.keys() | now.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if changed:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.folds import NUM_FOLDS, SPLITS
-from common.model import Cell
+from common.kemdy import EMOTIONS, LABEL_READINGS
+from common.model import DROPOUT_ON, SPEECH_INPUTS, TEXT_INPUTS, Cell
+from common.tasks import EMOTION_OUTPUTS, VA_LOSSES
 
 # The demo trains tiny random encoders on a small synthetic corpus: it needs far larger learning rates
 # than fine-tuning pretrained ones, and a faster head. Flags given on the command line still win.
@@ -24,6 +26,21 @@ DEMO_DEFAULTS = {
     "max_text_len": 64,
     "group_by_length": True,
     "overwrite": True,  # a demo run replaces the previous demo run of its script
+}
+# What the original computed, flag by flag (README, "Departures from the original"). Flags given on the
+# command line still win, so that one departure at a time can be put back.
+ORIGINAL = {
+    "labels": "original",
+    "text_inputs": "original",
+    "pad_to_max_length": True,
+    "speech_inputs": "original",
+    "speech_pooling": "cnn_last",
+    "emotion_output": "softmax",
+    "va_targets": "raw",
+    "va_loss": "sum",
+    "dropout_on": "modalities",
+    "valid_ratio": 0.0,
+    "group_by_length": False,
 }
 
 
@@ -75,6 +92,14 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         default="all",
         help="KEMDy19: every annotation row, as the original, or one row per recording (the speaker's file)",
     )
+    add(
+        "--labels",
+        choices=LABEL_READINGS,
+        default="checked",
+        help="Emotion cells: checked (both spellings of disgust; a row with an unknown label is excluded), or "
+        "original (its dictionary knows only 'disqust': KEMDy19's 'disgust' and any unknown label become all "
+        "seven emotions)",
+    )
     add("--max_text_len", type=int, default=256, help="maximum transcript length in tokens")
     add("--max_seq_len", type=float, default=5, help="seconds of 16 kHz audio kept from each clip")
     add(
@@ -93,7 +118,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add(
         "--pad_to_max_length",
         action="store_true",
-        help="pad every transcript to --max_text_len tokens, as the original (default: to the longest in the batch)",
+        help="pad every transcript to --max_text_len tokens, as the original (default: to the longest in the "
+        "batch; always on with --text_inputs original)",
     )
     add(
         "--cache",
@@ -106,8 +132,13 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         "--demo",
         action="store_true",
         help="run on the built-in synthetic corpus and tiny encoders (built under demo/ on first use), with "
-        "settings for tiny models: "
-        + ", ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in DEMO_DEFAULTS.items()),
+        "settings for tiny models: " + _flags(DEMO_DEFAULTS),
+    )
+    add(
+        "--original",
+        action="store_true",
+        help="compute what the original code computed: " + _flags(ORIGINAL) + "; flags given still win "
+        "(default run directory: runs/<script>/KEMDy<dataset>_original/)",
     )
 
     add = p.add_argument_group("model").add_argument
@@ -120,11 +151,28 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="text vector: the BERT pooler (as the original), the [CLS] state, or the masked mean",
     )
     add(
+        "--text_inputs",
+        choices=TEXT_INPUTS,
+        default="masked",
+        help="masked: BERT attends to the transcript's tokens only; original: the original's swapped call "
+        "(attention over every position, padding included; token-type ids 1 on tokens, 0 on padding), "
+        "padded to --max_text_len",
+    )
+    add(
         "--speech_pooling",
         choices=("mean", "cnn_last"),
         default="mean",
-        help="speech vector: masked mean of the transformer's states, or the original's last CNN frame of "
-        "an input padded to --max_seq_len",
+        help="speech vector: masked mean of the transformer's states, or the original's last frame of the "
+        "layer-normed CNN features (of an input padded to --max_seq_len; to the batch's longest clip with "
+        "--speech_inputs original)",
+    )
+    add(
+        "--speech_inputs",
+        choices=SPEECH_INPUTS,
+        default="extractor",
+        help="extractor: the waveform as the model's feature extractor prepares it (wav2vec2-base-960h: zero "
+        "mean, unit variance); original: the file's samples as read, zero-padded to the batch's longest clip, "
+        "no attention mask",
     )
     add(
         "--freeze",
@@ -132,8 +180,35 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         default="none",
         help="encoders left untrained: their pooled vectors are computed once, cached, and the heads train on them",
     )
-    add("--dropout", type=float, default=0.1, help="dropout before the heads")
-    add("--threshold", type=float, default=0.5, help="probability from which an emotion is predicted")
+    add("--dropout", type=float, default=0.1, help="dropout probability")
+    add(
+        "--dropout_on",
+        choices=DROPOUT_ON,
+        default="modalities",
+        help="modalities: on each modality's vector before fusion (the original); fused: once on the fused "
+        "vector (differs only for element_wise_add)",
+    )
+    add(
+        "--emotion_output",
+        choices=EMOTION_OUTPUTS,
+        default="sigmoid",
+        help="sigmoid: one probability per emotion, binary cross-entropy; softmax: the original's softmax over "
+        "the seven with MultiLabelSoftMarginLoss on it (never predicts two emotions)",
+    )
+    add("--threshold", type=float, default=0.5, help="an emotion is predicted where its probability exceeds this")
+    add(
+        "--va_targets",
+        choices=("standardized", "raw"),
+        default="standardized",
+        help="valence/arousal learnt standardised with the training fold's mean and deviation, or on the raw "
+        "1-5 scale (the original)",
+    )
+    add(
+        "--va_loss",
+        choices=VA_LOSSES,
+        default="mean",
+        help="mean or sum (the original) of the valence and arousal squared errors",
+    )
     add("--cls_weight", type=float, default=1.0, help="weight of the emotion loss (total scripts)")
     add("--reg_weight", type=float, default=1.0, help="weight of the valence/arousal loss (total scripts)")
 
@@ -156,6 +231,9 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--seed", type=int, default=1234, help="seed of weights, order and dropout")
     add("--mixed_precision", choices=("no", "fp16", "bf16"), default="no", help="mixed precision (GPUs)")
     add("--gpus", help="visible GPU ids, e.g. 0 or 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    add("--num_labels", type=int, default=len(EMOTIONS), help="emotion classes (the original's flag; only 7)")
+    add("--regress", type=int, default=1, help="width of each valence/arousal output (the original's flag; only 1)")
+    add("--ckpt", default="0", help="accepted for the original's commands and ignored, as there (see --resume)")
 
     add = p.add_argument_group("output").add_argument
     add(
@@ -190,14 +268,21 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     return p
 
 
+def _flags(values: dict) -> str:
+    return ", ".join(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}" for k, v in values.items())
+
+
 def parse_args(cell: Cell, argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
-    """Parsed and checked arguments; a bad value raises UserError naming the flag."""
+    """Parsed and checked arguments, presets resolved; a bad value raises UserError naming the flag."""
     parser = build_parser(cell, description)
     args = parser.parse_args(argv)
-    if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
+    presets = {**(DEMO_DEFAULTS if args.demo else {}), **(ORIGINAL if args.original else {})}
+    if presets:
+        parser.set_defaults(**presets)
         args = parser.parse_args(argv)
-    elif not args.dataset_dir:
+    if args.text_inputs == "original":  # the original attended to every position: its padding length matters
+        args.pad_to_max_length = True
+    if not args.demo and not args.dataset_dir:
         default = Path(f"KEMDy{args.dataset}")
         if not default.is_dir():
             raise UserError(
@@ -207,6 +292,10 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         args.dataset_dir = str(default)
     if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
+    if args.num_labels != len(EMOTIONS):
+        raise UserError(f"--num_labels {args.num_labels}: KEMDy has {len(EMOTIONS)} emotion classes; only 7 works")
+    if args.regress != 1:
+        raise UserError(f"--regress {args.regress}: valence and arousal are one number each; only 1 works")
     for name, ok, rule in [
         ("batch_size", args.batch_size >= 1, "at least 1"),
         ("epochs", args.epochs >= 1, "at least 1"),

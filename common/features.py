@@ -73,11 +73,13 @@ def frozen_vectors(
     encoder = model.text_encoder if modality == "text" else model.speech_encoder
     if cache_dir is None or not _source_key(source):
         return compute()
-    pooling = model.heads.text_pooling if modality == "text" else model.heads.speech_pooling
+    heads = model.heads
+    pooling = heads.text_pooling if modality == "text" else heads.speech_pooling
     key = fingerprint(
         modality,
         module_fingerprint(encoder),
         pooling,
+        heads.text_inputs if modality == "text" else heads.speech_inputs,
         _source_key(source),
         spec,
         size,

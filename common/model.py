@@ -14,13 +14,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 
-from common.data import AudioSpec
+from common.data import SAMPLE_RATE, AudioSpec
 from common.errors import UserError
 from common.kemdy import EMOTIONS
 
 MODALITIES = ("text", "speech", "multimodal")
 TASKS = ("classification", "regression", "total")
 FUSIONS = ("concat", "element_wise_add")
+TEXT_INPUTS = ("masked", "original")
+SPEECH_INPUTS = ("extractor", "original")
+DROPOUT_ON = ("modalities", "fused")
+# transformers 4.12, which the original ran, turned an attention mask of zeros into this bias on every
+# attention score: a shift that softmax ignores, so BERT attended to every position, padding included.
+# (transformers 5 treats an all-zero mask as masking every position: passing zeros would not reproduce it.)
+ORIGINAL_ATTENTION_BIAS = -10000.0
 CNN_PARAMETERS = ("feature_extractor.", "feature_projection.layer_norm.")
 
 
@@ -82,23 +89,6 @@ def load_speech_encoder(name: str) -> tuple[object, nn.Module]:
     return extractor, _load("--speech_model", name, AutoModel.from_pretrained)
 
 
-def audio_spec(extractor, encoder: nn.Module, pad_to: int = 0) -> AudioSpec:
-    """What the speech encoder needs from collation: normalisation, padding and a minimum clip length."""
-    config = encoder.config
-    # Shortest clip that still yields enough frames: one, or a SpecAugment span when that is on.
-    frames_needed = max(1, config.mask_time_length + 1 if config.mask_time_prob > 0 else 1)
-    n = 1
-    while int(encoder._get_feat_extract_output_lengths(n)) < frames_needed:
-        n += 16
-    return AudioSpec(
-        normalize=bool(getattr(extractor, "do_normalize", False)),
-        padding_value=float(getattr(extractor, "padding_value", 0.0)),
-        min_samples=n,
-        pass_mask=bool(getattr(extractor, "return_attention_mask", False)),
-        pad_to=pad_to,
-    )
-
-
 @dataclass(frozen=True)
 class Heads:
     """What the model needs beyond the encoders; saved with a trained model as model.json."""
@@ -110,10 +100,44 @@ class Heads:
     speech_pooling: str = "mean"
     dropout: float = 0.1
     pass_audio_mask: bool = False
+    text_inputs: str = "masked"  # "original": BERT's mask and token types exchanged, as the original called it
+    speech_inputs: str = "extractor"  # "original": the file's samples, unnormalised, padded to the batch
+    emotion_output: str = "sigmoid"  # "softmax": the original's, which can never predict two emotions
+    dropout_on: str = "modalities"  # each modality's vector before fusion (the original), or "fused"
 
     @property
     def cell(self) -> Cell:
         return Cell(self.modality, self.task, self.fusion)
+
+
+def audio_spec(extractor, encoder: nn.Module, heads: Heads | None = None, max_seq_len: float = 5.0) -> AudioSpec:
+    """What the speech encoder needs from collation: normalisation, padding and a minimum clip length.
+
+    `cnn_last` reads the last CNN frame, which describes padding for every clip shorter than its batch's
+    longest: clips are padded to --max_seq_len instead, except with the original's inputs.
+    """
+    heads = heads or Heads("speech", "classification", None, pass_audio_mask=pass_audio_mask(extractor, "extractor"))
+    config = encoder.config
+    # Shortest clip that still yields enough frames: one, or a SpecAugment span when that is on.
+    frames_needed = max(1, config.mask_time_length + 1 if config.mask_time_prob > 0 else 1)
+    n = 1
+    while int(encoder._get_feat_extract_output_lengths(n)) < frames_needed:
+        n += 16
+    original = heads.speech_inputs == "original"
+    fixed = heads.speech_pooling == "cnn_last" and not original
+    return AudioSpec(
+        normalize=bool(getattr(extractor, "do_normalize", False)) and not original,
+        padding_value=0.0 if original else float(getattr(extractor, "padding_value", 0.0)),
+        min_samples=n,
+        pass_mask=heads.pass_audio_mask,
+        pad_to=int(max_seq_len * SAMPLE_RATE) if fixed else 0,
+    )
+
+
+def pass_audio_mask(extractor, speech_inputs: str) -> bool:
+    """Whether the speech encoder gets the sample mask: where its extractor returns one (layer-norm models
+    such as XLS-R), never with the original's inputs."""
+    return bool(getattr(extractor, "return_attention_mask", False)) and speech_inputs != "original"
 
 
 class EmotionModel(nn.Module):
@@ -125,6 +149,12 @@ class EmotionModel(nn.Module):
         self.text_encoder, self.speech_encoder = text_encoder, speech_encoder
         width = 0
         if cell.uses_text:
+            if heads.text_inputs == "original" and getattr(text_encoder.config, "type_vocab_size", 0) < 2:
+                raise UserError(
+                    "--text_inputs original: the original passed the padding mask as token-type ids, which "
+                    "needs a text model with two token types (BERT); this one has "
+                    f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
+                )
             if heads.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
                 raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
             if heads.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
@@ -152,9 +182,15 @@ class EmotionModel(nn.Module):
     def encode_text(self, batch: dict) -> torch.Tensor:
         """The pooled text vector of each utterance."""
         mask = batch["attention_mask"]
-        out = self.text_encoder(
-            input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
-        )
+        if self.heads.text_inputs == "original":
+            # The original's call, BERT(ids, attention_mask=token-type ids, token_type_ids=padding mask):
+            # every real token has segment 1, padding segment 0, and attention covers the padding too.
+            bias = torch.full((len(mask), 1, 1, mask.shape[1]), ORIGINAL_ATTENTION_BIAS, device=mask.device)
+            out = self.text_encoder(input_ids=batch["input_ids"], attention_mask=bias, token_type_ids=mask)
+        else:
+            out = self.text_encoder(
+                input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
+            )
         if self.heads.text_pooling == "pooler":
             return out.pooler_output
         if self.heads.text_pooling == "cls":
@@ -179,13 +215,17 @@ class EmotionModel(nn.Module):
         if self.heads.cell.uses_text:
             parts.append(batch["text_vec"] if "text_vec" in batch else self.encode_text(batch))
         if self.heads.cell.uses_speech:
-            speech = batch["speech_vec"] if "speech_vec" in batch else self.encode_speech(batch)
-            parts.append(self.speech_projection(speech) if self.heads.fusion == "element_wise_add" else speech)
+            parts.append(batch["speech_vec"] if "speech_vec" in batch else self.encode_speech(batch))
         if self.heads.fusion == "element_wise_add":
-            fused = parts[0] + parts[1]
+            text, speech = parts
+            if self.heads.dropout_on == "modalities":  # the original: head(W·dropout(speech) + dropout(text))
+                text, speech = self.dropout(text), self.dropout(speech)
+            fused = text + self.speech_projection(speech)
+            if self.heads.dropout_on == "fused":
+                fused = self.dropout(fused)
         else:
-            fused = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        fused = self.dropout(fused)
+            # Dropout acts on each element alone: on a concatenation it is dropout on each modality's vector.
+            fused = self.dropout(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
         out = {}
         if self.emotion_head is not None:
             out["emotion_logits"] = self.emotion_head(fused)

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data import SAMPLE_RATE, Collator, TokenIds, load_audio, model_audio, to_pcm16
+from common.data import Collator, TokenIds, load_audio, model_audio, to_pcm16
 from common.errors import UserError, run_cli
 from common.kemdy import EMOTIONS
 from common.model import EmotionModel, audio_spec
-from common.tasks import DIMENSIONS
+from common.tasks import DIMENSIONS, emotion_probabilities, predicted
 
 
 class Predictor:
@@ -44,8 +44,7 @@ class Predictor:
         self.uses_text, self.uses_speech = cell.uses_text, cell.uses_speech
         self.spec = None
         if self.uses_speech:
-            pad_to = int(self.args["max_seq_len"] * SAMPLE_RATE) if self.args["speech_pooling"] == "cnn_last" else 0
-            self.spec = audio_spec(extractor, self.model.speech_encoder, pad_to=pad_to)
+            self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.heads, self.args["max_seq_len"])
         self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
         self.threshold = float(self.args["threshold"])
 
@@ -77,7 +76,9 @@ class Predictor:
             batch = self.collate(items[start : start + batch_size])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             out = self.model(batch)
-            probs = torch.sigmoid(out["emotion_logits"].float()).cpu().numpy() if "emotion_logits" in out else None
+            probs = None
+            if "emotion_logits" in out:
+                probs = emotion_probabilities(out["emotion_logits"], self.model.heads.emotion_output).cpu().numpy()
             va = self.model.va(out["va_z"].float()).cpu().numpy() if "va_z" in out else None
             for row in range(len(batch["index"])):
                 result = {}
@@ -85,7 +86,8 @@ class Predictor:
                     p = probs[row]
                     result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
                     result["threshold"] = self.threshold
-                    result["labels"] = [e for e, x in zip(EMOTIONS, p, strict=True) if x >= self.threshold]
+                    chosen = predicted(p, self.threshold)
+                    result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
                     result["top1"] = EMOTIONS[int(np.argmax(p))]
                 if va is not None:
                     result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}

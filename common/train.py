@@ -31,14 +31,22 @@ from tqdm.auto import tqdm
 from common import atomic
 from common.checkpoints import Checkpoints, check_same_settings, check_writable, decide
 from common.cli import parse_args
-from common.data import SAMPLE_RATE, AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
+from common.data import AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
 from common.errors import run_cli
 from common.features import frozen_vectors
 from common.folds import NUM_FOLDS, Fold, fold_splits, session_order
 from common.kemdy import EMOTIONS, Corpus, read_corpus
-from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+from common.model import (
+    Cell,
+    EmotionModel,
+    Heads,
+    audio_spec,
+    load_speech_encoder,
+    load_text_encoder,
+    pass_audio_mask,
+)
 from common.report import flat_metrics, fold_summary
-from common.tasks import DIMENSIONS, classification_metrics, per_sample_loss, regression_metrics
+from common.tasks import DIMENSIONS, Objective, classification_metrics, emotion_probabilities, regression_metrics
 
 
 def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | None = None) -> None:
@@ -52,6 +60,7 @@ def _run_dir(cell: Cell, args, fold: int) -> Path:
     if args.output_dir:
         return Path(args.output_dir, f"fold{fold}") if args.num_fold == "all" else Path(args.output_dir)
     protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
+    protocol += "_original" if args.original else ""
     return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
 
 
@@ -71,12 +80,11 @@ class Trainer:
 
     def __init__(self, cell: Cell, args, accelerator):
         self.cell, self.args, self.accelerator = cell, args, accelerator
-        self.cls_weight = args.cls_weight
-        self.reg_weight = args.reg_weight
+        self.objective = Objective(args.emotion_output, args.va_loss, args.cls_weight, args.reg_weight)
 
     def loss(self, model, outputs, batch) -> torch.Tensor:
         core = self.accelerator.unwrap_model(model)
-        return per_sample_loss(outputs, batch, core.va_mean, core.va_std, self.cls_weight, self.reg_weight)
+        return self.objective.per_sample(outputs, batch, core.va_mean, core.va_std)
 
     def fit_epoch(self, model, loader, optimizer, scheduler, epoch: int) -> float:
         model.train()
@@ -116,7 +124,7 @@ class Trainer:
                 "va": batch["va"],
             }
             if "emotion_logits" in outputs:
-                row["probs"] = torch.sigmoid(outputs["emotion_logits"].float())
+                row["probs"] = emotion_probabilities(outputs["emotion_logits"], self.args.emotion_output)
             if "va_z" in outputs:
                 row["va_pred"] = core.va(outputs["va_z"].float())
             for key, value in self.accelerator.gather_for_metrics(row).items():
@@ -177,25 +185,33 @@ def build_model(
     cell: Cell, args, encoders: Encoders | None = None, keep: bool = False
 ) -> tuple[EmotionModel, object, object, AudioSpec | None]:
     """(model, tokenizer, feature extractor, audio spec) of the cell, heads seeded by --seed."""
-    from accelerate.utils import set_seed
-
     encoders = encoders or Encoders(cell, args)
     text_encoder, speech_encoder = encoders.fresh(keep)
-    spec = None
-    if cell.uses_speech:
-        pad_to = int(args.max_seq_len * SAMPLE_RATE) if args.speech_pooling == "cnn_last" else 0
-        spec = audio_spec(encoders.extractor, speech_encoder, pad_to=pad_to)
     heads = Heads(
-        cell.modality,
-        cell.task,
-        cell.fusion,
-        args.text_pooling,
-        args.speech_pooling,
-        args.dropout,
-        bool(spec and spec.pass_mask),
+        modality=cell.modality,
+        task=cell.task,
+        fusion=cell.fusion,
+        text_pooling=args.text_pooling,
+        speech_pooling=args.speech_pooling,
+        dropout=args.dropout,
+        pass_audio_mask=cell.uses_speech and pass_audio_mask(encoders.extractor, args.speech_inputs),
+        text_inputs=args.text_inputs,
+        speech_inputs=args.speech_inputs,
+        emotion_output=args.emotion_output,
+        dropout_on=args.dropout_on,
     )
-    set_seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
+    spec = audio_spec(encoders.extractor, speech_encoder, heads, args.max_seq_len) if cell.uses_speech else None
+    seed(args.seed)  # the heads' initialisation does not depend on what was loaded before
     return EmotionModel(heads, text_encoder, speech_encoder), encoders.tokenizer, encoders.extractor, spec
+
+
+def seed(value: int) -> None:
+    """Python, NumPy and torch on every device, and deterministic cuDNN kernels, as the original seeded."""
+    from accelerate.utils import set_seed
+
+    set_seed(value)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _launched_without_accelerator() -> bool:
@@ -242,7 +258,7 @@ def train(cell: Cell, args) -> dict | list[dict]:
     todo = [k for k in folds if modes[k] != "finished"]
     shared = None
     if todo:
-        corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows)
+        corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels)
         shared = Shared(corpus, Encoders(cell, args))
     results = []
     for k in folds:
@@ -260,11 +276,10 @@ def train(cell: Cell, args) -> dict | list[dict]:
 
 
 def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shared, keep: bool) -> dict:
-    from accelerate.utils import set_seed
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     log = accelerator.print
-    set_seed(args.seed)
+    seed(args.seed)
     if mode == "resume":
         check_same_settings(run_dir / "config.json", args)
     if args.overwrite and accelerator.is_main_process:
@@ -284,9 +299,13 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
     )
 
     model, tokenizer, extractor, spec = build_model(cell, args, shared.encoders, keep)
-    va_train = np.array([[utts[i].valence, utts[i].arousal] for i in train_idx])
-    model.va_mean.copy_(torch.from_numpy(va_train.mean(axis=0)))
-    model.va_std.copy_(torch.from_numpy(va_train.std(axis=0).clip(min=1e-3)))
+    if args.va_targets == "standardized":
+        va_train = np.array([[utts[i].valence, utts[i].arousal] for i in train_idx])
+        model.va_mean.copy_(torch.from_numpy(va_train.mean(axis=0)))
+        model.va_std.copy_(torch.from_numpy(va_train.std(axis=0).clip(min=1e-3)))
+    else:  # the original's raw 1-5 targets: the heads predict the scale itself
+        model.va_mean.zero_()
+        model.va_std.fill_(1.0)
     model.freeze(args.freeze)
     model.to(accelerator.device)
 

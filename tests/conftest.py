@@ -31,3 +31,11 @@ def tiny_models(tmp_path_factory):
     from common.synthetic import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def demo20(tmp_path_factory):
+    """The demo's KEMDy20 corpus (800 utterances), written by the same code as the demo's."""
+    from common.synthetic import demo_corpus
+
+    return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))

@@ -22,13 +22,12 @@ from sklearn.metrics import f1_score
 from common.cli import parse_args
 from common.kemdy import read_corpus
 from common.model import Cell
-from common.synthetic import demo_corpus
 from common.train import train
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))
+def corpus(demo20):
+    return demo20
 
 
 def fit(cell, corpus, tiny_models, tmp_path):

@@ -18,6 +18,7 @@ from common.model import (
     load_speech_encoder,
     load_text_encoder,
     masked_mean,
+    pass_audio_mask,
 )
 
 CELLS = [Cell(m, t) for m, t in itertools.product(("text", "speech"), TASKS)] + [
@@ -28,9 +29,11 @@ CELLS = [Cell(m, t) for m, t in itertools.product(("text", "speech"), TASKS)] + 
 def build(tiny_models, cell, **heads):
     tok, text = load_text_encoder(str(tiny_models / "text")) if cell.uses_text else (None, None)
     fe, speech = load_speech_encoder(str(tiny_models / "speech")) if cell.uses_speech else (None, None)
-    spec = audio_spec(fe, speech, pad_to=heads.pop("pad_to", 0)) if speech is not None else None
+    mask = speech is not None and pass_audio_mask(fe, heads.get("speech_inputs", "extractor"))
+    config = Heads(cell.modality, cell.task, cell.fusion, pass_audio_mask=mask, **heads)
+    spec = audio_spec(fe, speech, config) if speech is not None else None
     torch.manual_seed(0)
-    model = EmotionModel(Heads(cell.modality, cell.task, cell.fusion, **heads), text, speech)
+    model = EmotionModel(config, text, speech)
     return model, tok, fe, spec
 
 
@@ -117,7 +120,7 @@ def test_speech_mean_pooling_uses_only_the_clips_own_frames(tiny_models, corpus2
 
 
 def test_cnn_last_is_the_last_frame_of_wav2vec2s_extract_features_and_freezes_the_rest(tiny_models, corpus20):
-    model, _, fe, spec = build(tiny_models, Cell("speech", "regression"), speech_pooling="cnn_last", pad_to=80000)
+    model, _, fe, spec = build(tiny_models, Cell("speech", "regression"), speech_pooling="cnn_last")
     model.eval()
     batch = a_batch(corpus20, None, spec)
     assert batch["audio"].shape == (3, 80000)

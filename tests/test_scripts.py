@@ -29,18 +29,19 @@ CLASSIFICATION_KEYS = {
 REGRESSION_KEYS = {"loss", "n", "mean_ccc"} | {
     f"{d}_{m}" for d in ("valence", "arousal") for m in ("ccc", "pearson", "mae", "rmse")
 }
-# (script, dataset, extra flags): together they cover both datasets and the non-default options.
+# (script, dataset, extra flags): together they cover both datasets, the non-default options and --original
+# in every modality and fusion.
 RUNS = [
-    ("text_classification", "20", ["--text_pooling", "mean"]),
+    ("text_classification", "20", ["--text_pooling", "mean", "--original"]),
     ("text_regression", "19", ["--valid_ratio", "0"]),
     ("text_total", "20", ["--lr_scheduler", "linear", "--warmup_ratio", "0.5"]),
-    ("speech_classification", "19", ["--group_by_length"]),
+    ("speech_classification", "19", ["--group_by_length", "--original"]),
     ("speech_regression", "20", ["--speech_pooling", "cnn_last", "--max_seq_len", "2"]),
     ("speech_total", "20", ["--max_grad_norm", "1.0"]),
     ("multimodal_classification_concat", "20", ["--threshold", "0.3"]),
-    ("multimodal_regression_concat", "19", ["--kemdy19_rows", "speaker"]),
+    ("multimodal_regression_concat", "19", ["--kemdy19_rows", "speaker", "--original"]),
     ("multimodal_total_concat", "20", ["--cls_weight", "2", "--reg_weight", "0.5"]),
-    ("multimodal_classification_element_wise_add", "19", ["--text_pooling", "cls"]),
+    ("multimodal_classification_element_wise_add", "19", ["--text_pooling", "cls", "--original"]),
     ("multimodal_regression_element_wise_add", "20", ["--head_lr", "1e-3"]),
     ("multimodal_total_element_wise_add", "19", []),
 ]
@@ -109,7 +110,7 @@ def test_each_script_trains_one_fold_and_writes_its_run_directory(runs, script, 
     }[task]
     assert set(metrics["test"]) == expected
     assert metrics["script"] == script and metrics["fold"] == 2 and metrics["chosen_epoch"] == 1
-    assert metrics["selection"] == ("last_epoch" if "--valid_ratio" in extra else "valid_loss")
+    assert metrics["selection"] == ("last_epoch" if {"--valid_ratio", "--original"} & set(extra) else "valid_loss")
     assert len(metrics["epochs"]) == 1 and set(metrics["epochs"][0]["test"]) == expected
 
     rows = "speaker" if "speaker" in extra else "all"
@@ -176,12 +177,25 @@ def test_help_explains_every_flag():
         "--head_lr",
         "--split",
         "--report_to",
+        "--original",
+        "--labels",
+        "--text_inputs",
+        "--speech_inputs",
+        "--emotion_output",
+        "--va_targets",
+        "--va_loss",
+        "--dropout_on",
+        "--num_labels",
+        "--regress",
+        "--ckpt",
     ):
         assert flag in text, flag
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
     assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text
     assert "settings for tiny models: --num_fold 1, --lr 0.002" in text
+    assert "compute what the original code computed: --labels original, --text_inputs original" in text
+    assert "--valid_ratio 0.0, --no-" in text and "group_by_length; flags given still win" in text
 
 
 @pytest.mark.parametrize(
@@ -203,6 +217,14 @@ def test_help_explains_every_flag():
         ),
         (["--dataset_dir", "/nonexistent", "--batch_size", "0"], "error: --batch_size 0: must be at least 1"),
         (["--dataset_dir", "/nonexistent", "--lr", "-0.001"], "error: --lr -0.001: must be positive"),
+        (
+            ["--dataset_dir", "/nonexistent", "--num_labels", "6"],
+            "error: --num_labels 6: KEMDy has 7 emotion classes; only 7 works",
+        ),
+        (
+            ["--dataset_dir", "/nonexistent", "--regress", "2"],
+            "error: --regress 2: valence and arousal are one number each; only 1 works",
+        ),
     ],
 )
 def test_bad_arguments_stop_with_one_line(args, message, tmp_path):

@@ -10,7 +10,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import f1_score, mean_absolute_error
 
 from common.kemdy import EMOTIONS
-from common.tasks import ccc, classification_metrics, per_sample_loss, regression_metrics
+from common.tasks import Objective, ccc, classification_metrics, emotion_probabilities, regression_metrics
 
 
 def test_classification_metrics_on_a_hand_computed_example():
@@ -120,9 +120,58 @@ def test_loss_is_per_sample_bce_plus_weighted_standardised_mse():
     va = torch.tensor([[3.0, 2.0], [4.5, 1.0], [1.0, 5.0]])
     mean, std = torch.tensor([3.0, 2.5]), torch.tensor([1.0, 0.5])
     batch = {"labels": labels, "va": va}
-    got = per_sample_loss({"emotion_logits": logits, "va_z": va_z}, batch, mean, std, 2.0, 0.5)
+    got = Objective(cls_weight=2.0, reg_weight=0.5).per_sample(
+        {"emotion_logits": logits, "va_z": va_z}, batch, mean, std
+    )
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
     mse = ((va_z - (va - mean) / std) ** 2).mean(1)
     assert torch.allclose(got, 2.0 * bce + 0.5 * mse)
-    assert torch.allclose(per_sample_loss({"emotion_logits": logits}, batch, mean, std), bce)
-    assert torch.allclose(per_sample_loss({"va_z": va_z}, batch, mean, std), mse)
+    assert torch.allclose(Objective().per_sample({"emotion_logits": logits}, batch, mean, std), bce)
+    assert torch.allclose(Objective().per_sample({"va_z": va_z}, batch, mean, std), mse)
+
+
+def test_the_original_emotion_loss_is_multilabel_soft_margin_on_the_softmax():
+    torch.manual_seed(1)
+    logits = torch.randn(5, 7) * 3
+    labels = (torch.rand(5, 7) < 0.3).float()
+    labels[0] = 1.0  # a row of all seven emotions, as the original's dictionary made of unknown labels
+    got = Objective(emotion_output="softmax").per_sample({"emotion_logits": logits}, {"labels": labels}, 0, 1)
+    p = torch.softmax(logits, dim=1)
+    # torch's own criterion on the softmax, averaged over the batch as the original did ...
+    assert torch.allclose(got.mean(), torch.nn.MultiLabelSoftMarginLoss()(p, labels))
+    # ... and per utterance by hand: -mean_c [y log s(p) + (1 - y) log(1 - s(p))], s the logistic function
+    s = 1 / (1 + torch.exp(-p))
+    by_hand = -(labels * torch.log(s) + (1 - labels) * torch.log(1 - s)).mean(1)
+    assert torch.allclose(got, by_hand)
+    assert not torch.allclose(got, Objective().per_sample({"emotion_logits": logits}, {"labels": labels}, 0, 1))
+
+
+def test_softmax_probabilities_sum_to_one_so_that_the_original_never_predicts_two_emotions():
+    logits = torch.tensor([[5.0, 5.0, -9, -9, -9, -9, -9], [0.1, 0.0, 0, 0, 0, 0, 0]])
+    p = emotion_probabilities(logits, "softmax").numpy()
+    assert np.allclose(p.sum(1), 1.0) and np.allclose(p, F.softmax(logits, dim=1).numpy())
+    assert ((p > 0.5).sum(1) <= 1).all()  # two equal leaders at 0.4999...: neither predicted
+    sig = emotion_probabilities(logits, "sigmoid").numpy()
+    assert np.allclose(sig, 1 / (1 + np.exp(-logits.numpy())))
+    assert (sig[0] > 0.5).sum() == 2
+
+
+def test_an_emotion_is_predicted_only_where_its_probability_exceeds_the_threshold():
+    labels = np.array([[1, 0, 0, 0, 0, 0, 0]])
+    at = np.array([[0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1]])  # exactly at the threshold: not predicted (original: >)
+    m, _ = classification_metrics(labels, at, 0.5)
+    assert m["subset_accuracy"] == 0.0 and m["hamming_accuracy"] == pytest.approx(6 / 7)
+    m, _ = classification_metrics(labels, at + [[1e-6, 0, 0, 0, 0, 0, 0]], 0.5)
+    assert m["subset_accuracy"] == 1.0
+
+
+def test_the_original_va_loss_is_the_sum_of_two_mses_on_the_raw_scale():
+    torch.manual_seed(2)
+    va_pred = torch.rand(6, 2) * 4 + 1
+    va = torch.rand(6, 2) * 4 + 1
+    # Raw targets: the trainer sets the model's scaling to mean 0, deviation 1.
+    got = Objective(va_loss="sum").per_sample({"va_z": va_pred}, {"va": va}, torch.zeros(2), torch.ones(2))
+    mse = torch.nn.MSELoss()
+    assert torch.allclose(got.mean(), mse(va_pred[:, 0], va[:, 0]) + mse(va_pred[:, 1], va[:, 1]))
+    mean = Objective().per_sample({"va_z": va_pred}, {"va": va}, torch.zeros(2), torch.ones(2))
+    assert torch.allclose(got, 2 * mean)
