@@ -12,12 +12,14 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from common.atomic import build_folder
+from common.atomic import build_folder, remove_stale_temporaries
+from common.errors import writing
 
 FORMAT = 1  # part of every key: a new on-disk format never reads an old cache
 
@@ -34,11 +36,28 @@ def file_stamp(path: str | Path) -> tuple[str, int, int]:
     return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
 
-def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
-    """(folder, built now) for `<cache_dir>/<kind>-<key>`, built with build(tmp_folder) if missing."""
+class DamagedCache(ValueError):
+    """A cache folder whose files do not hold what its description says (truncated, overwritten)."""
+
+
+def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None], log=print) -> tuple[Path, bool]:
+    """(folder, built now) for `<cache_dir>/<kind>-<key>`, built with build(tmp_folder) if missing.
+
+    Temporaries that killed runs left behind are removed first; a full disk or an unwritable folder stops
+    with one line, leaving nothing half-written.
+    """
     folder = Path(cache_dir) / f"{kind}-{key}"
     existed = folder.is_dir()
-    return build_folder(folder, build), not existed
+    with writing(f"the {kind} cache", cache_dir, "; or give another --cache_dir, or --no-cache"):
+        for path in remove_stale_temporaries(cache_dir):
+            log(f"removed {path}, left half-written by a run that is no longer running")
+        return build_folder(folder, build), not existed
+
+
+def rebuild(folder: Path, problem: str, log=print) -> None:
+    """Remove a damaged cache folder (the next `cached` call builds it again), saying so."""
+    log(f"{folder}: damaged ({problem}); building it again")
+    shutil.rmtree(folder)
 
 
 class ArrayStore:
@@ -54,9 +73,16 @@ class ArrayStore:
     def __init__(self, folder: str | Path):
         folder = Path(folder)
         self.path = folder / "data.bin"
-        self.dtype = np.dtype(json.loads((folder / "store.json").read_text())["dtype"])
-        self.starts = np.load(folder / "starts.npy")
-        self.lengths = np.load(folder / "lengths.npy")
+        try:
+            self.dtype = np.dtype(json.loads((folder / "store.json").read_text())["dtype"])
+            self.starts = np.load(folder / "starts.npy")
+            self.lengths = np.load(folder / "lengths.npy")
+            expected = int((self.starts + self.lengths).max()) * self.dtype.itemsize if len(self.starts) else 0
+            found = self.path.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DamagedCache(f"{type(err).__name__}: {err}") from None
+        if len(self.starts) != len(self.lengths) or found != expected:
+            raise DamagedCache(f"data.bin holds {found} bytes, its index describes {expected}")
         self._map: mmap.mmap | None = None
         self._pid = None
         self._unreleased = 0

@@ -7,11 +7,12 @@ does not apply to a script (say --speech_model for a text script) is accepted an
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from common.errors import UserError
 from common.folds import NUM_FOLDS, SPLITS
-from common.kemdy import EMOTIONS, LABEL_READINGS
+from common.kemdy import DUPLICATE_ROWS, EMOTIONS, LABEL_READINGS
 from common.model import DROPOUT_ON, SPEECH_INPUTS, TEXT_INPUTS, Cell
 from common.tasks import EMOTION_OUTPUTS, VA_LOSSES
 
@@ -39,6 +40,7 @@ ORIGINAL = {
     "va_targets": "raw",
     "va_loss": "sum",
     "dropout_on": "modalities",
+    "duplicate_rows": "all",
     "valid_ratio": 0.0,
     "group_by_length": False,
 }
@@ -99,6 +101,13 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="Emotion cells: checked (both spellings of disgust; a row with an unknown label is excluded), or "
         "original (its dictionary knows only 'disqust': KEMDy19's 'disgust' and any unknown label become all "
         "seven emotions)",
+    )
+    add(
+        "--duplicate_rows",
+        choices=DUPLICATE_ROWS,
+        default="all",
+        help="a segment id listed twice in one annotation file: use every row, as the original (the file order "
+        "defines the folds), or only the first",
     )
     add("--max_text_len", type=int, default=256, help="maximum transcript length in tokens")
     add("--max_seq_len", type=float, default=5, help="seconds of 16 kHz audio kept from each clip")
@@ -250,8 +259,9 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add(
         "--keep_checkpoint",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep the chosen epoch's checkpoint (model, optimizer, RNG states) when the run finishes",
+        default=False,
+        help="keep the chosen epoch's checkpoint (model, optimizer and RNG states: about 3 times the model) "
+        "when the run finishes; the trained model is in model/ either way",
     )
     add(
         "--report_to",
@@ -296,8 +306,12 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         raise UserError(f"--num_labels {args.num_labels}: KEMDy has {len(EMOTIONS)} emotion classes; only 7 works")
     if args.regress != 1:
         raise UserError(f"--regress {args.regress}: valence and arousal are one number each; only 1 works")
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name} {value}: must be a finite number")
     for name, ok, rule in [
         ("batch_size", args.batch_size >= 1, "at least 1"),
+        ("seed", 0 <= args.seed < 2**32, "in 0 .. 2**32 - 1"),
         ("epochs", args.epochs >= 1, "at least 1"),
         ("lr", args.lr > 0, "positive"),
         ("head_lr", args.head_lr is None or args.head_lr > 0, "positive"),

@@ -17,7 +17,7 @@ from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from common.cache import ArrayStore, cached, file_stamp, fingerprint
+from common.cache import ArrayStore, DamagedCache, cached, file_stamp, fingerprint, rebuild
 from common.errors import UserError
 from common.kemdy import Utterance
 
@@ -261,8 +261,16 @@ def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, l
     def progress(it):
         return tqdm(it, desc=f"{kind} cache", leave=False, disable=None, dynamic_ncols=True)
 
-    folder, built = cached(cache_dir, kind, key, lambda tmp: ArrayStore.write(tmp, rows, dtype, keys, progress))
-    store = ArrayStore(folder)
+    def build(tmp):
+        ArrayStore.write(tmp, rows, dtype, keys, progress)
+
+    folder, built = cached(cache_dir, kind, key, build, log)
+    try:
+        store = ArrayStore(folder)
+    except DamagedCache as err:
+        rebuild(folder, str(err), log)
+        folder, built = cached(cache_dir, kind, key, build, log)
+        store = ArrayStore(folder)
     action = f"built in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{kind} cache {folder}: {action} ({len(store)} utterances)")
     return store

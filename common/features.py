@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.cache import cached, fingerprint
+from common.cache import DamagedCache, cached, fingerprint, rebuild
 from common.data import AudioSpec, Collator, Inputs, KemdyDataset
 
 
@@ -87,8 +87,14 @@ def frozen_vectors(
         collate.pad_to_max_length,
     )
     start = time.perf_counter()
-    folder, built = cached(cache_dir, f"{modality}_vectors", key, lambda tmp: _save(tmp, compute()))
-    vectors = np.load(folder / "vectors.npy")
+    kind = f"{modality}_vectors"
+    folder, built = cached(cache_dir, kind, key, lambda tmp: _save(tmp, compute()), log)
+    try:
+        vectors = _load(folder, len(utterances))
+    except DamagedCache as err:
+        rebuild(folder, str(err), log)
+        folder, built = cached(cache_dir, kind, key, lambda tmp: _save(tmp, compute()), log)
+        vectors = _load(folder, len(utterances))
     action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{modality} vectors {folder}: {action} ({vectors.shape[0]} x {vectors.shape[1]})")
     return vectors
@@ -100,6 +106,16 @@ def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:
     if lengths is None:
         lengths = [len(u.text) if modality == "text" else u.duration for u in utterances]
     return sorted(range(len(utterances)), key=lambda i: -lengths[i])
+
+
+def _load(folder, n: int) -> np.ndarray:
+    try:
+        vectors = np.load(folder / "vectors.npy")
+    except (OSError, ValueError) as err:
+        raise DamagedCache(f"{type(err).__name__}: {err}") from None
+    if vectors.ndim != 2 or len(vectors) != n:
+        raise DamagedCache(f"vectors.npy holds {vectors.shape}, expected {n} rows")
+    return vectors
 
 
 def _save(folder, vectors: np.ndarray) -> None:

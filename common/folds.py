@@ -86,7 +86,14 @@ def fold_splits(
 ) -> tuple[Fold, list[int], list[int]]:
     """(fold, train, valid) of `fold` under `split`, validation held out as that split does it."""
     f = make_fold(sessions, fold, split)
+    if not f.test or not f.train:
+        raise UserError(
+            f"the corpus has {len(sessions)} usable utterances: too few for {NUM_FOLDS} folds (fold {fold} would "
+            f"{'test' if not f.test else 'train'} on none)"
+        )
     train, valid = hold_out_validation(f.train, valid_ratio, sessions if split == "session" else None)
+    if not train:
+        raise UserError(f"--valid_ratio {valid_ratio}: leaves no training utterance in fold {fold}; choose less")
     return f, train, valid
 
 

@@ -21,10 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from common.errors import UserError, run_cli
-from common.folds import NUM_FOLDS, SPLITS, fold_sizes
+from common.folds import SPLITS, fold_sizes
 
 # The class order used everywhere (multi-hot vectors, logits, reports): alphabetical.
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -34,6 +35,7 @@ _LABEL_INDEX = {name: i for i, name in enumerate(EMOTIONS)} | {"disqust": EMOTIO
 ORIGINAL_LABELS = {"angry": 0, "disqust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6}
 ALL_SEVEN = (1,) * len(EMOTIONS)
 LABEL_READINGS = ("checked", "original")
+DUPLICATE_ROWS = ("all", "first")
 DATASETS = ("19", "20")
 
 
@@ -96,6 +98,22 @@ class Corpus:
     other_actor_rows: int = 0  # KEMDy19 rows dropped by rows="speaker"
     transcript_encodings: Counter = field(default_factory=Counter)
     labels: str = "checked"  # how Emotion cells were read (LABEL_READINGS)
+    duplicates: list[Exclusion] = field(default_factory=list)  # rows repeating a segment id of their file
+    blank_first_line: list[str] = field(default_factory=list)  # utterances whose transcript starts blank
+
+    def fingerprint(self) -> str:
+        """A hash of the listing (utterances in order, their files, labels, scores and transcripts): runs
+        that continue or are compared must have read the same corpus."""
+        from common.cache import fingerprint
+
+        return fingerprint(
+            self.dataset,
+            self.labels,
+            [
+                (u.segment_id, u.wav.relative_to(self.root).as_posix(), u.labels, u.valence, u.arousal, u.text)
+                for u in self.utterances
+            ],
+        )
 
 
 def decode_text(data: bytes) -> tuple[str, str] | None:
@@ -151,8 +169,8 @@ def _parse_score(cell: str, name: str) -> float:
     return value
 
 
-def _read_annotation(path: Path, layout: Layout) -> list[list[str]]:
-    """The data rows of one annotation file, after checking its two header rows."""
+def _read_annotation(path: Path, layout: Layout) -> tuple[list[list[str]], int]:
+    """(data rows, cells of the header row) of one annotation file, after checking its two header rows."""
     decoded = decode_text(path.read_bytes())
     if decoded is None:
         raise UserError(f"{path}: annotation file is neither UTF-8 nor cp949 text")
@@ -184,7 +202,7 @@ def _read_annotation(path: Path, layout: Layout) -> list[list[str]]:
             f"{path}: expected Emotion, Valence, Arousal in columns {col + 2}-{col + 4} of the second "
             f"header row, found {', '.join(repr(f) for f in found)} (missing columns?)"
         )
-    return rows[2:]
+    return rows[2:], len(second)
 
 
 class _Skip(Exception):
@@ -202,14 +220,21 @@ class _RowReader:
         self.layout, self.root, self.labels = layout, root, labels
         self._info: dict[Path, object] = {}
         self._text: dict[Path, tuple[str, str] | None] = {}
+        self.blank_first_line: set[Path] = set()  # transcripts whose text starts on a later line
 
     def _wav_info(self, wav: Path):
         if wav not in self._info:
             try:
-                self._info[wav] = sf.info(str(wav))
+                info = sf.info(str(wav))
+                # Float files can hold NaN or infinite samples, which would poison every batch they are in.
+                if info.subtype in ("FLOAT", "DOUBLE") and not np.isfinite(sf.read(str(wav), dtype="float32")[0]).all():
+                    info = _Skip("unreadable_wav", f"{wav}: NaN or infinite samples")
             except (sf.LibsndfileError, RuntimeError, OSError) as err:
                 message = (str(err).strip() or "unreadable").splitlines()[0]
-                raise _Skip("unreadable_wav", f"{wav}: {message}") from None
+                info = _Skip("unreadable_wav", f"{wav}: {message}")
+            self._info[wav] = info
+        if isinstance(self._info[wav], _Skip):
+            raise self._info[wav]
         return self._info[wav]
 
     def _transcript(self, txt: Path) -> tuple[str, str]:
@@ -219,11 +244,13 @@ class _RowReader:
             raise _Skip("undecodable_transcript", f"{txt}: neither UTF-8 nor cp949")
         return self._text[txt]
 
-    def read(self, annotation: str, file_session: str, line: int, row: list[str]) -> tuple[Utterance, str]:
+    def read(self, annotation: str, file_session: str, line: int, row: list[str], width: int) -> tuple[Utterance, str]:
         """The row's utterance and its transcript's encoding; raises _Skip when unusable."""
         col = self.layout.segment_col
         if len(row) < col + 4:
             raise _Skip("malformed_row", f"{len(row)} columns, need at least {col + 4}")
+        if len(row) > width:  # the original's pandas refused such a file; here the row is set aside
+            raise _Skip("malformed_row", f"{len(row)} cells, the header has {width} (an unquoted comma in a cell?)")
         annotation_id = row[col].strip()
         if not annotation_id:
             raise _Skip("missing_segment_id")
@@ -242,6 +269,8 @@ class _RowReader:
         info = self._wav_info(wav)
         text, encoding = self._transcript(txt)
         lines = text.splitlines()
+        if lines and not lines[0].strip() and any(rest.strip() for rest in lines[1:]):
+            self.blank_first_line.add(txt)  # the first line is the utterance, as the original read it
         # Last, so that a row excluded for its label is one the original used (as all seven emotions).
         try:
             labels = (original_emotions if self.labels == "original" else parse_emotions)(row[col + 1])
@@ -317,12 +346,18 @@ def _check_root(dataset: str, root: Path) -> list[Path]:
     raise UserError(f"{root / 'annotation'}: no KEMDy{dataset} annotation files ({layout.file_glob})")
 
 
-def read_corpus(dataset: str, root: str | Path, rows: str = "all", labels: str = "checked") -> Corpus:
+def read_corpus(
+    dataset: str, root: str | Path, rows: str = "all", labels: str = "checked", duplicates: str = "all"
+) -> Corpus:
     """Read a KEMDy19/20 root. rows="speaker" keeps, for KEMDy19, only the speaking actor's file's row;
-    labels="original" reads Emotion cells as the original did (`original_emotions`)."""
+    labels="original" reads Emotion cells as the original did (`original_emotions`); duplicates="first"
+    keeps only the first row of a segment id that one annotation file lists twice (the original used
+    every row, and so does "all")."""
     dataset, root = str(dataset), Path(root)
     if rows not in ("all", "speaker"):
         raise UserError(f"rows {rows!r}: choose 'all' or 'speaker'")
+    if duplicates not in DUPLICATE_ROWS:
+        raise UserError(f"duplicates {duplicates!r}: choose {' or '.join(DUPLICATE_ROWS)}")
     if labels not in LABEL_READINGS:
         raise UserError(f"labels {labels!r}: choose {' or '.join(LABEL_READINGS)}")
     files = _check_root(dataset, root)
@@ -331,7 +366,9 @@ def read_corpus(dataset: str, root: str | Path, rows: str = "all", labels: str =
     reader = _RowReader(layout, root, labels)
     for path in files:
         file_match = layout.file_pattern.match(path.name)
-        for line, row in enumerate(_read_annotation(path, layout), start=3):
+        data, width = _read_annotation(path, layout)
+        seen: set[str] = set()
+        for line, row in enumerate(data, start=3):
             if not any(c.strip() for c in row):
                 continue
             corpus.rows += 1
@@ -341,7 +378,12 @@ def read_corpus(dataset: str, root: str | Path, rows: str = "all", labels: str =
                     corpus.other_actor_rows += 1
                     continue
             try:
-                utterance, encoding = reader.read(path.name, file_match.group(1), line, row)
+                utterance, encoding = reader.read(path.name, file_match.group(1), line, row, width)
+                if utterance.annotation_id in seen:
+                    corpus.duplicates.append(Exclusion(utterance.annotation_id, "duplicate_row", path.name, line))
+                    if duplicates == "first":
+                        raise _Skip("duplicate_row", f"listed again in {path.name}: the first row is used")
+                seen.add(utterance.annotation_id)
             except _Skip as skip:
                 ident = row[layout.segment_col].strip() if len(row) > layout.segment_col else ""
                 corpus.excluded.append(
@@ -350,6 +392,8 @@ def read_corpus(dataset: str, root: str | Path, rows: str = "all", labels: str =
                 continue
             corpus.utterances.append(utterance)
             corpus.transcript_encodings[encoding] += 1
+            if utterance.wav.with_suffix(".txt") in reader.blank_first_line:
+                corpus.blank_first_line.append(utterance.segment_id)
     if not corpus.utterances:
         reasons = Counter(e.reason for e in corpus.excluded).most_common(3)
         raise UserError(
@@ -405,6 +449,9 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
         "single_label": n_labels.get(1, 0),
         "multi_label": sum(n for k, n in n_labels.items() if k > 1),
         "labels_per_utterance": {str(k): n for k, n in sorted(n_labels.items())},
+        "duplicate_rows": [
+            {"segment_id": d.segment_id, "annotation": d.annotation, "line": d.line} for d in corpus.duplicates
+        ],
         "original_all_seven": {
             "rows": len(seven),
             "cells": dict(Counter(cell for *_, cell in seven).most_common()),
@@ -426,13 +473,21 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
         "transcripts": {
             "encodings": dict(sorted(corpus.transcript_encodings.items())),
             "empty": sum(not u.text for u in utts),
+            "blank_first_line": len(corpus.blank_first_line),
         },
-        "folds": {
-            split: fold_sizes([u.session for u in utts], split)
-            for split in SPLITS
-            if split != "session" or len({u.session for u in utts}) >= NUM_FOLDS
-        },
+        "folds": _fold_sizes([u.session for u in utts]),
     }
+
+
+def _fold_sizes(sessions: list[str]) -> dict[str, list[dict]]:
+    """Fold sizes under each split the corpus is large enough for."""
+    out = {}
+    for split in SPLITS:
+        try:
+            out[split] = fold_sizes(sessions, split)
+        except UserError:  # too few utterances or sessions: the audit still reports the rest
+            pass
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -458,6 +513,9 @@ def format_summary(s: dict) -> str:
         f"single-label: {s['single_label']}   multi-label: {s['multi_label']}   "
         f"(labels per utterance: {s['labels_per_utterance']})"
     )
+    if s["duplicate_rows"]:
+        shown = ", ".join(f"{d['segment_id']} ({d['annotation']}:{d['line']})" for d in s["duplicate_rows"][:10])
+        out.append(f"rows repeating a segment id of their file (all used, as the original): {shown}")
     seven = s["original_all_seven"]
     ids = seven["segment_ids"]
     out.append(
@@ -478,7 +536,10 @@ def format_summary(s: dict) -> str:
     )
     out.append(f"       sample rates {a['sample_rates']}  channels {a['channels']}")
     t = s["transcripts"]
-    out.append(f"transcripts: encodings {t['encodings']}  empty {t['empty']}")
+    out.append(
+        f"transcripts: encodings {t['encodings']}  empty {t['empty']}  first line blank {t['blank_first_line']} "
+        "(the first line is the utterance, as the original read it)"
+    )
     out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
     for split, rows in s["folds"].items():
         for r in rows:
@@ -509,6 +570,12 @@ def main(argv: list[str] | None = None) -> None:
         default="checked",
         help="read Emotion cells with both spellings of disgust (checked), or as the original did",
     )
+    parser.add_argument(
+        "--duplicate_rows",
+        choices=DUPLICATE_ROWS,
+        default="all",
+        help="a segment id listed twice in one annotation file: use every row (as the original) or the first",
+    )
     parser.add_argument("--json", action="store_true", help="print the audit as JSON")
     args = parser.parse_args(argv)
     if args.demo:
@@ -517,7 +584,10 @@ def main(argv: list[str] | None = None) -> None:
         args.dataset_dir = demo_corpus(args.dataset)
     elif not args.dataset_dir:
         parser.error("--dataset_dir is required (or --demo)")
-    summary = summarize(read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels))
+    corpus = read_corpus(
+        args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
+    )
+    summary = summarize(corpus)
     print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
 
 

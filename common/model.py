@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
@@ -64,12 +65,30 @@ class Cell:
         return self.task in ("regression", "total")
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def damaged_weights(folder: Path) -> str | None:
+    """What is wrong with a folder's weight files, if anything can be told without loading them."""
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        with path.open("rb") as f:
+            head = f.read(len(LFS_POINTER))
+        if head == LFS_POINTER:
+            return f"{path.name} is a Git LFS pointer, not the weights: run `git lfs pull` there, or download it again"
+    return None
+
+
 def _load(flag: str, name: str, loader):
     try:
         return loader(name)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError, SafetensorError) as err:
         first = (str(err).strip().splitlines() or ["unknown error"])[0]
         if Path(name).is_dir():
+            problem = damaged_weights(Path(name))
+            if problem:
+                raise UserError(f"{flag} {name}: {problem}") from None
+            if isinstance(err, SafetensorError):
+                first = f"damaged or truncated weights: {first}; download the model again"
             raise UserError(f"{flag} {name}: cannot load from this folder ({first})") from None
         raise UserError(
             f"{flag} {name}: not a local folder and not available offline ({first}); "
@@ -77,16 +96,27 @@ def _load(flag: str, name: str, loader):
         ) from None
 
 
+def _expect(flag: str, name: str, encoder: nn.Module, input_name: str, kind: str, example: str) -> None:
+    """A text flag given a speech model (or the reverse) stops here, not in the first forward pass."""
+    if getattr(encoder, "main_input_name", input_name) != input_name:
+        raise UserError(
+            f"{flag} {name}: not a {kind} encoder ({type(encoder).__name__} reads {encoder.main_input_name}); "
+            f"give one such as {example}"
+        )
+
+
 def load_text_encoder(name: str) -> tuple[object, nn.Module]:
     """(tokenizer, encoder) from a hub name or a local folder."""
-    tokenizer = _load("--text_model", name, AutoTokenizer.from_pretrained)
-    return tokenizer, _load("--text_model", name, AutoModel.from_pretrained)
+    encoder = _load("--text_model", name, AutoModel.from_pretrained)
+    _expect("--text_model", name, encoder, "input_ids", "text", "klue/bert-base")
+    return _load("--text_model", name, AutoTokenizer.from_pretrained), encoder
 
 
 def load_speech_encoder(name: str) -> tuple[object, nn.Module]:
     """(feature extractor, encoder) from a hub name or a local folder."""
-    extractor = _load("--speech_model", name, AutoFeatureExtractor.from_pretrained)
-    return extractor, _load("--speech_model", name, AutoModel.from_pretrained)
+    encoder = _load("--speech_model", name, AutoModel.from_pretrained)
+    _expect("--speech_model", name, encoder, "input_values", "speech", "facebook/wav2vec2-base-960h")
+    return _load("--speech_model", name, AutoFeatureExtractor.from_pretrained), encoder
 
 
 @dataclass(frozen=True)

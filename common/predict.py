@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from common.data import Collator, TokenIds, load_audio, model_audio, to_pcm16
 from common.errors import UserError, run_cli
@@ -36,8 +37,18 @@ class Predictor:
                 f"--run_dir {run_dir}: not a finished run with a saved model (needs config.json and model/); "
                 "train without --no-save_model"
             )
-        self.args = json.loads(config_path.read_text(encoding="utf-8"))["args"]
-        self.model, self.tokenizer, extractor = EmotionModel.load(model_dir)
+        try:
+            self.args = json.loads(config_path.read_text(encoding="utf-8"))["args"]
+            self.model, self.tokenizer, extractor = EmotionModel.load(model_dir)
+            missing = {"max_seq_len", "max_text_len", "threshold", "pad_to_max_length"} - set(self.args)
+            if missing:
+                raise KeyError(f"config.json lacks {', '.join(sorted(missing))}")
+        except UserError as err:
+            raise UserError(f"--run_dir {run_dir}: damaged run directory ({err}); train the run again") from None
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+            raise UserError(
+                f"--run_dir {run_dir}: damaged run directory ({type(err).__name__}: {err}); train the run again"
+            ) from None
         self.model.to(device)
         self.device = device
         cell = self.model.heads.cell

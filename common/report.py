@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic
-from common.errors import UserError, run_cli
+from common import atomic, rundir
+from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.kemdy import EMOTIONS
 
@@ -45,6 +45,8 @@ class FoldSet:
     runs: dict[int, Path] = field(default_factory=dict)  # fold -> run directory
     metrics: dict[int, dict] = field(default_factory=dict)  # fold -> metrics.json
     duplicates: list[Path] = field(default_factory=list)  # a second run claiming a fold already seen
+    settings: dict | None = None  # what changes results (config.json's arguments and corpus fingerprint)
+    mixed: list[str] = field(default_factory=list)  # how its settings differ from another set in its folder
 
     @property
     def folds(self) -> list[int]:
@@ -52,13 +54,14 @@ class FoldSet:
 
     @property
     def complete(self) -> bool:
-        return self.folds == list(range(1, NUM_FOLDS + 1)) and not self.duplicates
+        return self.folds == list(range(1, NUM_FOLDS + 1)) and not self.duplicates and not self.mixed
 
     @property
     def status(self) -> str:
         missing = [k for k in range(1, NUM_FOLDS + 1) if k not in self.metrics]
         text = f"{len(self.metrics)}/{NUM_FOLDS}" + (f" (missing {', '.join(map(str, missing))})" if missing else "")
-        return text + (f" ({len(self.duplicates)} duplicate runs ignored)" if self.duplicates else "")
+        text += f" ({len(self.duplicates)} duplicate runs ignored)" if self.duplicates else ""
+        return text + (f" (settings differ in this folder: {', '.join(self.mixed[:3])})" if self.mixed else "")
 
     @property
     def name(self) -> str:
@@ -82,17 +85,38 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
             m["test"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{path}: not a run's metrics.json ({type(err).__name__}: {err})") from None
-        fs = sets.setdefault(key, FoldSet(*key))
+        settings = _settings(path.parent / "config.json")
+        key += (json.dumps(settings, sort_keys=True, default=str),)
+        fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings))
         if fold in fs.metrics:
             fs.duplicates.append(path.parent)
             continue
         fs.runs[fold], fs.metrics[fold] = path.parent, m
 
+    # Runs of one folder with other settings never make one fold set: each group is marked instead.
+    by_place = defaultdict(list)
+    for fs in sets.values():
+        by_place[fs.folder, fs.script, fs.dataset, fs.split].append(fs)
+    for group in by_place.values():
+        for fs in group:
+            for other in group:
+                if other is not fs:
+                    fs.mixed += rundir.differences(other.settings or {}, fs.settings or {})
+
     def order(fs: FoldSet):
         rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
-        return fs.dataset, fs.split, rank, fs.script, str(fs.folder)
+        return fs.dataset, fs.split, rank, fs.script, str(fs.folder), fs.folds
 
     return sorted(sets.values(), key=order)
+
+
+def _settings(config_path: Path) -> dict | None:
+    """The result-changing arguments of a run, and its corpus, from its config.json (None without one)."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rundir.settings(config.get("args", {})) | {"corpus": config.get("data", {}).get("fingerprint")}
 
 
 def flat_metrics(test: dict) -> dict[str, float | None]:
@@ -404,7 +428,10 @@ def main(argv: list[str] | None = None) -> None:
     if not sets:
         raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
     out = Path(args.out or Path(args.runs_dir, "report"))
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the report")
+    with writing("the report", out):
+        out.mkdir(parents=True, exist_ok=True)
     md, table = tables(sets)
     atomic.write_text(out / "results.md", md + "\n")
     atomic.write_text(out / "results.csv", table)

@@ -13,6 +13,7 @@ import copy
 import csv
 import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -28,11 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common import atomic
-from common.checkpoints import Checkpoints, check_same_settings, check_writable, decide
+from common import atomic, rundir
+from common.checkpoints import Checkpoints
 from common.cli import parse_args
 from common.data import AudioSpec, Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
-from common.errors import run_cli
+from common.errors import Interrupted, UserError, run_cli, writing
 from common.features import frozen_vectors
 from common.folds import NUM_FOLDS, Fold, fold_splits, session_order
 from common.kemdy import EMOTIONS, Corpus, read_corpus
@@ -45,7 +46,7 @@ from common.model import (
     load_text_encoder,
     pass_audio_mask,
 )
-from common.report import flat_metrics, fold_summary
+from common.report import aggregate, flat_metrics, fold_summary
 from common.tasks import DIMENSIONS, Objective, classification_metrics, emotion_probabilities, regression_metrics
 
 
@@ -55,10 +56,8 @@ def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | 
     run_cli(lambda: train(cell, parse_args(cell, argv, sys.modules["__main__"].__doc__)))
 
 
-def _run_dir(cell: Cell, args, fold: int) -> Path:
-    """--output_dir (its fold<k>/ for --num_fold all), or runs/[demo/]<script>/KEMDy<d>[_session]/fold<k>."""
-    if args.output_dir:
-        return Path(args.output_dir, f"fold{fold}") if args.num_fold == "all" else Path(args.output_dir)
+def _default_run_dir(cell: Cell, args, fold: int) -> Path:
+    """runs/[demo/]<script>/KEMDy<d>[_session][_original]/fold<k>."""
     protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
     protocol += "_original" if args.original else ""
     return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
@@ -96,18 +95,36 @@ class Trainer:
             disable=None if self.accelerator.is_local_main_process else True,  # None: off when not a terminal
             dynamic_ncols=True,
         )
-        for batch in bar:
+        for step, batch in enumerate(bar, 1):
             loss = self.loss(model, model(batch), batch).mean()
+            value = loss.item()
+            self.stop_if_diverged(value, epoch, step)
             self.accelerator.backward(loss)
             if self.args.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            total, count = total + loss.item(), count + 1
+            total, count = total + value, count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
         mean = torch.tensor([total / max(count, 1)], device=self.accelerator.device)
         return float(self.accelerator.gather(mean).mean())
+
+    def stop_if_diverged(self, loss: float, epoch: int, step: int, what: str = "the training loss is") -> None:
+        """Stop every process at the first non-finite loss, before it reaches the weights or a results file."""
+        bad = not math.isfinite(loss)
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(bad)], device=self.accelerator.device)
+            bad = bool(self.accelerator.reduce(flag, reduction="sum").item())
+        if bad:
+            hints = f"lower --lr (now {self.args.lr:g}) or set --max_grad_norm"
+            if self.args.mixed_precision == "fp16":
+                hints += ", or use --mixed_precision bf16 (fp16 overflows)"
+            kept = f"keeps the checkpoint of epoch {epoch - 1}" if epoch > 1 else "holds no finished epoch"
+            raise UserError(
+                f"training diverged: {what} {loss} at epoch {epoch}, step {step}; {hints}. The run directory "
+                f"{kept}; start over with --overwrite"
+            )
 
     @torch.no_grad()
     def predict(self, model, loader) -> dict[str, np.ndarray]:
@@ -171,6 +188,9 @@ class Encoders:
         self.tokenizer = self.extractor = self.text = self.speech = None
         if cell.uses_text:
             self.tokenizer, self.text = load_text_encoder(args.text_model)
+            limit = getattr(self.text.config, "max_position_embeddings", None)
+            if limit and args.max_text_len > limit:
+                raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
         if cell.uses_speech:
             self.extractor, self.speech = load_speech_encoder(args.speech_model)
 
@@ -225,6 +245,7 @@ class Shared:
     """What every fold of a run reads: the corpus, the pretrained encoders, and inputs once prepared."""
 
     corpus: Corpus
+    fingerprint: str  # of the corpus listing, recorded in config.json and checked on --resume
     encoders: Encoders
     inputs: Inputs | None = None
 
@@ -253,26 +274,53 @@ def train(cell: Cell, args) -> dict | list[dict]:
         on_gpu = accelerator.device.type == "cuda"
         args.num_workers = min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0
     folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
-    run_dirs = {k: _run_dir(cell, args, k) for k in folds}
-    modes = {k: decide(run_dirs[k], args) for k in folds}  # refuse before training any fold
-    todo = [k for k in folds if modes[k] != "finished"]
-    shared = None
-    if todo:
-        corpus = read_corpus(args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels)
-        shared = Shared(corpus, Encoders(cell, args))
-    results = []
-    for k in folds:
-        if modes[k] == "finished":
-            result = json.loads((run_dirs[k] / "metrics.json").read_text())
-            log(f"{run_dirs[k]}: already finished\n" + _summary(result, run_dirs[k]))
-        else:
-            fold_args = argparse.Namespace(**{**vars(args), "num_fold": k})
-            result = _train_fold(cell, fold_args, accelerator, run_dirs[k], modes[k], shared, keep=k != todo[-1])
-        results.append(result)
-    if len(results) > 1:
-        log(fold_summary(results))
+    dirs = rundir.run_dirs(lambda k: _default_run_dir(cell, args, k), args.output_dir, folds, log)
+    fold_args = {k: argparse.Namespace(**{**vars(args), "num_fold": k}) for k in folds}
+    with rundir.locked(dirs.values(), accelerator, log):
+        modes = {k: rundir.decide(dirs[k], args) for k in folds}  # refuse before training any fold
+        corpus = read_corpus(
+            args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
+        )
+        shared = Shared(corpus, corpus.fingerprint(), None)
+        for k in folds:  # a fold continued, or counted again, must be the same run on the same corpus
+            if modes[k] != "fresh" and (dirs[k] / "config.json").is_file():
+                rundir.check_same_run(dirs[k] / "config.json", fold_args[k], shared.fingerprint)
+        todo = [k for k in folds if modes[k] != "finished"]
+        if todo:
+            shared.encoders = Encoders(cell, args)
+        if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
+            for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
+                rundir.remove_set_summary(folder, log)
+        results = []
+        for k in folds:
+            if modes[k] == "finished":
+                result = json.loads((dirs[k] / "metrics.json").read_text())
+                log(f"{dirs[k]}: already finished\n" + _summary(result, dirs[k]))
+            else:
+                result = _train_fold(cell, fold_args[k], accelerator, dirs[k], modes[k], shared, keep=k != todo[-1])
+            results.append(result)
+        if len(results) > 1:
+            log(fold_summary(results))
+            if accelerator.is_main_process:
+                _write_set_summary(dirs[folds[0]].parent, results, args)
     accelerator.end_training()
     return results if args.num_fold == "all" else results[0]
+
+
+def _write_set_summary(folder: Path, results: list[dict], args) -> None:
+    """summary.json and summary.md of a --num_fold all run: mean ± std over its folds, with its settings."""
+    stats = aggregate(results)
+    first = results[0]
+    summary = {
+        "script": first["script"],
+        "dataset": first["dataset"],
+        "split": first.get("split", "contiguous"),
+        "folds": [r["fold"] for r in results],
+        "settings": rundir.settings(vars(args)),
+        "test": {k: {"mean": st.mean, "std": st.std, "n_folds": st.n} for k, st in stats.items()},
+    }
+    atomic.write_text(folder / "summary.json", json.dumps(summary, indent=1, allow_nan=False))
+    atomic.write_text(folder / "summary.md", fold_summary(results) + "\n")
 
 
 def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shared, keep: bool) -> dict:
@@ -280,12 +328,10 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
 
     log = accelerator.print
     seed(args.seed)
-    if mode == "resume":
-        check_same_settings(run_dir / "config.json", args)
-    if args.overwrite and accelerator.is_main_process:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if args.overwrite and accelerator.is_main_process:  # only what a run writes: other files stay
+        rundir.clear_run(run_dir)
     accelerator.wait_for_everyone()
-    check_writable(run_dir)
+    rundir.check_writable(run_dir)
     corpus = shared.corpus
     utts = corpus.utterances
     fold, train_idx, valid_idx = fold_splits([u.session for u in utts], args.num_fold, args.split, args.valid_ratio)
@@ -352,7 +398,9 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
     core = accelerator.unwrap_model(model)
     if accelerator.is_main_process and mode == "fresh":
         config = _config(cell, args, corpus, accelerator, fold, len(train_idx), len(valid_idx), model=core)
-        atomic.write_text(run_dir / "config.json", json.dumps(config, indent=1, ensure_ascii=False))
+        config["data"]["fingerprint"] = shared.fingerprint
+        with writing("config.json", run_dir):
+            atomic.write_text(run_dir / "config.json", json.dumps(config, indent=1, ensure_ascii=False))
     if args.report_to != "none":  # events in <run_dir>/tensorboard/
         accelerator.project_configuration.logging_dir = str(run_dir)
         accelerator.init_trackers("tensorboard", config=_tracked_config(args))
@@ -366,26 +414,34 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
         history, best, chosen, start = state["history"], state["best"], state["chosen"], last + 1
         log(f"resuming {run_dir} after epoch {last}")
     in_model = start - 1  # the epoch whose weights the model holds
-    for epoch in range(start, args.epochs + 1):
-        train_loader.set_epoch(epoch)  # accelerate passes it on to the batch sampler at every iteration
-        record = {"epoch": epoch, "train_loss": trainer.fit_epoch(model, train_loader, optimizer, scheduler, epoch)}
-        outputs = {name: trainer.predict(model, loader) for name, loader in eval_loaders.items()}
-        notes = []
-        for name, out in outputs.items():
-            record[name], split_notes = trainer.metrics(out)
-            notes += [f"{name}: {n}" for n in split_notes]
-        record["notes"] = notes
-        history.append(record)
-        log(_epoch_line(record))
-        if args.report_to != "none":
-            accelerator.log(_scalars(record), step=epoch)
-        score = record["valid"]["loss"] if "valid" in record else -epoch  # without validation: the last epoch
-        improved = best is None or score < best
-        if improved:
-            best, chosen = score, epoch
-        state = {"epoch": epoch, "history": history, "best": best, "chosen": chosen}
-        checkpoints.save(epoch, state, outputs["test"] if improved else None)
-        in_model = epoch
+    try:
+        for epoch in range(start, args.epochs + 1):
+            train_loader.set_epoch(epoch)  # accelerate passes it on to the batch sampler at every iteration
+            record = {"epoch": epoch, "train_loss": trainer.fit_epoch(model, train_loader, optimizer, scheduler, epoch)}
+            outputs = {name: trainer.predict(model, loader) for name, loader in eval_loaders.items()}
+            for name, out in outputs.items():  # fp16 overflow can leave the training loss finite and these not
+                worst = next((float(v[~np.isfinite(v)][0]) for v in out.values() if not np.isfinite(v).all()), 0.0)
+                trainer.stop_if_diverged(worst, epoch, len(train_loader), what=f"a {name} output is")
+            notes = []
+            for name, out in outputs.items():
+                record[name], split_notes = trainer.metrics(out)
+                notes += [f"{name}: {n}" for n in split_notes]
+            record["notes"] = notes
+            history.append(record)
+            log(_epoch_line(record))
+            if args.report_to != "none":
+                accelerator.log(_scalars(record), step=epoch)
+            score = record["valid"]["loss"] if "valid" in record else -epoch  # without validation: the last epoch
+            improved = best is None or score < best
+            if improved:
+                best, chosen = score, epoch
+            state = {"epoch": epoch, "history": history, "best": best, "chosen": chosen}
+            checkpoints.save(epoch, state, outputs["test"] if improved else None)
+            in_model = epoch
+    except KeyboardInterrupt:
+        done = checkpoints.epochs()
+        where = f"after epoch {done[-1]}" if done else "before the first epoch ended"
+        raise Interrupted(f"interrupted {where} ({run_dir}); continue with --resume") from None
 
     if chosen != in_model:
         checkpoints.load(chosen)
@@ -402,23 +458,33 @@ def _train_fold(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared:
         "epochs": history,
     }
     if accelerator.is_main_process:  # metrics.json last: its presence marks a finished run
-        _write_predictions(run_dir / "predictions.csv", utts, best_test)
-        if args.save_model:
-            shutil.rmtree(run_dir / "model", ignore_errors=True)
-            atomic.build_folder(run_dir / "model", lambda tmp: core.save(tmp, tokenizer, extractor))
-        atomic.write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
-        log(_summary(result, run_dir))
+        with writing("the results", run_dir, "; the checkpoints are kept: then continue with --resume"):
+            _write_predictions(run_dir / "predictions.csv", utts, best_test)
+            if args.save_model:
+                shutil.rmtree(run_dir / "model", ignore_errors=True)
+                atomic.build_folder(run_dir / "model", lambda tmp: core.save(tmp, tokenizer, extractor))
+            atomic.write_text(run_dir / "metrics.json", json.dumps(result, indent=1, allow_nan=False))
     accelerator.wait_for_everyone()
     if args.keep_checkpoint:
         checkpoints.prune(keep=chosen)
     else:
         checkpoints.remove()
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _record_size(run_dir)
+        log(_summary(result, run_dir))
     for tracker in accelerator.trackers:  # end_training() would also end the processes' group
         tracker.finish()
     accelerator.trackers = []
     accelerator.free_memory()  # the next fold's model, optimizer and loaders replace these
     return result
+
+
+def _record_size(run_dir: Path) -> None:
+    """The finished run directory's size, in config.json (its `disk_bytes`)."""
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config["disk_bytes"] = rundir.size(run_dir)
+    atomic.write_text(run_dir / "config.json", json.dumps(config, indent=1, ensure_ascii=False))
 
 
 def _tracked_config(args) -> dict:
@@ -460,7 +526,7 @@ def _summary(result: dict, run_dir: Path) -> str:
             lines.append("  per-class F1: " + "  ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
         elif key != "n":
             lines.append(f"  {key:<18}{_fmt(value)}")
-    lines.append(f"run directory: {run_dir}")
+    lines.append(f"run directory: {run_dir} ({rundir.human(rundir.size(run_dir))})")
     return "\n".join(lines)
 
 

@@ -1,7 +1,10 @@
 """Preprocessing caches: same inputs as without a cache, reused, invalidated by any change, never half-read."""
 
+import errno
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 
 from common.cache import ArrayStore, cached
 from common.data import Collator, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
+from common.errors import UserError
 from common.features import frozen_vectors
 from common.kemdy import read_corpus
 from common.model import EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
@@ -35,13 +39,13 @@ def test_array_store_reads_back_every_row_and_stores_shared_rows_once(tmp_path):
     assert store.lengths.tolist() == [5, 0, 5, 1] and store[0].dtype == np.int16
 
 
-def test_a_failed_build_leaves_no_cache_behind(tmp_path):
+def test_a_full_disk_while_building_says_so_and_leaves_no_cache_behind(tmp_path):
     def broken(folder):
         folder.mkdir()
         (folder / "data.bin").write_bytes(b"half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=rf"^disk full while writing the audio cache in {tmp_path}; free some space"):
         cached(tmp_path, "audio", "k1", broken)
     assert list(tmp_path.iterdir()) == []
 
@@ -115,11 +119,15 @@ def test_an_unfinished_cache_folder_is_never_read(copy20, tiny_models, tmp_path)
     log = Log()
     prepare_inputs(utts, max_seconds=5.0, cache_dir=cache, log=log)
     (folder,) = cache.iterdir()
-    # a crashed build leaves only a hidden temporary folder: the next run builds the real one
-    shutil.move(folder, cache / f".{folder.name}.tmp-123-abcdef12")
+    # a crashed build leaves only a hidden temporary folder of its process: the next run removes it and
+    # builds the real one
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = cache / f".{folder.name}.tmp-{int(dead.stdout)}-abcdef12"
+    shutil.move(folder, leftover)
     log2 = Log()
     inputs = prepare_inputs(utts, max_seconds=5.0, cache_dir=cache, log=log2)
-    assert "built" in log2[0] and (cache / folder.name).is_dir()
+    assert log2[0] == f"removed {leftover}, left half-written by a run that is no longer running"
+    assert "built" in log2[1] and (cache / folder.name).is_dir() and not leftover.exists()
     np.testing.assert_array_equal(inputs.audio[0], Pcm16Audio([utts[0].wav], 5.0)[0])
 
 

@@ -439,3 +439,60 @@ def test_audit_text_report_and_one_line_errors(corpus20, tmp_path):
     bad = run_audit("--dataset", "20", "--dataset_dir", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr == f"error: --dataset_dir {tmp_path / 'nowhere'}: no such directory\n"
+
+
+def test_an_unquoted_comma_in_a_cell_is_a_malformed_row_not_a_shifted_one(tmp_path):
+    ids = ["Sess01_script01_User001F_001", "Sess01_script01_User001F_002"]
+    path = kemdy20(tmp_path, 1, [(ids[0], "happy", 4, 3), (ids[1], "sad", 2, 2)])
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace(",sad,2,2,", ",sad,3,5,2,")  # valence written 3,5 without quotes
+    path.write_text("\n".join(lines) + "\n")
+    corpus = read_corpus("20", tmp_path)
+    assert [u.segment_id for u in corpus.utterances] == [ids[0]]
+    (e,) = corpus.excluded
+    assert (e.segment_id, e.reason, e.line) == (ids[1], "malformed_row", 4)
+    assert e.detail == "11 cells, the header has 10 (an unquoted comma in a cell?)"
+
+
+def test_a_segment_listed_twice_in_one_file_is_used_twice_as_the_original_or_once_and_listed(tmp_path):
+    sid = "Sess01_script01_User001F_001"
+    kemdy20(tmp_path, 1, [(sid, "happy", 4, 3), ("Sess01_script01_User001F_002", "sad", 2, 2), (sid, "angry", 1, 5)])
+    both = read_corpus("20", tmp_path)
+    assert [(u.segment_id, u.labels) for u in both.utterances] == [
+        (sid, hot("happy")),
+        ("Sess01_script01_User001F_002", hot("sad")),
+        (sid, hot("angry")),
+    ]
+    assert summarize(both)["duplicate_rows"] == [{"segment_id": sid, "annotation": "Sess01_eval.csv", "line": 5}]
+    first = read_corpus("20", tmp_path, duplicates="first")
+    assert [u.labels for u in first.utterances] == [hot("happy"), hot("sad")]
+    assert [(e.segment_id, e.reason, e.line) for e in first.excluded] == [(sid, "duplicate_row", 5)]
+    proc = run_audit("--dataset", "20", "--dataset_dir", str(tmp_path))
+    assert f"rows repeating a segment id of their file (all used, as the original): {sid} (Sess01_eval.csv:5)" in (
+        proc.stdout
+    )
+
+
+def test_transcripts_starting_with_a_blank_line_are_counted_and_keep_the_first_line_rule(tmp_path):
+    ids = [f"Sess01_script01_User001F_{k:03d}" for k in (1, 2)]
+    kemdy20(tmp_path, 1, [(i, "neutral", 3, 3) for i in ids], {ids[0]: "\r\n둘째 줄에 있는 말\r\n".encode("cp949")})
+    corpus = read_corpus("20", tmp_path)
+    assert [u.text for u in corpus.utterances][0] == ""  # the original read the first line
+    assert corpus.blank_first_line == [ids[0]] and summarize(corpus)["transcripts"]["blank_first_line"] == 1
+
+
+def test_a_float_wav_with_nan_or_infinite_samples_is_unreadable(tmp_path):
+    ids = [f"Sess01_script01_User001F_{k:03d}" for k in (1, 2, 3)]
+    kemdy20(tmp_path, 1, [(i, "neutral", 3, 3) for i in ids])
+    folder = tmp_path / "wav" / "Session01"
+    x = np.sin(np.arange(8000) / 10).astype(np.float32) * 0.1
+    for sid, bad in ((ids[0], np.nan), (ids[1], np.inf)):
+        y = x.copy()
+        y[100] = bad
+        sf.write(str(folder / f"{sid}.wav"), y, 16000, subtype="FLOAT")
+    sf.write(str(folder / f"{ids[2]}.wav"), x, 16000, subtype="FLOAT")  # a clean float file is fine
+    corpus = read_corpus("20", tmp_path)
+    assert [u.segment_id for u in corpus.utterances] == [ids[2]]
+    assert [(e.segment_id, e.reason, e.detail) for e in corpus.excluded] == [
+        (sid, "unreadable_wav", f"{folder / sid}.wav: NaN or infinite samples") for sid in ids[:2]
+    ]

@@ -130,6 +130,7 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
     assert {k: args[k] for k in ORIGINAL} == ORIGINAL
     assert ORIGINAL == {
         "labels": "original",
+        "duplicate_rows": "all",
         "text_inputs": "original",
         "pad_to_max_length": True,
         "speech_inputs": "original",
@@ -148,6 +149,7 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
     defaults = vars(parse_args(TEXT, ["--dataset_dir", "/nowhere"]))
     assert {k: defaults[k] for k in ORIGINAL} == {
         "labels": "checked",
+        "duplicate_rows": "all",
         "text_inputs": "masked",
         "pad_to_max_length": False,
         "speech_inputs": "extractor",

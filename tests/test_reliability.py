@@ -84,12 +84,14 @@ def test_the_same_command_twice_gives_identical_metrics(killed_and_resumed):
     assert len(first["epochs"]) == 3 and first["chosen_epoch"] in (1, 2, 3)
 
 
-def test_only_the_chosen_epochs_checkpoint_is_kept(killed_and_resumed):
+def test_a_finished_run_keeps_no_checkpoint_and_records_its_size(killed_and_resumed):
     runs = killed_and_resumed[0]
-    chosen = json.loads((runs["first"] / "metrics.json").read_text())["chosen_epoch"]
     for name in ("first", "killed"):
-        assert [p.name for p in (runs[name] / "checkpoints").iterdir()] == [f"epoch{chosen}"]
-        assert not [p for p in runs[name].rglob(".*tmp*")]
+        assert not (runs[name] / "checkpoints").exists()  # the model is in model/; the optimizer state is not kept
+        assert not [p for p in runs[name].rglob(".*tmp*")] and not (runs[name] / ".lock").exists()
+        config = json.loads((runs[name] / "config.json").read_text())
+        on_disk = sum(p.stat().st_size for p in runs[name].rglob("*") if p.is_file())
+        assert 0 < on_disk - config["disk_bytes"] < 100  # all but the few digits written into config.json
 
 
 def test_an_unfinished_run_is_not_restarted_without_resume(killed_and_resumed):
@@ -132,9 +134,11 @@ def test_overwrite_replaces_a_run_and_an_unwritable_output_dir_stops_before_trai
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    (out / "stale.txt").write_text("from an older run")
+    (out / "notes.txt").write_text("the user's own notes")
     result = train(CELL, args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
-    assert not (out / "stale.txt").exists() and json.loads((out / "metrics.json").read_text()) == result
+    # --overwrite replaces the run's own files only (earlier it removed the whole folder, notes included)
+    assert (out / "notes.txt").read_text() == "the user's own notes"
+    assert json.loads((out / "metrics.json").read_text()) == result
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -191,7 +195,7 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     out = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    argv = command(corpus, models, out, "--batch_size", "4", epochs=2)
+    argv = command(corpus, models, out, "--batch_size", "4", "--keep_checkpoint", epochs=2)
     argv[argv.index("--num_fold") + 1] = "2"
     proc = run(launch + argv[1:], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -205,7 +209,8 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     assert metrics["test"]["n"] == 13
     config = json.loads((out / "config.json").read_text())
     assert config["environment"]["num_processes"] == 2
-    (kept,) = (out / "checkpoints").iterdir()
+    (kept,) = (out / "checkpoints").iterdir()  # --keep_checkpoint: the chosen epoch's only
+    assert kept.name == f"epoch{metrics['chosen_epoch']}"
     assert sorted(p.name for p in kept.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
 
     model, tokenizer, extractor = EmotionModel.load(out / "model")

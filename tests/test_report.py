@@ -113,12 +113,12 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
 
     header = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
     tables_by_fold = {
-        1: [  # threshold 0.5: 2 predicted / none / 1 (0.5 is not above it); true sets of 2, 1, 1
+        1: [  # threshold 0.3: 2 predicted / 1 (0.4) / 2 (0.5 and 0.6); true sets of 2, 1, 1
             ("a", [1, 0, 0, 1, 0, 0, 0], [0.9, 0.1, 0.1, 0.7, 0.1, 0.1, 0.1]),
             ("b", [0, 0, 0, 0, 1, 0, 0], [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1]),
             ("c", [0, 0, 0, 0, 1, 0, 0], [0.1, 0.1, 0.1, 0.1, 0.5, 0.6, 0.1]),
         ],
-        2: [  # threshold 0.3: 0.4 counts; all seven true in one row
+        2: [  # 2 predicted / none; all seven true in one row
             ("d", [1, 1, 1, 1, 1, 1, 1], [0.4, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1]),
             ("e", [0, 0, 0, 0, 1, 0, 0], [0.1, 0.1, 0.1, 0.1, 0.2, 0.1, 0.1]),
         ],
@@ -129,12 +129,12 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
         m = json.loads((folder / "metrics.json").read_text())
         m["test"]["hamming_accuracy"] = 0.8
         (folder / "metrics.json").write_text(json.dumps(m))
-        (folder / "config.json").write_text(json.dumps({"args": {"threshold": 0.5 if fold == 1 else 0.3}}))
+        (folder / "config.json").write_text(json.dumps({"args": {"threshold": 0.3}}))  # the runs' own, not 0.5
         lines = [",".join(header)] + [",".join([sid, *map(str, t), *map(str, p)]) for sid, t, p in table]
         (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
     md, _ = tables(find_fold_sets(tmp_path))
     # predicting nothing: fold 1 gets 17 of 21 bits right, fold 2 6 of 14 -> mean 0.6905, sample std 0.3030
     none = [17 / 21, 6 / 14]
     mean, std = sum(none) / 2, abs(none[0] - none[1]) / math.sqrt(2)
-    expected = f"| 0.8000 ± 0.0000 | {mean:.4f} ± {std:.4f} | 2 / 5 | 2 / 5 | 2 / 5 |"
+    expected = f"| 0.8000 ± 0.0000 | {mean:.4f} ± {std:.4f} | 3 / 5 | 1 / 5 | 2 / 5 |"
     assert "## Emotion decisions" in md and expected in md, md

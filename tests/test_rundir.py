@@ -1,0 +1,353 @@
+"""No run destroys or mixes another's results: what --overwrite may remove, single folds beside fold sets,
+settings and corpus checks, the lock, the divergence stop, a full disk, Ctrl-C and the run's footprint."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import checkpoints
+from common.cli import parse_args
+from common.errors import UserError, writing
+from common.model import Cell, EmotionModel
+from common.report import find_fold_sets, tables
+from common.rundir import RunLock
+from common.train import train
+
+from helpers import tiny_command
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = Cell("text", "classification")
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def args(corpus, tiny_models, out, *flags, epochs=1):
+    return parse_args(TEXT, tiny_command("text_classification", corpus, tiny_models, out, *flags, epochs=epochs)[2:])
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fold_set(corpus20, tiny_models, tmp_path_factory):
+    """A finished --num_fold all set of text_classification (1 epoch)."""
+    out = tmp_path_factory.mktemp("set") / "text"
+    train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all"))
+    return out
+
+
+@pytest.fixture
+def a_set(fold_set, tmp_path):
+    return Path(shutil.copytree(fold_set, tmp_path / "text"))
+
+
+def test_the_demo_never_empties_a_folder_of_other_files(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("mine")
+    (out / "sub" / "b.txt").write_text("mine too")
+    before = listing(out)
+    demo = parse_args(TEXT, ["--demo", "--dataset_dir", str(corpus20[0]), "--output_dir", str(out)])
+    assert demo.overwrite  # the demo replaces its own previous run
+    demo.demo, demo.text_model = False, str(tiny_models / "text")  # this corpus and encoder, not demo/'s
+    with pytest.raises(UserError, match=r"holds files that are not a run's \(a.txt, sub\); give a new or empty"):
+        train(TEXT, demo)
+    assert listing(out) == before and sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]
+
+
+def test_overwrite_into_the_current_folder_of_a_checkout_is_refused_and_removes_nothing(
+    corpus20, tiny_models, tmp_path
+):
+    checkout = tmp_path / "checkout"
+    (checkout / "common").mkdir(parents=True)
+    (checkout / "README.md").write_text("# a project")
+    (checkout / "common" / "x.py").write_text("x = 1\n")
+    before = listing(checkout)
+    cmd = tiny_command("text_classification", corpus20[0], tiny_models, ".", "--overwrite", "--num_fold", "1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=checkout)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --output_dir .: holds files that are not a run's (README.md, common); give a new or empty folder"
+    )
+    assert listing(checkout) == before and sorted(p.name for p in checkout.iterdir()) == ["README.md", "common"]
+
+
+def test_overwrite_replaces_only_what_the_run_wrote(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    train(TEXT, args(corpus20[0], tiny_models, out))
+    (out / "notes.md").write_text("mine")
+    (out / "model" / "extra.txt").write_text("inside a run's own folder: replaced with it")
+    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
+    assert (out / "notes.md").read_text() == "mine" and not (out / "model").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "notes.md", "predictions.csv"]
+
+
+def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_others(a_set, corpus20, tiny_models, capsys):
+    others = {k: listing(a_set / f"fold{k}") for k in (1, 2, 4, 5)}
+    assert (a_set / "summary.json").is_file()
+    with pytest.raises(UserError, match=rf"^{a_set / 'fold3'}: holds a finished run \(metrics.json\)"):
+        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3"))
+    assert f"fold 3 goes to {a_set / 'fold3'}" in capsys.readouterr().out
+    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite", "--lr", "2e-3"))
+    assert {k: listing(a_set / f"fold{k}") for k in (1, 2, 4, 5)} == others
+    assert json.loads((a_set / "fold3" / "config.json").read_text())["args"]["lr"] == 2e-3
+    assert not (a_set / "summary.json").exists()  # no longer the summary of these five folds
+    with pytest.raises(UserError, match=r"fold3: holds a single fold's run; give --num_fold all a folder of its own"):
+        train(TEXT, args(corpus20[0], tiny_models, a_set / "fold3", "--num_fold", "all"))
+    # The report does not count the five as one set: fold 3 has another learning rate.
+    sets = [fs for fs in find_fold_sets(a_set.parent) if fs.script == "text_classification"]
+    assert sorted(fs.folds for fs in sets) == [[1, 2, 4, 5], [3]] and not any(fs.complete for fs in sets)
+    md, _ = tables(sets)
+    assert "4/5 (missing 3) (settings differ in this folder: --lr 0.002 -> 0.001)" in md
+    assert "1/5 (missing 1, 2, 4, 5) (settings differ in this folder: --lr 0.001 -> 0.002)" in md
+
+
+def test_resuming_a_fold_set_with_other_settings_is_refused_before_any_training(a_set, corpus20, tiny_models):
+    (a_set / "fold5" / "metrics.json").unlink()  # an unfinished fold
+    before = listing(a_set)
+    with pytest.raises(UserError, match=r"fold1/config.json: --resume with other settings .* \(--lr 0.001 -> 0.002\)"):
+        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", "--lr", "2e-3"))
+    assert listing(a_set) == before
+
+
+def test_the_summary_of_a_fold_set_is_the_mean_and_sample_std_of_its_folds(fold_set):
+    summary = json.loads((fold_set / "summary.json").read_text())
+    folds = [json.loads((fold_set / f"fold{k}" / "metrics.json").read_text())["test"] for k in range(1, 6)]
+    micro = [m["micro_f1"] for m in folds]
+    assert summary["folds"] == [1, 2, 3, 4, 5] and summary["settings"]["lr"] == 1e-3
+    assert summary["test"]["micro_f1"]["mean"] == pytest.approx(statistics.fmean(micro))
+    assert summary["test"]["micro_f1"]["std"] == pytest.approx(statistics.stdev(micro))
+    assert "micro_f1" in (fold_set / "summary.md").read_text()
+
+
+def test_resuming_on_a_changed_corpus_is_refused(corpus20, tiny_models, tmp_path):
+    corpus = Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
+    out = tmp_path / "run"
+    train(TEXT, args(corpus, tiny_models, out))
+    assert len(json.loads((out / "config.json").read_text())["data"]["fingerprint"]) == 20
+    txt = next((corpus / "wav").rglob("*.txt"))
+    txt.write_text("완전히 다른 문장", encoding="utf-8")
+    with pytest.raises(UserError, match=r"config.json: the corpus under --dataset_dir .* is not the one this run"):
+        train(TEXT, args(corpus, tiny_models, out, "--resume"))
+
+
+def test_a_run_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(corpus20, tiny_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from common.rundir import RunLock; RunLock({str(out)!r}).acquire(); "
+            "print('locked', flush=True); import time; time.sleep(120)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(UserError, match=rf"{out}: in use by another run \(process {holder.pid} on .*, started"):
+        train(TEXT, args(corpus20[0], tiny_models, out))
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / ".lock").is_file()  # a killed run cannot clean up
+    train(TEXT, args(corpus20[0], tiny_models, out))
+    assert f"took over the lock of a run that is no longer running (process {holder.pid}" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file() and not (out / ".lock").exists()
+
+
+def test_a_lock_is_released_by_a_refused_run_and_leaves_no_folder_behind(tmp_path):
+    lock = RunLock(tmp_path / "new").acquire()
+    with pytest.raises(UserError, match="in use by another run"):
+        RunLock(tmp_path / "new").acquire()
+    lock.release()
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_epoch(
+    corpus20, tiny_models, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    forward = EmotionModel.forward
+
+    def overflowing(self, batch):  # from epoch 2 on, as an fp16 overflow would
+        outputs = forward(self, batch)
+        if (out / "checkpoints" / "epoch1").is_dir():
+            outputs = {k: v * float("nan") for k, v in outputs.items()}
+        return outputs
+
+    monkeypatch.setattr(EmotionModel, "forward", overflowing)
+    with pytest.raises(UserError) as err:
+        train(TEXT, args(corpus20[0], tiny_models, out, epochs=3))
+    assert str(err.value) == (
+        "training diverged: the training loss is nan at epoch 2, step 1; lower --lr (now 0.001) or set "
+        "--max_grad_norm. The run directory keeps the checkpoint of epoch 1; start over with --overwrite"
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]
+    assert not (out / "metrics.json").exists() and not (out / "predictions.csv").exists()
+    assert not (out / ".lock").exists()
+
+
+def test_a_huge_learning_rate_stops_with_one_line(corpus20, tiny_models, tmp_path):
+    cmd = tiny_command("text_regression", corpus20[0], tiny_models, tmp_path / "run", "--lr", "1e30")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged: the training loss is ") and "at epoch 1, step " in last
+    assert last.endswith(
+        "lower --lr (now 1e+30) or set --max_grad_norm. The run directory holds no finished epoch; "
+        "start over with --overwrite"
+    )
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(corpus20, tiny_models, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    savez = np.savez
+
+    def full_at_epoch_2(path, **arrays):
+        if ".epoch2.tmp" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return savez(path, **arrays)
+
+    monkeypatch.setattr(checkpoints.np, "savez", full_at_epoch_2)
+    with pytest.raises(UserError) as err:
+        train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
+    assert str(err.value) == (
+        f"disk full while writing the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
+        "checkpoint is kept: then continue with --resume"
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # no half-written epoch 2
+    monkeypatch.undo()
+    result = train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+    assert result["chosen_epoch"] == 2 and (out / "metrics.json").is_file()
+
+
+def test_an_unwritable_folder_is_one_line():
+    with pytest.raises(UserError, match=r"^cannot write the tokens cache in /ro \(Read-only file system\)$"):
+        with writing("the tokens cache", "/ro"):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+
+def test_a_cache_folder_under_a_file_is_one_line(corpus20, tiny_models, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(
+        UserError, match=r"^cannot write the tokens cache in .*afile/cache \(Not a directory\); or give"
+    ):
+        train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(tmp_path / "afile" / "cache")))
+
+
+def test_ctrl_c_says_after_which_epoch_and_resume_continues(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=30)
+    victim = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "epoch1").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 130 and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted after epoch ") and last.endswith(f"({out}); continue with --resume")
+    assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "-1"], "--seed -1: must be in 0 .. 2**32 - 1"),
+        (["--max_seq_len", "inf"], "--max_seq_len inf: must be a finite number"),
+        (["--lr", "inf"], "--lr inf: must be a finite number"),
+        (["--dropout", "nan"], "--dropout nan: must be a finite number"),
+    ],
+)
+def test_impossible_numbers_are_refused_before_anything_runs(corpus20, tiny_models, tmp_path, flags, message):
+    with pytest.raises(UserError, match=rf"^{message}$".replace("*", r"\*").replace(".", r"\.")):
+        args(corpus20[0], tiny_models, tmp_path / "run", *flags)
+    assert not (tmp_path / "run").exists()
+
+
+def test_models_that_cannot_serve_are_one_line(corpus20, tiny_models, tmp_path):
+    speech, text = str(tiny_models / "speech"), str(tiny_models / "text")
+    cases = [
+        (["--text_model", speech], rf"--text_model {speech}: not a text encoder \(Wav2Vec2Model reads input_values\)"),
+        (["--max_text_len", "1000"], rf"--max_text_len 1000: {text} reads at most 512 tokens"),
+    ]
+    pointer, truncated = tmp_path / "pointer", tmp_path / "truncated"
+    shutil.copytree(text, pointer)
+    (pointer / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    shutil.copytree(text, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cases += [
+        (
+            ["--text_model", str(pointer)],
+            r"model.safetensors is a Git LFS pointer, not the weights: run `git lfs pull`",
+        ),
+        (["--text_model", str(truncated)], r"cannot load from this folder \(damaged or truncated weights: "),
+    ]
+    for flags, message in cases:
+        with pytest.raises(UserError, match=message):
+            train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", *flags))
+    mm = Cell("multimodal", "classification", "concat")
+    argv = tiny_command("multimodal_classification_concat", corpus20[0], tiny_models, tmp_path / "mm")[2:]
+    argv[argv.index("--speech_model") + 1] = text
+    with pytest.raises(UserError, match=rf"--speech_model {text}: not a speech encoder \(BertModel reads input_ids\)"):
+        train(mm, parse_args(mm, argv))
+
+
+def test_a_corpus_too_small_for_five_folds_is_one_line(tmp_path, tiny_models):
+    from common.synthetic import generate
+
+    generate("20", tmp_path / "KEMDy20", sessions=1, utterances_per_session=4, seed=1)
+    with pytest.raises(UserError, match=r"has 4 usable utterances: too few for 5 folds \(fold 1 would test on none\)"):
+        train(TEXT, args(tmp_path / "KEMDy20", tiny_models, tmp_path / "run", "--num_fold", "1"))
+
+
+def test_a_truncated_cache_file_is_detected_and_rebuilt(corpus20, tmp_path):
+    from common.data import Pcm16Audio, prepare_inputs
+    from common.kemdy import read_corpus
+
+    utts = read_corpus("20", corpus20[0]).utterances
+    cache, said = tmp_path / "cache", []
+    prepare_inputs(utts, max_seconds=1.0, cache_dir=cache, log=said.append)
+    (folder,) = cache.iterdir()
+    data = folder / "data.bin"
+    data.write_bytes(data.read_bytes()[:1000])
+    said.clear()
+    inputs = prepare_inputs(utts, max_seconds=1.0, cache_dir=cache, log=said.append)
+    assert said[0].startswith(f"{folder}: damaged (data.bin holds 1000 bytes, its index describes ")
+    assert said[0].endswith("; building it again") and "built" in said[1]
+    for i in (0, len(utts) - 1):
+        np.testing.assert_array_equal(inputs.audio[i], Pcm16Audio([utts[i].wav], 1.0)[0])
+
+
+def test_predict_on_a_damaged_run_directory_is_one_line(corpus20, tiny_models, tmp_path):
+    from common.predict import Predictor
+
+    out = tmp_path / "run"
+    train(TEXT, args(corpus20[0], tiny_models, out))
+    heads = out / "model" / "heads.safetensors"
+    heads.write_bytes(heads.read_bytes()[:20])
+    with pytest.raises(UserError, match=rf"^--run_dir {out}: damaged run directory \(.*\); train the run again$"):
+        Predictor(out)
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"damaged run directory \(JSONDecodeError"):
+        Predictor(out)
+
+
+def test_report_out_on_a_file_is_one_line(fold_set, tmp_path):
+    from common.report import main
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=rf"^--out {tmp_path / 'afile'}: is a file; give a folder for the report$"):
+        main([str(fold_set), "--out", str(tmp_path / "afile"), "--no-figures"])
