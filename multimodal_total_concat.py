@@ -1,6 +1,6 @@
 """KEMDy19/20, text + speech: emotion categories and valence/arousal together; text and speech vectors concatenated."""
 
-from common.train import main
+from common.cli import main
 
 if __name__ == "__main__":
     main(modality="multimodal", task="total", fusion="concat")

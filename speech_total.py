@@ -1,6 +1,6 @@
 """KEMDy19/20, speech only: emotion categories and valence/arousal together from the recording (wav2vec2)."""
 
-from common.train import main
+from common.cli import main
 
 if __name__ == "__main__":
     main(modality="speech", task="total")

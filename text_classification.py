@@ -1,6 +1,6 @@
 """KEMDy19/20, text only: emotion categories (7 classes, multi-label) from the transcript (KLUE BERT)."""
 
-from common.train import main
+from common.cli import main
 
 if __name__ == "__main__":
     main(modality="text", task="classification")

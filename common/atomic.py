@@ -6,6 +6,7 @@ where a later command would read it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,6 +58,11 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8) in one step."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data, ensure_ascii: bool = False) -> None:
+    """Replace `path` with `data` as indented JSON in one step; NaN or infinity is refused, never written."""
+    write_text(path, json.dumps(data, indent=1, ensure_ascii=ensure_ascii, allow_nan=False))
 
 
 def build_folder(target: str | Path, build: Callable[[Path], None]) -> Path:

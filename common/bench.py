@@ -148,10 +148,11 @@ class Bench:
 
         from common.cli import parse_args
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
-        from common.features import frozen_vectors
-        from common.model import Cell
-        from common.tasks import Objective
-        from common.train import Trainer, build_model, make_loader
+        from common.frozen import frozen_vectors
+        from common.grid import Cell
+        from common.losses import Objective
+        from common.model import Encoders, audio_spec, build_model
+        from common.train import FoldRun, make_loader
 
         cell = Cell("multimodal", "total", "concat")
         argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_fold", "1", "--batch_size", "8"]
@@ -177,7 +178,9 @@ class Bench:
 
         # A subset of the training fold for the timings.
         subset = self.subset(128)
-        model, tokenizer, _, spec = build_model(cell, args)
+        encoders = Encoders(cell, args)
+        model, tokenizer = build_model(cell, args, encoders, log=quiet), encoders.tokenizer
+        spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)
         model.to(accelerator.device)
         inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
         collate = Collator(tokenizer, 256, spec)
@@ -187,12 +190,27 @@ class Bench:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        trainer = Trainer(cell, args, accelerator)
+        run = FoldRun(  # only what a training epoch uses
+            cell=cell,
+            args=args,
+            accelerator=accelerator,
+            run_dir=self.work,
+            corpus=None,
+            split=None,
+            model=model,
+            tokenizer=tokenizer,
+            extractor=None,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            train_loader=loader,
+            eval_loaders={},
+            checkpoints=None,
+        )
         device = accelerator.device
         pre_collated = [{k: v.to(device) for k, v in b.items()} for b in loader]
 
         def loop():
-            trainer.fit_epoch(model, loader, optimizer, scheduler, 1)
+            run.train_epoch(1)
             _sync(device)
 
         core = accelerator.unwrap_model(model)
@@ -217,7 +235,15 @@ class Bench:
         frozen_inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
         for modality in ("text", "speech"):
             vectors = frozen_vectors(
-                modality, core, subset, frozen_inputs, collate, spec, 8, accelerator, self.work / "cache", quiet
+                modality,
+                core,
+                subset,
+                frozen_inputs,
+                collate,
+                batch_size=8,
+                accelerator=accelerator,
+                cache_dir=self.work / "cache",
+                log=quiet,
             )
             setattr(frozen_inputs, f"{modality}_vectors", vectors)
         head_params = [p for p in core.parameters() if p.requires_grad]
@@ -229,7 +255,8 @@ class Bench:
         frozen_loader = accelerator.prepare(frozen_loader)
 
         def frozen_epoch():
-            trainer.fit_epoch(model, frozen_loader, frozen_opt, frozen_sched, 1)
+            run.train_loader, run.optimizer, run.scheduler = frozen_loader, frozen_opt, frozen_sched
+            run.train_epoch(1)
             _sync(device)
 
         (frozen_s,) = _best_of(3, frozen_epoch)
@@ -237,11 +264,11 @@ class Bench:
 
     def text_padding(self) -> None:
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
-        from common.model import EmotionModel, Heads, load_text_encoder
+        from common.model import EmotionModel, ModelConfig, load_text_encoder
 
         subset = self.subset(128)
         tokenizer, encoder = load_text_encoder(str(self.models / "text"))
-        model = EmotionModel(Heads("text", "classification", None), encoder)
+        model = EmotionModel(ModelConfig("text", "classification", None), encoder)
         inputs = prepare_inputs(subset, tokenizer, 256, None, self.work / "cache", lambda m: None)
         dataset = KemdyDataset(subset, range(len(subset)), inputs)
         token_lengths = [len(inputs.tokens[i]) for i in range(len(subset))]

@@ -10,11 +10,25 @@ import argparse
 import math
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, run_cli
 from common.folds import NUM_FOLDS, SPLITS
-from common.kemdy import DUPLICATE_ROWS, EMOTIONS, LABEL_READINGS
-from common.model import DROPOUT_ON, SPEECH_INPUTS, TEXT_INPUTS, Cell
-from common.tasks import EMOTION_OUTPUTS, VA_LOSSES
+from common.grid import (
+    DATASETS,
+    DROPOUT_ON,
+    DUPLICATE_ROWS,
+    EMOTION_OUTPUTS,
+    EMOTIONS,
+    FREEZE,
+    KEMDY19_ROWS,
+    LABEL_READINGS,
+    SPEECH_INPUTS,
+    SPEECH_POOLINGS,
+    TEXT_INPUTS,
+    TEXT_POOLINGS,
+    VA_LOSSES,
+    VA_TARGETS,
+    Cell,
+)
 
 # The demo trains tiny random encoders on a small synthetic corpus: it needs far larger learning rates
 # than fine-tuning pretrained ones, and a faster head. Flags given on the command line still win.
@@ -55,18 +69,59 @@ def _fold(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{value!r}: choose a fold from 1 to {NUM_FOLDS}, or all") from None
 
 
+def add_corpus_flags(p: argparse.ArgumentParser):
+    """The flags that say which corpus and which of its rows: shared by the twelve scripts and the audit.
+    Returns the data group's add_argument."""
+    add = p.add_argument_group("data").add_argument
+    add("--dataset", choices=DATASETS, default="19", help="19 = KEMDy19, 20 = KEMDy20")
+    add(
+        "--dataset_dir",
+        help="corpus root holding annotation/ and wav/ (default: ./KEMDy19 or ./KEMDy20, as the original)",
+    )
+    add(
+        "--kemdy19_rows",
+        choices=KEMDY19_ROWS,
+        default="all",
+        help="KEMDy19: every annotation row, as the original, or one row per recording (the speaker's file)",
+    )
+    add(
+        "--labels",
+        choices=LABEL_READINGS,
+        default="checked",
+        help="Emotion cells: checked (both spellings of disgust; a row with an unknown label is excluded), or "
+        "original (its dictionary knows only 'disqust': KEMDy19's 'disgust' and any unknown label become all "
+        "seven emotions)",
+    )
+    add(
+        "--duplicate_rows",
+        choices=DUPLICATE_ROWS,
+        default="all",
+        help="a segment id listed twice in one annotation file: use every row, as the original (the file order "
+        "defines the folds), or only the first",
+    )
+    return add
+
+
+def resolve_dataset_dir(args: argparse.Namespace) -> None:
+    """--dataset_dir, or ./KEMDy19 / ./KEMDy20 as the original read them."""
+    if args.dataset_dir:
+        return
+    default = Path(f"KEMDy{args.dataset}")
+    if not default.is_dir():
+        raise UserError(
+            f"--dataset_dir not given and no ./{default} folder here: pass the KEMDy root holding "
+            "annotation/ and wav/, or use --demo"
+        )
+    args.dataset_dir = str(default)
+
+
 def build_parser(cell: Cell, description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python {cell.name}.py",
         description=description or f"Train and evaluate {cell.name} on one KEMDy fold.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add = p.add_argument_group("data").add_argument
-    add("--dataset", choices=("19", "20"), default="19", help="19 = KEMDy19, 20 = KEMDy20")
-    add(
-        "--dataset_dir",
-        help="corpus root holding annotation/ and wav/ (default: ./KEMDy19 or ./KEMDy20, as the original)",
-    )
+    add = add_corpus_flags(p)
     add(
         "--num_fold",
         type=_fold,
@@ -87,27 +142,6 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         default=0.1,
         help="share of the training fold held out (its last block) to choose the epoch by validation loss; "
         "0 reproduces the original (no validation, last epoch reported)",
-    )
-    add(
-        "--kemdy19_rows",
-        choices=("all", "speaker"),
-        default="all",
-        help="KEMDy19: every annotation row, as the original, or one row per recording (the speaker's file)",
-    )
-    add(
-        "--labels",
-        choices=LABEL_READINGS,
-        default="checked",
-        help="Emotion cells: checked (both spellings of disgust; a row with an unknown label is excluded), or "
-        "original (its dictionary knows only 'disqust': KEMDy19's 'disgust' and any unknown label become all "
-        "seven emotions)",
-    )
-    add(
-        "--duplicate_rows",
-        choices=DUPLICATE_ROWS,
-        default="all",
-        help="a segment id listed twice in one annotation file: use every row, as the original (the file order "
-        "defines the folds), or only the first",
     )
     add("--max_text_len", type=int, default=256, help="maximum transcript length in tokens")
     add("--max_seq_len", type=float, default=5, help="seconds of 16 kHz audio kept from each clip")
@@ -155,7 +189,7 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--speech_model", default="facebook/wav2vec2-base-960h", help="speech encoder: hub name or local folder")
     add(
         "--text_pooling",
-        choices=("pooler", "cls", "mean"),
+        choices=TEXT_POOLINGS,
         default="pooler",
         help="text vector: the BERT pooler (as the original), the [CLS] state, or the masked mean",
     )
@@ -169,7 +203,7 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     )
     add(
         "--speech_pooling",
-        choices=("mean", "cnn_last"),
+        choices=SPEECH_POOLINGS,
         default="mean",
         help="speech vector: masked mean of the transformer's states, or the original's last frame of the "
         "layer-normed CNN features (of an input padded to --max_seq_len; to the batch's longest clip with "
@@ -185,7 +219,7 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     )
     add(
         "--freeze",
-        choices=("none", "text", "speech", "both"),
+        choices=FREEZE,
         default="none",
         help="encoders left untrained: their pooled vectors are computed once, cached, and the heads train on them",
     )
@@ -207,7 +241,7 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--threshold", type=float, default=0.5, help="an emotion is predicted where its probability exceeds this")
     add(
         "--va_targets",
-        choices=("standardized", "raw"),
+        choices=VA_TARGETS,
         default="standardized",
         help="valence/arousal learnt standardised with the training fold's mean and deviation, or on the raw "
         "1-5 scale (the original)",
@@ -292,16 +326,11 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         args = parser.parse_args(argv)
     if args.text_inputs == "original":  # the original attended to every position: its padding length matters
         args.pad_to_max_length = True
-    if not args.demo and not args.dataset_dir:
-        default = Path(f"KEMDy{args.dataset}")
-        if not default.is_dir():
-            raise UserError(
-                f"--dataset_dir not given and no ./{default} folder here: pass the KEMDy root holding "
-                "annotation/ and wav/, or use --demo"
-            )
-        args.dataset_dir = str(default)
+    if not args.demo:
+        resolve_dataset_dir(args)
     if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
+    args.folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
     if args.num_labels != len(EMOTIONS):
         raise UserError(f"--num_labels {args.num_labels}: KEMDy has {len(EMOTIONS)} emotion classes; only 7 works")
     if args.regress != 1:
@@ -328,3 +357,18 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         if not ok:
             raise UserError(f"--{name} {getattr(args, name)}: must be {rule}")
     return args
+
+
+def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | None = None) -> None:
+    """Entry point of the twelve scripts: arguments first (fast, for --help and mistakes), then training."""
+    import sys
+
+    cell = Cell(modality, task, fusion)
+
+    def run():
+        args = parse_args(cell, argv, sys.modules["__main__"].__doc__)
+        from common.train import train  # torch, transformers and accelerate: only once there is work
+
+        train(cell, args)
+
+    run_cli(run)

@@ -108,9 +108,10 @@ class KemdyDataset(Dataset):
     """The utterances of one split: targets, and the inputs of utterance `indices[i]`."""
 
     def __init__(
-        self, utterances: list[Utterance], indices: Sequence[int], inputs: Inputs, audio: AudioSpec | None = None
+        self, utterances: list[Utterance], indices: Sequence[int], inputs: Inputs, audio_spec: AudioSpec | None = None
     ):
-        self.utterances, self.indices, self.inputs, self.audio = utterances, list(indices), inputs, audio
+        self.utterances, self.indices, self.inputs = utterances, list(indices), inputs
+        self.audio_spec = audio_spec
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -130,7 +131,7 @@ class KemdyDataset(Dataset):
         if inputs.speech_vectors is not None:
             item["speech_vec"] = inputs.speech_vectors[k]
         elif inputs.audio is not None:
-            item["audio"] = model_audio(inputs.audio[k], self.audio)
+            item["audio"] = model_audio(inputs.audio[k], self.audio_spec)
         return item
 
 
@@ -139,9 +140,13 @@ class Collator:
     the longest clip (or to the spec's pad_to)."""
 
     def __init__(
-        self, tokenizer=None, max_text_len: int = 256, audio: AudioSpec | None = None, pad_to_max_length: bool = False
+        self,
+        tokenizer=None,
+        max_text_len: int = 256,
+        audio_spec: AudioSpec | None = None,
+        pad_to_max_length: bool = False,
     ):
-        self.max_text_len, self.audio, self.pad_to_max_length = max_text_len, audio, pad_to_max_length
+        self.max_text_len, self.audio_spec, self.pad_to_max_length = max_text_len, audio_spec, pad_to_max_length
         if tokenizer is not None:
             self.pad_id, self.left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
             self.token_types = "token_type_ids" in tokenizer.model_input_names
@@ -173,7 +178,7 @@ class Collator:
         return out
 
     def _audio(self, clips: list[np.ndarray]) -> dict:
-        spec = self.audio
+        spec = self.audio_spec
         lengths = [max(len(x), spec.min_samples) for x in clips]
         width = max(max(lengths), spec.pad_to)
         audio = np.full((len(clips), width), spec.padding_value, dtype=np.float32)

@@ -1,22 +1,17 @@
-"""KEMDy19 / KEMDy20 readers: a corpus root on disk -> ordered utterance records, plus an audit command.
+"""KEMDy19 / KEMDy20 readers: a corpus root on disk -> ordered utterance records.
 
 The order is the original's (annotation files sorted by name, rows in file order), because the
 contiguous 5-fold split is defined on it. Every quirk of the real corpora is handled here and nowhere
 else; the README's "Data" section lists them. Utterances that cannot be used are returned as
-`Exclusion`s with a reason, never dropped silently.
-
-Audit:  python -m common.kemdy --dataset 20 --dataset_dir /data/KEMDy20 [--json]
+`Exclusion`s with a reason, never dropped silently; `common.audit` reports what was read.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
 import re
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +19,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from common.errors import UserError, run_cli
-from common.folds import SPLITS, fold_sizes
+from common.errors import UserError
+from common.grid import DUPLICATE_ROWS, EMOTIONS, KEMDY19_ROWS, LABEL_READINGS
 
-# The class order used everywhere (multi-hot vectors, logits, reports): alphabetical.
-EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 # The corpora spell disgust "disqust"; both spellings are accepted.
 _LABEL_INDEX = {name: i for i, name in enumerate(EMOTIONS)} | {"disqust": EMOTIONS.index("disgust")}
 # The original's dictionary: exact names, with KEMDy20's spelling only (KEMDy19 writes "disgust").
 ORIGINAL_LABELS = {"angry": 0, "disqust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6}
 ALL_SEVEN = (1,) * len(EMOTIONS)
-LABEL_READINGS = ("checked", "original")
-DUPLICATE_ROWS = ("all", "first")
-DATASETS = ("19", "20")
 
 
 @dataclass(frozen=True)
@@ -354,7 +344,7 @@ def read_corpus(
     keeps only the first row of a segment id that one annotation file lists twice (the original used
     every row, and so does "all")."""
     dataset, root = str(dataset), Path(root)
-    if rows not in ("all", "speaker"):
+    if rows not in KEMDY19_ROWS:
         raise UserError(f"rows {rows!r}: choose 'all' or 'speaker'")
     if duplicates not in DUPLICATE_ROWS:
         raise UserError(f"duplicates {duplicates!r}: choose {' or '.join(DUPLICATE_ROWS)}")
@@ -401,195 +391,3 @@ def read_corpus(
             + (f" (excluded: {', '.join(f'{r} x{n}' for r, n in reasons)})" if reasons else "")
         )
     return corpus
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": round(statistics.fmean(values), 4),
-        "std": round(statistics.pstdev(values), 4),
-        "min": min(values),
-        "median": round(statistics.median(values), 4),
-        "max": max(values),
-    }
-
-
-def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0.25) -> dict:
-    """Everything the audit reports, as plain JSON-ready data."""
-    utts = corpus.utterances
-    n_labels = Counter(sum(u.labels) for u in utts)
-    recordings = {u.wav: u for u in utts}.values()  # KEMDy19 lists each recording twice
-    durations = [u.duration for u in recordings]
-    # Rows the original used with all seven emotions: used here, or excluded here only for their label.
-    seven = [(u.segment_id, u.annotation, u.line, u.emotion) for u in utts if all_seven_in_original(u.emotion)]
-    seven += [
-        (e.segment_id, e.annotation, e.line, e.detail.split("Emotion cell ", 1)[-1][1:-1])
-        for e in corpus.excluded
-        if e.reason == "unknown_emotion"
-    ]
-    return {
-        "dataset": f"KEMDy{corpus.dataset}",
-        "root": str(corpus.root),
-        "annotation_files": corpus.annotation_files,
-        "rows": corpus.rows,
-        "used": len(utts),
-        "labels": corpus.labels,
-        "excluded": [
-            {
-                "segment_id": e.segment_id,
-                "reason": e.reason,
-                "annotation": e.annotation,
-                "line": e.line,
-                "detail": e.detail,
-            }
-            for e in corpus.excluded
-        ],
-        "exclusion_counts": dict(Counter(e.reason for e in corpus.excluded).most_common()),
-        "other_actor_rows": corpus.other_actor_rows,
-        "label_counts": {name: sum(u.labels[i] for u in utts) for i, name in enumerate(EMOTIONS)},
-        "single_label": n_labels.get(1, 0),
-        "multi_label": sum(n for k, n in n_labels.items() if k > 1),
-        "labels_per_utterance": {str(k): n for k, n in sorted(n_labels.items())},
-        "duplicate_rows": [
-            {"segment_id": d.segment_id, "annotation": d.annotation, "line": d.line} for d in corpus.duplicates
-        ],
-        "original_all_seven": {
-            "rows": len(seven),
-            "cells": dict(Counter(cell for *_, cell in seven).most_common()),
-            "segment_ids": [sid for sid, *_ in sorted(seven, key=lambda r: (r[1], r[2]))],
-        },
-        "valence": _stats([u.valence for u in utts]),
-        "arousal": _stats([u.arousal for u in utts]),
-        "sessions": len({u.session for u in utts}),
-        "speakers": len({u.speaker for u in utts}),
-        "audio": {
-            "recordings": len(durations),
-            "seconds": _stats(durations),
-            "total_hours": round(sum(durations) / 3600, 3),
-            f"longer_than_{max_seconds:g}s": sum(d > max_seconds for d in durations),
-            f"shorter_than_{short_seconds:g}s": sum(d < short_seconds for d in durations),
-            "sample_rates": {str(k): n for k, n in sorted(Counter(u.sample_rate for u in recordings).items())},
-            "channels": {str(k): n for k, n in sorted(Counter(u.channels for u in recordings).items())},
-        },
-        "transcripts": {
-            "encodings": dict(sorted(corpus.transcript_encodings.items())),
-            "empty": sum(not u.text for u in utts),
-            "blank_first_line": len(corpus.blank_first_line),
-        },
-        "folds": _fold_sizes([u.session for u in utts]),
-    }
-
-
-def _fold_sizes(sessions: list[str]) -> dict[str, list[dict]]:
-    """Fold sizes under each split the corpus is large enough for."""
-    out = {}
-    for split in SPLITS:
-        try:
-            out[split] = fold_sizes(sessions, split)
-        except UserError:  # too few utterances or sessions: the audit still reports the rest
-            pass
-    return out
-
-
-def format_summary(s: dict) -> str:
-    files = s["annotation_files"]
-    out = [
-        f"{s['dataset']} at {s['root']}",
-        f"annotation files: {len(files)} ({files[0]} .. {files[-1]})",
-        f"rows: {s['rows']}   used: {s['used']}   excluded: {len(s['excluded'])}"
-        + (f"   other actor's rows dropped: {s['other_actor_rows']}" if s["other_actor_rows"] else ""),
-        f"sessions: {s['sessions']}   speakers: {s['speakers']}   Emotion cells read: {s['labels']}",
-    ]
-    if s["excluded"]:
-        out.append("exclusions by reason:")
-        for reason, n in s["exclusion_counts"].items():
-            ids = [e["segment_id"] for e in s["excluded"] if e["reason"] == reason]
-            shown = ", ".join(ids[:20]) + (f", ... ({len(ids) - 20} more)" if len(ids) > 20 else "")
-            out.append(f"  {reason:<28}{n:>6}  {shown}")
-    used = s["used"]
-    out.append("utterances carrying each label:")
-    for name, n in s["label_counts"].items():
-        out.append(f"  {name:<10}{n:>7}  {100 * n / used:5.1f} %")
-    out.append(
-        f"single-label: {s['single_label']}   multi-label: {s['multi_label']}   "
-        f"(labels per utterance: {s['labels_per_utterance']})"
-    )
-    if s["duplicate_rows"]:
-        shown = ", ".join(f"{d['segment_id']} ({d['annotation']}:{d['line']})" for d in s["duplicate_rows"][:10])
-        out.append(f"rows repeating a segment id of their file (all used, as the original): {shown}")
-    seven = s["original_all_seven"]
-    ids = seven["segment_ids"]
-    out.append(
-        f"rows the original's label dictionary turns into all seven emotions: {seven['rows']}"
-        + (f"  cells {seven['cells']}" if ids else "")
-        + (f"  ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
-    )
-    for key in ("valence", "arousal"):
-        v = s[key]
-        out.append(f"{key:<8} mean {v['mean']:.3f}  std {v['std']:.3f}  range {v['min']:g} .. {v['max']:g}")
-    a = s["audio"]
-    sec = a["seconds"]
-    longer, shorter = (k for k in a if k.startswith(("longer", "shorter")))
-    out.append(
-        f"audio: {a['recordings']} recordings, {a['total_hours']} h; seconds min {sec['min']:.2f}  "
-        f"median {sec['median']:.2f}  mean {sec['mean']:.2f}  max {sec['max']:.2f}; "
-        f"{longer.replace('_', ' ')}: {a[longer]}; {shorter.replace('_', ' ')}: {a[shorter]}"
-    )
-    out.append(f"       sample rates {a['sample_rates']}  channels {a['channels']}")
-    t = s["transcripts"]
-    out.append(
-        f"transcripts: encodings {t['encodings']}  empty {t['empty']}  first line blank {t['blank_first_line']} "
-        "(the first line is the utterance, as the original read it)"
-    )
-    out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
-    for split, rows in s["folds"].items():
-        for r in rows:
-            held = r.get("test_sessions")
-            out.append(
-                f"  --split {split:<10} --num_fold {r['fold']}: {r['train']:>6} / {r['valid']:>5} / {r['test']:>5}"
-                + (f"   test sessions {' .. '.join(dict.fromkeys([held[0], held[-1]]))}" if held else "")
-            )
-    return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m common.kemdy", description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip."
-    )
-    parser.add_argument("--dataset", choices=DATASETS, default="19", help="19 = KEMDy19, 20 = KEMDy20")
-    parser.add_argument("--dataset_dir", help="corpus root holding annotation/ and wav/")
-    parser.add_argument("--demo", action="store_true", help="audit the built-in synthetic demo corpus instead")
-    parser.add_argument(
-        "--kemdy19_rows",
-        choices=("all", "speaker"),
-        default="all",
-        help="KEMDy19: every annotation row (the original) or only the speaking actor's row",
-    )
-    parser.add_argument(
-        "--labels",
-        choices=LABEL_READINGS,
-        default="checked",
-        help="read Emotion cells with both spellings of disgust (checked), or as the original did",
-    )
-    parser.add_argument(
-        "--duplicate_rows",
-        choices=DUPLICATE_ROWS,
-        default="all",
-        help="a segment id listed twice in one annotation file: use every row (as the original) or the first",
-    )
-    parser.add_argument("--json", action="store_true", help="print the audit as JSON")
-    args = parser.parse_args(argv)
-    if args.demo:
-        from common.synthetic import demo_corpus
-
-        args.dataset_dir = demo_corpus(args.dataset)
-    elif not args.dataset_dir:
-        parser.error("--dataset_dir is required (or --demo)")
-    corpus = read_corpus(
-        args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
-    )
-    summary = summarize(corpus)
-    print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,10 +1,12 @@
-"""Batches -> outputs: the encoders, their pooling, the fusion of the two, and the heads.
+"""Batches -> outputs: the encoders, their pooling, the fusion of the two, and the heads; and how the
+model of a cell is built from pretrained encoders.
 
 One model class serves all twelve cells; a cell only decides which encoders exist and which heads.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,52 +19,14 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 
 from common.data import SAMPLE_RATE, AudioSpec
 from common.errors import UserError
-from common.kemdy import EMOTIONS
+from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
 
-MODALITIES = ("text", "speech", "multimodal")
-TASKS = ("classification", "regression", "total")
-FUSIONS = ("concat", "element_wise_add")
-TEXT_INPUTS = ("masked", "original")
-SPEECH_INPUTS = ("extractor", "original")
-DROPOUT_ON = ("modalities", "fused")
 # transformers 4.12, which the original ran, turned an attention mask of zeros into this bias on every
 # attention score: a shift that softmax ignores, so BERT attended to every position, padding included.
 # (transformers 5 treats an all-zero mask as masking every position: passing zeros would not reproduce it.)
 ORIGINAL_ATTENTION_BIAS = -10000.0
 CNN_PARAMETERS = ("feature_extractor.", "feature_projection.layer_norm.")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One cell of the grid; its name is the script's name."""
-
-    modality: str
-    task: str
-    fusion: str | None = None
-
-    def __post_init__(self):
-        assert self.modality in MODALITIES and self.task in TASKS
-        assert (self.fusion in FUSIONS) == (self.modality == "multimodal")
-
-    @property
-    def name(self) -> str:
-        return f"multimodal_{self.task}_{self.fusion}" if self.fusion else f"{self.modality}_{self.task}"
-
-    @property
-    def uses_text(self) -> bool:
-        return self.modality in ("text", "multimodal")
-
-    @property
-    def uses_speech(self) -> bool:
-        return self.modality in ("speech", "multimodal")
-
-    @property
-    def classifies(self) -> bool:
-        return self.task in ("classification", "total")
-
-    @property
-    def regresses(self) -> bool:
-        return self.task in ("regression", "total")
+LAYERS = "layers.safetensors"  # in a saved model: everything but the encoders
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
@@ -120,8 +84,9 @@ def load_speech_encoder(name: str) -> tuple[object, nn.Module]:
 
 
 @dataclass(frozen=True)
-class Heads:
-    """What the model needs beyond the encoders; saved with a trained model as model.json."""
+class ModelConfig:
+    """What the model is, beyond the encoders' own configurations: the cell and every choice that shapes its
+    computation. Saved with a trained model as model.json."""
 
     modality: str
     task: str
@@ -134,37 +99,41 @@ class Heads:
     speech_inputs: str = "extractor"  # "original": the file's samples, unnormalised, padded to the batch
     emotion_output: str = "sigmoid"  # "softmax": the original's, which can never predict two emotions
     dropout_on: str = "modalities"  # each modality's vector before fusion (the original), or "fused"
+    pad_to: int = 0  # samples every batch of audio is padded to (0: its longest clip)
 
     @property
     def cell(self) -> Cell:
         return Cell(self.modality, self.task, self.fusion)
 
 
-def audio_spec(extractor, encoder: nn.Module, heads: Heads | None = None, max_seq_len: float = 5.0) -> AudioSpec:
-    """What the speech encoder needs from collation: normalisation, padding and a minimum clip length.
-
-    `cnn_last` reads the last CNN frame, which describes padding for every clip shorter than its batch's
-    longest: clips are padded to --max_seq_len instead, except with the original's inputs.
-    """
-    heads = heads or Heads("speech", "classification", None, pass_audio_mask=pass_audio_mask(extractor, "extractor"))
-    config = encoder.config
+def audio_spec(extractor, encoder: nn.Module, config: ModelConfig | None = None) -> AudioSpec:
+    """What the speech encoder needs from collation: normalisation, padding and a minimum clip length."""
+    config = config or ModelConfig("speech", "classification", None, pass_audio_mask=pass_audio_mask(extractor))
+    encoder_config = encoder.config
     # Shortest clip that still yields enough frames: one, or a SpecAugment span when that is on.
-    frames_needed = max(1, config.mask_time_length + 1 if config.mask_time_prob > 0 else 1)
+    frames_needed = 1 + (encoder_config.mask_time_length if encoder_config.mask_time_prob > 0 else 0)
     n = 1
     while int(encoder._get_feat_extract_output_lengths(n)) < frames_needed:
         n += 16
-    original = heads.speech_inputs == "original"
-    fixed = heads.speech_pooling == "cnn_last" and not original
+    original = config.speech_inputs == "original"
     return AudioSpec(
         normalize=bool(getattr(extractor, "do_normalize", False)) and not original,
         padding_value=0.0 if original else float(getattr(extractor, "padding_value", 0.0)),
         min_samples=n,
-        pass_mask=heads.pass_audio_mask,
-        pad_to=int(max_seq_len * SAMPLE_RATE) if fixed else 0,
+        pass_mask=config.pass_audio_mask,
+        pad_to=config.pad_to,
     )
 
 
-def pass_audio_mask(extractor, speech_inputs: str) -> bool:
+def audio_padding(speech_pooling: str, speech_inputs: str, max_seq_len: float) -> int:
+    """Samples every batch is padded to: `cnn_last` reads the last CNN frame, which would describe padding
+    for every clip shorter than its batch's longest, so clips are padded to --max_seq_len (not with the
+    original's inputs, which padded to the batch)."""
+    fixed = speech_pooling == "cnn_last" and speech_inputs != "original"
+    return int(max_seq_len * SAMPLE_RATE) if fixed else 0
+
+
+def pass_audio_mask(extractor, speech_inputs: str = "extractor") -> bool:
     """Whether the speech encoder gets the sample mask: where its extractor returns one (layer-norm models
     such as XLS-R), never with the original's inputs."""
     return bool(getattr(extractor, "return_attention_mask", False)) and speech_inputs != "original"
@@ -173,36 +142,38 @@ def pass_audio_mask(extractor, speech_inputs: str) -> bool:
 class EmotionModel(nn.Module):
     """Encoders -> pooled vectors -> fusion -> emotion logits and/or standardised valence/arousal."""
 
-    def __init__(self, heads: Heads, text_encoder: nn.Module | None = None, speech_encoder: nn.Module | None = None):
+    def __init__(
+        self, config: ModelConfig, text_encoder: nn.Module | None = None, speech_encoder: nn.Module | None = None
+    ):
         super().__init__()
-        self.heads, cell = heads, heads.cell
+        self.config, cell = config, config.cell
         self.text_encoder, self.speech_encoder = text_encoder, speech_encoder
         width = 0
         if cell.uses_text:
-            if heads.text_inputs == "original" and getattr(text_encoder.config, "type_vocab_size", 0) < 2:
+            if config.text_inputs == "original" and getattr(text_encoder.config, "type_vocab_size", 0) < 2:
                 raise UserError(
                     "--text_inputs original: the original passed the padding mask as token-type ids, which "
                     "needs a text model with two token types (BERT); this one has "
                     f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
                 )
-            if heads.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
+            if config.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
                 raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
-            if heads.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
+            if config.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
                 text_encoder.pooler = None  # unused parameters would break multi-process training
             width = text_encoder.config.hidden_size
         if cell.uses_speech:
-            config = speech_encoder.config
+            speech = speech_encoder.config
             # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
-            config.layerdrop = 0.0
-            speech_width = config.hidden_size if heads.speech_pooling == "mean" else config.conv_dim[-1]
-            if heads.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
+            speech.layerdrop = 0.0
+            speech_width = speech.hidden_size if config.speech_pooling == "mean" else speech.conv_dim[-1]
+            if config.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
                 for name, param in speech_encoder.named_parameters():
                     param.requires_grad_(name.startswith(CNN_PARAMETERS))
-            if heads.fusion == "element_wise_add":
+            if config.fusion == "element_wise_add":
                 self.speech_projection = nn.Linear(speech_width, width)
             else:
                 width += speech_width
-        self.dropout = nn.Dropout(heads.dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.emotion_head = nn.Linear(width, len(EMOTIONS)) if cell.classifies else None
         self.va_head = nn.Linear(width, 2) if cell.regresses else None
         # Valence/arousal are predicted standardised with the training fold's statistics (set by the trainer).
@@ -212,7 +183,7 @@ class EmotionModel(nn.Module):
     def encode_text(self, batch: dict) -> torch.Tensor:
         """The pooled text vector of each utterance."""
         mask = batch["attention_mask"]
-        if self.heads.text_inputs == "original":
+        if self.config.text_inputs == "original":
             # The original's call, BERT(ids, attention_mask=token-type ids, token_type_ids=padding mask):
             # every real token has segment 1, padding segment 0, and attention covers the padding too.
             bias = torch.full((len(mask), 1, 1, mask.shape[1]), ORIGINAL_ATTENTION_BIAS, device=mask.device)
@@ -221,37 +192,37 @@ class EmotionModel(nn.Module):
             out = self.text_encoder(
                 input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
             )
-        if self.heads.text_pooling == "pooler":
+        if self.config.text_pooling == "pooler":
             return out.pooler_output
-        if self.heads.text_pooling == "cls":
+        if self.config.text_pooling == "cls":
             return out.last_hidden_state[:, 0]
         return masked_mean(out.last_hidden_state, mask)
 
     def encode_speech(self, batch: dict) -> torch.Tensor:
         """The pooled speech vector of each utterance."""
         encoder, samples = self.speech_encoder, batch["audio_mask"]
-        if self.heads.speech_pooling == "cnn_last":
+        if self.config.speech_pooling == "cnn_last":
             # The original's representation: the last frame of the (layer-normed) CNN features of a
             # fixed-length input, i.e. wav2vec2's `extract_features[:, -1]`, without running the transformer.
             features = encoder.feature_extractor(batch["audio"]).transpose(1, 2)
             return encoder.feature_projection.layer_norm(features[:, -1])
-        out = encoder(batch["audio"], attention_mask=samples if self.heads.pass_audio_mask else None)
+        out = encoder(batch["audio"], attention_mask=samples if self.config.pass_audio_mask else None)
         frames = encoder._get_feature_vector_attention_mask(out.last_hidden_state.shape[1], samples)
         return masked_mean(out.last_hidden_state, frames)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         parts = []
         # A frozen encoder's vectors may come precomputed in the batch (common.features).
-        if self.heads.cell.uses_text:
+        if self.config.cell.uses_text:
             parts.append(batch["text_vec"] if "text_vec" in batch else self.encode_text(batch))
-        if self.heads.cell.uses_speech:
+        if self.config.cell.uses_speech:
             parts.append(batch["speech_vec"] if "speech_vec" in batch else self.encode_speech(batch))
-        if self.heads.fusion == "element_wise_add":
+        if self.config.fusion == "element_wise_add":
             text, speech = parts
-            if self.heads.dropout_on == "modalities":  # the original: head(W·dropout(speech) + dropout(text))
+            if self.config.dropout_on == "modalities":  # the original: head(W·dropout(speech) + dropout(text))
                 text, speech = self.dropout(text), self.dropout(speech)
             fused = text + self.speech_projection(speech)
-            if self.heads.dropout_on == "fused":
+            if self.config.dropout_on == "fused":
                 fused = self.dropout(fused)
         else:
             # Dropout acts on each element alone: on a concatenation it is dropout on each modality's vector.
@@ -275,7 +246,8 @@ class EmotionModel(nn.Module):
         return va_z * self.va_std + self.va_mean
 
     def save(self, folder: Path, tokenizer=None, extractor=None) -> None:
-        """A folder `load` reads back: encoders in transformers format, heads as safetensors, model.json."""
+        """A folder `load` reads back: the encoders in transformers format (text/, speech/), the layers
+        trained from scratch and the valence/arousal scaling (layers.safetensors), and model.json."""
         folder.mkdir(parents=True, exist_ok=True)
         if self.text_encoder is not None:
             self.text_encoder.save_pretrained(folder / "text")
@@ -283,26 +255,26 @@ class EmotionModel(nn.Module):
         if self.speech_encoder is not None:
             self.speech_encoder.save_pretrained(folder / "speech")
             extractor.save_pretrained(folder / "speech")
-        encoders = ("text_encoder.", "speech_encoder.")
-        rest = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(encoders)}
-        save_file(rest, str(folder / "heads.safetensors"))
-        (folder / "model.json").write_text(json.dumps(asdict(self.heads), indent=1))
+        rest = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIXES)}
+        save_file(rest, str(folder / LAYERS))
+        (folder / "model.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> tuple[EmotionModel, object, object]:
         """(model, tokenizer or None, feature extractor or None) from a folder written by `save`."""
-        heads = Heads(**json.loads((folder / "model.json").read_text()))
+        config = ModelConfig(**json.loads((folder / "model.json").read_text()))
         tokenizer = text = extractor = speech = None
-        if heads.cell.uses_text:
+        if config.cell.uses_text:
             tokenizer, text = load_text_encoder(str(folder / "text"))
-        if heads.cell.uses_speech:
+        if config.cell.uses_speech:
             extractor, speech = load_speech_encoder(str(folder / "speech"))
-        model = cls(heads, text, speech)
-        result = model.load_state_dict(load_file(str(folder / "heads.safetensors")), strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(("text_encoder.", "speech_encoder."))]
+        model = cls(config, text, speech)
+        layers = folder / LAYERS if (folder / LAYERS).is_file() else folder / "heads.safetensors"  # earlier name
+        result = model.load_state_dict(load_file(str(layers)), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(ENCODER_PREFIXES)]
         if missing or result.unexpected_keys:
             keys = missing or result.unexpected_keys
-            raise UserError(f"{folder / 'heads.safetensors'}: does not match model.json ({keys[:3]})")
+            raise UserError(f"{layers}: does not match model.json ({keys[:3]})")
         return model.eval(), tokenizer, extractor
 
 
@@ -310,3 +282,56 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where mask is set; a row with none set averages nothing to zeros."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class Encoders:
+    """The cell's tokenizer, feature extractor and pretrained encoders, loaded once for every fold."""
+
+    def __init__(self, cell: Cell, args):
+        self.tokenizer = self.extractor = self.text = self.speech = None
+        if cell.uses_text:
+            self.tokenizer, self.text = load_text_encoder(args.text_model)
+            limit = getattr(self.text.config, "max_position_embeddings", None)
+            if limit and args.max_text_len > limit:
+                raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
+        if cell.uses_speech:
+            self.extractor, self.speech = load_speech_encoder(args.speech_model)
+
+    def for_fold(self, last: bool) -> tuple[nn.Module | None, nn.Module | None]:
+        """(text, speech) encoders with their pretrained weights: the loaded ones for the last fold of a run,
+        copies for the folds before it (training changes them)."""
+        if last:
+            return self.text, self.speech
+        return copy.deepcopy(self.text), copy.deepcopy(self.speech)
+
+
+def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=print) -> EmotionModel:
+    """The cell's model on pretrained encoders, its new layers initialised from --seed."""
+    text_encoder, speech_encoder = encoders.for_fold(last)
+    config = ModelConfig(
+        modality=cell.modality,
+        task=cell.task,
+        fusion=cell.fusion,
+        text_pooling=args.text_pooling,
+        speech_pooling=args.speech_pooling,
+        dropout=args.dropout,
+        pass_audio_mask=cell.uses_speech and pass_audio_mask(encoders.extractor, args.speech_inputs),
+        text_inputs=args.text_inputs,
+        speech_inputs=args.speech_inputs,
+        emotion_output=args.emotion_output,
+        dropout_on=args.dropout_on,
+        pad_to=audio_padding(args.speech_pooling, args.speech_inputs, args.max_seq_len) if cell.uses_speech else 0,
+    )
+    if cell.uses_speech and args.speech_pooling == "cnn_last":
+        log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
+    seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before
+    return EmotionModel(config, text_encoder, speech_encoder)
+
+
+def seed(value: int) -> None:
+    """Python, NumPy and torch on every device, and deterministic cuDNN kernels, as the original seeded."""
+    from accelerate.utils import set_seed
+
+    set_seed(value)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

@@ -21,9 +21,10 @@ from safetensors import SafetensorError
 
 from common.data import Collator, TokenIds, load_audio, model_audio, to_pcm16
 from common.errors import UserError, run_cli
-from common.kemdy import EMOTIONS
+from common.grid import DIMENSIONS, EMOTIONS
+from common.losses import emotion_probabilities
+from common.metrics import predicted
 from common.model import EmotionModel, audio_spec
-from common.tasks import DIMENSIONS, emotion_probabilities, predicted
 
 
 class Predictor:
@@ -51,11 +52,11 @@ class Predictor:
             ) from None
         self.model.to(device)
         self.device = device
-        cell = self.model.heads.cell
+        cell = self.model.config.cell
         self.uses_text, self.uses_speech = cell.uses_text, cell.uses_speech
         self.spec = None
         if self.uses_speech:
-            self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.heads, self.args["max_seq_len"])
+            self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.config)
         self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
         self.threshold = float(self.args["threshold"])
 
@@ -89,7 +90,7 @@ class Predictor:
             out = self.model(batch)
             probs = None
             if "emotion_logits" in out:
-                probs = emotion_probabilities(out["emotion_logits"], self.model.heads.emotion_output).cpu().numpy()
+                probs = emotion_probabilities(out["emotion_logits"], self.model.config.emotion_output).cpu().numpy()
             va = self.model.va(out["va_z"].float()).cpu().numpy() if "va_z" in out else None
             for row in range(len(batch["index"])):
                 result = {}

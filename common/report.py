@@ -20,16 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic, rundir
+from common import atomic
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
-from common.kemdy import EMOTIONS
+from common.grid import EMOTIONS, SCRIPTS
+from common.rundir import differences, human, settings, size
 
-TASKS = ("classification", "regression", "total")
-# The twelve scripts in the README's order; tables list fold sets in this order within a dataset and split.
-SCRIPTS = [f"{m}_{t}" for m in ("text", "speech") for t in TASKS] + [
-    f"multimodal_{t}_{f}" for f in ("concat", "element_wise_add") for t in TASKS
-]
 CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy")
 REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
 
@@ -101,7 +97,7 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
         for fs in group:
             for other in group:
                 if other is not fs:
-                    fs.mixed += rundir.differences(other.settings or {}, fs.settings or {})
+                    fs.mixed += differences(other.settings or {}, fs.settings or {})
 
     def order(fs: FoldSet):
         rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
@@ -116,7 +112,7 @@ def _settings(config_path: Path) -> dict | None:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return rundir.settings(config.get("args", {})) | {"corpus": config.get("data", {}).get("fingerprint")}
+    return settings(config.get("args", {})) | {"corpus": config.get("data", {}).get("fingerprint")}
 
 
 def flat_metrics(test: dict) -> dict[str, float | None]:
@@ -174,7 +170,7 @@ def decisions(run_dir: Path) -> dict[str, int | float] | None:
     """How a run's emotion decisions spread over its test utterances (from predictions.csv, at the run's
     --threshold): utterances with two or more emotions predicted, with none, with two or more true, and
     the Hamming accuracy of predicting no emotion at all, the floor its hamming_accuracy should clear."""
-    from common.tasks import predicted  # torch: only when there are predictions to read
+    from common.metrics import predicted  # torch: only when there are predictions to read
 
     path = run_dir / "predictions.csv"
     if not path.is_file():
@@ -229,6 +225,37 @@ def _decision_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
         *lines,
         "",
     ]
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _headline(m: dict) -> str:
+    keys = [k for k in ("micro_f1", "macro_f1", "top1_accuracy", "valence_ccc", "arousal_ccc") if k in m]
+    return "  ".join(f"{k} {_fmt(m[k])}" for k in ["loss", *keys])
+
+
+def epoch_line(record: dict) -> str:
+    """The console line of one epoch: training loss, then validation and test headline metrics."""
+    parts = [f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"]
+    parts += [f"{name}: {_headline(record[name])}" for name in ("valid", "test") if name in record]
+    return " | ".join(parts)
+
+
+def run_summary(result: dict, run_dir: Path) -> str:
+    """The lines that end a fold: every test metric of the chosen epoch, and where the run is."""
+    lines = [
+        f"{result['script']} {result['dataset']} fold {result['fold']}: test metrics of epoch "
+        f"{result['chosen_epoch']} (chosen by {result['selection'].replace('_', ' ')})"
+    ]
+    for key, value in result["test"].items():
+        if key == "per_class_f1":
+            lines.append("  per-class F1: " + "  ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
+        elif key != "n":
+            lines.append(f"  {key:<18}{_fmt(value)}")
+    lines.append(f"run directory: {run_dir} ({human(size(run_dir))})")
+    return "\n".join(lines)
 
 
 def tables(sets: list[FoldSet]) -> tuple[str, str]:

@@ -1,5 +1,5 @@
-"""The run directory's life cycle: where a run goes, what it writes there, whether a command may start,
-resume or replace it, and the lock that keeps two runs out of one directory.
+"""The run directory's life cycle: where a run goes, whether a command may start, resume or replace it,
+the lock that keeps two runs out of one directory, and the files a run writes there.
 
 A run directory holds a run when it holds config.json (written when training starts), checkpoints/
 or metrics.json (written last: the run is finished). A `--num_fold all` folder holds fold1/ .. fold5/
@@ -8,18 +8,25 @@ and the summary of the set. Nothing here removes a file that a run does not writ
 
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
+import platform
 import re
 import shutil
 import socket
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
+from common import atomic
 from common.errors import UserError
-from common.folds import NUM_FOLDS
+from common.folds import NUM_FOLDS, session_order
+from common.grid import DIMENSIONS, EMOTIONS
 
 # Everything a run writes into its directory, and what a --num_fold all run writes beside its folds.
 RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "model", "checkpoints", "tensorboard")
@@ -45,6 +52,7 @@ NOT_RESULTS = {
     "ckpt",
     "demo",
     "original",  # a preset: the flags it sets are compared one by one
+    "folds",  # which folds a command runs: each fold directory is compared on its own
 }
 # Settings added after a run may have started, with the value that computes what the code computed
 # before they existed: a run resumed after an update compares against these.
@@ -101,7 +109,7 @@ def run_dirs(default, output_dir: str | None, folds: list[int], log=print) -> di
     return {k: out}
 
 
-def decide(run_dir: Path, args) -> str:
+def run_mode(run_dir: Path, args) -> str:
     """What to do with `run_dir`: "fresh", "resume" or "finished"; refuses to replace a run without a flag
     and to write a run among files that are not a run's."""
     finished = (run_dir / "metrics.json").is_file()
@@ -126,6 +134,11 @@ def decide(run_dir: Path, args) -> str:
             f"{run_dir}: holds an unfinished run; add --resume to continue it, or --overwrite to start over"
         )
     return "fresh"
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A finished run's metrics.json."""
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
 def clear_run(run_dir: Path) -> None:
@@ -293,3 +306,110 @@ def human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def write_predictions(path: Path, utterances, out: dict) -> None:
+    """predictions.csv: one row per test utterance in corpus order, true labels and scores beside the outputs."""
+    import numpy as np
+
+    order = np.argsort(out["index"], kind="stable")
+    header = ["segment_id", *[f"true_{e}" for e in EMOTIONS]]
+    if "probs" in out:
+        header += [f"prob_{e}" for e in EMOTIONS]
+    header += [f"true_{d}" for d in DIMENSIONS]
+    if "va_pred" in out:
+        header += [f"pred_{d}" for d in DIMENSIONS]
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for k in order:
+        u = utterances[int(out["index"][k])]
+        row = [u.segment_id, *u.labels]
+        if "probs" in out:
+            row += [f"{p:.6f}" for p in out["probs"][k]]
+        row += [u.valence, u.arousal]
+        if "va_pred" in out:
+            row += [f"{v:.6f}" for v in out["va_pred"][k]]
+        writer.writerow(row)
+    atomic.write_text(path, f.getvalue())
+
+
+def _describe_model(name: str, encoder) -> dict:
+    return {
+        "name": name,
+        "path": str(Path(name).resolve()) if Path(name).is_dir() else None,
+        "model_type": encoder.config.model_type,
+        "class": type(encoder).__name__,
+        "hidden_size": encoder.config.hidden_size,
+        "parameters": sum(p.numel() for p in encoder.parameters()),
+        "trained_parameters": sum(p.numel() for p in encoder.parameters() if p.requires_grad),
+    }
+
+
+def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model) -> dict:
+    """config.json: every argument, the command, the models, the data and its split, and the environment.
+    `split` is (fold, train indices, valid indices)."""
+    import accelerate
+    import numpy as np
+    import torch
+    import transformers
+
+    fold, train, valid = split
+    return {
+        "script": cell.name,
+        "cell": asdict(cell),
+        "args": vars(args),
+        "command": " ".join(sys.argv),
+        "models": {
+            **({"text": _describe_model(args.text_model, model.text_encoder)} if cell.uses_text else {}),
+            **({"speech": _describe_model(args.speech_model, model.speech_encoder)} if cell.uses_speech else {}),
+        },
+        "data": {
+            "dataset_dir": str(Path(args.dataset_dir).resolve()),
+            "annotation_files": len(corpus.annotation_files),
+            "rows": corpus.rows,
+            "used": len(corpus.utterances),
+            "excluded": len(corpus.excluded),
+            "exclusions": [asdict(e) for e in corpus.excluded],
+            "split": {"train": len(train), "valid": len(valid), "test": len(fold.test)},
+            "test_sessions": session_order([corpus.utterances[i].session for i in fold.test]),
+            "va_mean": model.va_mean.tolist(),
+            "va_std": model.va_std.tolist(),
+            "fingerprint": fingerprint,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+            "numpy": np.__version__,
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+        },
+    }
+
+
+def record_size(run_dir: Path) -> None:
+    """The finished run directory's size, in config.json (its `disk_bytes`)."""
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config["disk_bytes"] = size(run_dir)
+    atomic.write_json(run_dir / "config.json", config)
+
+
+def write_set_summary(folder: Path, results: list[dict], args) -> None:
+    """summary.json and summary.md of a --num_fold all run: mean ± std over its folds, with its settings."""
+    from common.report import aggregate, fold_summary
+
+    stats = aggregate(results)
+    first = results[0]
+    summary = {
+        "script": first["script"],
+        "dataset": first["dataset"],
+        "split": first.get("split", "contiguous"),
+        "folds": [r["fold"] for r in results],
+        "settings": settings(vars(args)),
+        "test": {k: {"mean": st.mean, "std": st.std, "n_folds": st.n} for k, st in stats.items()},
+    }
+    atomic.write_json(folder / "summary.json", summary)
+    atomic.write_text(folder / "summary.md", fold_summary(results) + "\n")

@@ -38,7 +38,7 @@ import soundfile as sf
 
 from common.atomic import build_folder
 from common.errors import UserError, run_cli
-from common.kemdy import EMOTIONS
+from common.grid import EMOTIONS
 
 PRIOR = {"angry": 0.12, "disgust": 0.08, "fear": 0.08, "happy": 0.20, "neutral": 0.30, "sad": 0.12, "surprise": 0.10}
 VA_MEAN = {

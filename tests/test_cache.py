@@ -14,9 +14,9 @@ import torch
 from common.cache import ArrayStore, cached
 from common.data import Collator, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
 from common.errors import UserError
-from common.features import frozen_vectors
+from common.frozen import frozen_vectors
 from common.kemdy import read_corpus
-from common.model import EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, load_text_encoder
 
 
 class Log(list):
@@ -151,7 +151,7 @@ def _frozen_setup(tiny_models, corpus20, modality):
     tok, text = load_text_encoder(str(tiny_models / "text"))
     fe, speech = load_speech_encoder(str(tiny_models / "speech"))
     spec = audio_spec(fe, speech)
-    model = EmotionModel(Heads("multimodal", "total", "concat"), text, speech)
+    model = EmotionModel(ModelConfig("multimodal", "total", "concat"), text, speech)
     inputs = prepare_inputs(utts, tok, 32, 5.0)
     return utts, tok, model, inputs, Collator(tok, 32, spec), spec
 
@@ -171,7 +171,9 @@ def test_frozen_vectors_are_each_utterances_own_pooled_output_and_are_cached(tin
     cached_inputs = prepare_inputs(utts, tok, 32, 5.0, cache, Log())
     log = Log()
     model.train()  # vectors are computed without dropout whatever the model's mode
-    vectors = frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    vectors = frozen_vectors(
+        modality, model, utts, cached_inputs, collate, batch_size=8, accelerator=CPU, cache_dir=cache, log=log
+    )
     width = (model.text_encoder if modality == "text" else model.speech_encoder).config.hidden_size
     assert model.training and vectors.shape == (24, width) and "computed" in log[0]
     model.eval()
@@ -181,11 +183,15 @@ def test_frozen_vectors_are_each_utterances_own_pooled_output_and_are_cached(tin
         for i in (0, 5, 17, 23):
             alone = collate([ds[i]])
             np.testing.assert_allclose(vectors[i], encode(alone)[0].numpy(), rtol=1e-4, atol=1e-5)
-    again = frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    again = frozen_vectors(
+        modality, model, utts, cached_inputs, collate, batch_size=8, accelerator=CPU, cache_dir=cache, log=log
+    )
     assert "reused" in log[1] and np.array_equal(again, vectors)
     with torch.no_grad():
         next(model.text_encoder.parameters() if modality == "text" else model.speech_encoder.parameters()).add_(0.1)
-    frozen_vectors(modality, model, utts, cached_inputs, collate, spec, 8, CPU, cache, log)
+    frozen_vectors(
+        modality, model, utts, cached_inputs, collate, batch_size=8, accelerator=CPU, cache_dir=cache, log=log
+    )
     assert "computed" in log[2]  # other weights, other vectors
 
 
@@ -196,13 +202,14 @@ def _train(cell, corpus, tiny_models, out, *flags):
     argv = ["--dataset", "20", "--dataset_dir", str(corpus), "--num_fold", "2", "--epochs", "2", "--batch_size", "8"]
     argv += ["--lr", "1e-3", "--max_text_len", "32", "--output_dir", str(out), "--group_by_length"]
     argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech"), *flags]
-    return train(cell, parse_args(cell, argv))
+    (result,) = train(cell, parse_args(cell, argv))
+    return result
 
 
 def test_runs_without_cache_with_a_cold_cache_and_with_a_warm_one_give_the_same_numbers(
     corpus20, tiny_models, tmp_path
 ):
-    from common.model import Cell
+    from common.grid import Cell
 
     cell = Cell("multimodal", "total", "concat")
     cache = ["--cache_dir", str(tmp_path / "cache")]
@@ -216,7 +223,7 @@ def test_runs_without_cache_with_a_cold_cache_and_with_a_warm_one_give_the_same_
 def test_frozen_encoders_keep_their_weights_and_the_heads_still_learn(corpus20, tiny_models, tmp_path):
     from safetensors.torch import load_file
 
-    from common.model import Cell
+    from common.grid import Cell
 
     cell = Cell("multimodal", "total", "element_wise_add")
     result = _train(cell, corpus20[0], tiny_models, tmp_path / "run", "--freeze", "text", "--cache_dir", str(tmp_path))

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from common.audit import summarize
 from common.errors import UserError
-from common.kemdy import EMOTIONS, decode_text, original_emotions, parse_emotions, read_corpus, summarize
+from common.grid import EMOTIONS
+from common.kemdy import decode_text, original_emotions, parse_emotions, read_corpus
 
 HEADER20 = (
     "Numb,Wav,,Segment ID,Total Evaluation,,,Eval01F,,\n,start,end,,Emotion,Valence,Arousal,Emotion,Valence,Arousal\n"
@@ -391,7 +393,7 @@ def test_a_corpus_with_nothing_usable_stops_and_names_the_reasons(tmp_path):
 
 
 def run_audit(*args):
-    return subprocess.run([sys.executable, "-m", "common.kemdy", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "common.audit", *args], capture_output=True, text=True)
 
 
 def test_audit_json_reports_counts_exclusions_labels_and_audio(corpus19):

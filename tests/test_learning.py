@@ -20,8 +20,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 from common.cli import parse_args
+from common.grid import Cell
 from common.kemdy import read_corpus
-from common.model import Cell
 from common.train import train
 
 
@@ -47,7 +47,7 @@ def fit(cell, corpus, tiny_models, tmp_path):
     ]
     args = parse_args(cell, argv)
     args.demo = False  # the corpus and encoders above, not the ones under demo/
-    return train(cell, args)["test"]
+    return train(cell, args)[0]["test"]
 
 
 def constant_baselines(corpus) -> tuple[float, float]:

@@ -7,13 +7,12 @@ import torch
 
 from common.data import Collator, KemdyDataset, prepare_inputs
 from common.errors import UserError
+from common.grid import FUSIONS, TASKS, Cell
 from common.kemdy import read_corpus
 from common.model import (
-    FUSIONS,
-    TASKS,
-    Cell,
     EmotionModel,
-    Heads,
+    ModelConfig,
+    audio_padding,
     audio_spec,
     load_speech_encoder,
     load_text_encoder,
@@ -26,11 +25,13 @@ CELLS = [Cell(m, t) for m, t in itertools.product(("text", "speech"), TASKS)] + 
 ]
 
 
-def build(tiny_models, cell, **heads):
+def build(tiny_models, cell, **choices):
     tok, text = load_text_encoder(str(tiny_models / "text")) if cell.uses_text else (None, None)
     fe, speech = load_speech_encoder(str(tiny_models / "speech")) if cell.uses_speech else (None, None)
-    mask = speech is not None and pass_audio_mask(fe, heads.get("speech_inputs", "extractor"))
-    config = Heads(cell.modality, cell.task, cell.fusion, pass_audio_mask=mask, **heads)
+    inputs = choices.get("speech_inputs", "extractor")
+    mask = speech is not None and pass_audio_mask(fe, inputs)
+    pad_to = audio_padding(choices.get("speech_pooling", "mean"), inputs, max_seq_len=5)
+    config = ModelConfig(cell.modality, cell.task, cell.fusion, pass_audio_mask=mask, pad_to=pad_to, **choices)
     spec = audio_spec(fe, speech, config) if speech is not None else None
     torch.manual_seed(0)
     model = EmotionModel(config, text, speech)
@@ -153,7 +154,7 @@ def test_save_and_load_give_the_same_outputs(tiny_models, corpus20, tmp_path):
     batch = a_batch(corpus20, tok, spec)
     for key, value in model(batch).items():
         assert torch.allclose(value, loaded(batch)[key], atol=1e-6)
-    assert loaded.heads == model.heads and torch.equal(loaded.va_mean, model.va_mean)
+    assert loaded.config == model.config and torch.equal(loaded.va_mean, model.va_mean)
     assert tok2("오늘 정말 행복해")["input_ids"] == tok("오늘 정말 행복해")["input_ids"]
 
 

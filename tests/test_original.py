@@ -13,8 +13,9 @@ from transformers import BertConfig, BertModel
 from common.cli import ORIGINAL, parse_args
 from common.data import Collator, KemdyDataset, prepare_inputs
 from common.errors import UserError
-from common.kemdy import EMOTIONS, read_corpus
-from common.model import Cell, EmotionModel, Heads, audio_spec, load_speech_encoder, load_text_encoder
+from common.grid import EMOTIONS, Cell
+from common.kemdy import read_corpus
+from common.model import EmotionModel, ModelConfig, audio_padding, audio_spec, load_speech_encoder, load_text_encoder
 from common.predict import Predictor
 from common.train import train
 
@@ -34,7 +35,7 @@ def test_original_bert_inputs_attend_to_every_position_with_the_padding_mask_as_
     tok, bert, batch = text_batch(tiny_models, corpus20, width=32)
     ids, pad = batch["input_ids"], batch["attention_mask"]
     assert ids.shape[1] == 32 and (pad == 0).any()  # padded to --max_text_len, padding present
-    model = EmotionModel(Heads("text", "classification", None, text_inputs="original"), bert).eval()
+    model = EmotionModel(ModelConfig("text", "classification", None, text_inputs="original"), bert).eval()
     got = model.encode_text(batch)
     # The original's call under its transformers 4.12: an all-zero attention mask added -10000 to every
     # score (a shift softmax ignores), so BERT attended to all positions; token types = padding mask.
@@ -45,7 +46,7 @@ def test_original_bert_inputs_attend_to_every_position_with_the_padding_mask_as_
     # Attending to the padding, its output depends on how far the transcript is padded; masked, it does not.
     _, _, wider = text_batch(tiny_models, corpus20, width=48)
     assert not torch.allclose(model.encode_text(wider), got, atol=1e-4)
-    correct = EmotionModel(Heads("text", "classification", None), bert).eval()
+    correct = EmotionModel(ModelConfig("text", "classification", None), bert).eval()
     assert torch.allclose(correct.encode_text(wider), correct.encode_text(batch), atol=1e-5)
 
 
@@ -61,21 +62,21 @@ def test_original_bert_inputs_need_a_model_with_two_token_types():
         )
     )
     with pytest.raises(UserError, match=r"--text_inputs original: .* two token types \(BERT\); this one has 1"):
-        EmotionModel(Heads("text", "classification", None, text_inputs="original"), bert)
+        EmotionModel(ModelConfig("text", "classification", None, text_inputs="original"), bert)
 
 
-def speech_batch(tiny_models, corpus20, heads, indices):
+def speech_batch(tiny_models, corpus20, config, indices):
     fe, w2v = load_speech_encoder(str(tiny_models / "speech"))
     utts = read_corpus("20", corpus20[0]).utterances
-    spec = audio_spec(fe, w2v, heads, max_seq_len=5)
+    spec = audio_spec(fe, w2v, config)
     ds = KemdyDataset(utts, list(indices), prepare_inputs(utts, None, 32, 5), spec)
     items = [ds[i] for i in range(len(ds))]
     return utts, w2v, spec, items, Collator(None, 32, spec)(items)
 
 
 def test_original_audio_is_the_files_samples_unnormalised_padded_to_the_batch_without_a_mask(tiny_models, corpus20):
-    heads = Heads("speech", "regression", None, speech_pooling="cnn_last", speech_inputs="original")
-    utts, w2v, spec, items, batch = speech_batch(tiny_models, corpus20, heads, (0, 17, 3))
+    config = ModelConfig("speech", "regression", None, speech_pooling="cnn_last", speech_inputs="original")
+    utts, w2v, spec, items, batch = speech_batch(tiny_models, corpus20, config, (0, 17, 3))
     assert not spec.normalize and not spec.pass_mask and spec.pad_to == 0
     raw = []
     for i in (0, 17, 3):  # what torchaudio.load gave the original: 16-bit samples / 32768, first 80,000
@@ -89,17 +90,19 @@ def test_original_audio_is_the_files_samples_unnormalised_padded_to_the_batch_wi
     for row, x in enumerate(raw):
         padded[row, : len(x)] = x
     assert torch.equal(batch["audio"], torch.from_numpy(padded))
-    model = EmotionModel(heads, None, w2v).eval()
+    model = EmotionModel(config, None, w2v).eval()
     expected = w2v(torch.from_numpy(padded)).extract_features[:, -1]  # no attention mask
     assert torch.allclose(model.encode_speech(batch), expected, atol=1e-6)
     # So a clip's vector depends on the other clips of its batch.
-    *_, alone = speech_batch(tiny_models, corpus20, heads, (17,))
+    *_, alone = speech_batch(tiny_models, corpus20, config, (17,))
     assert not torch.allclose(model.encode_speech(alone)[0], model.encode_speech(batch)[1], atol=1e-3)
 
 
 def test_default_audio_is_normalised_per_clip_and_cnn_last_padded_to_max_seq_len(tiny_models, corpus20):
-    heads = Heads("speech", "regression", None, speech_pooling="cnn_last")
-    utts, _, spec, items, batch = speech_batch(tiny_models, corpus20, heads, (0, 17))
+    padding = audio_padding("cnn_last", "extractor", max_seq_len=5)
+    config = ModelConfig("speech", "regression", None, speech_pooling="cnn_last", pad_to=padding)
+    utts, _, spec, items, batch = speech_batch(tiny_models, corpus20, config, (0, 17))
+    assert padding == 80000 and audio_padding("cnn_last", "original", 5) == audio_padding("mean", "extractor", 5) == 0
     samples = sf.read(str(utts[0].wav), dtype="int16")[0][:80000].astype(np.float64) / 32768
     assert np.allclose(items[0]["audio"], (samples - samples.mean()) / np.sqrt(samples.var() + 1e-7), atol=1e-5)
     assert batch["audio"].shape == (2, 80000)
@@ -109,8 +112,8 @@ def test_default_audio_is_normalised_per_clip_and_cnn_last_padded_to_max_seq_len
 def test_dropout_placement_for_element_wise_add(tiny_models, dropout_on):
     _, bert = load_text_encoder(str(tiny_models / "text"))
     _, w2v = load_speech_encoder(str(tiny_models / "speech"))
-    heads = Heads("multimodal", "classification", "element_wise_add", dropout=0.5, dropout_on=dropout_on)
-    model = EmotionModel(heads, bert, w2v).train()
+    config = ModelConfig("multimodal", "classification", "element_wise_add", dropout=0.5, dropout_on=dropout_on)
+    model = EmotionModel(config, bert, w2v).train()
     text, speech = torch.randn(4, 64), torch.randn(4, 32)
     torch.manual_seed(3)
     got = model({"text_vec": text, "speech_vec": speech})["emotion_logits"]
@@ -185,7 +188,7 @@ def original_runs(demo20, tiny_models, tmp_path_factory):
         argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
         args = parse_args(cell, [*argv, "--output_dir", str(out / cell.name)])
         args.demo = False  # the corpus and encoders above, not the ones under demo/
-        runs[cell.name] = (train(cell, args), out / cell.name)
+        runs[cell.name] = (train(cell, args)[0], out / cell.name)
     return runs
 
 
@@ -198,8 +201,8 @@ def test_every_modality_trains_with_original_and_reports_the_last_epoch(original
     assert {k: config["args"][k] for k in ORIGINAL} == ORIGINAL
     assert config["data"]["split"]["valid"] == 0 and config["data"]["va_mean"] == [0.0, 0.0]
     assert config["data"]["va_std"] == [1.0, 1.0]
-    heads = json.loads((run_dir / "model" / "model.json").read_text())
-    assert heads["emotion_output"] == "softmax"
+    saved = json.loads((run_dir / "model" / "model.json").read_text())
+    assert saved["emotion_output"] == "softmax"
     with (run_dir / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])

@@ -16,8 +16,8 @@ import soundfile as sf
 from common.cli import parse_args
 from common.errors import UserError
 from common.folds import make_fold
+from common.grid import Cell
 from common.kemdy import read_corpus
-from common.model import Cell
 from common.train import train
 
 from helpers import tiny_command
@@ -115,7 +115,9 @@ def test_a_finished_run_is_refused_reported_with_resume_and_replaced_with_overwr
     with pytest.raises(UserError, match=r"holds a finished run \(metrics.json\); add --overwrite to replace it"):
         train(CELL, parse_args(CELL, command(corpus20[0], tiny_models, done)[2:]))
     before = (done / "metrics.json").read_text()
-    assert train(CELL, parse_args(CELL, command(corpus20[0], tiny_models, done, "--resume")[2:])) == json.loads(before)
+    assert train(CELL, parse_args(CELL, command(corpus20[0], tiny_models, done, "--resume")[2:])) == [
+        json.loads(before)
+    ]
     assert (done / "metrics.json").read_text() == before
 
 
@@ -135,7 +137,7 @@ def test_overwrite_replaces_a_run_and_an_unwritable_output_dir_stops_before_trai
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     (out / "notes.txt").write_text("the user's own notes")
-    result = train(CELL, args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
+    (result,) = train(CELL, args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     # --overwrite replaces the run's own files only (earlier it removed the whole folder, notes included)
     assert (out / "notes.txt").read_text() == "the user's own notes"
     assert json.loads((out / "metrics.json").read_text()) == result
@@ -176,9 +178,10 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from common.data import Collator, KemdyDataset, prepare_inputs
+    from common.losses import Objective
     from common.model import EmotionModel, audio_spec
     from common.synthetic import generate
-    from common.train import Trainer
+    from common.train import evaluate, split_metrics
 
     corpus = tmp_path / "KEMDy20"
     generate("20", corpus, sessions=2, utterances_per_session=33, seed=3)
@@ -214,16 +217,14 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     assert sorted(p.name for p in kept.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
 
     model, tokenizer, extractor = EmotionModel.load(out / "model")
-    assert model.heads.pass_audio_mask
+    assert model.config.pass_audio_mask
     args = parse_args(CELL, argv[2:])
     spec = audio_spec(extractor, model.speech_encoder)
     inputs = prepare_inputs(utts, tokenizer, args.max_text_len, args.max_seq_len)
     loader = torch.utils.data.DataLoader(
         KemdyDataset(utts, test, inputs, spec), batch_size=4, collate_fn=Collator(tokenizer, args.max_text_len, spec)
     )
-    single, _ = Trainer(CELL, args, Accelerator(cpu=True)).metrics(
-        Trainer(CELL, args, Accelerator(cpu=True)).predict(model, loader)
-    )
+    single, _ = split_metrics(evaluate(model, loader, Accelerator(cpu=True), Objective()), args.threshold)
     differ = {
         key: (value, single[key])
         for key, value in metrics["test"].items()

@@ -109,7 +109,7 @@ def test_the_command_writes_its_files_and_refuses_a_broken_metrics_file(runs, ca
 
 
 def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(tmp_path):
-    from common.kemdy import EMOTIONS
+    from common.grid import EMOTIONS
 
     header = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
     tables_by_fold = {

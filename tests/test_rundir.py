@@ -18,7 +18,8 @@ import pytest
 from common import checkpoints
 from common.cli import parse_args
 from common.errors import UserError, writing
-from common.model import Cell, EmotionModel
+from common.grid import Cell
+from common.model import EmotionModel
 from common.report import find_fold_sets, tables
 from common.rundir import RunLock
 from common.train import train
@@ -228,7 +229,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(corpus20,
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # no half-written epoch 2
     monkeypatch.undo()
-    result = train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+    (result,) = train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
     assert result["chosen_epoch"] == 2 and (out / "metrics.json").is_file()
 
 
@@ -336,8 +337,8 @@ def test_predict_on_a_damaged_run_directory_is_one_line(corpus20, tiny_models, t
 
     out = tmp_path / "run"
     train(TEXT, args(corpus20[0], tiny_models, out))
-    heads = out / "model" / "heads.safetensors"
-    heads.write_bytes(heads.read_bytes()[:20])
+    layers = out / "model" / "layers.safetensors"
+    layers.write_bytes(layers.read_bytes()[:20])
     with pytest.raises(UserError, match=rf"^--run_dir {out}: damaged run directory \(.*\); train the run again$"):
         Predictor(out)
     (out / "config.json").write_text("{not json")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.kemdy import EMOTIONS, read_corpus
+from common.grid import EMOTIONS
+from common.kemdy import read_corpus
 from common.model import EmotionModel
 from common.synthetic import generate
 
@@ -141,7 +142,7 @@ def test_each_script_trains_one_fold_and_writes_its_run_directory(runs, script, 
 def test_a_saved_model_reproduces_its_predictions(runs):
     proc, out, corpus_dir, dataset = runs["multimodal_total_concat"]
     model, tok, fe = EmotionModel.load(out / "model")
-    assert model.heads.cell.name == "multimodal_total_concat" and tok is not None and fe is not None
+    assert model.config.cell.name == "multimodal_total_concat" and tok is not None and fe is not None
     config = json.loads((out / "config.json").read_text())
     assert model.va_mean.tolist() == pytest.approx(config["data"]["va_mean"])
 

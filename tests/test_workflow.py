@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.kemdy import EMOTIONS, read_corpus
+from common.grid import EMOTIONS
+from common.kemdy import read_corpus
 from common.predict import Predictor
 from common.synthetic import generate
 
@@ -90,7 +91,7 @@ def test_all_folds_hold_out_each_session_once_into_per_fold_run_directories(grid
 
 
 def test_the_audit_prints_the_session_fold_sizes(grid):
-    proc = python("-m", "common.kemdy", "--dataset", "20", "--dataset_dir", grid["corpus"])
+    proc = python("-m", "common.audit", "--dataset", "20", "--dataset_dir", grid["corpus"])
     assert proc.returncode == 0, proc.stderr
     # 5 sessions of 16: one tested, one of the other four (ceil(0.1 x 4)) validates, three train
     for k in range(1, 6):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from common.cache import DamagedCache, cached, fingerprint, rebuild
-from common.data import AudioSpec, Collator, Inputs, KemdyDataset
+from common.data import Collator, Inputs, KemdyDataset
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
@@ -41,13 +41,15 @@ def frozen_vectors(
     utterances: list,
     inputs: Inputs,
     collate: Collator,
-    spec: AudioSpec | None,
+    *,
     batch_size: int,
     accelerator,
     cache_dir=None,
     log=print,
 ) -> np.ndarray:
-    """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder."""
+    """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder, its inputs
+    collated by `collate`."""
+    spec = collate.audio_spec
     source = inputs.tokens if modality == "text" else inputs.audio
     one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to)
     size = 1 if one_by_one else batch_size
@@ -73,13 +75,13 @@ def frozen_vectors(
     encoder = model.text_encoder if modality == "text" else model.speech_encoder
     if cache_dir is None or not _source_key(source):
         return compute()
-    heads = model.heads
-    pooling = heads.text_pooling if modality == "text" else heads.speech_pooling
+    config = model.config
+    pooling = config.text_pooling if modality == "text" else config.speech_pooling
     key = fingerprint(
         modality,
         module_fingerprint(encoder),
         pooling,
-        heads.text_inputs if modality == "text" else heads.speech_inputs,
+        config.text_inputs if modality == "text" else config.speech_inputs,
         _source_key(source),
         spec,
         size,

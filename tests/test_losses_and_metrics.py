@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from scipy.stats import pearsonr
 from sklearn.metrics import f1_score, mean_absolute_error
 
-from common.kemdy import EMOTIONS
-from common.tasks import Objective, ccc, classification_metrics, emotion_probabilities, regression_metrics
+from common.grid import EMOTIONS
+from common.losses import Objective, emotion_probabilities
+from common.metrics import ccc, classification_metrics, regression_metrics
 
 
 def test_classification_metrics_on_a_hand_computed_example():

@@ -1,69 +1,23 @@
-"""Outputs -> numbers: the loss of each task and the metrics reported for it.
+"""Outputs -> the numbers reported: multi-label emotion metrics and valence/arousal agreement.
 
-Emotions are multi-label: by default binary cross-entropy on each of the 7 logits and an emotion
-predicted where its sigmoid exceeds the threshold (the original put a softmax before
-MultiLabelSoftMarginLoss, which can never predict two labels; `emotion_output="softmax"` restores it).
-Valence/arousal: MSE on targets standardised with the training fold's statistics (or, as the original,
-on the raw 1-5 scale), averaged over the two dimensions (or summed, as the original).
+scikit-learn and SciPy compute them; only CCC, which has no library function, is written here. A value
+that is undefined is null with a note, never NaN.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, mean_absolute_error, root_mean_squared_error
 
-from common.kemdy import EMOTIONS
-
-DIMENSIONS = ("valence", "arousal")
-EMOTION_OUTPUTS = ("sigmoid", "softmax")
-VA_LOSSES = ("mean", "sum")
-
-
-def emotion_probabilities(logits: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
-    """Per-emotion probabilities: one sigmoid per emotion, or the original's softmax over the seven."""
-    logits = logits.float()
-    return torch.softmax(logits, dim=-1) if output == "softmax" else torch.sigmoid(logits)
+from common.grid import DIMENSIONS, EMOTIONS
 
 
 def predicted(probs: np.ndarray, threshold: float) -> np.ndarray:
     """0/1 decisions: an emotion is predicted where its probability exceeds the threshold (as the original)."""
     return (probs > threshold).astype(int)
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What training minimises: the emotion loss and/or the valence/arousal loss, weighted."""
-
-    emotion_output: str = "sigmoid"  # "softmax": the original's MultiLabelSoftMarginLoss on softmax outputs
-    va_loss: str = "mean"  # of the two dimensions' squared errors; "sum", as the original
-    cls_weight: float = 1.0
-    reg_weight: float = 1.0
-
-    def per_sample(self, outputs: dict, batch: dict, va_mean: torch.Tensor, va_std: torch.Tensor) -> torch.Tensor:
-        """Loss of every sample (so that evaluation averages exactly over the dataset, whatever the batches).
-
-        The mean over a batch is the original's loss: MultiLabelSoftMarginLoss and MSELoss average over
-        the batch, and the sum of the valence and arousal MSEs is the mean of their per-sample sums.
-        """
-        loss = 0.0
-        if "emotion_logits" in outputs:
-            logits, labels = outputs["emotion_logits"].float(), batch["labels"]
-            if self.emotion_output == "softmax":
-                emotion = F.multilabel_soft_margin_loss(torch.softmax(logits, dim=-1), labels, reduction="none")
-            else:
-                emotion = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
-            loss = loss + self.cls_weight * emotion
-        if "va_z" in outputs:
-            target = (batch["va"] - va_mean) / va_std
-            squared = F.mse_loss(outputs["va_z"].float(), target, reduction="none")
-            loss = loss + self.reg_weight * (squared.sum(dim=1) if self.va_loss == "sum" else squared.mean(dim=1))
-        return loss
 
 
 def _none_if_nan(x: float) -> float | None:

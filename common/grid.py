@@ -1,0 +1,70 @@
+"""The grid's vocabulary: cells, scripts, datasets, classes and the choices of every flag.
+
+Torch-free on purpose: the command line, the readers and the report import it without loading a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS = ("19", "20")
+# The class order used everywhere (multi-hot vectors, logits, reports): alphabetical.
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+DIMENSIONS = ("valence", "arousal")
+
+MODALITIES = ("text", "speech", "multimodal")
+TASKS = ("classification", "regression", "total")
+FUSIONS = ("concat", "element_wise_add")
+# The twelve scripts in the README's order; tables list fold sets in this order within a dataset and split.
+SCRIPTS = [f"{m}_{t}" for m in ("text", "speech") for t in TASKS] + [
+    f"multimodal_{t}_{f}" for f in FUSIONS for t in TASKS
+]
+# Parameter-name prefixes of the two encoders inside the model; everything else is trained from scratch.
+ENCODER_PREFIXES = ("text_encoder.", "speech_encoder.")
+
+# Choices of the flags that select a computation (README, "Departures from the original code").
+LABEL_READINGS = ("checked", "original")
+DUPLICATE_ROWS = ("all", "first")
+KEMDY19_ROWS = ("all", "speaker")
+TEXT_POOLINGS = ("pooler", "cls", "mean")
+SPEECH_POOLINGS = ("mean", "cnn_last")
+TEXT_INPUTS = ("masked", "original")
+SPEECH_INPUTS = ("extractor", "original")
+DROPOUT_ON = ("modalities", "fused")
+EMOTION_OUTPUTS = ("sigmoid", "softmax")
+VA_TARGETS = ("standardized", "raw")
+VA_LOSSES = ("mean", "sum")
+FREEZE = ("none", "text", "speech", "both")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; its name is the script's name."""
+
+    modality: str
+    task: str
+    fusion: str | None = None
+
+    def __post_init__(self):
+        assert self.modality in MODALITIES and self.task in TASKS
+        assert (self.fusion in FUSIONS) == (self.modality == "multimodal")
+
+    @property
+    def name(self) -> str:
+        return f"multimodal_{self.task}_{self.fusion}" if self.fusion else f"{self.modality}_{self.task}"
+
+    @property
+    def uses_text(self) -> bool:
+        return self.modality in ("text", "multimodal")
+
+    @property
+    def uses_speech(self) -> bool:
+        return self.modality in ("speech", "multimodal")
+
+    @property
+    def classifies(self) -> bool:
+        return self.task in ("classification", "total")
+
+    @property
+    def regresses(self) -> bool:
+        return self.task in ("regression", "total")
