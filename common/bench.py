@@ -14,7 +14,9 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - frozen_epoch: a fine-tuning epoch over an epoch of heads on cached frozen-encoder vectors;
 - audio_padding: the share of padded audio samples in the training batches with --group_by_length;
 - data_rss_gib: peak resident memory of a process that reads the corpus, builds the caches and makes
-  one pass of collated batches over all of it (imports included).
+  one pass of collated batches over all of it (imports included);
+- cli_help: a script's --help, and a script stopped by a bad argument, over a bare `python -c pass`
+  (the command line imports no torch, transformers or accelerate before training starts).
 
 Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
 noise of a shared machine. The corpus and encoders are built once under --work and reused.
@@ -44,6 +46,7 @@ GOALS = {
     "frozen_epoch": ("fine-tune epoch / frozen-feature epoch (cached embeddings)", ">=", 30.0),
     "audio_padding": ("share of padded audio frames with --group_by_length", "<=", 0.10),
     "data_rss_gib": ("peak RSS of the data side, 13k-utterance corpus (GiB)", "<", 1.0),
+    "cli_help": ("a script's --help (or a bad argument) / `python -c pass`: no torch before training", "<=", 10.0),
 }
 
 
@@ -143,12 +146,28 @@ class Bench:
             collated_pass_s=probe["pass_s"],
         )
 
+    def audio_padding(self) -> None:
+        """Padded share of the audio in the training fold's batches, with and without length grouping."""
+        from common.data import EpochBatchSampler, prepare_inputs
+
+        train_idx = self.train_idx
+        inputs = prepare_inputs(self.utts, None, 256, 5.0, self.work / "cache", lambda message: None)
+        lengths = [float(inputs.audio.lengths[i]) for i in train_idx]
+
+        def padded_share(sampler) -> float:
+            batches = sampler.batches()
+            padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+            return 1 - sum(lengths) / padded
+
+        grouped = padded_share(EpochBatchSampler(len(train_idx), 32, 1234, lengths))
+        shuffled = padded_share(EpochBatchSampler(len(train_idx), 32, 1234))
+        self.record("audio_padding", grouped, without_grouping=shuffled, batch_size=32)
+
     def training(self) -> None:
         from accelerate import Accelerator
 
         from common.cli import parse_args
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
-        from common.frozen import frozen_vectors
         from common.grid import Cell
         from common.losses import Objective
         from common.model import Encoders, audio_spec, build_model
@@ -161,20 +180,6 @@ class Bench:
         args = parse_args(cell, argv)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         quiet = lambda message: None  # noqa: E731
-        utts, train_idx = self.utts, self.train_idx
-
-        # Audio lengths of the whole training fold, batched as --group_by_length does.
-        inputs_all = prepare_inputs(utts, None, 256, 5.0, self.work / "cache", quiet)
-        lengths = [float(inputs_all.audio.lengths[i]) for i in train_idx]
-
-        def padded_share(sampler) -> float:
-            batches = sampler.batches()
-            padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-            return 1 - sum(lengths) / padded
-
-        grouped = padded_share(EpochBatchSampler(len(train_idx), 32, 1234, lengths))
-        shuffled = padded_share(EpochBatchSampler(len(train_idx), 32, 1234))
-        self.record("audio_padding", grouped, without_grouping=shuffled, batch_size=32)
 
         # A subset of the training fold for the timings.
         subset = self.subset(128)
@@ -230,37 +235,42 @@ class Bench:
         steps = len(pre_collated)
         self.record("loop_overhead", loop_s / bare_s, loop_step_s=loop_s / steps, bare_step_s=bare_s / steps)
 
-        # The same epoch with both encoders frozen: the heads train on cached vectors.
+        self.frozen_epoch(run, subset, sampler, loop_s)
+
+    def frozen_epoch(self, run, subset: list, sampler, fine_tune_s: float) -> None:
+        """The same epoch with both encoders frozen: the heads train on cached vectors."""
+        from common.data import KemdyDataset, prepare_inputs
+        from common.frozen import frozen_vectors
+        from common.train import make_loader
+
+        accelerator, collate = run.accelerator, run.train_loader.collate_fn
+        core = accelerator.unwrap_model(run.model)
         core.freeze("both")
-        frozen_inputs = prepare_inputs(subset, tokenizer, 256, 5.0, self.work / "cache", quiet)
+        inputs = prepare_inputs(subset, run.tokenizer, 256, 5.0, self.work / "cache", lambda message: None)
         for modality in ("text", "speech"):
             vectors = frozen_vectors(
                 modality,
                 core,
                 subset,
-                frozen_inputs,
+                inputs,
                 collate,
                 batch_size=8,
                 accelerator=accelerator,
                 cache_dir=self.work / "cache",
-                log=quiet,
+                log=lambda message: None,
             )
-            setattr(frozen_inputs, f"{modality}_vectors", vectors)
-        head_params = [p for p in core.parameters() if p.requires_grad]
-        frozen_opt = torch.optim.AdamW(head_params, lr=1e-4, eps=1e-8)
-        frozen_sched = torch.optim.lr_scheduler.LambdaLR(frozen_opt, lambda step: 1.0)
-        frozen_loader = make_loader(
-            KemdyDataset(subset, range(len(subset)), frozen_inputs, spec), collate, args, False, sampler
-        )
-        frozen_loader = accelerator.prepare(frozen_loader)
+            setattr(inputs, f"{modality}_vectors", vectors)
+        run.optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=1e-4, eps=1e-8)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
+        dataset = KemdyDataset(subset, range(len(subset)), inputs, collate.audio_spec)
+        run.train_loader = accelerator.prepare(make_loader(dataset, collate, run.args, False, sampler))
 
         def frozen_epoch():
-            run.train_loader, run.optimizer, run.scheduler = frozen_loader, frozen_opt, frozen_sched
             run.train_epoch(1)
-            _sync(device)
+            _sync(accelerator.device)
 
         (frozen_s,) = _best_of(3, frozen_epoch)
-        self.record("frozen_epoch", loop_s / frozen_s, fine_tune_epoch_s=loop_s, frozen_epoch_s=frozen_s)
+        self.record("frozen_epoch", fine_tune_s / frozen_s, fine_tune_epoch_s=fine_tune_s, frozen_epoch_s=frozen_s)
 
     def text_padding(self) -> None:
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
@@ -297,6 +307,17 @@ class Bench:
             dynamic_s=dynamic_s,
         )
 
+    def cli(self) -> None:
+        """--help and an argument error answer before any heavy import: timed against a bare interpreter."""
+        script = str(Path(__file__).resolve().parents[1] / "text_classification.py")
+
+        def python(*argv):
+            return lambda: subprocess.run([sys.executable, *argv], capture_output=True, check=False)
+
+        bad = python(script, "--num_fold", "6", "--dataset_dir", str(self.corpus))
+        help_s, error_s, pass_s = _best_of(5, python(script, "--help"), bad, python("-c", "pass"))
+        self.record("cli_help", max(help_s, error_s) / pass_s, help_s=help_s, error_s=error_s, pass_s=pass_s)
+
     def table(self) -> str:
         lines = ["| ratio | measured | goal | met |", "|---|---|---|---|"]
         for key, (description, op, goal) in GOALS.items():
@@ -314,8 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     bench = Bench(Path(args.work))
     bench.data_side()
+    bench.audio_padding()
     bench.training()
     bench.text_padding()
+    bench.cli()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     if args.out:

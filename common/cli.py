@@ -183,8 +183,13 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="compute what the original code computed: " + _flags(ORIGINAL) + "; flags given still win "
         "(default run directory: runs/<script>/KEMDy<dataset>_original/)",
     )
+    _add_model_flags(p.add_argument_group("model").add_argument)
+    _add_training_flags(p.add_argument_group("training").add_argument)
+    _add_output_flags(p.add_argument_group("output").add_argument)
+    return p
 
-    add = p.add_argument_group("model").add_argument
+
+def _add_model_flags(add) -> None:
     add("--text_model", default="klue/bert-base", help="text encoder: hub name or local folder")
     add("--speech_model", default="facebook/wav2vec2-base-960h", help="speech encoder: hub name or local folder")
     add(
@@ -255,7 +260,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--cls_weight", type=float, default=1.0, help="weight of the emotion loss (total scripts)")
     add("--reg_weight", type=float, default=1.0, help="weight of the valence/arousal loss (total scripts)")
 
-    add = p.add_argument_group("training").add_argument
+
+def _add_training_flags(add) -> None:
     add("--lr", type=float, default=1e-5, help="AdamW learning rate")
     add(
         "--head_lr", type=float, default=None, help="learning rate of fusion and heads (default: --lr, as the original)"
@@ -278,7 +284,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add("--regress", type=int, default=1, help="width of each valence/arousal output (the original's flag; only 1)")
     add("--ckpt", default="0", help="accepted for the original's commands and ignored, as there (see --resume)")
 
-    add = p.add_argument_group("output").add_argument
+
+def _add_output_flags(add) -> None:
     add(
         "--output_dir",
         help="run directory, holding fold1/ .. fold5/ with --num_fold all (default: "
@@ -309,7 +316,6 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         default=True,
         help="save the trained model in the run directory",
     )
-    return p
 
 
 def _flags(values: dict) -> str:
@@ -331,6 +337,12 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
     if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     args.folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
+    _check_values(args)
+    return args
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    """Every number in its range, with one line naming the flag otherwise."""
     if args.num_labels != len(EMOTIONS):
         raise UserError(f"--num_labels {args.num_labels}: KEMDy has {len(EMOTIONS)} emotion classes; only 7 works")
     if args.regress != 1:
@@ -356,7 +368,6 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
     ]:
         if not ok:
             raise UserError(f"--{name} {getattr(args, name)}: must be {rule}")
-    return args
 
 
 def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | None = None) -> None:

@@ -351,39 +351,10 @@ def read_corpus(
     if labels not in LABEL_READINGS:
         raise UserError(f"labels {labels!r}: choose {' or '.join(LABEL_READINGS)}")
     files = _check_root(dataset, root)
-    layout = LAYOUTS[dataset]
     corpus = Corpus(dataset, root, [p.name for p in files], 0, [], [], labels=labels)
-    reader = _RowReader(layout, root, labels)
+    reader = _RowReader(LAYOUTS[dataset], root, labels)
     for path in files:
-        file_match = layout.file_pattern.match(path.name)
-        data, width = _read_annotation(path, layout)
-        seen: set[str] = set()
-        for line, row in enumerate(data, start=3):
-            if not any(c.strip() for c in row):
-                continue
-            corpus.rows += 1
-            if dataset == "19" and rows == "speaker" and len(row) > layout.segment_col:
-                gender = _gender(row[layout.segment_col].strip())
-                if gender and gender != file_match.group(2).upper():
-                    corpus.other_actor_rows += 1
-                    continue
-            try:
-                utterance, encoding = reader.read(path.name, file_match.group(1), line, row, width)
-                if utterance.annotation_id in seen:
-                    corpus.duplicates.append(Exclusion(utterance.annotation_id, "duplicate_row", path.name, line))
-                    if duplicates == "first":
-                        raise _Skip("duplicate_row", f"listed again in {path.name}: the first row is used")
-                seen.add(utterance.annotation_id)
-            except _Skip as skip:
-                ident = row[layout.segment_col].strip() if len(row) > layout.segment_col else ""
-                corpus.excluded.append(
-                    Exclusion(ident or f"{path.name}:{line}", skip.reason, path.name, line, skip.detail)
-                )
-                continue
-            corpus.utterances.append(utterance)
-            corpus.transcript_encodings[encoding] += 1
-            if utterance.wav.with_suffix(".txt") in reader.blank_first_line:
-                corpus.blank_first_line.append(utterance.segment_id)
+        _read_file(corpus, reader, path, rows, duplicates)
     if not corpus.utterances:
         reasons = Counter(e.reason for e in corpus.excluded).most_common(3)
         raise UserError(
@@ -391,3 +362,35 @@ def read_corpus(
             + (f" (excluded: {', '.join(f'{r} x{n}' for r, n in reasons)})" if reasons else "")
         )
     return corpus
+
+
+def _read_file(corpus: Corpus, reader: _RowReader, path: Path, rows: str, duplicates: str) -> None:
+    """The rows of one annotation file, into the corpus's utterances or exclusions."""
+    layout = reader.layout
+    file_match = layout.file_pattern.match(path.name)
+    data, width = _read_annotation(path, layout)
+    seen: set[str] = set()
+    for line, row in enumerate(data, start=3):
+        if not any(c.strip() for c in row):
+            continue
+        corpus.rows += 1
+        if corpus.dataset == "19" and rows == "speaker" and len(row) > layout.segment_col:
+            gender = _gender(row[layout.segment_col].strip())
+            if gender and gender != file_match.group(2).upper():
+                corpus.other_actor_rows += 1
+                continue
+        try:
+            utterance, encoding = reader.read(path.name, file_match.group(1), line, row, width)
+            if utterance.annotation_id in seen:
+                corpus.duplicates.append(Exclusion(utterance.annotation_id, "duplicate_row", path.name, line))
+                if duplicates == "first":
+                    raise _Skip("duplicate_row", f"listed again in {path.name}: the first row is used")
+            seen.add(utterance.annotation_id)
+        except _Skip as skip:
+            ident = row[layout.segment_col].strip() if len(row) > layout.segment_col else ""
+            corpus.excluded.append(Exclusion(ident or f"{path.name}:{line}", skip.reason, path.name, line, skip.detail))
+            continue
+        corpus.utterances.append(utterance)
+        corpus.transcript_encodings[encoding] += 1
+        if utterance.wav.with_suffix(".txt") in reader.blank_first_line:
+            corpus.blank_first_line.append(utterance.segment_id)

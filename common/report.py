@@ -89,21 +89,25 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
             continue
         fs.runs[fold], fs.metrics[fold] = path.parent, m
 
-    # Runs of one folder with other settings never make one fold set: each group is marked instead.
-    by_place = defaultdict(list)
-    for fs in sets.values():
-        by_place[fs.folder, fs.script, fs.dataset, fs.split].append(fs)
-    for group in by_place.values():
-        for fs in group:
-            for other in group:
-                if other is not fs:
-                    fs.mixed += differences(other.settings or {}, fs.settings or {})
+    _mark_mixed(list(sets.values()))
 
     def order(fs: FoldSet):
         rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
         return fs.dataset, fs.split, rank, fs.script, str(fs.folder), fs.folds
 
     return sorted(sets.values(), key=order)
+
+
+def _mark_mixed(sets: list[FoldSet]) -> None:
+    """Runs of one folder with other settings never make one fold set: each group names how it differs."""
+    by_place = defaultdict(list)
+    for fs in sets:
+        by_place[fs.folder, fs.script, fs.dataset, fs.split].append(fs)
+    for group in by_place.values():
+        for fs in group:
+            for other in group:
+                if other is not fs:
+                    fs.mixed += differences(other.settings or {}, fs.settings or {})
 
 
 def _settings(config_path: Path) -> dict | None:
@@ -338,66 +342,40 @@ def _save(fig, path: Path) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def figures(fs: FoldSet, out: Path) -> list[Path]:
-    """The set's PNG figures in `out`: confusion matrix, per-class F1, training curves, V/A scatter."""
-    import matplotlib
+def _confusion_figure(plt, preds, label: str):
+    counts = confusion(
+        preds[[f"true_{e}" for e in EMOTIONS]].to_numpy(), preds[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
+    )
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            color = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), [f"{e} ({n})" for e, n in zip(EMOTIONS, counts.sum(axis=1), strict=True)])
+    ax.set_xlabel("top-1 predicted emotion")
+    ax.set_ylabel("true emotion (utterances)")
+    ax.set_title(f"Top-1 predictions, share of each true emotion\n{label}", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    label = f"{fs.script}, {fs.dataset}, {fs.split} split, folds {','.join(map(str, fs.folds))}"
-    preds, written = read_predictions(fs), []
-    stats = aggregate([fs.metrics[k] for k in fs.folds])
+def _per_class_f1_figure(plt, stats: dict, label: str):
+    means = [stats.get(f"f1_{e}", Stat(None, None, 0)) for e in EMOTIONS]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(EMOTIONS, [s.mean or 0 for s in means], yerr=[s.std or 0 for s in means], capsize=4, color="tab:blue")
+    for i, s in enumerate(means):
+        text = "n/a" if s.mean is None else f"{s.mean:.2f}"
+        ax.text(i, (s.mean or 0) + (s.std or 0) + 0.02, text, ha="center", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("F1 (mean ± std over folds)")
+    ax.set_title(f"Per-class F1\n{label}", fontsize=9)
+    return fig
 
-    def done(fig, kind: str) -> None:
-        path = out / f"{fs.name}_{kind}.png"
-        _save(fig, path)
-        plt.close(fig)
-        written.append(path)
 
-    if preds is not None and f"prob_{EMOTIONS[0]}" in preds:
-        counts = confusion(
-            preds[[f"true_{e}" for e in EMOTIONS]].to_numpy(), preds[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
-        )
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        fig, ax = plt.subplots(figsize=(7, 6))
-        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(EMOTIONS)):
-            for j in range(len(EMOTIONS)):
-                ax.text(
-                    j,
-                    i,
-                    f"{share[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if share[i, j] > 0.6 else "black",
-                )
-        ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
-        ax.set_yticks(range(len(EMOTIONS)), [f"{e} ({n})" for e, n in zip(EMOTIONS, counts.sum(axis=1), strict=True)])
-        ax.set_xlabel("top-1 predicted emotion")
-        ax.set_ylabel("true emotion (utterances)")
-        ax.set_title(f"Top-1 predictions, share of each true emotion\n{label}", fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        done(fig, "confusion")
-
-        means = [stats.get(f"f1_{e}", Stat(None, None, 0)) for e in EMOTIONS]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.bar(EMOTIONS, [s.mean or 0 for s in means], yerr=[s.std or 0 for s in means], capsize=4, color="tab:blue")
-        for i, s in enumerate(means):
-            ax.text(
-                i,
-                (s.mean or 0) + (s.std or 0) + 0.02,
-                "n/a" if s.mean is None else f"{s.mean:.2f}",
-                ha="center",
-                fontsize=8,
-            )
-        ax.set_ylim(0, 1.1)
-        ax.set_ylabel("F1 (mean ± std over folds)")
-        ax.set_title(f"Per-class F1\n{label}", fontsize=9)
-        done(fig, "per_class_f1")
-
+def _curves_figure(plt, fs: FoldSet, stats: dict, label: str):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     headline = "micro_f1" if "micro_f1" in stats else "mean_ccc"
     for k in fs.folds:
@@ -417,28 +395,47 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(label, fontsize=9)
-    done(fig, "curves")
+    return fig
 
+
+def _va_scatter_figure(plt, preds, stats: dict, label: str):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    for ax, dim in zip(axes, ("valence", "arousal"), strict=True):
+        colours = {"c": preds["fold"], "cmap": "tab10", "vmin": 0.5, "vmax": 10.5}
+        ax.scatter(preds[f"true_{dim}"], preds[f"pred_{dim}"], s=8, alpha=0.35, **colours)
+        ax.plot([1, 5], [1, 5], color="gray", lw=1, label="prediction = truth")
+        ax.set(xlim=(0.8, 5.2), ylim=(0.8, 5.2), xlabel=f"true {dim}", ylabel=f"predicted {dim}", aspect="equal")
+        ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} (mean ± std over folds)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Valence/arousal, test utterances of every fold (colour: fold)\n{label}", fontsize=9)
+    return fig
+
+
+def figures(fs: FoldSet, out: Path) -> list[Path]:
+    """The set's PNG figures in `out`: confusion matrix, per-class F1, training curves, V/A scatter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    label = f"{fs.script}, {fs.dataset}, {fs.split} split, folds {','.join(map(str, fs.folds))}"
+    preds = read_predictions(fs)
+    stats = aggregate([fs.metrics[k] for k in fs.folds])
+    made = {}
+    if preds is not None and f"prob_{EMOTIONS[0]}" in preds:
+        made["confusion"] = _confusion_figure(plt, preds, label)
+        made["per_class_f1"] = _per_class_f1_figure(plt, stats, label)
+    made["curves"] = _curves_figure(plt, fs, stats, label)
     if preds is not None and "pred_valence" in preds:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-        for ax, dim in zip(axes, ("valence", "arousal"), strict=True):
-            ax.scatter(
-                preds[f"true_{dim}"],
-                preds[f"pred_{dim}"],
-                s=8,
-                alpha=0.35,
-                c=preds["fold"],
-                cmap="tab10",
-                vmin=0.5,
-                vmax=10.5,
-            )
-            ax.plot([1, 5], [1, 5], color="gray", lw=1, label="prediction = truth")
-            ax.set(xlim=(0.8, 5.2), ylim=(0.8, 5.2), xlabel=f"true {dim}", ylabel=f"predicted {dim}", aspect="equal")
-            ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} (mean ± std over folds)", fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"Valence/arousal, test utterances of every fold (colour: fold)\n{label}", fontsize=9)
-        done(fig, "va_scatter")
+        made["va_scatter"] = _va_scatter_figure(plt, preds, stats, label)
+    written = []
+    for kind, fig in made.items():
+        path = out / f"{fs.name}_{kind}.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
     return written
 
 

@@ -55,20 +55,8 @@ def train(cell: Cell, args) -> list[dict]:
     dirs = rundir.run_dirs(lambda k: _default_run_dir(cell, args, k), args.output_dir, args.folds, log)
     fold_args = {k: argparse.Namespace(**{**vars(args), "num_fold": k}) for k in args.folds}
     with rundir.locked(dirs.values(), accelerator, log):
-        modes = {k: rundir.run_mode(dirs[k], args) for k in args.folds}  # refuse before training any fold
-        corpus = read_corpus(
-            args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
-        )
-        shared = Shared(corpus, corpus.fingerprint())
-        for k in args.folds:  # a fold continued, or counted again, must be the same run on the same corpus
-            if modes[k] != "fresh" and (dirs[k] / "config.json").is_file():
-                rundir.check_same_run(dirs[k] / "config.json", fold_args[k], shared.fingerprint)
+        modes, shared = _plan(cell, args, accelerator, dirs, fold_args)
         todo = [k for k in args.folds if modes[k] != "finished"]
-        if todo:
-            shared.encoders = Encoders(cell, args)
-        if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
-            for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
-                rundir.remove_set_summary(folder, log)
         results = []
         for k in args.folds:
             if modes[k] == "finished":
@@ -84,6 +72,26 @@ def train(cell: Cell, args) -> list[dict]:
                 rundir.write_set_summary(dirs[args.folds[0]].parent, results, args)
     accelerator.end_training()
     return results
+
+
+def _plan(cell: Cell, args, accelerator, dirs: dict[int, Path], fold_args: dict) -> tuple[dict[int, str], Shared]:
+    """Each fold's mode ("fresh", "resume", "finished"), checked before any fold trains, and what the folds
+    to train share. A fold continued, or counted again, must be the same run on the same corpus."""
+    modes = {k: rundir.run_mode(dirs[k], args) for k in args.folds}
+    corpus = read_corpus(
+        args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
+    )
+    shared = Shared(corpus, corpus.fingerprint())
+    for k in args.folds:
+        if modes[k] != "fresh" and (dirs[k] / "config.json").is_file():
+            rundir.check_same_run(dirs[k] / "config.json", fold_args[k], shared.fingerprint)
+    todo = [k for k in args.folds if modes[k] != "finished"]
+    if todo:
+        shared.encoders = Encoders(cell, args)
+    if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
+        for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
+            rundir.remove_set_summary(folder, accelerator.print)
+    return modes, shared
 
 
 @dataclass

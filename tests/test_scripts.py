@@ -232,3 +232,15 @@ def test_bad_arguments_stop_with_one_line(args, message, tmp_path):
     proc = run_script("text_classification", *args, "--output_dir", tmp_path / "run")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == message and "Traceback" not in proc.stderr
+
+
+def test_help_and_bad_arguments_answer_without_loading_torch_or_transformers():
+    for args in (["--help"], ["--num_fold", "6", "--dataset_dir", "/nonexistent"]):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", str(ROOT / "multimodal_total_concat.py"), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+        assert "common" in imported and not imported & {"torch", "transformers", "accelerate", "numpy"}, args
