@@ -351,7 +351,7 @@ def read_corpus(
     if labels not in LABEL_READINGS:
         raise UserError(f"labels {labels!r}: choose {' or '.join(LABEL_READINGS)}")
     files = _check_root(dataset, root)
-    corpus = Corpus(dataset, root, [p.name for p in files], 0, [], [], labels=labels)
+    corpus = Corpus(dataset, root, [p.name for p in files], rows=0, utterances=[], excluded=[], labels=labels)
     reader = _RowReader(LAYOUTS[dataset], root, labels)
     for path in files:
         _read_file(corpus, reader, path, rows, duplicates)

@@ -207,8 +207,8 @@ def _sizes(sessions: int, total: int) -> list[int]:
 class _Writer:
     """Shared state of one corpus: random streams, the label draws and file writing."""
 
-    def __init__(self, out: Path, seed: int, odd_audio: bool):
-        self.out, self.seed, self.odd_audio = out, seed, odd_audio
+    def __init__(self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE)):
+        self.out, self.seed, self.odd_audio, self.cues = out, seed, odd_audio, cues
         self.rng = np.random.default_rng(seed)
         self.index = 0
 
@@ -232,7 +232,7 @@ class _Writer:
             labels = (primary, str(rng.choice(others, p=weights / weights.sum())))
         means = np.mean([VA_MEAN[label] for label in labels], axis=0)
         latent = tuple(float(np.clip(m + rng.normal(0, 0.35), 1, 5)) for m in means)
-        text_cue, speech_cue = bool(rng.random() < TEXT_CUE), bool(rng.random() < SPEECH_CUE)
+        text_cue, speech_cue = bool(rng.random() < self.cues[0]), bool(rng.random() < self.cues[1])
         voice = VOICES[primary if speech_cue else str(rng.choice(EMOTIONS))]
         if i % 50 == 17:
             seconds = float(rng.uniform(0.08, 0.24))
@@ -252,20 +252,20 @@ class _Writer:
         if channels == 2:
             x = np.stack([x, 0.8 * x + 0.01 * audio_rng.standard_normal(len(x))], axis=1)
         rec = Recording(
-            segment_id,
-            annotation_id,
-            session,
-            speaker,
-            labels,
-            text,
-            text_cue,
-            speech_cue,
-            len(x) / sample_rate,
-            sample_rate,
-            channels,
-            encoding,
-            missing,
-            tuple(p[2] for p in panels),
+            segment_id=segment_id,
+            annotation_id=annotation_id,
+            session=session,
+            speaker=speaker,
+            labels=labels,
+            text=text,
+            text_cue=text_cue,
+            speech_cue=speech_cue,
+            duration=len(x) / sample_rate,
+            sample_rate=sample_rate,
+            channels=channels,
+            encoding=encoding,
+            missing=missing,
+            scores=tuple(p[2] for p in panels),
         )
         return rec, panels, x
 
@@ -400,11 +400,13 @@ def generate(
     seed: int = 0,
     odd_audio: bool = False,
     full_size: bool = False,
+    cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE),
 ) -> list[Recording]:
     """Write a synthetic KEMDy corpus to `out` (which must not hold one already); return its ground truth.
 
     KEMDy19's utterances_per_session counts recordings; each appears in both annotation files.
-    full_size reproduces the real session and utterance counts.
+    full_size reproduces the real session and utterance counts. `cues` are the chances that the text
+    and that the voice reveal an utterance's emotion.
     """
     dataset, out = str(dataset), Path(out)
     if dataset not in FULL_SIZE:
@@ -417,7 +419,7 @@ def generate(
         total = sessions * utterances_per_session
     if (out / "annotation").exists():
         raise UserError(f"--out {out}: already holds a corpus (annotation/ exists); choose an empty folder")
-    w = _Writer(out, seed, odd_audio)
+    w = _Writer(out, seed, odd_audio, cues)
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 

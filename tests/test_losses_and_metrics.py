@@ -97,7 +97,10 @@ def test_regression_metrics_match_scipy_and_scikit_learn():
         assert m[f"{name}_pearson"] == pytest.approx(pearsonr(true[:, j], pred[:, j]).statistic)
         assert m[f"{name}_mae"] == pytest.approx(mean_absolute_error(true[:, j], pred[:, j]))
         assert m[f"{name}_rmse"] == pytest.approx(np.sqrt(((true[:, j] - pred[:, j]) ** 2).mean()))
-        assert m[f"{name}_ccc"] == pytest.approx(ccc(true[:, j], pred[:, j]))
+        # Lin's CCC from Pearson's r and population deviations: 2 r sx sy / (sx^2 + sy^2 + (mx - my)^2)
+        t, p = true[:, j], pred[:, j]
+        r, sx, sy = pearsonr(t, p).statistic, t.std(), p.std()
+        assert m[f"{name}_ccc"] == pytest.approx(2 * r * sx * sy / (sx**2 + sy**2 + (t.mean() - p.mean()) ** 2))
     assert m["mean_ccc"] == pytest.approx((m["valence_ccc"] + m["arousal_ccc"]) / 2)
 
 

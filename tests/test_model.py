@@ -166,3 +166,17 @@ def test_a_model_that_is_neither_local_nor_offline_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"--speech_model .*empty: cannot load from this folder"):
         load_speech_encoder(str(tmp_path / "empty"))
+
+
+def test_static_padding_gives_the_outputs_of_dynamic_padding(tiny_models, corpus20):
+    model, tok, _, spec = build(tiny_models, Cell("multimodal", "total", "concat"))
+    model.eval()
+    utts = read_corpus("20", corpus20[0]).utterances
+    ds = KemdyDataset(utts, [0, 5, 9], prepare_inputs(utts, tok, 32, 5), spec)
+    items = [ds[i] for i in range(3)]
+    dynamic, static = Collator(tok, 32, spec)(items), Collator(tok, 32, spec, pad_to_max_length=True)(items)
+    assert dynamic["input_ids"].shape[1] < static["input_ids"].shape[1] == 32
+    with torch.no_grad():
+        a, b = model(dynamic), model(static)
+    for key in a:  # BERT masks the padding: only the float summation order differs
+        assert torch.allclose(a[key], b[key], atol=1e-5), key

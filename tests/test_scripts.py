@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from common.grid import EMOTIONS
+from common.cli import build_parser
+from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
 from common.model import EmotionModel
+from common.predict import Predictor
 from common.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,52 +148,32 @@ def test_a_saved_model_reproduces_its_predictions(runs):
     assert model.config.cell.name == "multimodal_total_concat" and tok is not None and fe is not None
     config = json.loads((out / "config.json").read_text())
     assert model.va_mean.tolist() == pytest.approx(config["data"]["va_mean"])
+    # The test fold predicted anew by the saved model, in the run's batches, equals predictions.csv.
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    utts = {u.segment_id: u for u in read_corpus(dataset, corpus_dir).utterances}
+    again = Predictor(out)([utts[r["segment_id"]].wav for r in table], [utts[r["segment_id"]].text for r in table], 8)
+    for row, result in zip(table, again, strict=True):
+        assert [result["probabilities"][e] for e in EMOTIONS] == pytest.approx(
+            [float(row[f"prob_{e}"]) for e in EMOTIONS], abs=2e-6
+        )
+        assert [result["valence"], result["arousal"]] == pytest.approx(
+            [float(row["pred_valence"]), float(row["pred_arousal"])], abs=2e-5
+        )
 
 
-def test_help_explains_every_flag():
+def test_help_explains_every_flag_and_the_readme_lists_exactly_the_same_flags():
     proc = run_script("multimodal_total_element_wise_add", "--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    for flag in (
-        "--dataset ",
-        "--dataset_dir",
-        "--num_fold",
-        "--lr ",
-        "--batch_size",
-        "--epochs",
-        "--max_text_len",
-        "--max_seq_len",
-        "--seed",
-        "--gpus",
-        "--text_model",
-        "--speech_model",
-        "--output_dir",
-        "--valid_ratio",
-        "--mixed_precision",
-        "--num_workers",
-        "--threshold",
-        "--demo",
-        "--text_pooling",
-        "--speech_pooling",
-        "--cls_weight",
-        "--reg_weight",
-        "--group_by_length",
-        "--head_lr",
-        "--split",
-        "--report_to",
-        "--original",
-        "--labels",
-        "--text_inputs",
-        "--speech_inputs",
-        "--emotion_output",
-        "--va_targets",
-        "--va_loss",
-        "--dropout_on",
-        "--num_labels",
-        "--regress",
-        "--ckpt",
-    ):
-        assert flag in text, flag
+    in_help = set(re.findall(r"\[(--[a-z_]+)", text)) - {"--help"}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    flags = readme[readme.index("## Flags") : readme.index("## The run directory")]
+    in_readme = {re.sub(r"^--no-", "--", f) for f in re.findall(r"`(--[a-z_-]+)", flags)}
+    assert in_help == in_readme, (sorted(in_help - in_readme), sorted(in_readme - in_help))
+    assert len(in_help) >= 45
+    parser = build_parser(Cell("multimodal", "total", "element_wise_add"))
+    assert all(len(action.help or "") > 10 for action in parser._actions), "a flag without its help text"
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
     assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -218,12 +217,20 @@ def test_predict_accepts_any_sample_rate_and_channel_count(grid, tmp_path):
     u = read_corpus("20", grid["corpus"]).utterances[0]
     x, rate = sf.read(u.wav, dtype="float32")
     sf.write(tmp_path / "stereo.wav", np.stack([x, x], axis=1), rate)  # two identical channels: the same mono
-    sf.write(tmp_path / "8k.wav", x[::2], rate // 2)
-    mono, stereo, low = predictor([u.wav, tmp_path / "stereo.wav", tmp_path / "8k.wav"], [u.text] * 3)
+    # A clip with nothing above 3 kHz loses nothing at 8 kHz: predicted from its 8 kHz copy (resampled back
+    # to 16 kHz by predict), it gives what the 16 kHz clip gives.
+    t = np.arange(16000 * 2) / 16000
+    clip = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1900 * t)) * np.hanning(len(t))
+    sf.write(tmp_path / "16k.wav", clip.astype(np.float32), 16000)
+    sf.write(tmp_path / "8k.wav", clip[::2].astype(np.float32), 8000)
+    mono, stereo, high, low = predictor(
+        [u.wav, tmp_path / "stereo.wav", tmp_path / "16k.wav", tmp_path / "8k.wav"], [u.text] * 4
+    )
     assert stereo["probabilities"] == pytest.approx(mono["probabilities"], abs=1e-6)
     assert stereo["valence"] == pytest.approx(mono["valence"], abs=1e-6)
-    assert all(0.0 <= p <= 1.0 for p in low["probabilities"].values())
-    assert math.isfinite(low["valence"]) and math.isfinite(low["arousal"])
+    assert low["probabilities"] == pytest.approx(high["probabilities"], abs=2e-3)
+    assert [low["valence"], low["arousal"]] == pytest.approx([high["valence"], high["arousal"]], abs=2e-3)
+    assert low["probabilities"] != pytest.approx(mono["probabilities"], abs=1e-3)  # the audio matters at all
 
 
 def predict_main(*args):

@@ -1,0 +1,151 @@
+"""The training loop's choices take effect: the chosen epoch is the one written, frozen encoders stay frozen,
+optimizer flags reach the optimizer, workers change nothing, seeds change everything, bf16 runs,
+and an all-folds run killed in the middle of a fold resumes to the uninterrupted numbers."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from common.cli import parse_args
+from common.grid import EMOTIONS, Cell
+from common.kemdy import read_corpus
+from common.predict import Predictor
+from common.train import train
+
+from helpers import tiny_command
+
+TEXT = Cell("text", "classification")
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def run(cell, corpus, tiny_models, out, *flags, epochs=1):
+    argv = tiny_command(cell.name, corpus, tiny_models, out, *flags, epochs=epochs)[2:]
+    (result,) = train(cell, parse_args(cell, argv))
+    return result
+
+
+def table(run_dir: Path) -> list[dict]:
+    with (run_dir / "predictions.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_chosen_epoch_before_the_last_is_the_one_whose_weights_predictions_and_metrics_are_written(
+    corpus20, tiny_models, tmp_path
+):
+    out = tmp_path / "run"
+    result = run(TEXT, corpus20[0], tiny_models, out, "--lr", "3e-3", "--num_fold", "2", epochs=4)
+    losses = [e["valid"]["loss"] for e in result["epochs"]]
+    chosen = result["chosen_epoch"]
+    assert chosen == 1 + int(np.argmin(losses)) == 3  # not the last of the 4
+    assert result["test"] == result["epochs"][chosen - 1]["test"] != result["epochs"][-1]["test"]
+    rows = table(out)
+    # predictions.csv holds the chosen epoch's outputs: its binary cross-entropy is that epoch's test loss
+    probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+    labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    bce = -(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)).mean()
+    assert bce == pytest.approx(result["test"]["loss"], abs=2e-5)
+    assert bce != pytest.approx(result["epochs"][-1]["test"]["loss"], abs=1e-3)
+    # and model/ holds the chosen epoch's weights: they predict predictions.csv again
+    by_id = {u.segment_id: u.text for u in read_corpus("20", corpus20[0]).utterances}
+    texts = [by_id[r["segment_id"]] for r in rows]
+    again = Predictor(out)(None, texts, batch_size=8)
+    np.testing.assert_allclose([[p["probabilities"][e] for e in EMOTIONS] for p in again], probs, atol=2e-6)
+
+
+@pytest.mark.parametrize("freeze", ["speech", "both"])
+def test_frozen_encoders_keep_their_pretrained_weights_in_a_training_run(corpus20, tiny_models, tmp_path, freeze):
+    cell = Cell("multimodal", "classification", "concat")
+    out = tmp_path / "run"
+    result = run(cell, corpus20[0], tiny_models, out, "--freeze", freeze, "--lr", "1e-2")
+    for modality in ("text", "speech"):
+        before = load_file(str(tiny_models / modality / "model.safetensors"))
+        after = load_file(str(out / "model" / modality / "model.safetensors"))
+        same = all(torch.equal(before[k], after[k]) for k in before)
+        assert same == (freeze in (modality, "both")), modality
+    assert np.isfinite(result["test"]["loss"])
+
+
+def test_optimizer_flags_reach_the_optimizer_and_the_gradients(corpus20, tiny_models, tmp_path, monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        seen.append(([g["lr"] for g in self.param_groups], [g["weight_decay"] for g in self.param_groups], norm))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    flags = ["--head_lr", "5e-2", "--weight_decay", "0.03", "--max_grad_norm", "0.01", "--warmup_ratio", "0.5"]
+    run(TEXT, corpus20[0], tiny_models, tmp_path / "clipped", *flags, "--lr_scheduler", "linear", epochs=2)
+    lrs = [s[0] for s in seen]
+    steps = len(seen)
+    warmup = int(0.5 * steps)
+    # linear warm-up from 0 to the full rate, then linear decay; encoders at --lr, new layers at --head_lr
+    for k, (encoder_lr, head_lr) in enumerate(lrs):
+        factor = k / warmup if k < warmup else (steps - k) / (steps - warmup)
+        assert (encoder_lr, head_lr) == pytest.approx((1e-3 * factor, 5e-2 * factor))
+    assert all(s[1] == [0.03, 0.03] for s in seen)
+    assert max(s[2] for s in seen) <= 0.01 * (1 + 1e-4)  # clipped before every step
+    seen.clear()
+    run(TEXT, corpus20[0], tiny_models, tmp_path / "plain")
+    assert max(s[2] for s in seen) > 0.01  # without --max_grad_norm, gradients far above that bound
+    assert all(s[0] == [1e-3, 1e-3] and s[1] == [0.0, 0.0] for s in seen)  # constant --lr for all, no decay
+
+
+def test_worker_processes_change_no_number(corpus20, tiny_models, tmp_path):
+    cell = Cell("multimodal", "total", "concat")
+    base = run(cell, corpus20[0], tiny_models, tmp_path / "base")
+    workers = run(cell, corpus20[0], tiny_models, tmp_path / "workers", "--num_workers", "2")
+    assert workers["epochs"] == base["epochs"]  # the memory-mapped caches read in worker processes
+
+
+def test_another_seed_gives_other_numbers_and_the_same_seed_the_same(corpus20, tiny_models, tmp_path):
+    first = run(TEXT, corpus20[0], tiny_models, tmp_path / "a", "--seed", "1")
+    again = run(TEXT, corpus20[0], tiny_models, tmp_path / "b", "--seed", "1")
+    other = run(TEXT, corpus20[0], tiny_models, tmp_path / "c", "--seed", "2")
+    assert first["epochs"] == again["epochs"]
+    assert first["epochs"][0]["train_loss"] != other["epochs"][0]["train_loss"]
+
+
+def test_bf16_mixed_precision_runs_on_cpu_and_stays_close_to_fp32(corpus20, tiny_models, tmp_path):
+    fp32 = run(TEXT, corpus20[0], tiny_models, tmp_path / "fp32")
+    cmd = tiny_command("text_classification", corpus20[0], tiny_models, tmp_path / "bf16", "--mixed_precision", "bf16")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path)  # a process of its own:
+    assert proc.returncode == 0, proc.stderr[-2000:]  # accelerate's state is set once per process
+    bf16 = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["environment"]["mixed_precision"] == "bf16"
+    a, b = fp32["epochs"][0]["train_loss"], bf16["epochs"][0]["train_loss"]
+    assert a != b and b == pytest.approx(a, rel=0.05)  # autocast is on, and bf16 keeps the numbers close
+
+
+def test_an_all_folds_run_killed_inside_a_fold_resumes_to_the_uninterrupted_numbers(corpus20, tiny_models, tmp_path):
+    def command(out, *flags):
+        return tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", *flags, epochs=3)
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    victim = subprocess.Popen(command(out), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / "fold3" / "checkpoints" / "epoch1").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert (out / "fold2" / "metrics.json").is_file() and not (out / "fold3" / "metrics.json").exists()
+    resumed = subprocess.run(command(out, "--resume"), capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and f"{out / 'fold1'}: already finished" in resumed.stdout
+    for k in range(1, 6):
+        for name in ("metrics.json", "predictions.csv"):
+            assert (out / f"fold{k}" / name).read_bytes() == (tmp_path / "whole" / f"fold{k}" / name).read_bytes()
