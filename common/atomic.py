@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # the names `_temporary` gives
 
 
 def _temporary(target: Path) -> Path:
@@ -37,7 +37,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
-        match = _TEMPORARY.match(path.name)
+        match = TEMPORARY.match(path.name)
         if match and not _alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)

@@ -32,8 +32,13 @@ from common.grid import DIMENSIONS, EMOTIONS
 RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "model", "checkpoints", "tensorboard")
 SET_FILES = ("summary.json", "summary.md")
 LOCK = ".lock"
-# The temporary names of common.atomic, of checkpoints being written, and of the writability probe.
-_TEMPORARY = re.compile(r"^\.(.+\.tmp-\d+-[0-9a-f]{8}|epoch\d+\.tmp|write-test-\d+)$")
+# Besides common.atomic's temporaries: checkpoints being written, and the writability probe.
+_RUN_TEMPORARY = re.compile(r"^\.(epoch\d+\.tmp|write-test-\d+)$")
+
+
+def _temporary(name: str) -> bool:
+    return bool(atomic.TEMPORARY.match(name) or _RUN_TEMPORARY.match(name))
+
 
 # Arguments that do not change the numbers a run produces: they may differ when resuming, and runs
 # that differ only in them belong to one fold set.
@@ -86,7 +91,7 @@ def _foreign(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     ours = set(RUN_FILES) | {LOCK}
-    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not _TEMPORARY.match(p.name))
+    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not _temporary(p.name))
 
 
 def run_dirs(default, output_dir: str | None, folds: list[int], log=print) -> dict[int, Path]:
@@ -151,17 +156,28 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
     if run_dir.is_dir():
         for path in run_dir.iterdir():
-            if _TEMPORARY.match(path.name):
+            if _temporary(path.name):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def remove_set_summary(folder: Path, log=print) -> None:
-    """Remove the summary of a --num_fold all folder (rewritten when its five folds are run together)."""
-    found = [folder / name for name in SET_FILES if (folder / name).is_file()]
+    """Remove the summary of a --num_fold all folder (rewritten when its five folds are run together);
+    files of those names that a run did not write stay."""
+    found = [folder / name for name in SET_FILES if (folder / name).is_file() and _is_set_summary(folder / name)]
     for path in found:
         path.unlink()
     if found:
         log(f"{folder}: removed the fold set's summary (its folds change); a --num_fold all run writes it again")
+
+
+def _is_set_summary(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".md":
+        return "test metrics over folds" in text.split("\n", 1)[0]
+    try:
+        return {"script", "folds", "settings", "test"} <= set(json.loads(text))
+    except (ValueError, TypeError):
+        return False
 
 
 def check_writable(run_dir: Path) -> None:

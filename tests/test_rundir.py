@@ -352,3 +352,11 @@ def test_report_out_on_a_file_is_one_line(fold_set, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(UserError, match=rf"^--out {tmp_path / 'afile'}: is a file; give a folder for the report$"):
         main([str(fold_set), "--out", str(tmp_path / "afile"), "--no-figures"])
+
+
+def test_a_summary_file_the_project_did_not_write_is_kept_when_a_fold_is_retrained(a_set, corpus20, tiny_models):
+    (a_set / "summary.json").write_text('{"my": "own notes"}')
+    (a_set / "summary.md").write_text("# my own summary\n")
+    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "2", "--overwrite"))
+    assert (a_set / "summary.json").read_text() == '{"my": "own notes"}'
+    assert (a_set / "summary.md").read_text() == "# my own summary\n"
