@@ -62,7 +62,10 @@ def frozen_vectors(
         out = None
         was_training = model.training
         model.eval()
-        with torch.no_grad(), accelerator.autocast():
+        # Computing the vectors (a DataLoader draws a seed) must not move the random stream that training
+        # then uses: a cold cache and a warm one give the same run.
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
             for batch in tqdm(loader, desc=f"{modality} vectors", leave=False, disable=None, dynamic_ncols=True):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 vectors = encode(batch).float().cpu().numpy()
@@ -104,9 +107,11 @@ def frozen_vectors(
 
 def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:
     """Utterance indices from the longest input down, so batches hold similar lengths."""
-    lengths = getattr(source, "lengths", None)
+    lengths = getattr(source, "lengths", None)  # cached: the stored lengths
+    if lengths is None and modality == "text":  # token counts, as cached, so batches are the same either way
+        lengths = [len(source[i]) for i in range(len(utterances))]
     if lengths is None:
-        lengths = [len(u.text) if modality == "text" else u.duration for u in utterances]
+        lengths = [u.duration for u in utterances]
     return sorted(range(len(utterances)), key=lambda i: -lengths[i])
 
 
