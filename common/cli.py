@@ -13,6 +13,7 @@ from pathlib import Path
 from common.errors import UserError, run_cli
 from common.folds import NUM_FOLDS, SPLITS
 from common.grid import (
+    CLASS_WEIGHTS,
     DATASETS,
     DROPOUT_ON,
     DUPLICATE_ROWS,
@@ -58,6 +59,15 @@ ORIGINAL = {
     "valid_ratio": 0.0,
     "group_by_length": False,
 }
+
+
+def _threshold(value: str) -> float | str:
+    if value == "tuned":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a probability in (0, 1), or tuned") from None
 
 
 def _fold(value: str) -> int | str:
@@ -243,7 +253,21 @@ def _add_model_flags(add) -> None:
         help="sigmoid: one probability per emotion, binary cross-entropy; softmax: the original's softmax over "
         "the seven with MultiLabelSoftMarginLoss on it (never predicts two emotions)",
     )
-    add("--threshold", type=float, default=0.5, help="an emotion is predicted where its probability exceeds this")
+    add(
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help="an emotion is predicted where its probability exceeds this; tuned: a threshold per emotion, the one "
+        "that maximises its F1 on the validation part (recorded in metrics.json, used for the test fold and by "
+        "common.predict)",
+    )
+    add(
+        "--class_weight",
+        choices=CLASS_WEIGHTS,
+        default="none",
+        help="none (the original), or balanced: each emotion's positives weighted in the binary cross-entropy by "
+        "the training part's negatives over positives (recorded in config.json)",
+    )
     add(
         "--va_targets",
         choices=VA_TARGETS,
@@ -347,6 +371,10 @@ def _check_values(args: argparse.Namespace) -> None:
         raise UserError(f"--num_labels {args.num_labels}: KEMDy has {len(EMOTIONS)} emotion classes; only 7 works")
     if args.regress != 1:
         raise UserError(f"--regress {args.regress}: valence and arousal are one number each; only 1 works")
+    if args.threshold == "tuned" and args.valid_ratio == 0:
+        raise UserError("--threshold tuned: needs a validation part to tune on; give --valid_ratio above 0")
+    if args.class_weight == "balanced" and args.emotion_output == "softmax":
+        raise UserError("--class_weight balanced: weights the binary cross-entropy; not with --emotion_output softmax")
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name} {value}: must be a finite number")
@@ -362,7 +390,7 @@ def _check_values(args: argparse.Namespace) -> None:
         ("weight_decay", args.weight_decay >= 0, "0 or more"),
         ("warmup_ratio", 0 <= args.warmup_ratio < 1, "in [0, 1)"),
         ("dropout", 0 <= args.dropout < 1, "in [0, 1)"),
-        ("threshold", 0 < args.threshold < 1, "in (0, 1)"),
+        ("threshold", args.threshold == "tuned" or 0 < args.threshold < 1, "in (0, 1), or tuned"),
         ("cls_weight", args.cls_weight >= 0, "0 or more"),
         ("reg_weight", args.reg_weight >= 0, "0 or more"),
     ]:

@@ -34,6 +34,7 @@ DROPOUT_ON = ("modalities", "fused")
 EMOTION_OUTPUTS = ("sigmoid", "softmax")
 VA_TARGETS = ("standardized", "raw")
 VA_LOSSES = ("mean", "sum")
+CLASS_WEIGHTS = ("none", "balanced")
 FREEZE = ("none", "text", "speech", "both")
 
 

@@ -14,6 +14,15 @@ import torch
 import torch.nn.functional as F
 
 
+def balanced_weights(labels) -> tuple[float, ...]:
+    """Per emotion, negatives over positives among `labels` (utterances x emotions): the weight that makes
+    an emotion's positives count as much as its negatives; 1 for an emotion with no positive."""
+    labels = torch.as_tensor(labels, dtype=torch.float64)
+    positives = labels.sum(dim=0)
+    negatives = len(labels) - positives
+    return tuple(float(n / p) if p > 0 else 1.0 for n, p in zip(negatives, positives, strict=True))
+
+
 def emotion_probabilities(logits: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
     """Per-emotion probabilities: one sigmoid per emotion, or the original's softmax over the seven."""
     logits = logits.float()
@@ -28,6 +37,7 @@ class Objective:
     va_loss: str = "mean"  # of the two dimensions' squared errors; "sum", as the original
     cls_weight: float = 1.0
     reg_weight: float = 1.0
+    pos_weight: tuple[float, ...] | None = None  # per emotion, on its positives (--class_weight balanced)
 
     def per_sample(self, outputs: dict, batch: dict, va_mean: torch.Tensor, va_std: torch.Tensor) -> torch.Tensor:
         """Loss of every sample (so that evaluation averages exactly over the dataset, whatever the batches).
@@ -41,7 +51,9 @@ class Objective:
             if self.emotion_output == "softmax":
                 emotion = F.multilabel_soft_margin_loss(torch.softmax(logits, dim=-1), labels, reduction="none")
             else:
-                emotion = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
+                weight = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=logits.device)
+                emotion = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight, reduction="none")
+                emotion = emotion.mean(dim=1)
             loss = loss + self.cls_weight * emotion
         if "va_z" in outputs:
             target = (batch["va"] - va_mean) / va_std

@@ -10,7 +10,15 @@ import math
 
 import numpy as np
 from scipy.stats import pearsonr
-from sklearn.metrics import accuracy_score, f1_score, hamming_loss, mean_absolute_error, root_mean_squared_error
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    hamming_loss,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+    root_mean_squared_error,
+)
 
 from common.grid import DIMENSIONS, EMOTIONS
 
@@ -24,19 +32,63 @@ def _none_if_nan(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[dict, list[str]]:
-    """Multi-label metrics at `threshold`, plus notes on anything undefined (reported as null, never NaN).
+def tune_thresholds(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per emotion, the threshold that maximises its F1 on these utterances (an emotion is predicted where
+    its probability exceeds it): halfway between the lowest probability still predicted and the next one
+    down. An emotion nobody here carries keeps `default` (its F1 is undefined at every threshold)."""
+    out = np.full(labels.shape[1], default, dtype=np.float64)
+    for c in range(labels.shape[1]):
+        y, p = labels[:, c].astype(int), probs[:, c].astype(np.float64)
+        positives = y.sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-p, kind="stable")
+        ps, ys = p[order], y[order]
+        k = np.arange(1, len(p) + 1)  # predict the k most probable
+        f1 = 2 * np.cumsum(ys) / (k + positives)
+        below = np.append(ps[1:], -np.inf)  # the next probability down
+        valid = ps > below  # only between distinct probabilities can a threshold split them
+        best = int(np.argmax(np.where(valid, f1, -1.0)))
+        out[c] = (ps[best] + below[best]) / 2 if np.isfinite(below[best]) else ps[best] / 2
+    return out
+
+
+def confusion(true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Counts [true emotion, top-1 predicted emotion]; a multi-label utterance counts in each of its rows."""
+    top1 = probs.argmax(axis=1)
+    counts = np.zeros((true.shape[1], true.shape[1]), dtype=np.int64)
+    for row, pred in zip(true.astype(bool), top1, strict=True):
+        counts[row, pred] += 1
+    return counts
+
+
+def uar(true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Unweighted average recall of the top-1 emotion: for each emotion that some utterance carries, the
+    share of its utterances whose most probable emotion is it (a multi-label utterance counts for each of
+    its emotions), averaged over those emotions. On single-label data, scikit-learn's balanced accuracy."""
+    counts = confusion(true, probs)
+    support = counts.sum(axis=1)
+    present = support > 0
+    return float((np.diag(counts)[present] / support[present]).mean()) if present.any() else None
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold) -> tuple[dict, list[str]]:
+    """Multi-label metrics at `threshold` (one for all emotions, or one per emotion), plus notes on
+    anything undefined (reported as null, never NaN).
 
     A class with neither true nor predicted positives has no F1: it is null per class and left out of
-    the macro average (scikit-learn's zero_division=nan).
+    the macro average (scikit-learn's zero_division=nan). Top-1 accuracy is the weighted accuracy (WA) of
+    speech-emotion papers: the share of utterances whose most probable emotion is one of theirs.
     """
     labels = labels.astype(int)
-    pred = predicted(probs, threshold)
+    pred = predicted(probs, np.asarray(threshold))
     per_class = f1_score(labels, pred, average=None, zero_division=np.nan)
     notes = [
         f"F1 of {EMOTIONS[i]} undefined: no true or predicted positives" for i in np.flatnonzero(np.isnan(per_class))
     ]
     top1 = labels[np.arange(len(labels)), probs.argmax(axis=1)]
+    precision = precision_score(labels, pred, average=None, zero_division=np.nan)
+    recall = recall_score(labels, pred, average=None, zero_division=np.nan)
     metrics = {
         "micro_f1": _none_if_nan(f1_score(labels, pred, average="micro", zero_division=0.0)),
         "macro_f1": _none_if_nan(f1_score(labels, pred, average="macro", zero_division=np.nan)),
@@ -45,6 +97,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
         "hamming_accuracy": float(1.0 - hamming_loss(labels, pred)),
         "subset_accuracy": float(accuracy_score(labels, pred)),
         "top1_accuracy": float(top1.mean()),
+        "uar": uar(labels, probs),
+        "per_class_precision": {name: _none_if_nan(v) for name, v in zip(EMOTIONS, precision, strict=True)},
+        "per_class_recall": {name: _none_if_nan(v) for name, v in zip(EMOTIONS, recall, strict=True)},
     }
     return metrics, notes
 

@@ -44,6 +44,7 @@ class Predictor:
             missing = {"max_seq_len", "max_text_len", "threshold", "pad_to_max_length"} - set(self.args)
             if missing:
                 raise KeyError(f"config.json lacks {', '.join(sorted(missing))}")
+            self.threshold = _threshold(run_dir, self.args["threshold"])
         except UserError as err:
             raise UserError(f"--run_dir {run_dir}: damaged run directory ({err}); train the run again") from None
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
@@ -58,7 +59,6 @@ class Predictor:
         if self.uses_speech:
             self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.config)
         self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
-        self.threshold = float(self.args["threshold"])
 
     def items(self, wavs: list | None, texts: list | None) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing."""
@@ -97,7 +97,11 @@ class Predictor:
                 if probs is not None:
                     p = probs[row]
                     result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
-                    result["threshold"] = self.threshold
+                    result["threshold"] = (
+                        float(self.threshold)
+                        if np.ndim(self.threshold) == 0
+                        else dict(zip(EMOTIONS, map(float, self.threshold), strict=True))
+                    )
                     chosen = predicted(p, self.threshold)
                     result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
                     result["top1"] = EMOTIONS[int(np.argmax(p))]
@@ -105,6 +109,16 @@ class Predictor:
                     result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}
                 results.append(result)
         return results
+
+
+def _threshold(run_dir: Path, threshold):
+    """The run's threshold, or with --threshold tuned its per-emotion thresholds from metrics.json."""
+    if threshold != "tuned":
+        return float(threshold)
+    tuned = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("thresholds")
+    if not tuned:
+        raise KeyError("metrics.json lacks the tuned thresholds")
+    return np.array([tuned[e] for e in EMOTIONS])
 
 
 def read_csv(path: Path) -> tuple[list[dict], list | None, list | None]:

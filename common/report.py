@@ -24,9 +24,10 @@ from common import atomic
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import EMOTIONS, SCRIPTS
+from common.metrics import confusion, predicted
 from common.rundir import differences, human, settings, size
 
-CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy")
+CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy", "uar")
 REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
 
 
@@ -120,11 +121,11 @@ def _settings(config_path: Path) -> dict | None:
 
 
 def flat_metrics(test: dict) -> dict[str, float | None]:
-    """A run's test metrics as name -> number; per-class F1 as f1_<emotion>."""
+    """A run's test metrics as name -> number; per-class values as f1_<emotion>, precision_<emotion> ..."""
     out = {}
     for key, value in test.items():
-        if isinstance(value, dict):
-            out |= {f"f1_{k}" if key == "per_class_f1" else f"{key}_{k}": v for k, v in value.items()}
+        if isinstance(value, dict):  # per_class_f1 -> f1_<emotion>, per_class_recall -> recall_<emotion> ...
+            out |= {f"{key.removeprefix('per_class_')}_{k}": v for k, v in value.items()}
         elif key != "n":
             out[key] = value
     return out
@@ -170,12 +171,20 @@ def fold_summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_threshold(run_dir: Path):
+    """The threshold a finished run decided with: --threshold, or its tuned per-emotion thresholds."""
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    if "thresholds" in metrics:
+        return np.array([metrics["thresholds"][e] for e in EMOTIONS])
+    config = run_dir / "config.json"
+    args = json.loads(config.read_text(encoding="utf-8")).get("args", {}) if config.is_file() else {}
+    return float(args.get("threshold", 0.5))
+
+
 def decisions(run_dir: Path) -> dict[str, int | float] | None:
     """How a run's emotion decisions spread over its test utterances (from predictions.csv, at the run's
     --threshold): utterances with two or more emotions predicted, with none, with two or more true, and
     the Hamming accuracy of predicting no emotion at all, the floor its hamming_accuracy should clear."""
-    from common.metrics import predicted  # torch: only when there are predictions to read
-
     path = run_dir / "predictions.csv"
     if not path.is_file():
         return None
@@ -183,10 +192,8 @@ def decisions(run_dir: Path) -> dict[str, int | float] | None:
         rows = list(csv.DictReader(f))
     if not rows or f"prob_{EMOTIONS[0]}" not in rows[0]:
         return None
-    config = run_dir / "config.json"
-    args = json.loads(config.read_text(encoding="utf-8")).get("args", {}) if config.is_file() else {}
     true = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
-    chosen = predicted(np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]), args.get("threshold", 0.5))
+    chosen = predicted(np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]), run_threshold(run_dir))
     return {
         "n": len(rows),
         "two_or_more_predicted": int((chosen.sum(axis=1) >= 2).sum()),
@@ -254,8 +261,9 @@ def run_summary(result: dict, run_dir: Path) -> str:
         f"{result['chosen_epoch']} (chosen by {result['selection'].replace('_', ' ')})"
     ]
     for key, value in result["test"].items():
-        if key == "per_class_f1":
-            lines.append("  per-class F1: " + "  ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
+        if isinstance(value, dict):  # per_class_f1, per_class_precision, per_class_recall
+            name = key.removeprefix("per_class_").replace("f1", "F1")
+            lines.append(f"  per-class {name}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in value.items()))
         elif key != "n":
             lines.append(f"  {key:<18}{_fmt(value)}")
     lines.append(f"run directory: {run_dir} ({human(size(run_dir))})")
@@ -288,7 +296,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             name = fs.script + (" *" if not fs.complete else "")
             if protocols[fs.script, fs.dataset, fs.split] > 1:  # the same cell in several folders: name the folder
                 name += f" (`{fs.folder.as_posix()}`)"
-            cells = [name, fs.dataset, fs.split, fs.status, *(str(st[k]) for k in keys)]
+            cells = [name, fs.dataset, fs.split, fs.status, *(str(st[k]) if k in st else "n/a" for k in keys)]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     md += _decision_rows(sets, stats)
@@ -325,15 +333,6 @@ def read_predictions(fs: FoldSet):
         if path.is_file():
             frames.append(pd.read_csv(path).assign(fold=k))
     return pd.concat(frames, ignore_index=True) if frames else None
-
-
-def confusion(true: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Counts [true emotion, top-1 predicted emotion]; a multi-label utterance counts in each of its rows."""
-    top1 = probs.argmax(axis=1)
-    counts = np.zeros((true.shape[1], true.shape[1]), dtype=np.int64)
-    for row, pred in zip(true.astype(bool), top1, strict=True):
-        counts[row, pred] += 1
-    return counts
 
 
 def _save(fig, path: Path) -> None:

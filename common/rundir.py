@@ -29,7 +29,7 @@ from common.folds import NUM_FOLDS, session_order
 from common.grid import DIMENSIONS, EMOTIONS
 
 # Everything a run writes into its directory, and what a --num_fold all run writes beside its folds.
-RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "model", "checkpoints", "tensorboard")
+RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "confusion.csv", "model", "checkpoints", "tensorboard")
 SET_FILES = ("summary.json", "summary.md")
 LOCK = ".lock"
 # Besides common.atomic's temporaries: checkpoints being written, and the writability probe.
@@ -72,6 +72,7 @@ EARLIER = {
     "dropout_on": "fused",
     "num_labels": 7,
     "regress": 1,
+    "class_weight": "none",
 }
 
 
@@ -347,6 +348,19 @@ def write_predictions(path: Path, utterances, out: dict) -> None:
         if "va_pred" in out:
             row += [f"{v:.6f}" for v in out["va_pred"][k]]
         writer.writerow(row)
+    atomic.write_text(path, f.getvalue())
+
+
+def write_confusion(path: Path, out: dict) -> None:
+    """confusion.csv: test utterances counted by true emotion (rows; a multi-label utterance in each of its
+    rows) and top-1 predicted emotion (columns)."""
+    from common.metrics import confusion
+
+    counts = confusion(out["labels"], out["probs"])
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["true", *[f"top1_{e}" for e in EMOTIONS]])
+    writer.writerows([emotion, *map(int, row)] for emotion, row in zip(EMOTIONS, counts, strict=True))
     atomic.write_text(path, f.getvalue())
 
 

@@ -27,10 +27,10 @@ from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, prepa
 from common.errors import Interrupted, UserError, writing
 from common.folds import fold_splits
 from common.frozen import frozen_vectors
-from common.grid import ENCODER_PREFIXES, Cell
+from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
 from common.kemdy import Corpus, read_corpus
-from common.losses import Objective, emotion_probabilities
-from common.metrics import classification_metrics, regression_metrics
+from common.losses import Objective, balanced_weights, emotion_probabilities
+from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, build_model, seed
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary
 
@@ -113,6 +113,7 @@ class FoldRun:
     train_loader: DataLoader
     eval_loaders: dict[str, DataLoader]  # "valid" (when there is a validation part) and "test"
     checkpoints: Checkpoints
+    pos_weight: tuple[float, ...] | None = None  # per emotion, with --class_weight balanced
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
 
     @property
@@ -122,7 +123,7 @@ class FoldRun:
     @cached_property
     def objective(self) -> Objective:
         args = self.args
-        return Objective(args.emotion_output, args.va_loss, args.cls_weight, args.reg_weight)
+        return Objective(args.emotion_output, args.va_loss, args.cls_weight, args.reg_weight, self.pos_weight)
 
     def loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         """Per-utterance loss (so that evaluation averages exactly over a split, whatever its batches)."""
@@ -154,8 +155,20 @@ class FoldRun:
     def evaluate(self, loader: DataLoader) -> dict[str, np.ndarray]:
         return evaluate(self.model, loader, self.accelerator, self.objective)
 
-    def metrics(self, out: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
-        return split_metrics(out, self.args.threshold)
+    def record(self, epoch: int, train_loss: float, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
+        """An epoch's numbers: training loss, each split's metrics, notes on undefined values, and with
+        --threshold tuned the thresholds chosen on this epoch's validation outputs."""
+        record, notes, threshold = {"epoch": epoch, "train_loss": train_loss}, [], self.args.threshold
+        if threshold == "tuned" and "probs" in outputs.get("valid", {}):
+            tuned = tune_thresholds(outputs["valid"]["labels"], outputs["valid"]["probs"])
+            record["thresholds"], threshold = dict(zip(EMOTIONS, map(float, tuned), strict=True)), tuned
+        elif threshold == "tuned":
+            threshold = 0.5  # regression only: no emotion to decide
+        for name, out in outputs.items():
+            record[name], split_notes = split_metrics(out, threshold)
+            notes += [f"{name}: {n}" for n in split_notes]
+        record["notes"] = notes
+        return record
 
     def stop_if_diverged(self, value: float, epoch: int, step: int, what: str = "the training loss is") -> None:
         """Stop every process at the first non-finite loss, before it reaches the weights or a results file."""
@@ -193,7 +206,7 @@ def evaluate(model, loader: DataLoader, accelerator, objective: Objective) -> di
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def split_metrics(out: dict[str, np.ndarray], threshold: float) -> tuple[dict, list[str]]:
+def split_metrics(out: dict[str, np.ndarray], threshold) -> tuple[dict, list[str]]:
     """A split's loss and task metrics, and notes on any that are undefined."""
     metrics, notes = {"loss": float(out["loss"].mean()), "n": int(len(out["index"]))}, []
     if "probs" in out:
@@ -227,6 +240,8 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     log(_fold_line(args, corpus, fold, train_idx, valid_idx))
 
     model = build_model(cell, args, shared.encoders, last, log)
+    labels = np.array([utts[i].labels for i in train_idx])
+    pos_weight = balanced_weights(labels) if args.class_weight == "balanced" and cell.classifies else None
     _set_va_scaling(model, args, [utts[i] for i in train_idx])
     model.freeze(args.freeze)
     model.to(accelerator.device)
@@ -264,9 +279,12 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
         train_loader=train_loader,
         eval_loaders=eval_loaders,
         checkpoints=Checkpoints(run_dir, accelerator),
+        pos_weight=pos_weight,
     )
     if accelerator.is_main_process and mode == "fresh":
         config = rundir.provenance(cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core)
+        if pos_weight is not None:
+            config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
             atomic.write_json(run_dir / "config.json", config)
     if args.report_to != "none":  # events in <run_dir>/tensorboard/
@@ -290,12 +308,7 @@ def fit(run: FoldRun) -> list[dict]:
             for name, out in outputs.items():  # fp16 overflow can leave the training loss finite and these not
                 bad = next((float(v[~np.isfinite(v)][0]) for v in out.values() if not np.isfinite(v).all()), 0.0)
                 run.stop_if_diverged(bad, epoch, len(run.train_loader), what=f"a {name} output is")
-            record = {"epoch": epoch, "train_loss": train_loss}
-            notes = []
-            for name, out in outputs.items():
-                record[name], split_notes = run.metrics(out)
-                notes += [f"{name}: {n}" for n in split_notes]
-            record["notes"] = notes
+            record = run.record(epoch, train_loss, outputs)
             run.history.append(record)
             log(epoch_line(record))
             if args.report_to != "none":
@@ -327,11 +340,14 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
         "selection": "valid_loss" if run.split[2] else "last_epoch",
         "chosen_epoch": chosen,
         "test": history[chosen - 1]["test"],
+        **({"thresholds": history[chosen - 1]["thresholds"]} if "thresholds" in history[chosen - 1] else {}),
         "epochs": history,
     }
     if accelerator.is_main_process:
         with writing("the results", run_dir, "; the checkpoints are kept: then continue with --resume"):
             rundir.write_predictions(run_dir / "predictions.csv", run.corpus.utterances, test_outputs)
+            if "probs" in test_outputs:
+                rundir.write_confusion(run_dir / "confusion.csv", test_outputs)
             if args.save_model:
                 shutil.rmtree(run_dir / "model", ignore_errors=True)
                 atomic.build_folder(run_dir / "model", lambda tmp: run.core.save(tmp, run.tokenizer, run.extractor))

@@ -7,11 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr
-from sklearn.metrics import f1_score, mean_absolute_error
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    precision_score,
+    recall_score,
+)
 
 from common.grid import EMOTIONS
-from common.losses import Objective, emotion_probabilities
-from common.metrics import ccc, classification_metrics, regression_metrics
+from common.losses import Objective, balanced_weights, emotion_probabilities
+from common.metrics import ccc, classification_metrics, regression_metrics, tune_thresholds
 
 
 def test_classification_metrics_on_a_hand_computed_example():
@@ -179,3 +186,68 @@ def test_the_original_va_loss_is_the_sum_of_two_mses_on_the_raw_scale():
     assert torch.allclose(got.mean(), mse(va_pred[:, 0], va[:, 0]) + mse(va_pred[:, 1], va[:, 1]))
     mean = Objective().per_sample({"va_z": va_pred}, {"va": va}, torch.zeros(2), torch.ones(2))
     assert torch.allclose(got, 2 * mean)
+
+
+def test_uar_is_balanced_accuracy_on_single_label_data_and_wa_is_accuracy():
+    rng = np.random.default_rng(3)
+    true_class = rng.choice(7, size=300, p=[0.05, 0.05, 0.05, 0.2, 0.5, 0.1, 0.05])
+    labels = np.eye(7, dtype=int)[true_class]
+    probs = rng.random((300, 7)) + 0.8 * labels * (rng.random((300, 1)) < 0.6)
+    m, _ = classification_metrics(labels, probs, 0.5)
+    top1 = probs.argmax(axis=1)
+    assert m["uar"] == pytest.approx(balanced_accuracy_score(true_class, top1))
+    assert m["top1_accuracy"] == pytest.approx(accuracy_score(true_class, top1))  # the papers' WA
+
+
+def test_uar_counts_a_multi_label_utterance_in_each_of_its_emotions():
+    labels = np.zeros((4, 7), dtype=int)
+    labels[0, [3, 4]] = 1  # happy + neutral, top-1 happy: a hit for happy, a miss for neutral
+    labels[1, 4] = 1  # neutral, top-1 neutral: hit
+    labels[2, 5] = 1  # sad, top-1 neutral: miss
+    labels[3, 4] = 1  # neutral, top-1 sad: miss
+    probs = np.full((4, 7), 0.1)
+    probs[0, 3], probs[1, 4], probs[2, 4], probs[3, 5] = 0.9, 0.9, 0.9, 0.9
+    m, _ = classification_metrics(labels, probs, 0.5)
+    # happy 1/1, neutral 1/3 (rows 0, 1, 3), sad 0/1; emotions nobody carries are left out
+    assert m["uar"] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert m["top1_accuracy"] == pytest.approx(2 / 4)
+
+
+def test_per_class_precision_and_recall_match_scikit_learn_and_thresholds_can_differ_per_emotion():
+    rng = np.random.default_rng(4)
+    labels = (rng.random((200, 7)) < 0.3).astype(int)
+    probs = np.clip(labels * 0.3 + rng.random((200, 7)) * 0.7, 0, 1)
+    thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.5, 0.45, 0.7])
+    m, _ = classification_metrics(labels, probs, thresholds)
+    pred = (probs > thresholds).astype(int)
+    for i, e in enumerate(EMOTIONS):
+        assert m["per_class_precision"][e] == pytest.approx(precision_score(labels[:, i], pred[:, i]))
+        assert m["per_class_recall"][e] == pytest.approx(recall_score(labels[:, i], pred[:, i]))
+    assert m["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro"))
+
+
+def test_tuned_thresholds_give_each_emotion_its_best_f1_among_all_thresholds():
+    rng = np.random.default_rng(5)
+    labels = (rng.random((120, 7)) < [0.05, 0.1, 0.02, 0.3, 0.6, 0.1, 0.0]).astype(int)
+    probs = np.round(np.clip(labels * 0.25 + rng.random((120, 7)) * 0.75, 0, 1), 2)  # ties among probabilities
+    tuned = tune_thresholds(labels, probs)
+    for c in range(7):
+        if labels[:, c].sum() == 0:
+            assert tuned[c] == 0.5  # nobody carries it: F1 is undefined everywhere, the default stays
+            continue
+        # every threshold that splits the probabilities differently, checked with scikit-learn
+        candidates = np.unique(np.concatenate([probs[:, c], [0.0]])) - 1e-9
+        best = max(f1_score(labels[:, c], probs[:, c] > t, zero_division=0) for t in candidates)
+        assert f1_score(labels[:, c], probs[:, c] > tuned[c]) == pytest.approx(best)
+        assert not np.any(np.isclose(probs[:, c], tuned[c]))  # strictly between two probabilities
+
+
+def test_balanced_weights_make_positives_weigh_as_much_as_negatives():
+    labels = torch.tensor([[1, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0]])
+    w = balanced_weights(labels)
+    assert w == pytest.approx((3.0, 1.0, 1.0, 3.0, 1 / 3, 1.0, 1.0))  # angry 3 neg / 1 pos; disgust none: 1
+    logits = torch.randn(4, 7)
+    got = Objective(pos_weight=w).per_sample({"emotion_logits": logits}, {"labels": labels.float()}, 0, 1)
+    s = torch.sigmoid(logits)
+    by_hand = -(torch.tensor(w) * labels * torch.log(s) + (1 - labels) * torch.log(1 - s)).mean(1)
+    assert torch.allclose(got, by_hand, atol=1e-6)

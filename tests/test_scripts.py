@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.cli import build_parser
@@ -29,6 +30,9 @@ CLASSIFICATION_KEYS = {
     "hamming_accuracy",
     "subset_accuracy",
     "top1_accuracy",
+    "uar",
+    "per_class_precision",
+    "per_class_recall",
 }
 REGRESSION_KEYS = {"loss", "n", "mean_ccc"} | {
     f"{d}_{m}" for d in ("valence", "arousal") for m in ("ccc", "pearson", "mae", "rmse")
@@ -41,13 +45,13 @@ RUNS = [
     ("text_total", "20", ["--lr_scheduler", "linear", "--warmup_ratio", "0.5"]),
     ("speech_classification", "19", ["--group_by_length", "--original"]),
     ("speech_regression", "20", ["--speech_pooling", "cnn_last", "--max_seq_len", "2"]),
-    ("speech_total", "20", ["--max_grad_norm", "1.0"]),
+    ("speech_total", "20", ["--max_grad_norm", "1.0", "--class_weight", "balanced", "--threshold", "tuned"]),
     ("multimodal_classification_concat", "20", ["--threshold", "0.3"]),
     ("multimodal_regression_concat", "19", ["--kemdy19_rows", "speaker", "--original"]),
     ("multimodal_total_concat", "20", ["--cls_weight", "2", "--reg_weight", "0.5"]),
     ("multimodal_classification_element_wise_add", "19", ["--text_pooling", "cls", "--original"]),
     ("multimodal_regression_element_wise_add", "20", ["--head_lr", "1e-3"]),
-    ("multimodal_total_element_wise_add", "19", []),
+    ("multimodal_total_element_wise_add", "19", ["--class_weight", "balanced", "--threshold", "tuned"]),
 ]
 # Run as the original's README does: from the folder holding ./KEMDy19, without --dataset_dir.
 DEFAULT_DATASET_DIR = "multimodal_total_element_wise_add"
@@ -116,6 +120,9 @@ def test_each_script_trains_one_fold_and_writes_its_run_directory(runs, script, 
     assert metrics["script"] == script and metrics["fold"] == 2 and metrics["chosen_epoch"] == 1
     assert metrics["selection"] == ("last_epoch" if {"--valid_ratio", "--original"} & set(extra) else "valid_loss")
     assert len(metrics["epochs"]) == 1 and set(metrics["epochs"][0]["test"]) == expected
+    assert ("thresholds" in metrics) == ("tuned" in extra)
+    config = json.loads((out / "config.json").read_text())
+    assert ("class_weights" in config["data"]) == ("balanced" in extra)
 
     rows = "speaker" if "speaker" in extra else "all"
     utts = read_corpus(dataset, corpus_dir, rows=rows).utterances
@@ -130,6 +137,18 @@ def test_each_script_trains_one_fold_and_writes_its_run_directory(runs, script, 
     assert ({"pred_valence", "pred_arousal"} <= columns) == (task != "classification")
     if task != "regression":
         assert all(0.0 <= float(r[f"prob_{e}"]) <= 1.0 for r in table for e in EMOTIONS)
+        # confusion.csv: every test utterance counted once per true emotion, at its most probable emotion
+        expected = np.zeros((7, 7), dtype=int)
+        for r in table:
+            top1 = max(range(7), key=lambda i: float(r[f"prob_{EMOTIONS[i]}"]))
+            for i, e in enumerate(EMOTIONS):
+                expected[i, top1] += r[f"true_{e}"] == "1"
+        with (out / "confusion.csv").open(encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["true", *[f"top1_{e}" for e in EMOTIONS]] and [r[0] for r in rows[1:]] == list(EMOTIONS)
+        assert np.array_equal(np.array([[int(c) for c in r[1:]] for r in rows[1:]]), expected)
+    else:
+        assert not (out / "confusion.csv").exists()
 
     config = json.loads((out / "config.json").read_text())
     assert config["script"] == script and config["args"]["dataset"] == dataset

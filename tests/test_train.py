@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from sklearn.metrics import f1_score
 
 from common.cli import parse_args
+from common.errors import UserError
 from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
 from common.predict import Predictor
@@ -149,3 +151,37 @@ def test_an_all_folds_run_killed_inside_a_fold_resumes_to_the_uninterrupted_numb
     for k in range(1, 6):
         for name in ("metrics.json", "predictions.csv"):
             assert (out / f"fold{k}" / name).read_bytes() == (tmp_path / "whole" / f"fold{k}" / name).read_bytes()
+
+
+def test_balanced_class_weights_and_tuned_thresholds_reach_the_loss_the_metrics_and_predict(
+    corpus20, tiny_models, tmp_path
+):
+    out = tmp_path / "run"
+    result = run(TEXT, corpus20[0], tiny_models, out, "--class_weight", "balanced", "--threshold", "tuned", epochs=2)
+    config = json.loads((out / "config.json").read_text())
+    # negatives over positives of each emotion, counted by hand over the training part (fold 5's train rows)
+    utts = read_corpus("20", corpus20[0]).utterances
+    n = len(utts)
+    train_part = utts[: int(n * 4 / 5)][: config["data"]["split"]["train"]]
+    for i, e in enumerate(EMOTIONS):
+        positives = sum(u.labels[i] for u in train_part)
+        expected = (len(train_part) - positives) / positives if positives else 1.0
+        assert config["data"]["class_weights"][e] == pytest.approx(expected)
+    thresholds = result["thresholds"]
+    assert thresholds == result["epochs"][result["chosen_epoch"] - 1]["thresholds"]
+    rows = table(out)
+    probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+    labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    pred = (probs > np.array([thresholds[e] for e in EMOTIONS])).astype(int)
+    assert result["test"]["micro_f1"] == pytest.approx(f1_score(labels, pred, average="micro", zero_division=0))
+    again = Predictor(out)(None, [u.text for u in utts if u.segment_id in {r["segment_id"] for r in rows}][:5])
+    for p in again:
+        assert p["threshold"] == thresholds
+        assert p["labels"] == [e for e in EMOTIONS if p["probabilities"][e] > thresholds[e]]
+
+
+def test_tuned_thresholds_need_a_validation_part(corpus20, tiny_models, tmp_path):
+    with pytest.raises(UserError, match=r"^--threshold tuned: needs a validation part to tune on; give --valid_ratio"):
+        run(TEXT, corpus20[0], tiny_models, tmp_path / "run", "--threshold", "tuned", "--valid_ratio", "0")
+    with pytest.raises(UserError, match=r"^--class_weight balanced: weights the binary cross-entropy; not with"):
+        run(TEXT, corpus20[0], tiny_models, tmp_path / "run", "--class_weight", "balanced", "--original")
