@@ -438,6 +438,87 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
     return written
 
 
+def _pooled(fs: FoldSet):
+    from common.compare import pool
+
+    frames = []
+    for k in fs.folds:
+        with (fs.runs[k] / "predictions.csv").open(encoding="utf-8", newline="") as f:
+            frames.append((k, list(csv.DictReader(f)), run_threshold(fs.runs[k])))
+    return pool(frames)
+
+
+def _comparison_groups(sets: list[FoldSet]) -> list[tuple[str, str, dict[str, FoldSet]]]:
+    """Complete fold sets with predictions, by dataset, split and protocol folder (KEMDy20, KEMDy20_original
+    ...), each script once: (dataset, split, script -> fold set)."""
+    groups = defaultdict(list)
+    for fs in sets:
+        if fs.complete and all((fs.runs[k] / "predictions.csv").is_file() for k in fs.folds):
+            groups[fs.dataset, fs.split, fs.folder.name].append(fs)
+    out = []
+    for (dataset, split, _), group in groups.items():
+        by_name = {fs.script: fs for fs in group}
+        if len(by_name) == len(group):  # one script twice in a protocol folder: no single pairing
+            out.append((dataset, split, by_name))
+    return out
+
+
+def _chosen_pairs(by_name: dict[str, FoldSet]) -> list[tuple[str, str, str]]:
+    """(A, B, task): each multimodal cell against the better of its unimodal cells by the task's headline
+    (fold mean), and concatenation against element-wise addition."""
+    from common.compare import metrics_of, pairs
+
+    def mean(name: str, metric: str) -> float:
+        fs = by_name[name]
+        return aggregate([fs.metrics[k] for k in fs.folds]).get(metric, Stat(None, None, 0)).mean or 0.0
+
+    chosen: dict[str, tuple[str, str, str]] = {}
+    for a, b, kind in pairs(set(by_name)):
+        task = by_name[a].metrics[by_name[a].folds[0]]["task"]
+        if kind == "fusion":
+            chosen[f"{a}|{b}"] = (a, b, task)
+        elif a not in chosen or mean(b, metrics_of(task)[0]) > mean(chosen[a][1], metrics_of(task)[0]):
+            chosen[a] = (a, b, task)
+    return list(chosen.values())
+
+
+def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
+    """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
+    protocol folder: each multimodal cell against the better of its unimodal cells, and the two fusions."""
+    from common.compare import metrics_of, paired_bootstrap
+
+    lines, rows, pooled = [], [], {}
+    for dataset, split, by_name in _comparison_groups(sets):
+        for a, b, task in _chosen_pairs(by_name):
+            for name in (a, b):
+                pooled.setdefault((dataset, split, name), _pooled(by_name[name]))
+            for metric in metrics_of(task):
+                diff, low, high = paired_bootstrap(
+                    pooled[dataset, split, a], pooled[dataset, split, b], metric, resamples, seed
+                )
+                test = {name: [by_name[name].metrics[k]["test"] for k in by_name[name].folds] for name in (a, b)}
+                per_fold = " ".join(f"{x[metric] - y[metric]:+.3f}" for x, y in zip(test[a], test[b], strict=True))
+                cells = [a, b, dataset, split, metric, f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]", per_fold]
+                lines.append("| " + " | ".join(cells) + " |")
+                rows.append([a, b, dataset, split, metric, diff, low, high, per_fold])
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["a", "b", "dataset", "split", "metric", "difference", "ci_low", "ci_high", "per_fold"])
+    writer.writerows(rows)
+    if not lines:
+        return [], f.getvalue()
+    head = [
+        "## Paired comparisons",
+        "",
+        f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
+        "bootstrap resamples of the utterances (the same resample for both), and each fold's difference.",
+        "",
+        "| A | B | dataset | split | metric | A - B | 95 % interval | per fold |",
+        "|" + "---|" * 8,
+    ]
+    return [*head, *lines, ""], f.getvalue()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m common.report",
@@ -446,7 +527,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs_dir", help="folder searched for run directories (those holding metrics.json)")
     parser.add_argument("--out", help="report folder (default: RUNS_DIR/report)")
     parser.add_argument("--no-figures", dest="figures", action="store_false", help="tables only")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples per comparison")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args(argv)
+    if args.bootstrap < 100:
+        raise UserError(f"--bootstrap {args.bootstrap}: at least 100 resamples for a 95 % interval")
     sets = find_fold_sets(args.runs_dir)
     if not sets:
         raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
@@ -456,8 +541,11 @@ def main(argv: list[str] | None = None) -> None:
     with writing("the report", out):
         out.mkdir(parents=True, exist_ok=True)
     md, table = tables(sets)
+    compared, compared_csv = comparisons(sets, args.bootstrap, args.seed)
+    md = "\n".join([md, *compared])
     atomic.write_text(out / "results.md", md + "\n")
     atomic.write_text(out / "results.csv", table)
+    atomic.write_text(out / "comparisons.csv", compared_csv)
     written = [p for fs in sets for p in figures(fs, out / "figures")] if args.figures else []
     print(md)
     incomplete = [fs for fs in sets if not fs.complete]

@@ -1,0 +1,125 @@
+"""Paired comparisons of fold sets: is one cell better than another by more than fold noise?
+
+Every script sees the same folds, so two complete fold sets of one dataset and split test the same
+utterances once each. A comparison pools each set's test predictions over its folds, takes the
+difference of a headline metric between the two (A - B), and resamples the utterances with replacement
+(the same resample for both sets: a paired bootstrap) to put a 95 % percentile interval on it. The
+per-fold differences of the metric (from each fold's metrics.json) are listed beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.grid import EMOTIONS, TASKS
+
+# The metrics compared, by what a fold set predicts.
+EMOTION_METRICS = ("micro_f1", "macro_f1", "uar")
+VA_METRICS = ("mean_ccc",)
+
+
+@dataclass
+class Pooled:
+    """One fold set's test utterances over all its folds, as the per-utterance numbers the metrics need."""
+
+    ids: list[str]  # (fold, segment id), to check that two sets hold the same utterances
+    labels: np.ndarray | None = None  # utterances x emotions, 0/1
+    decisions: np.ndarray | None = None  # the same, at each run's threshold
+    top1: np.ndarray | None = None  # index of the most probable emotion
+    va: np.ndarray | None = None  # true valence, arousal
+    va_pred: np.ndarray | None = None
+
+
+def pool(frames: list[tuple[int, list[dict], object]]) -> Pooled:
+    """Pool predictions.csv rows of each fold: [(fold, rows, threshold)], the threshold a scalar or one per
+    emotion."""
+    ids, labels, decisions, top1, va, va_pred = [], [], [], [], [], []
+    for fold, rows, threshold in frames:
+        ids += [(fold, r["segment_id"]) for r in rows]
+        if f"prob_{EMOTIONS[0]}" in rows[0]:
+            probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+            labels.append(np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows]))
+            decisions.append((probs > np.asarray(threshold)).astype(np.int8))
+            top1.append(probs.argmax(axis=1))
+        if "pred_valence" in rows[0]:
+            va.append(np.array([[float(r["true_valence"]), float(r["true_arousal"])] for r in rows]))
+            va_pred.append(np.array([[float(r["pred_valence"]), float(r["pred_arousal"])] for r in rows]))
+
+    def stack(parts):
+        return np.concatenate(parts) if parts else None
+
+    return Pooled(ids, stack(labels), stack(decisions), stack(top1), stack(va), stack(va_pred))
+
+
+def _statistics(p: Pooled, metric: str) -> np.ndarray:
+    """Per-utterance counts whose sums over any resample give `metric` (utterances x columns)."""
+    if metric in ("micro_f1", "macro_f1"):
+        tp = p.labels * p.decisions
+        fp, fn = (1 - p.labels) * p.decisions, p.labels * (1 - p.decisions)
+        return np.concatenate([tp, fp, fn], axis=1).astype(np.float64)  # 3 x emotions columns
+    if metric == "uar":
+        hits = p.labels * (np.eye(len(EMOTIONS))[p.top1])
+        return np.concatenate([hits, p.labels], axis=1).astype(np.float64)
+    t, q = p.va, p.va_pred  # mean_ccc: sums of t, q, t^2, q^2, t*q per dimension
+    return np.concatenate([t, q, t * t, q * q, t * q], axis=1)
+
+
+def _metric(sums: np.ndarray, n: np.ndarray, metric: str) -> np.ndarray:
+    """`metric` from column sums (resamples x columns) over n utterances per resample; nan where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric in ("micro_f1", "macro_f1"):
+            tp, fp, fn = np.split(sums, 3, axis=1)
+            if metric == "micro_f1":
+                tp, fp, fn = tp.sum(1), fp.sum(1), fn.sum(1)
+                return np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+            f1 = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+            return np.nanmean(f1, axis=1)  # a class with no true and no predicted positive is left out
+        if metric == "uar":
+            hits, support = np.split(sums, 2, axis=1)
+            return np.nanmean(np.where(support > 0, hits / support, np.nan), axis=1)
+        t, q, tt, qq, tq = np.split(sums / n[:, None], 5, axis=1)
+        cov, vt, vq = tq - t * q, tt - t * t, qq - q * q
+        return np.mean(2 * cov / (vt + vq + (t - q) ** 2), axis=1)
+
+
+def paired_bootstrap(
+    a: Pooled, b: Pooled, metric: str, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(difference A - B on all pooled utterances, 2.5th and 97.5th percentiles over paired resamples)."""
+    if a.ids != b.ids:
+        raise ValueError("the two fold sets do not hold the same test utterances in the same order")
+    sa, sb = _statistics(a, metric), _statistics(b, metric)
+    n = len(a.ids)
+    point = _metric(sa.sum(0, keepdims=True), np.array([n]), metric) - _metric(
+        sb.sum(0, keepdims=True), np.array([n]), metric
+    )
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for start in range(0, resamples, 100):  # weights of 100 resamples at a time: a matrix product each
+        k = min(100, resamples - start)
+        weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)]).astype(np.float64)
+        counts = np.full(k, float(n))
+        diffs.append(_metric(weights @ sa, counts, metric) - _metric(weights @ sb, counts, metric))
+    low, high = np.nanpercentile(np.concatenate(diffs), [2.5, 97.5])
+    return float(point[0]), float(low), float(high)
+
+
+def pairs(names: set[str]) -> list[tuple[str, str, str]]:
+    """(A, B, what) for the scripts present: each multimodal cell against each unimodal cell of its task
+    (the better one is picked by the caller), and concatenation against element-wise addition."""
+    out = []
+    for task in TASKS:
+        for fusion in ("concat", "element_wise_add"):
+            mm = f"multimodal_{task}_{fusion}"
+            if mm in names:
+                out += [(mm, f"{m}_{task}", "unimodal") for m in ("text", "speech") if f"{m}_{task}" in names]
+        concat, add = f"multimodal_{task}_concat", f"multimodal_{task}_element_wise_add"
+        if concat in names and add in names:
+            out.append((concat, add, "fusion"))
+    return out
+
+
+def metrics_of(task: str) -> tuple[str, ...]:
+    return {"classification": EMOTION_METRICS, "regression": VA_METRICS, "total": EMOTION_METRICS + VA_METRICS}[task]

@@ -1,0 +1,154 @@
+"""Paired comparisons: the pooled metrics equal scikit-learn's, the bootstrap interval covers a known
+difference and excludes zero, and includes zero where there is no difference; the report's table."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from common.compare import Pooled, metrics_of, paired_bootstrap, pool
+from common.grid import EMOTIONS
+from common.metrics import classification_metrics, regression_metrics
+from common.report import main
+
+
+def predictions(rng, n: int, correct: np.ndarray, va_noise: float):
+    """Single-label rows; where `correct`, the true emotion is the most probable and above 0.5."""
+    true = rng.choice(7, size=n, p=[0.1, 0.05, 0.05, 0.2, 0.4, 0.1, 0.1])
+    other = (true + 1 + rng.integers(0, 6, n)) % 7
+    probs = np.full((n, 7), 0.05)
+    probs[np.arange(n), np.where(correct, true, other)] = 0.9
+    va = rng.uniform(1, 5, (n, 2))
+    return true, probs, va, va + rng.normal(0, va_noise, (n, 2))
+
+
+def rows_of(true, probs, va, va_pred, fold):
+    return [
+        {"segment_id": f"f{fold}_{i}"}
+        | {f"true_{e}": str(int(true[i] == k)) for k, e in enumerate(EMOTIONS)}
+        | {f"prob_{e}": f"{probs[i, k]:.6f}" for k, e in enumerate(EMOTIONS)}
+        | {
+            "true_valence": va[i, 0],
+            "true_arousal": va[i, 1],
+            "pred_valence": va_pred[i, 0],
+            "pred_arousal": va_pred[i, 1],
+        }
+        for i in range(len(true))
+    ]
+
+
+def two_sets(better: float, worse: float, seed: int = 0, n: int = 200):
+    """Two fold sets over the same 5 x n utterances; A right where its draw < better, B where < worse (the
+    same draw: B is right on a subset of A's rows)."""
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for fold in range(1, 6):
+        u = rng.random(n)
+        state = rng.bit_generator.state
+        true, pa, va, va_a = predictions(rng, n, u < better, 0.4)
+        rng.bit_generator.state = state  # the same utterances for B
+        _, pb, _, va_b = predictions(rng, n, u < worse, 0.8)
+        a.append((fold, rows_of(true, pa, va, va_a, fold), 0.5))
+        b.append((fold, rows_of(true, pb, va, va_b, fold), 0.5))
+    return a, b
+
+
+def test_pooled_metrics_are_those_of_scikit_learn_and_scipy_on_all_utterances():
+    a, _ = two_sets(0.8, 0.6)
+    p = pool(a)
+    rows = [r for _, fold_rows, _ in a for r in fold_rows]
+    labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+    va = np.array([[r["true_valence"], r["true_arousal"]] for r in rows], dtype=float)
+    va_pred = np.array([[r["pred_valence"], r["pred_arousal"]] for r in rows], dtype=float)
+    expected = classification_metrics(labels, probs, 0.5)[0] | regression_metrics(va, va_pred)[0]
+    # A B whose metrics are known by hand: nothing predicted, the top-1 always wrong, V/A exactly right
+    wrong = (p.labels.argmax(1) + 1) % 7
+    known = Pooled(p.ids, p.labels, np.zeros_like(p.decisions), wrong, p.va, p.va)
+    for metric in metrics_of("total"):
+        floor = {"micro_f1": 0.0, "macro_f1": 0.0, "uar": 0.0, "mean_ccc": 1.0}[metric]
+        diff, _, _ = paired_bootstrap(p, known, metric, resamples=100)
+        assert diff + floor == pytest.approx(expected[metric], abs=1e-9), metric
+
+
+def test_a_known_difference_is_covered_and_zero_is_not():
+    a, b = two_sets(0.85, 0.65)
+    pa, pb = pool(a), pool(b)
+    decisions = {name: p.decisions for name, p in (("a", pa), ("b", pb))}
+    known = f1_score(pa.labels, decisions["a"], average="micro") - f1_score(pb.labels, decisions["b"], average="micro")
+    diff, low, high = paired_bootstrap(pa, pb, "micro_f1", resamples=1000, seed=1)
+    assert diff == pytest.approx(known) and known > 0.15
+    assert low < known < high and low > 0
+    again = paired_bootstrap(pa, pb, "micro_f1", resamples=1000, seed=1)
+    assert again == (diff, low, high)  # seeded
+    diff, low, high = paired_bootstrap(pa, pb, "mean_ccc", resamples=1000, seed=1)  # A's V/A noise is half B's
+    assert low < diff < high and low > 0
+
+
+def test_no_difference_gives_an_interval_around_zero():
+    a, _ = two_sets(0.75, 0.75, seed=2)
+    b, _ = two_sets(0.75, 0.75, seed=2)
+    rng = np.random.default_rng(3)
+    for fold, (_, rows, _) in enumerate(b, 1):  # the same utterances, each prediction drawn afresh
+        true = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows]).argmax(1)
+        va = np.array([[r["true_valence"], r["true_arousal"]] for r in rows])
+        _, probs, _, va_pred = predictions(rng, len(rows), rng.random(len(rows)) < 0.75, 0.4)
+        probs = np.full_like(probs, 0.05)
+        right = rng.random(len(rows)) < 0.75
+        probs[np.arange(len(rows)), np.where(right, true, (true + 1) % 7)] = 0.9
+        b[fold - 1] = (fold, rows_of(true, probs, va, va + rng.normal(0, 0.4, va.shape), fold), 0.5)
+    for metric in ("micro_f1", "uar", "mean_ccc"):
+        diff, low, high = paired_bootstrap(pool(a), pool(b), metric, resamples=1000)
+        assert low < 0 < high, (metric, diff, low, high)
+
+
+def test_different_utterances_are_not_compared():
+    a, _ = two_sets(0.8, 0.6, n=50)
+    c, _ = two_sets(0.8, 0.6, n=60)
+    with pytest.raises(ValueError, match="do not hold the same test utterances"):
+        paired_bootstrap(pool(a), pool(c), "micro_f1", resamples=100)
+
+
+def test_the_report_compares_each_multimodal_cell_with_its_better_unimodal_cell_and_the_fusions(tmp_path):
+    sets = {
+        "text_classification": two_sets(0.7, 0.7, seed=5)[0],
+        "speech_classification": two_sets(0.6, 0.6, seed=5)[0],
+        "multimodal_classification_concat": two_sets(0.85, 0.85, seed=5)[0],
+        "multimodal_classification_element_wise_add": two_sets(0.8, 0.8, seed=5)[0],
+    }
+    for script, folds in sets.items():
+        for fold, rows, _ in folds:
+            run = tmp_path / script / "KEMDy20" / f"fold{fold}"
+            run.mkdir(parents=True)
+            labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+            probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+            test = classification_metrics(labels, probs, 0.5)[0]
+            metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold}
+            metrics |= {"task": "classification", "chosen_epoch": 1, "test": test, "epochs": []}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
+            with (run / "predictions.csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+    main([str(tmp_path), "--no-figures", "--bootstrap", "200"])
+    with (tmp_path / "report" / "comparisons.csv").open() as f:
+        table = list(csv.DictReader(f))
+    pairs = {(r["a"], r["b"]) for r in table}
+    assert pairs == {
+        ("multimodal_classification_concat", "text_classification"),  # text is the better unimodal cell
+        ("multimodal_classification_element_wise_add", "text_classification"),
+        ("multimodal_classification_concat", "multimodal_classification_element_wise_add"),
+    }
+    row = next(r for r in table if r["b"] == "text_classification" and r["metric"] == "micro_f1" and "concat" in r["a"])
+    assert float(row["ci_low"]) > 0
+    per_fold = [float(x) for x in row["per_fold"].split()]
+    mm = [json.loads((tmp_path / row["a"] / "KEMDy20" / f"fold{k}" / "metrics.json").read_text()) for k in range(1, 6)]
+    text = [
+        json.loads((tmp_path / row["b"] / "KEMDy20" / f"fold{k}" / "metrics.json").read_text()) for k in range(1, 6)
+    ]
+    expected = [m["test"]["micro_f1"] - t["test"]["micro_f1"] for m, t in zip(mm, text, strict=True)]
+    assert per_fold == pytest.approx(expected, abs=5e-4)
+    assert "## Paired comparisons" in (tmp_path / "report" / "results.md").read_text()
