@@ -184,8 +184,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     add(
         "--demo",
         action="store_true",
-        help="run on the built-in synthetic corpus and tiny encoders (built under demo/ on first use), with "
-        "settings for tiny models: " + _flags(DEMO_DEFAULTS),
+        help="run with the tiny encoders on the built-in synthetic corpus (built under demo/ on first use; "
+        "--dataset_dir gives another), with settings for tiny models: " + _flags(DEMO_DEFAULTS),
     )
     add(
         "--original",

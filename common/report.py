@@ -482,6 +482,10 @@ def _chosen_pairs(by_name: dict[str, FoldSet]) -> list[tuple[str, str, str]]:
     return list(chosen.values())
 
 
+def _difference(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a - b:+.3f}"
+
+
 def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
     """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
     protocol folder: each multimodal cell against the better of its unimodal cells, and the two fusions."""
@@ -497,7 +501,9 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
                     pooled[dataset, split, a], pooled[dataset, split, b], metric, resamples, seed
                 )
                 test = {name: [by_name[name].metrics[k]["test"] for k in by_name[name].folds] for name in (a, b)}
-                per_fold = " ".join(f"{x[metric] - y[metric]:+.3f}" for x, y in zip(test[a], test[b], strict=True))
+                per_fold = " ".join(
+                    _difference(x.get(metric), y.get(metric)) for x, y in zip(test[a], test[b], strict=True)
+                )
                 cells = [a, b, dataset, split, metric, f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]", per_fold]
                 lines.append("| " + " | ".join(cells) + " |")
                 rows.append([a, b, dataset, split, metric, diff, low, high, per_fold])

@@ -11,7 +11,8 @@ and without BOM, noise markers, clips shorter than 0.25 s and longer than 5 s; w
 44.1/48 kHz and stereo files.
 
 Generative rule, per recording (utterance index i, all draws from the seed):
-- Labels: a primary emotion from PRIOR; with probability 0.1 a second, different one (`;`-joined).
+- Labels: a primary emotion from PRIOR; with probability 0.1 a second, different one (`;`-joined); with
+  --label_mix kemdy20, in the real KEMDy20's proportions instead.
 - Latent valence/arousal: the mean over its labels of VA_MEAN plus N(0, 0.35) each. Ten evaluators
   score round(latent + N(0, 0.6)) clipped to 1..5; the annotation holds their mean (a multiple of 0.1).
   KEMDy19's two files hold two independent panels for the same recording.
@@ -41,6 +42,21 @@ from common.errors import UserError, run_cli
 from common.grid import EMOTIONS
 
 PRIOR = {"angry": 0.12, "disgust": 0.08, "fear": 0.08, "happy": 0.20, "neutral": 0.30, "sad": 0.12, "surprise": 0.10}
+# The real KEMDy20's mix (labels over all 40 files: neutral 11,740, happy 1,543, angry 234, surprise 221,
+# sad 195, disgust 109, fear 64; 634 of 13,462 rows carry two labels or more), for imbalance studies.
+KEMDY20_COUNTS = {
+    "angry": 234,
+    "disgust": 109,
+    "fear": 64,
+    "happy": 1543,
+    "neutral": 11740,
+    "sad": 195,
+    "surprise": 221,
+}
+LABEL_MIXES = {
+    "demo": (PRIOR, 0.1),
+    "kemdy20": ({e: n / sum(KEMDY20_COUNTS.values()) for e, n in KEMDY20_COUNTS.items()}, 634 / 13462),
+}
 VA_MEAN = {
     "angry": (1.8, 4.2),
     "disgust": (1.9, 3.3),
@@ -117,7 +133,7 @@ VOICES = {
     "surprise": Voice(500, 0.50, 0.00, 0.00),
 }
 SPEAKER_PITCH = {"F": 1.05, "M": 0.95}
-TEXT_CUE, SPEECH_CUE, SECOND_LABEL = 0.7, 0.7, 0.1
+TEXT_CUE, SPEECH_CUE = 0.7, 0.7
 N_EVALUATORS = 10
 # Real sizes: KEMDy20 40 sessions / 13,462 utterances; KEMDy19 20 sessions / 10,283 recordings (20,566 rows).
 FULL_SIZE = {"20": (40, 13462), "19": (20, 10283)}
@@ -207,8 +223,8 @@ def _sizes(sessions: int, total: int) -> list[int]:
 class _Writer:
     """Shared state of one corpus: random streams, the label draws and file writing."""
 
-    def __init__(self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE)):
-        self.out, self.seed, self.odd_audio, self.cues = out, seed, odd_audio, cues
+    def __init__(self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float], label_mix: str):
+        self.out, self.seed, self.odd_audio, self.cues, self.label_mix = out, seed, odd_audio, cues, label_mix
         self.rng = np.random.default_rng(seed)
         self.index = 0
 
@@ -224,11 +240,12 @@ class _Writer:
     ) -> tuple[Recording, list, Path]:
         rng, i = self.rng, self.index
         self.index += 1
-        primary = str(rng.choice(list(PRIOR), p=list(PRIOR.values())))
+        prior, second = LABEL_MIXES[self.label_mix]
+        primary = str(rng.choice(list(prior), p=list(prior.values())))
         labels = (primary,)
-        if rng.random() < SECOND_LABEL:
-            others = [e for e in PRIOR if e != primary]
-            weights = np.array([PRIOR[e] for e in others])
+        if rng.random() < second:
+            others = [e for e in prior if e != primary]
+            weights = np.array([prior[e] for e in others])
             labels = (primary, str(rng.choice(others, p=weights / weights.sum())))
         means = np.mean([VA_MEAN[label] for label in labels], axis=0)
         latent = tuple(float(np.clip(m + rng.normal(0, 0.35), 1, 5)) for m in means)
@@ -401,12 +418,14 @@ def generate(
     odd_audio: bool = False,
     full_size: bool = False,
     cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE),
+    label_mix: str = "demo",
 ) -> list[Recording]:
     """Write a synthetic KEMDy corpus to `out` (which must not hold one already); return its ground truth.
 
     KEMDy19's utterances_per_session counts recordings; each appears in both annotation files.
     full_size reproduces the real session and utterance counts. `cues` are the chances that the text
-    and that the voice reveal an utterance's emotion.
+    and that the voice reveal an utterance's emotion; `label_mix` "kemdy20" draws the labels in the real
+    KEMDy20's proportions (87 % neutral) instead of the demo's balanced-ish ones.
     """
     dataset, out = str(dataset), Path(out)
     if dataset not in FULL_SIZE:
@@ -419,7 +438,9 @@ def generate(
         total = sessions * utterances_per_session
     if (out / "annotation").exists():
         raise UserError(f"--out {out}: already holds a corpus (annotation/ exists); choose an empty folder")
-    w = _Writer(out, seed, odd_audio, cues)
+    if label_mix not in LABEL_MIXES:
+        raise UserError(f"--label_mix {label_mix!r}: choose {' or '.join(LABEL_MIXES)}")
+    w = _Writer(out, seed, odd_audio, cues, label_mix)
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 
@@ -557,6 +578,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus")
     parser.add_argument("--odd_audio", action="store_true", help="also write 44.1/48 kHz and stereo files")
     parser.add_argument(
+        "--label_mix",
+        choices=tuple(LABEL_MIXES),
+        default="demo",
+        help="emotion proportions: the demo's, or the real KEMDy20's (87 %% neutral, 0.5 %% fear)",
+    )
+    parser.add_argument(
         "--full_size",
         action="store_true",
         help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
@@ -570,7 +597,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.out:
         return
     recordings = generate(
-        args.dataset, args.out, args.sessions, args.utterances_per_session, args.seed, args.odd_audio, args.full_size
+        args.dataset,
+        args.out,
+        args.sessions,
+        args.utterances_per_session,
+        args.seed,
+        args.odd_audio,
+        args.full_size,
+        label_mix=args.label_mix,
     )
     print(f"wrote a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings to {os.fspath(args.out)}")
 

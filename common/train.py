@@ -405,7 +405,8 @@ def _default_run_dir(cell: Cell, args, fold: int) -> Path:
 def _resolve_demo(cell: Cell, args) -> None:
     from common.synthetic import demo_corpus, demo_models
 
-    args.dataset_dir = str(demo_corpus(args.dataset))
+    if not args.dataset_dir:  # the built-in corpus, unless one is given
+        args.dataset_dir = str(demo_corpus(args.dataset))
     models = demo_models()
     if cell.uses_text and args.text_model == "klue/bert-base":
         args.text_model = str(models / "text")

@@ -16,7 +16,7 @@ import soundfile as sf
 from common.cli import parse_args
 from common.errors import UserError
 from common.folds import make_fold
-from common.grid import Cell
+from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
 from common.train import train
 
@@ -239,6 +239,7 @@ def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     argv = tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", "--report_to", "tensorboard")
+    argv += ["--class_weight", "balanced", "--threshold", "tuned"]
     proc = run(launch + argv[1:], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test metrics over folds 1, 2, 3, 4, 5" in proc.stdout
@@ -248,3 +249,6 @@ def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus
         lines = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()[1:]
         assert [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]  # each once
         assert list((out / f"fold{k}" / "tensorboard").glob("events.out.tfevents.*"))
+        metrics = json.loads((out / f"fold{k}" / "metrics.json").read_text())
+        config = json.loads((out / f"fold{k}" / "config.json").read_text())
+        assert set(metrics["thresholds"]) == set(EMOTIONS) and set(config["data"]["class_weights"]) == set(EMOTIONS)

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from common.errors import UserError
+from common.grid import EMOTIONS
 from common.synthetic import EMOTION_WORDS, FULL_SIZE, SPEAKER_PITCH, VOICES, _sizes, generate
 
 
@@ -196,3 +197,29 @@ def test_tiny_models_command_writes_text_and_speech_folders(tmp_path):
         "tokenizer.json",
     }
     assert {p.name for p in (tmp_path / "m" / "speech").iterdir()} >= {"config.json", "preprocessor_config.json"}
+
+
+def test_the_kemdy20_label_mix_is_as_skewed_as_the_real_corpus(tmp_path):
+    truth = generate("20", tmp_path / "mix", sessions=5, utterances_per_session=160, seed=0, label_mix="kemdy20")
+    share = {e: sum(e in r.labels for r in truth) / len(truth) for e in EMOTIONS}
+    assert 0.82 < share["neutral"] < 0.92 and 0.08 < share["happy"] < 0.16  # real: 0.872 and 0.115
+    assert share["fear"] < 0.02 and sum(len(r.labels) > 1 for r in truth) / len(truth) < 0.08  # 0.005; 0.047
+    with pytest.raises(UserError, match="--label_mix 'uniform': choose demo or kemdy20"):
+        generate("20", tmp_path / "bad", label_mix="uniform")
+
+
+def test_demo_keeps_a_corpus_given_with_dataset_dir(monkeypatch, tmp_path):
+    import common.synthetic
+    from common.cli import parse_args
+    from common.grid import Cell
+    from common.train import _resolve_demo
+
+    monkeypatch.setattr(common.synthetic, "demo_corpus", lambda dataset: tmp_path / "builtin")
+    monkeypatch.setattr(common.synthetic, "demo_models", lambda: tmp_path / "models")
+    cell = Cell("text", "classification")
+    given = parse_args(cell, ["--demo", "--dataset_dir", str(tmp_path / "mine")])
+    _resolve_demo(cell, given)
+    builtin = parse_args(cell, ["--demo"])
+    _resolve_demo(cell, builtin)
+    assert (given.dataset_dir, builtin.dataset_dir) == (str(tmp_path / "mine"), str(tmp_path / "builtin"))
+    assert given.text_model == str(tmp_path / "models" / "text")
