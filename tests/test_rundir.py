@@ -90,7 +90,9 @@ def test_overwrite_replaces_only_what_the_run_wrote(corpus20, tiny_models, tmp_p
     (out / "model" / "extra.txt").write_text("inside a run's own folder: replaced with it")
     train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     assert (out / "notes.md").read_text() == "mine" and not (out / "model").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "notes.md", "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "confusion.csv", "metrics.json", "notes.md", "predictions.csv"
+    ]
 
 
 def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_others(a_set, corpus20, tiny_models, capsys):
