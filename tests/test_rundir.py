@@ -91,7 +91,11 @@ def test_overwrite_replaces_only_what_the_run_wrote(corpus20, tiny_models, tmp_p
     train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     assert (out / "notes.md").read_text() == "mine" and not (out / "model").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "confusion.csv", "metrics.json", "notes.md", "predictions.csv"
+        "config.json",
+        "confusion.csv",
+        "metrics.json",
+        "notes.md",
+        "predictions.csv",
     ]
 
 
