@@ -41,7 +41,7 @@ DEMO_DEFAULTS = {
     "epochs": 6,
     "max_text_len": 64,
     "group_by_length": True,
-    "overwrite": True,  # a demo run replaces the previous demo run of its script
+    "overwrite": True,  # a demo run replaces the previous demo run of its script (unless --resume)
 }
 # What the original computed, flag by flag (README, "Departures from the original"). Flags given on the
 # command line still win, so that one departure at a time can be put back.
@@ -350,7 +350,11 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
     """Parsed and checked arguments, presets resolved; a bad value raises UserError naming the flag."""
     parser = build_parser(cell, description)
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite: choose one (continue the run, or start it over)")
     presets = {**(DEMO_DEFAULTS if args.demo else {}), **(ORIGINAL if args.original else {})}
+    if args.resume:  # a resumed demo continues its run instead of replacing it
+        presets.pop("overwrite", None)
     if presets:
         parser.set_defaults(**presets)
         args = parser.parse_args(argv)

@@ -223,3 +223,15 @@ def test_demo_keeps_a_corpus_given_with_dataset_dir(monkeypatch, tmp_path):
     _resolve_demo(cell, builtin)
     assert (given.dataset_dir, builtin.dataset_dir) == (str(tmp_path / "mine"), str(tmp_path / "builtin"))
     assert given.text_model == str(tmp_path / "models" / "text")
+
+
+def test_a_resumed_demo_continues_its_run_and_resume_with_overwrite_is_refused():
+    from common.cli import parse_args
+    from common.grid import Cell
+
+    cell = Cell("text", "classification")
+    assert parse_args(cell, ["--demo"]).overwrite is True
+    resumed = parse_args(cell, ["--demo", "--resume"])
+    assert (resumed.resume, resumed.overwrite) == (True, False)
+    with pytest.raises(UserError, match=r"^--resume and --overwrite: choose one"):
+        parse_args(cell, ["--resume", "--overwrite"])
