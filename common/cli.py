@@ -22,6 +22,7 @@ from common.grid import (
     FREEZE,
     KEMDY19_ROWS,
     LABEL_READINGS,
+    LAYERS,
     SPEECH_INPUTS,
     SPEECH_POOLINGS,
     TEXT_INPUTS,
@@ -231,6 +232,14 @@ def _add_model_flags(add) -> None:
         help="extractor: the waveform as the model's feature extractor prepares it (wav2vec2-base-960h: zero "
         "mean, unit variance); original: the file's samples as read, zero-padded to the batch's longest clip, "
         "no attention mask",
+    )
+    add(
+        "--layers",
+        choices=LAYERS,
+        default="last",
+        help="last: the encoders' last hidden layer; weighted: a learnt softmax-weighted sum of all their hidden "
+        "layers (embedding output included, equal weights at the start), pooled as --text_pooling and "
+        "--speech_pooling say; with --freeze every layer's summary is computed once and cached",
     )
     add(
         "--freeze",

@@ -48,8 +48,10 @@ def frozen_vectors(
     log=print,
 ) -> np.ndarray:
     """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder, its inputs
-    collated by `collate`."""
+    collated by `collate`; with --layers weighted, (utterances, layers, width) float16 summaries of every
+    hidden layer, which the model weighs and pools while it trains (memory-mapped when cached)."""
     spec = collate.audio_spec
+    layers = model.config.layers == "weighted"
     source = inputs.tokens if modality == "text" else inputs.audio
     one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to)
     size = 1 if one_by_one else batch_size
@@ -58,7 +60,7 @@ def frozen_vectors(
         restricted = Inputs(tokens=inputs.tokens) if modality == "text" else Inputs(audio=inputs.audio)
         order = _by_length(utterances, source, modality)
         loader = DataLoader(KemdyDataset(utterances, order, restricted, spec), batch_size=size, collate_fn=collate)
-        encode = model.encode_text if modality == "text" else model.encode_speech
+        encode = getattr(model, f"{modality}_layers" if layers else f"encode_{modality}")
         out = None
         was_training = model.training
         model.eval()
@@ -70,7 +72,7 @@ def frozen_vectors(
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 vectors = encode(batch).float().cpu().numpy()
                 if out is None:
-                    out = np.zeros((len(utterances), vectors.shape[1]), np.float32)
+                    out = np.zeros((len(utterances), *vectors.shape[1:]), np.float16 if layers else np.float32)
                 out[batch["index"].cpu().numpy()] = vectors
         model.train(was_training)
         return out
@@ -90,6 +92,7 @@ def frozen_vectors(
         size,
         collate.max_text_len,
         collate.pad_to_max_length,
+        *(["every layer"] if layers else []),
     )
     start = time.perf_counter()
     kind = f"{modality}_vectors"
@@ -101,7 +104,7 @@ def frozen_vectors(
         folder, built = cached(cache_dir, kind, key, lambda tmp: _save(tmp, compute()), log)
         vectors = _load(folder, len(utterances))
     action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
-    log(f"{modality} vectors {folder}: {action} ({vectors.shape[0]} x {vectors.shape[1]})")
+    log(f"{modality} vectors {folder}: {action} ({' x '.join(map(str, vectors.shape))})")
     return vectors
 
 
@@ -116,11 +119,14 @@ def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:
 
 
 def _load(folder, n: int) -> np.ndarray:
+    """The cached vectors; every layer's (3-d) memory-mapped, as they may not fit in memory."""
     try:
-        vectors = np.load(folder / "vectors.npy")
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        if vectors.ndim == 2:  # one vector per utterance: small, read into memory
+            vectors = np.array(vectors)
     except (OSError, ValueError) as err:
         raise DamagedCache(f"{type(err).__name__}: {err}") from None
-    if vectors.ndim != 2 or len(vectors) != n:
+    if vectors.ndim not in (2, 3) or len(vectors) != n:
         raise DamagedCache(f"vectors.npy holds {vectors.shape}, expected {n} rows")
     return vectors
 

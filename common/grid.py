@@ -35,6 +35,7 @@ EMOTION_OUTPUTS = ("sigmoid", "softmax")
 VA_TARGETS = ("standardized", "raw")
 VA_LOSSES = ("mean", "sum")
 CLASS_WEIGHTS = ("none", "balanced")
+LAYERS = ("last", "weighted")
 FREEZE = ("none", "text", "speech", "both")
 
 

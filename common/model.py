@@ -100,6 +100,7 @@ class ModelConfig:
     emotion_output: str = "sigmoid"  # "softmax": the original's, which can never predict two emotions
     dropout_on: str = "modalities"  # each modality's vector before fusion (the original), or "fused"
     pad_to: int = 0  # samples every batch of audio is padded to (0: its longest clip)
+    layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
 
     @property
     def cell(self) -> Cell:
@@ -139,6 +140,35 @@ def pass_audio_mask(extractor, speech_inputs: str = "extractor") -> bool:
     return bool(getattr(extractor, "return_attention_mask", False)) and speech_inputs != "original"
 
 
+def _fit_text_encoder(config: ModelConfig, text_encoder: nn.Module) -> int:
+    """Check the text encoder against the configuration, drop an unused pooler; its vector's width."""
+    if config.text_inputs == "original" and getattr(text_encoder.config, "type_vocab_size", 0) < 2:
+        raise UserError(
+            "--text_inputs original: the original passed the padding mask as token-type ids, which "
+            "needs a text model with two token types (BERT); this one has "
+            f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
+        )
+    if config.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
+        raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
+    if config.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
+        text_encoder.pooler = None  # unused parameters would break multi-process training
+    return text_encoder.config.hidden_size
+
+
+def _fit_speech_encoder(config: ModelConfig, speech_encoder: nn.Module) -> int:
+    """Check the speech encoder against the configuration, freeze what cnn_last leaves unused; its width."""
+    speech = speech_encoder.config
+    # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
+    speech.layerdrop = 0.0
+    if config.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
+        if config.layers == "weighted":
+            raise UserError("--layers weighted: weighs the transformer's layers; cnn_last reads none of them")
+        for name, param in speech_encoder.named_parameters():
+            param.requires_grad_(name.startswith(CNN_PARAMETERS))
+        return speech.conv_dim[-1]
+    return speech.hidden_size
+
+
 class EmotionModel(nn.Module):
     """Encoders -> pooled vectors -> fusion -> emotion logits and/or standardised valence/arousal."""
 
@@ -150,25 +180,14 @@ class EmotionModel(nn.Module):
         self.text_encoder, self.speech_encoder = text_encoder, speech_encoder
         width = 0
         if cell.uses_text:
-            if config.text_inputs == "original" and getattr(text_encoder.config, "type_vocab_size", 0) < 2:
-                raise UserError(
-                    "--text_inputs original: the original passed the padding mask as token-type ids, which "
-                    "needs a text model with two token types (BERT); this one has "
-                    f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
-                )
-            if config.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
-                raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
-            if config.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
-                text_encoder.pooler = None  # unused parameters would break multi-process training
-            width = text_encoder.config.hidden_size
+            width = _fit_text_encoder(config, text_encoder)
+            if config.layers == "weighted":  # embedding output and every layer, equal at the start
+                self.text_layer_weights = nn.Parameter(torch.zeros(text_encoder.config.num_hidden_layers + 1))
         if cell.uses_speech:
-            speech = speech_encoder.config
-            # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
-            speech.layerdrop = 0.0
-            speech_width = speech.hidden_size if config.speech_pooling == "mean" else speech.conv_dim[-1]
-            if config.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
-                for name, param in speech_encoder.named_parameters():
-                    param.requires_grad_(name.startswith(CNN_PARAMETERS))
+            speech_width = _fit_speech_encoder(config, speech_encoder)
+            if config.layers == "weighted":
+                layers = speech_encoder.config.num_hidden_layers + 1
+                self.speech_layer_weights = nn.Parameter(torch.zeros(layers))
             if config.fusion == "element_wise_add":
                 self.speech_projection = nn.Linear(speech_width, width)
             else:
@@ -180,18 +199,59 @@ class EmotionModel(nn.Module):
         self.register_buffer("va_mean", torch.full((2,), 3.0))
         self.register_buffer("va_std", torch.ones(2))
 
-    def encode_text(self, batch: dict) -> torch.Tensor:
-        """The pooled text vector of each utterance."""
+    def _run_text(self, batch: dict, **kwargs):
         mask = batch["attention_mask"]
         if self.config.text_inputs == "original":
             # The original's call, BERT(ids, attention_mask=token-type ids, token_type_ids=padding mask):
             # every real token has segment 1, padding segment 0, and attention covers the padding too.
             bias = torch.full((len(mask), 1, 1, mask.shape[1]), ORIGINAL_ATTENTION_BIAS, device=mask.device)
-            out = self.text_encoder(input_ids=batch["input_ids"], attention_mask=bias, token_type_ids=mask)
-        else:
-            out = self.text_encoder(
-                input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch.get("token_type_ids")
-            )
+            ids = batch["input_ids"]
+            return self.text_encoder(input_ids=ids, attention_mask=bias, token_type_ids=mask, **kwargs)
+        token_types = batch.get("token_type_ids")
+        return self.text_encoder(
+            input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=token_types, **kwargs
+        )
+
+    def text_layers(self, batch: dict) -> torch.Tensor:
+        """Each hidden layer's summary of each utterance (utterances x layers x width), embedding output first:
+        its masked mean with `mean` pooling, its first token ([CLS]) otherwise. A weighted sum of these is what
+        the weighted pooling pools, so they can be computed once for a frozen encoder."""
+        states = torch.stack(self._run_text(batch, output_hidden_states=True).hidden_states, dim=1)
+        if self.config.text_pooling == "mean":
+            return masked_mean(states, batch["attention_mask"][:, None, :].expand(-1, states.shape[1], -1))
+        return states[:, :, 0]
+
+    def speech_layers(self, batch: dict) -> torch.Tensor:
+        """Each hidden layer's masked mean over the frames that hold audio (utterances x layers x width)."""
+        encoder, samples = self.speech_encoder, batch["audio_mask"]
+        mask = samples if self.config.pass_audio_mask else None
+        out = encoder(batch["audio"], attention_mask=mask, output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=1)
+        frames = encoder._get_feature_vector_attention_mask(states.shape[2], samples)
+        return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1))
+
+    def mix(self, modality: str, layers: torch.Tensor) -> torch.Tensor:
+        """The softmax-weighted sum of the layers' summaries; with `pooler` pooling, BERT's pooler on it."""
+        weights = torch.softmax(getattr(self, f"{modality}_layer_weights"), dim=0).to(layers.dtype)
+        mixed = (layers * weights[None, :, None]).sum(dim=1)
+        if modality == "text" and self.config.text_pooling == "pooler":
+            return self.text_encoder.pooler(mixed[:, None, :])  # it reads the first position: the mixed [CLS]
+        return mixed
+
+    def layer_weights(self) -> dict[str, list[float]]:
+        """The learnt weight of each layer (embedding output first), per encoder, with --layers weighted."""
+        return {
+            modality: torch.softmax(getattr(self, f"{modality}_layer_weights").detach().float(), 0).tolist()
+            for modality in ("text", "speech")
+            if hasattr(self, f"{modality}_layer_weights")
+        }
+
+    def encode_text(self, batch: dict) -> torch.Tensor:
+        """The pooled text vector of each utterance."""
+        if self.config.layers == "weighted":
+            return self.mix("text", self.text_layers(batch))
+        mask = batch["attention_mask"]
+        out = self._run_text(batch)
         if self.config.text_pooling == "pooler":
             return out.pooler_output
         if self.config.text_pooling == "cls":
@@ -200,6 +260,8 @@ class EmotionModel(nn.Module):
 
     def encode_speech(self, batch: dict) -> torch.Tensor:
         """The pooled speech vector of each utterance."""
+        if self.config.layers == "weighted":
+            return self.mix("speech", self.speech_layers(batch))
         encoder, samples = self.speech_encoder, batch["audio_mask"]
         if self.config.speech_pooling == "cnn_last":
             # The original's representation: the last frame of the (layer-normed) CNN features of a
@@ -213,10 +275,13 @@ class EmotionModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         parts = []
         # A frozen encoder's vectors may come precomputed in the batch (common.features).
-        if self.config.cell.uses_text:
-            parts.append(batch["text_vec"] if "text_vec" in batch else self.encode_text(batch))
-        if self.config.cell.uses_speech:
-            parts.append(batch["speech_vec"] if "speech_vec" in batch else self.encode_speech(batch))
+        for modality in ("text", "speech"):
+            if getattr(self.config.cell, f"uses_{modality}"):
+                given = batch.get(f"{modality}_vec")  # layers' summaries (3-d) with --layers weighted
+                if given is None:
+                    parts.append(getattr(self, f"encode_{modality}")(batch))
+                else:
+                    parts.append(self.mix(modality, given) if given.dim() == 3 else given)
         if self.config.fusion == "element_wise_add":
             text, speech = parts
             if self.config.dropout_on == "modalities":  # the original: head(W·dropout(speech) + dropout(text))
@@ -279,9 +344,10 @@ class EmotionModel(nn.Module):
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions where mask is set; a row with none set averages nothing to zeros."""
+    """Mean over the positions (the next-to-last dimension) where mask is set; a row with none set averages
+    nothing to zeros."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1.0)
 
 
 class Encoders:
@@ -320,6 +386,7 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
         speech_inputs=args.speech_inputs,
         emotion_output=args.emotion_output,
         dropout_on=args.dropout_on,
+        layers=args.layers,
         pad_to=audio_padding(args.speech_pooling, args.speech_inputs, args.max_seq_len) if cell.uses_speech else 0,
     )
     if cell.uses_speech and args.speech_pooling == "cnn_last":

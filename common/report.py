@@ -411,6 +411,23 @@ def _va_scatter_figure(plt, preds, stats: dict, label: str):
     return fig
 
 
+def _layer_weights_figure(plt, fs: FoldSet, label: str):
+    """Which layers carry emotion: each encoder's learnt layer weights, mean ± std over the folds."""
+    found = [fs.metrics[k]["layer_weights"] for k in fs.folds if "layer_weights" in fs.metrics[k]]
+    encoders = [name for name in ("text", "speech") if any(name in weights for weights in found)]
+    fig, axes = plt.subplots(1, len(encoders), figsize=(5.5 * len(encoders), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], encoders, strict=True):
+        w = np.array([weights[name] for weights in found])
+        ax.bar(range(w.shape[1]), w.mean(0), yerr=w.std(0, ddof=1) if len(w) > 1 else None, capsize=3)
+        ax.axhline(1 / w.shape[1], color="gray", lw=1, ls="--", label="equal weights")
+        ax.set(xlabel="hidden layer (0: embedding output)", ylabel="weight", title=f"{name} encoder")
+        ax.set_xticks(range(w.shape[1]))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Learnt layer weights (mean ± std over folds)\n{label}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
 def figures(fs: FoldSet, out: Path) -> list[Path]:
     """The set's PNG figures in `out`: confusion matrix, per-class F1, training curves, V/A scatter."""
     import matplotlib
@@ -429,6 +446,8 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
     made["curves"] = _curves_figure(plt, fs, stats, label)
     if preds is not None and "pred_valence" in preds:
         made["va_scatter"] = _va_scatter_figure(plt, preds, stats, label)
+    if any("layer_weights" in fs.metrics[k] for k in fs.folds):
+        made["layer_weights"] = _layer_weights_figure(plt, fs, label)
     written = []
     for kind, fig in made.items():
         path = out / f"{fs.name}_{kind}.png"

@@ -73,6 +73,7 @@ EARLIER = {
     "num_labels": 7,
     "regress": 1,
     "class_weight": "none",
+    "layers": "last",
 }
 
 

@@ -341,6 +341,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
         "chosen_epoch": chosen,
         "test": history[chosen - 1]["test"],
         **({"thresholds": history[chosen - 1]["thresholds"]} if "thresholds" in history[chosen - 1] else {}),
+        **({"layer_weights": run.core.layer_weights()} if args.layers == "weighted" else {}),
         "epochs": history,
     }
     if accelerator.is_main_process:
