@@ -16,7 +16,10 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - data_rss_gib: peak resident memory of a process that reads the corpus, builds the caches and makes
   one pass of collated batches over all of it (imports included);
 - cli_help: a script's --help, and a script stopped by a bad argument, over a bare `python -c pass`
-  (the command line imports no torch, transformers or accelerate before training starts).
+  (the command line imports no torch, transformers or accelerate before training starts);
+- report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
+- layers_cell, layers_rss_gib: a --freeze both --layers weighted cell's five folds on the layer cache
+  another cell extracted, over that extraction's time; and that cell's peak RSS.
 
 Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
 noise of a shared machine. The corpus and encoders are built once under --work and reused.
@@ -48,6 +51,8 @@ GOALS = {
     "data_rss_gib": ("peak RSS of the data side, 13k-utterance corpus (GiB)", "<", 1.0),
     "cli_help": ("a script's --help (or a bad argument) / `python -c pass`: no torch before training", "<=", 10.0),
     "report_grid_s": ("report of a 60-run KEMDy20-size grid, 1,000 paired bootstrap resamples (seconds)", "<", 60.0),
+    "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
+    "layers_rss_gib": ("peak RSS while that cell trains on the memory-mapped layer cache (GiB)", "<", 1.0),
 }
 
 
@@ -96,6 +101,30 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
     (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
 
 
+def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
+    """Run in its own process: one cell with --freeze both --layers weighted over all five folds; its time
+    (imports aside), the time spent extracting vectors (0 when the cache held them) and the peak RSS."""
+    import contextlib
+    import io
+    import re
+
+    from common.cli import parse_args
+    from common.grid import cell_of
+    from common.train import train
+
+    cell = cell_of(script)
+    argv = ["--dataset", "20", "--dataset_dir", corpus, "--num_fold", "all", "--freeze", "both"]
+    argv += ["--layers", "weighted", "--text_model", f"{models}/text", "--speech_model", f"{models}/speech"]
+    argv += ["--cache_dir", cache_dir, "--output_dir", out, "--lr", "1e-3", "--num_workers", "0"]
+    printed = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        train(cell, parse_args(cell, argv))
+    total = time.perf_counter() - start
+    extraction = sum(float(s) for s in re.findall(r"vectors \S+: computed in ([0-9.]+) s", printed.getvalue()))
+    return {"seconds": total, "extraction_s": extraction, "peak_rss_bytes": _peak_rss()}
+
+
 def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
     """Run in its own process: cold and warm data preparation, one collated pass, and the peak RSS."""
     from torch.utils.data import DataLoader
@@ -123,8 +152,22 @@ def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
         pass
     one_pass = time.perf_counter() - start
     shutil.rmtree(cache_dir, ignore_errors=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return {"cold_s": cold, "warm_s": warm, "pass_s": one_pass, "peak_rss_bytes": peak, "utterances": len(utts)}
+    return {"cold_s": cold, "warm_s": warm, "pass_s": one_pass, "peak_rss_bytes": _peak_rss(), "utterances": len(utts)}
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _probe(function: str, *args: str) -> dict:
+    """common.bench.<function>(*args) in a process of its own: its own memory high-water mark."""
+    code = f"import json, sys; from common.bench import {function}; print(json.dumps({function}(*sys.argv[1:])))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{function} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 class Bench:
@@ -157,13 +200,7 @@ class Bench:
         }
 
     def data_side(self) -> None:
-        code = "import json, sys; from common.bench import data_probe; print(json.dumps(data_probe(*sys.argv[1:])))"
-        cache = self.work / "probe_cache"
-        argv = [sys.executable, "-c", code, str(self.corpus), str(self.models / "text"), str(cache)]
-        proc = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        if proc.returncode != 0:
-            raise RuntimeError(f"data probe failed:\n{proc.stderr[-2000:]}")
-        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+        probe = _probe("data_probe", str(self.corpus), str(self.models / "text"), str(self.work / "probe_cache"))
         self.record("data_cache", probe["cold_s"] / probe["warm_s"], cold_s=probe["cold_s"], warm_s=probe["warm_s"])
         self.record(
             "data_rss_gib",
@@ -344,6 +381,25 @@ class Bench:
         help_s, error_s, pass_s = _best_of(5, python(script, "--help"), bad, python("-c", "pass"))
         self.record("cli_help", max(help_s, error_s) / pass_s, help_s=help_s, error_s=error_s, pass_s=pass_s)
 
+    def layers(self) -> None:
+        """One cell extracts every layer once; another cell's five folds then run on that cache alone."""
+        cache, runs = self.work / "layers_cache", self.work / "layers_runs"
+        for folder in (cache, runs):
+            shutil.rmtree(folder, ignore_errors=True)
+        common = (str(self.corpus), str(self.models), str(cache))
+        first = _probe("layers_probe", *common, str(runs / "a"), "multimodal_total_concat")
+        second = _probe("layers_probe", *common, str(runs / "b"), "multimodal_classification_element_wise_add")
+        stored = sum(p.stat().st_size for p in cache.glob("*_vectors-*/vectors.npy"))
+        self.record(
+            "layers_cell",
+            second["seconds"] / first["extraction_s"],
+            extraction_s=first["extraction_s"],
+            cell_s=second["seconds"],
+            second_cell_extraction_s=second["extraction_s"],
+            cache_bytes_per_utterance=stored / len(self.utts),
+        )
+        self.record("layers_rss_gib", second["peak_rss_bytes"] / 2**30)
+
     def report_grid(self) -> None:
         """common.report over the twelve scripts x five folds, each fold set predicting 13,462 utterances."""
         from common.grid import SCRIPTS
@@ -388,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.text_padding()
     bench.cli()
     bench.report_grid()
+    bench.layers()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     if args.out:

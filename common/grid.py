@@ -70,3 +70,12 @@ class Cell:
     @property
     def regresses(self) -> bool:
         return self.task in ("regression", "total")
+
+
+def cell_of(script: str) -> Cell:
+    """The cell a script name stands for ("multimodal_total_concat" -> Cell("multimodal", "total", "concat"))."""
+    modality, task, *fusion = script.split("_", 2)
+    cell = Cell(modality, task, fusion[0] if fusion else None)
+    if cell.name != script:
+        raise ValueError(f"{script!r} names no cell of the grid")
+    return cell
