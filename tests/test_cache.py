@@ -220,14 +220,15 @@ def test_runs_without_cache_with_a_cold_cache_and_with_a_warm_one_give_the_same_
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["audio", "tokens"]
 
 
-def test_frozen_vectors_computed_now_or_read_from_the_cache_give_the_same_run(corpus20, tiny_models, tmp_path):
+@pytest.mark.parametrize("layers", ["last", "weighted"])
+def test_frozen_vectors_computed_now_or_read_from_the_cache_give_the_same_run(corpus20, tiny_models, tmp_path, layers):
     from common.grid import Cell
 
     cell = Cell("multimodal", "total", "concat")
-    flags = ["--freeze", "both", "--cache_dir", str(tmp_path / "cache")]
-    cold = _train(cell, corpus20[0], tiny_models, tmp_path / "a", *flags)
-    warm = _train(cell, corpus20[0], tiny_models, tmp_path / "b", *flags)
-    plain = _train(cell, corpus20[0], tiny_models, tmp_path / "c", "--freeze", "both", "--no-cache")
+    flags = ["--freeze", "both", "--layers", layers]
+    cold = _train(cell, corpus20[0], tiny_models, tmp_path / "a", *flags, "--cache_dir", str(tmp_path / "cache"))
+    warm = _train(cell, corpus20[0], tiny_models, tmp_path / "b", *flags, "--cache_dir", str(tmp_path / "cache"))
+    plain = _train(cell, corpus20[0], tiny_models, tmp_path / "c", *flags, "--no-cache")
     assert cold["epochs"] == warm["epochs"] == plain["epochs"]  # computing them draws no training randomness
 
 

@@ -92,7 +92,7 @@ def test_frozen_weighted_layers_train_from_one_cached_extraction_and_report_thei
     stored = sorted(p.name.split("-")[0] for p in cache.iterdir())
     assert stored == ["audio", "speech_vectors", "text_vectors", "tokens"]
     vectors = np.load(next(cache.glob("text_vectors-*")) / "vectors.npy", mmap_mode="r")
-    assert vectors.shape == (120, 3, 64) and vectors.dtype == np.float16
+    assert vectors.shape == (120, 3, 64) and vectors.dtype == np.float32
     # another cell and script reads the same extraction: nothing is computed again
     add = run(
         Cell("multimodal", "classification", "element_wise_add"), corpus20[0], tiny_models, tmp_path / "b", *flags
@@ -108,3 +108,25 @@ def test_weighted_layers_also_train_with_the_encoders(corpus20, tiny_models, tmp
     result = run(Cell("text", "regression"), corpus20[0], tiny_models, tmp_path / "run", "--layers", "weighted")
     assert result["layer_weights"]["text"] != pytest.approx([1 / 3] * 3, abs=1e-4)
     assert np.isfinite(result["test"]["mean_ccc"])
+
+
+def test_all_twelve_scripts_train_from_one_extraction(corpus20, tiny_models, tmp_path, capsys):
+    from common.grid import SCRIPTS, cell_of
+
+    flags = ["--freeze", "both", "--layers", "weighted", "--cache_dir", str(tmp_path / "cache"), "--num_fold", "3"]
+    first, *others = sorted(SCRIPTS, key=lambda s: s != "multimodal_total_concat")
+    run(cell_of(first), corpus20[0], tiny_models, tmp_path / first, *flags)
+    assert capsys.readouterr().out.count(" vectors ") == 2  # the text and the speech encoder's layers, once
+    for script in others:
+        cell = cell_of(script)
+        result = run(cell, corpus20[0], tiny_models, tmp_path / script, *flags)
+        printed = capsys.readouterr().out
+        used = {m for m in ("text", "speech") if getattr(cell, f"uses_{m}")}
+        assert " computed in " not in printed and printed.count(": reused (120 x 3 x ") == len(used), printed
+        assert set(result["layer_weights"]) == used
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == [
+        "audio",
+        "speech_vectors",
+        "text_vectors",
+        "tokens",
+    ]
