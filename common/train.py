@@ -59,14 +59,20 @@ def train(cell: Cell, args) -> list[dict]:
         modes, shared = _plan(cell, args, accelerator, dirs, fold_args)
         todo = [k for k in args.folds if modes[k] != "finished"]
         results = []
-        for k in args.folds:
-            if modes[k] == "finished":
-                result = rundir.read_metrics(dirs[k])
-                log(f"{dirs[k]}: already finished\n" + run_summary(result, dirs[k]))
-            else:
-                run = set_up(cell, fold_args[k], accelerator, dirs[k], modes[k], shared, last=k == todo[-1])
-                result = finish(run, fit(run))
-            results.append(result)
+        # What is loaded by now (libraries, the encoders) lives as long as the run: the collection after
+        # each fold skips it (0.6 s a fold, which would dominate a frozen cell's folds).
+        gc.freeze()
+        try:
+            for k in args.folds:
+                if modes[k] == "finished":
+                    result = rundir.read_metrics(dirs[k])
+                    log(f"{dirs[k]}: already finished\n" + run_summary(result, dirs[k]))
+                else:
+                    run = set_up(cell, fold_args[k], accelerator, dirs[k], modes[k], shared, last=k == todo[-1])
+                    result = finish(run, fit(run))
+                results.append(result)
+        finally:
+            gc.unfreeze()
         if len(results) > 1:
             log(fold_summary(results))
             if accelerator.is_main_process:
@@ -89,9 +95,6 @@ def _plan(cell: Cell, args, accelerator, dirs: dict[int, Path], fold_args: dict)
     todo = [k for k in args.folds if modes[k] != "finished"]
     if todo:
         shared.encoders = Encoders(cell, args)
-    # What is loaded by now (libraries, the encoders' weights) lives as long as the run: the collection
-    # after each fold then skips it (0.6 s a fold, which would dominate a frozen cell's folds).
-    gc.freeze()
     if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
         for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
             rundir.remove_set_summary(folder, accelerator.print)
