@@ -1,7 +1,10 @@
 """Outputs -> the numbers reported: multi-label emotion metrics and valence/arousal agreement.
 
-scikit-learn and SciPy compute them; only CCC, which has no library function, is written here. A value
-that is undefined is null with a note, never NaN.
+The emotion metrics are computed from one count of true/false positives per emotion (every epoch
+evaluates two splits, and scikit-learn's six calls took longer than a frozen cell's training step
+loop); tests check each against scikit-learn, including every undefined case. SciPy and scikit-learn
+compute the regression metrics; CCC has no library function. A value that is undefined is null with a
+note, never NaN.
 """
 
 from __future__ import annotations
@@ -10,15 +13,7 @@ import math
 
 import numpy as np
 from scipy.stats import pearsonr
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    hamming_loss,
-    mean_absolute_error,
-    precision_score,
-    recall_score,
-    root_mean_squared_error,
-)
+from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
 from common.grid import DIMENSIONS, EMOTIONS
 
@@ -72,6 +67,12 @@ def uar(true: np.ndarray, probs: np.ndarray) -> float | None:
     return float((np.diag(counts)[present] / support[present]).mean()) if present.any() else None
 
 
+def _ratio(num, den, undefined=np.nan):
+    """num / den, elementwise, and `undefined` where den is 0."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.full(np.shape(den), undefined), where=den > 0)
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold) -> tuple[dict, list[str]]:
     """Multi-label metrics at `threshold` (one for all emotions, or one per emotion), plus notes on
     anything undefined (reported as null, never NaN).
@@ -80,26 +81,26 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold) -> 
     the macro average (scikit-learn's zero_division=nan). Top-1 accuracy is the weighted accuracy (WA) of
     speech-emotion papers: the share of utterances whose most probable emotion is one of theirs.
     """
-    labels = labels.astype(int)
-    pred = predicted(probs, np.asarray(threshold))
-    per_class = f1_score(labels, pred, average=None, zero_division=np.nan)
+    labels = labels.astype(bool)
+    pred = predicted(probs, np.asarray(threshold)).astype(bool)
+    tp, fp, fn = (labels & pred).sum(0), (~labels & pred).sum(0), (labels & ~pred).sum(0)
+    per_class = _ratio(2 * tp, 2 * tp + fp + fn)  # NaN: no true or predicted positives
     notes = [
         f"F1 of {EMOTIONS[i]} undefined: no true or predicted positives" for i in np.flatnonzero(np.isnan(per_class))
     ]
+    support = tp + fn
     top1 = labels[np.arange(len(labels)), probs.argmax(axis=1)]
-    precision = precision_score(labels, pred, average=None, zero_division=np.nan)
-    recall = recall_score(labels, pred, average=None, zero_division=np.nan)
     metrics = {
-        "micro_f1": _none_if_nan(f1_score(labels, pred, average="micro", zero_division=0.0)),
-        "macro_f1": _none_if_nan(f1_score(labels, pred, average="macro", zero_division=np.nan)),
-        "weighted_f1": _none_if_nan(f1_score(labels, pred, average="weighted", zero_division=0.0)),
+        "micro_f1": float(_ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum(), undefined=0.0)),
+        "macro_f1": _none_if_nan(per_class[~np.isnan(per_class)].mean() if (~np.isnan(per_class)).any() else np.nan),
+        "weighted_f1": float((np.nan_to_num(per_class) * support).sum() / support.sum() if support.sum() else 0.0),
         "per_class_f1": {name: _none_if_nan(v) for name, v in zip(EMOTIONS, per_class, strict=True)},
-        "hamming_accuracy": float(1.0 - hamming_loss(labels, pred)),
-        "subset_accuracy": float(accuracy_score(labels, pred)),
+        "hamming_accuracy": 1.0 - float((labels != pred).sum() / labels.size),
+        "subset_accuracy": float((labels == pred).all(axis=1).mean()),
         "top1_accuracy": float(top1.mean()),
         "uar": uar(labels, probs),
-        "per_class_precision": {name: _none_if_nan(v) for name, v in zip(EMOTIONS, precision, strict=True)},
-        "per_class_recall": {name: _none_if_nan(v) for name, v in zip(EMOTIONS, recall, strict=True)},
+        "per_class_precision": dict(zip(EMOTIONS, map(_none_if_nan, _ratio(tp, tp + fp)), strict=True)),
+        "per_class_recall": dict(zip(EMOTIONS, map(_none_if_nan, _ratio(tp, support)), strict=True)),
     }
     return metrics, notes
 

@@ -72,6 +72,32 @@ def test_classification_metrics_match_scikit_learn_on_random_data():
     assert list(m["per_class_f1"]) == list(EMOTIONS)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_classification_metrics_equal_scikit_learn_exactly_including_undefined_cases(seed):
+    from sklearn.metrics import accuracy_score, hamming_loss
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    labels = (rng.random((n, 7)) < rng.random(7) * 0.5).astype(int)  # some emotions absent, some rare
+    probs = rng.random((n, 7)) * rng.random(7)  # some never predicted
+    thresholds = rng.choice([0.5, 0.2], 7) if seed % 2 else 0.5
+    m, notes = classification_metrics(labels, probs, thresholds)
+    pred = (probs > thresholds).astype(int)
+
+    def sk(f, **kw):
+        return [None if np.isnan(v) else v for v in np.atleast_1d(f(labels, pred, zero_division=np.nan, **kw))]
+
+    assert list(m["per_class_f1"].values()) == sk(f1_score, average=None)
+    assert list(m["per_class_precision"].values()) == sk(precision_score, average=None)
+    assert list(m["per_class_recall"].values()) == sk(recall_score, average=None)
+    assert [m["macro_f1"]] == sk(f1_score, average="macro")
+    assert m["micro_f1"] == f1_score(labels, pred, average="micro", zero_division=0.0)
+    assert m["weighted_f1"] == f1_score(labels, pred, average="weighted", zero_division=0.0)
+    assert m["hamming_accuracy"] == 1.0 - hamming_loss(labels, pred)
+    assert m["subset_accuracy"] == accuracy_score(labels, pred)
+    assert len(notes) == sum(v is None for v in m["per_class_f1"].values())
+
+
 def test_a_class_predicted_but_absent_scores_zero_not_undefined():
     labels = np.zeros((2, 7), dtype=int)
     labels[:, 4] = 1
