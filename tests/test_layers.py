@@ -1,6 +1,7 @@
 """--layers weighted: a learnt softmax-weighted sum of every hidden layer, pooled as the cell says; cached
 once per corpus and encoder when the encoders are frozen."""
 
+import csv
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from common.errors import UserError
 from common.grid import Cell
 from common.kemdy import read_corpus
 from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, load_text_encoder
+from common.predict import Predictor
 from common.report import main as report
 from common.train import train
 
@@ -100,6 +102,16 @@ def test_frozen_weighted_layers_train_from_one_cached_extraction_and_report_thei
     assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == stored and "layer_weights" in add
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["args"]["layers"] == "weighted"
+    # the saved model weighs the encoders' layers itself: it predicts the test fold as the run scored it
+    utts = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
+    with (tmp_path / "a" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    got = Predictor(tmp_path / "a")(
+        [str(utts[r["segment_id"]].wav) for r in rows], [utts[r["segment_id"]].text for r in rows], batch_size=1
+    )
+    for row, out in zip(rows, got, strict=True):
+        assert out["probabilities"]["fear"] == pytest.approx(float(row["prob_fear"]), abs=1e-5)
+        assert out["arousal"] == pytest.approx(float(row["pred_arousal"]), abs=1e-4)
     report([str(tmp_path), "--bootstrap", "100"])  # and the report plots them
     assert (tmp_path / "report" / "figures" / "multimodal_total_concat_layer_weights.png").stat().st_size > 10_000
 
