@@ -60,15 +60,60 @@ def rebuild(folder: Path, problem: str, log=print) -> None:
     shutil.rmtree(folder)
 
 
-class ArrayStore:
-    """Variable-length 1-D arrays in one flat file, read through a memory map.
-
-    Rows may share storage (KEMDy19 annotates every recording twice). A read copies the row out; every
-    RELEASE_BYTES read, the mapping's pages are given back (madvise), so a pass over a corpus larger
-    than RAM keeps this process's resident memory flat (the OS page cache still serves re-reads).
-    """
+class _Mapped:
+    """A file read through a memory map, row by row: a read copies the row out; every RELEASE_BYTES read,
+    the mapping's pages are given back (madvise), so a pass over a cache larger than RAM keeps this
+    process's resident memory flat (the OS page cache still serves re-reads)."""
 
     RELEASE_BYTES = 64 * 2**20
+    path: Path
+
+    def __getstate__(self) -> dict:  # DataLoader workers open their own mapping
+        return self.__dict__ | {"_map": None, "_pid": None}
+
+    def _mapping(self) -> mmap.mmap:
+        if getattr(self, "_map", None) is None or self._pid != os.getpid():
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._pid, self._unreleased = os.getpid(), 0
+        return self._map
+
+    def _copy(self, dtype, count: int, offset: int, shape=None) -> np.ndarray:
+        mm = self._mapping()
+        row = np.frombuffer(mm, dtype, count=count, offset=offset).copy()
+        self._unreleased += row.nbytes
+        if self._unreleased > self.RELEASE_BYTES and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)
+            self._unreleased = 0
+        return row if shape is None else row.reshape(shape)
+
+
+class VectorRows(_Mapped):
+    """The rows of a .npy file of fixed-shape rows (every layer's summary of each utterance), read one at a
+    time: a cache of the real encoders' layers (0.54 GB per encoder for KEMDy20) never sits in memory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        array = np.load(self.path, mmap_mode="r")  # reads and checks the header only
+        self.shape, self.dtype, self._offset = array.shape, array.dtype, int(array.offset)
+        self._row = int(np.prod(self.shape[1:]))
+        del array
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        offset = self._offset + int(i) * self._row * self.dtype.itemsize
+        return self._copy(self.dtype, self._row, offset, self.shape[1:])
+
+
+class ArrayStore(_Mapped):
+    """Variable-length 1-D arrays in one flat file, read through a memory map (rows may share storage:
+    KEMDy19 annotates every recording twice)."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
@@ -85,33 +130,15 @@ class ArrayStore:
             raise DamagedCache(f"data.bin holds {found} bytes, its index describes {expected}")
         self._map: mmap.mmap | None = None
         self._pid = None
-        self._unreleased = 0
 
     def __len__(self) -> int:
         return len(self.lengths)
-
-    def __getstate__(self) -> dict:  # DataLoader workers open their own mapping
-        return self.__dict__ | {"_map": None, "_pid": None}
-
-    def _mapping(self) -> mmap.mmap:
-        if self._map is None or self._pid != os.getpid():
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._pid = os.getpid()
-        return self._map
 
     def __getitem__(self, i: int) -> np.ndarray:
         n = int(self.lengths[i])
         if n == 0:
             return np.zeros(0, self.dtype)
-        mm, size = self._mapping(), self.dtype.itemsize
-        begin = int(self.starts[i]) * size
-        row = np.frombuffer(mm, self.dtype, count=n, offset=begin).copy()
-        self._unreleased += n * size
-        if self._unreleased > self.RELEASE_BYTES and hasattr(mm, "madvise"):
-            mm.madvise(mmap.MADV_DONTNEED)
-            self._unreleased = 0
-        return row
+        return self._copy(self.dtype, n, int(self.starts[i]) * self.dtype.itemsize)
 
     @staticmethod
     def write(folder: Path, rows: Sequence, dtype, keys: Sequence | None = None, progress=None) -> None:

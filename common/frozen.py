@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.cache import DamagedCache, cached, fingerprint, rebuild
+from common.cache import DamagedCache, VectorRows, cached, fingerprint, rebuild
 from common.data import Collator, Inputs, KemdyDataset
 
 
@@ -120,12 +120,12 @@ def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:
     return sorted(range(len(utterances)), key=lambda i: -lengths[i])
 
 
-def _load(folder, n: int) -> np.ndarray:
-    """The cached vectors; every layer's (3-d) memory-mapped, as they may not fit in memory."""
+def _load(folder, n: int) -> np.ndarray | VectorRows:
+    """The cached vectors: one per utterance in memory; every layer's (3-d) read row by row from the file."""
     try:
-        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-        if vectors.ndim == 2:  # one vector per utterance: small, read into memory
-            vectors = np.array(vectors)
+        vectors = VectorRows(folder / "vectors.npy")
+        if vectors.ndim == 2:  # one vector per utterance: small
+            vectors = np.load(folder / "vectors.npy")
     except (OSError, ValueError) as err:
         raise DamagedCache(f"{type(err).__name__}: {err}") from None
     if vectors.ndim not in (2, 3) or len(vectors) != n:

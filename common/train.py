@@ -405,9 +405,12 @@ def _launched_without_accelerator() -> bool:
 
 
 def _default_run_dir(cell: Cell, args, fold: int) -> Path:
-    """runs/[demo/]<script>/KEMDy<d>[_session][_original]/fold<k>."""
+    """runs/[demo/]<script>/KEMDy<d>[_session][_original][_freeze-<which>][_layers-weighted]/fold<k>: the
+    frozen and layer-weighted grids sit beside the fine-tuned one, each a row of its own in the report."""
     protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
     protocol += "_original" if args.original else ""
+    protocol += f"_freeze-{args.freeze}" if args.freeze != "none" else ""
+    protocol += f"_layers-{args.layers}" if args.layers != "last" else ""
     return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
 
 

@@ -250,3 +250,30 @@ def test_frozen_encoders_keep_their_weights_and_the_heads_still_learn(corpus20, 
         assert equal == same, part
     assert [p.name.split("-")[0] for p in sorted(tmp_path.glob("text_vectors-*"))] == ["text_vectors"]
     assert not list(tmp_path.glob("speech_vectors-*"))
+
+
+def _rss_file_bytes() -> int:
+    """This process's resident file-backed memory (Linux), where a memory map's pages are counted."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_vector_rows_read_every_row_of_a_large_cache_without_keeping_it_resident(tmp_path):
+    from common.cache import VectorRows
+
+    rows, shape = 1600, (13, 2048)  # 170 MB of float32, as every layer's summary of a large corpus
+    expected = np.lib.format.open_memmap(tmp_path / "vectors.npy", mode="w+", dtype=np.float32, shape=(rows, *shape))
+    expected[:] = np.arange(rows, dtype=np.float32)[:, None, None] + np.linspace(0, 1, shape[1], dtype=np.float32)
+    expected.flush()
+    del expected
+    vectors = VectorRows(tmp_path / "vectors.npy")
+    assert (len(vectors), vectors.shape, vectors.ndim) == (rows, (rows, *shape), 3)
+    before = _rss_file_bytes()
+    for k in range(rows):
+        row = vectors[k]
+        assert row.shape == shape and row[0, 0] == k and row[-1, -1] == k + 1
+    assert _rss_file_bytes() - before < 100 * 2**20  # a plain memory map would keep all 170 MB resident
+    whole = np.load(tmp_path / "vectors.npy")
+    assert np.array_equal(np.stack([vectors[k] for k in (0, 7, rows - 1)]), whole[[0, 7, rows - 1]])

@@ -142,3 +142,31 @@ def test_all_twelve_scripts_train_from_one_extraction(corpus20, tiny_models, tmp
         "text_vectors",
         "tokens",
     ]
+
+
+def test_frozen_and_weighted_grids_default_to_folders_of_their_own():
+    from pathlib import Path
+
+    from common.train import _default_run_dir
+
+    cell = Cell("multimodal", "total", "concat")
+    given = {
+        (): "runs/multimodal_total_concat/KEMDy20/fold2",
+        ("--freeze", "both"): "runs/multimodal_total_concat/KEMDy20_freeze-both/fold2",
+        (
+            "--freeze",
+            "both",
+            "--layers",
+            "weighted",
+        ): "runs/multimodal_total_concat/KEMDy20_freeze-both_layers-weighted/fold2",
+        (
+            "--layers",
+            "weighted",
+            "--split",
+            "session",
+        ): "runs/multimodal_total_concat/KEMDy20_session_layers-weighted/fold2",
+        ("--original", "--freeze", "text"): "runs/multimodal_total_concat/KEMDy20_original_freeze-text/fold2",
+    }
+    for flags, expected in given.items():
+        args = parse_args(cell, ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "2", *flags])
+        assert _default_run_dir(cell, args, 2) == Path(expected)
