@@ -53,10 +53,11 @@ def killed_and_resumed(corpus20, tiny_models, tmp_path_factory):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    checkpoint = runs["killed"] / "checkpoints" / "epoch1"
+    checkpoints = runs["killed"] / "checkpoints"
     deadline = time.monotonic() + 300
-    while not checkpoint.is_dir() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # killed at its first checkpoint (epoch1/ lives one epoch, a fraction of a second: any will do)
+    while not any(checkpoints.glob("epoch*")) and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_state = {
@@ -68,9 +69,9 @@ def killed_and_resumed(corpus20, tiny_models, tmp_path_factory):
     return runs, killed_state, refused, resumed
 
 
-def test_a_run_killed_after_epoch_1_resumes_to_exactly_the_uninterrupted_metrics(killed_and_resumed):
+def test_a_run_killed_at_its_first_checkpoint_resumes_to_exactly_the_uninterrupted_metrics(killed_and_resumed):
     runs, killed_state, refused, resumed = killed_and_resumed
-    assert not killed_state["metrics"] and "epoch1" in killed_state["epochs"] and "epoch3" not in killed_state["epochs"]
+    assert not killed_state["metrics"] and killed_state["epochs"] and "epoch3" not in killed_state["epochs"]
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout and "after epoch" in resumed.stdout
     assert (runs["killed"] / "metrics.json").read_text() == (runs["first"] / "metrics.json").read_text()
