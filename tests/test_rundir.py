@@ -256,7 +256,16 @@ def test_a_cache_folder_under_a_file_is_one_line(corpus20, tiny_models, tmp_path
 def test_ctrl_c_says_after_which_epoch_and_resume_continues(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=500)
-    victim = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background job ignores Ctrl-C, and its children inherit that: give the run its own.
+    victim = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     # an epoch takes a fraction of a second: epoch1/ is replaced by epoch2/ before a poll may see it
     while not any((out / "checkpoints").glob("epoch*")) and time.monotonic() < deadline:
