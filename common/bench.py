@@ -156,6 +156,13 @@ def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
 
 
 def _peak_rss() -> int:
+    """This process's peak resident memory in bytes. On Linux, VmHWM: ru_maxrss survives exec, so a probe
+    started by a large process would report its parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
