@@ -28,6 +28,8 @@ noise of a shared machine. The corpus and encoders are built once under --work a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import resource
 import shutil
@@ -104,8 +106,6 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
 def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
     """Run in its own process: one cell with --freeze both --layers weighted over all five folds; its time
     (imports aside), the time spent extracting vectors (0 when the cache held them) and the peak RSS."""
-    import contextlib
-    import io
     import re
 
     from common.cli import parse_args
@@ -426,7 +426,8 @@ class Bench:
                 va_pred = va + rng.normal(0, 0.6, (n, 2))
                 _write_fake_run(root / script / "KEMDy20" / f"fold{k}", script, task, k, labels, probs, va, va_pred)
         start = time.perf_counter()
-        report([str(root), "--no-figures", "--bootstrap", "1000"])
+        with contextlib.redirect_stdout(io.StringIO()):  # its tables would bury the benchmark's
+            report([str(root), "--no-figures", "--bootstrap", "1000"])
         self.record("report_grid_s", time.perf_counter() - start, fold_sets=len(SCRIPTS), utterances=13462)
 
     def table(self) -> str:
