@@ -19,7 +19,8 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
   (the command line imports no torch, transformers or accelerate before training starts);
 - report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
 - layers_cell, layers_rss_gib: a --freeze both --layers weighted cell's five folds on the layer cache
-  another cell extracted, over that extraction's time; and that cell's peak RSS.
+  another cell extracted, over that extraction's time; and that cell's peak RSS. With --base_layers,
+  only these two, with encoders of klue/bert-base's and wav2vec2-base's sizes (random weights).
 
 Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
 noise of a shared machine. The corpus and encoders are built once under --work and reused.
@@ -178,12 +179,12 @@ def _probe(function: str, *args: str) -> dict:
 
 
 class Bench:
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, size: str = "small"):
         from common.synthetic import generate, write_tiny_models
 
         self.work = work
         self.corpus = build_folder(work / "KEMDy20-full", lambda tmp: generate("20", tmp, full_size=True))
-        self.models = build_folder(work / "small_models", lambda tmp: write_tiny_models(tmp, size="small"))
+        self.models = build_folder(work / f"{size}_models", lambda tmp: write_tiny_models(tmp, size=size))
         self.results: dict[str, dict] = {}
         from common.folds import make_fold
         from common.kemdy import read_corpus
@@ -390,7 +391,7 @@ class Bench:
 
     def layers(self) -> None:
         """One cell extracts every layer once; another cell's five folds then run on that cache alone."""
-        cache, runs = self.work / "layers_cache", self.work / "layers_runs"
+        cache, runs = self.work / f"layers_cache_{self.models.name}", self.work / "layers_runs"
         for folder in (cache, runs):
             shutil.rmtree(folder, ignore_errors=True)
         common = (str(self.corpus), str(self.models), str(cache))
@@ -433,6 +434,8 @@ class Bench:
     def table(self) -> str:
         lines = ["| ratio | measured | goal | met |", "|---|---|---|---|"]
         for key, (description, op, goal) in GOALS.items():
+            if key not in self.results:
+                continue
             r = self.results[key]
             lines.append(f"| {description} | {r['value']:.3g} | {op} {goal:g} | {'yes' if r['met'] else 'NO'} |")
         return "\n".join(lines)
@@ -442,16 +445,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m common.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="write the ratios to this JSON file")
     parser.add_argument("--work", default="cache/bench", help="folder for the corpus, encoders and caches")
+    parser.add_argument(
+        "--base_layers",
+        action="store_true",
+        help="only the layer cache's two figures, with encoders of the real sizes (random weights): about an "
+        "hour on 2 CPU cores, most of it the extraction",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
-    bench = Bench(Path(args.work))
-    bench.data_side()
-    bench.audio_padding()
-    bench.training()
-    bench.text_padding()
-    bench.cli()
-    bench.report_grid()
+    bench = Bench(Path(args.work), size="base" if args.base_layers else "small")
+    if not args.base_layers:
+        bench.data_side()
+        bench.audio_padding()
+        bench.training()
+        bench.text_padding()
+        bench.cli()
+        bench.report_grid()
     bench.layers()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")

@@ -462,6 +462,19 @@ SIZES = {
         "speech": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
         "conv_dim": 128,
     },
+    # klue/bert-base and wav2vec2-base-960h's sizes (random weights): for timing what the real ones cost
+    "base": {
+        "text": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+        "speech": {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "num_conv_pos_embeddings": 128,
+            "num_conv_pos_embedding_groups": 16,
+        },
+        "conv_dim": 512,
+    },
 }
 
 
@@ -528,13 +541,11 @@ def write_tiny_models(out: str | Path, seed: int = 0, size: str = "tiny") -> Pat
     tokenizer.save_pretrained(out / "text")
     wav2vec2 = Wav2Vec2Model(
         Wav2Vec2Config(
-            **SIZES[size]["speech"],
+            **{"num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, **SIZES[size]["speech"]},
             conv_dim=(SIZES[size]["conv_dim"],) * 7,
             conv_kernel=(10, 3, 3, 3, 3, 2, 2),
             conv_stride=(5, 2, 2, 2, 2, 2, 2),
             feat_extract_norm="group",
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
             mask_time_prob=0.05,
             layerdrop=0.1,
         )
