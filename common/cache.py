@@ -66,13 +66,18 @@ class _Mapped:
     process's resident memory flat (the OS page cache still serves re-reads)."""
 
     RELEASE_BYTES = 64 * 2**20
-    path: Path
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._map: mmap.mmap | None = None
+        self._pid: int | None = None
+        self._unreleased = 0
 
     def __getstate__(self) -> dict:  # DataLoader workers open their own mapping
         return self.__dict__ | {"_map": None, "_pid": None}
 
     def _mapping(self) -> mmap.mmap:
-        if getattr(self, "_map", None) is None or self._pid != os.getpid():
+        if self._map is None or self._pid != os.getpid():
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._pid, self._unreleased = os.getpid(), 0
@@ -93,7 +98,7 @@ class VectorRows(_Mapped):
     time: a cache of the real encoders' layers (0.54 GB per encoder for KEMDy20) never sits in memory."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        super().__init__(Path(path))
         array = np.load(self.path, mmap_mode="r")  # reads and checks the header only
         self.shape, self.dtype, self._offset = array.shape, array.dtype, int(array.offset)
         self._row = int(np.prod(self.shape[1:]))
@@ -117,7 +122,7 @@ class ArrayStore(_Mapped):
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        self.path = folder / "data.bin"
+        super().__init__(folder / "data.bin")
         try:
             self.dtype = np.dtype(json.loads((folder / "store.json").read_text())["dtype"])
             self.starts = np.load(folder / "starts.npy")
@@ -128,8 +133,6 @@ class ArrayStore(_Mapped):
             raise DamagedCache(f"{type(err).__name__}: {err}") from None
         if len(self.starts) != len(self.lengths) or found != expected:
             raise DamagedCache(f"data.bin holds {found} bytes, its index describes {expected}")
-        self._map: mmap.mmap | None = None
-        self._pid = None
 
     def __len__(self) -> int:
         return len(self.lengths)
