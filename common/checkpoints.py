@@ -4,7 +4,8 @@ While training, a run directory holds `checkpoints/epoch<k>/`: accelerate's stat
 scheduler, every process's RNG states) plus trainer.json (epochs done, their metrics, the best score and
 epoch) and, for the chosen epoch, its test outputs. A checkpoint is written under a temporary name and
 renamed when complete; only the latest and the chosen epoch's are kept, and none once the run finishes
-(unless --keep_checkpoint).
+(unless --keep_checkpoint). Frozen encoders never change: a checkpoint leaves their weights out (at the real
+sizes 0.4-0.8 GB an epoch), and resuming takes them from the pretrained encoders again.
 """
 
 from __future__ import annotations
@@ -17,14 +18,36 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import writing
+from common.errors import UserError, writing
 
 
 class Checkpoints:
-    """`run_dir/checkpoints/epoch<k>/`, written through the accelerator by every process."""
+    """`run_dir/checkpoints/epoch<k>/`, written through the accelerator by every process; `frozen`: the
+    prefixes of the model's weights that are not saved (its frozen encoders')."""
 
-    def __init__(self, run_dir: Path, accelerator):
-        self.folder, self.accelerator = run_dir / "checkpoints", accelerator
+    def __init__(self, run_dir: Path, accelerator, frozen: tuple[str, ...] = ()):
+        self.folder, self.accelerator, self.frozen = run_dir / "checkpoints", accelerator, frozen
+
+    def _is_frozen(self, key: str) -> bool:
+        return bool(self.frozen) and key.removeprefix("module.").startswith(self.frozen)  # "module.": DDP's
+
+    def _drop_frozen(self, models, weights: list[dict], output_dir) -> None:
+        for state in weights:
+            for key in [k for k in state if self._is_frozen(k)]:
+                del state[key]
+
+    def _check_stored(self, models, input_dir) -> None:
+        """Every weight that is not frozen must be in the checkpoint: loading is not strict about the rest."""
+        from safetensors import safe_open
+
+        path = Path(input_dir) / "model.safetensors"
+        with safe_open(str(path), "pt") as f:
+            stored = set(f.keys())
+        missing = sorted(k for k in models[0].state_dict() if not self._is_frozen(k) and k not in stored)
+        if missing:
+            raise UserError(
+                f"{path}: lacks {', '.join(missing[:3])}: a damaged checkpoint; start over with --overwrite"
+            )
 
     def epochs(self) -> list[int]:
         if not self.folder.is_dir():
@@ -44,7 +67,11 @@ class Checkpoints:
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp.mkdir(parents=True)
                 acc.wait_for_everyone()
-                acc.save_state(str(tmp))
+                hook = acc.register_save_state_pre_hook(self._drop_frozen)
+                try:
+                    acc.save_state(str(tmp))
+                finally:
+                    hook.remove()
                 acc.wait_for_everyone()  # every process has written its RNG states before the rename
                 if acc.is_main_process:
                     (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
@@ -64,7 +91,14 @@ class Checkpoints:
 
     def load(self, epoch: int) -> dict:
         """Restore model, optimizer, scheduler and RNG states of `epoch`; return its trainer state."""
-        self.accelerator.load_state(str(self.path(epoch)))
+        if self.frozen:
+            hook = self.accelerator.register_load_state_pre_hook(self._check_stored)
+            try:
+                self.accelerator.load_state(str(self.path(epoch)), strict=False)
+            finally:
+                hook.remove()
+        else:
+            self.accelerator.load_state(str(self.path(epoch)))
         return json.loads((self.path(epoch) / "trainer.json").read_text())
 
     def test_outputs(self, epoch: int) -> dict[str, np.ndarray]:

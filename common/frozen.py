@@ -7,7 +7,6 @@ clip's vector never depends on the padding of a batch.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 
@@ -18,16 +17,7 @@ from tqdm.auto import tqdm
 
 from common.cache import DamagedCache, VectorRows, cached, fingerprint, rebuild
 from common.data import Collator, Inputs, KemdyDataset
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of a module's configuration and of every weight's bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(getattr(getattr(module, "config", None), "to_json_string", lambda: "")().encode())
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from common.model import module_fingerprint
 
 
 def _source_key(source) -> str:

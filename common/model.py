@@ -7,6 +7,7 @@ One model class serves all twelve cells; a cell only decides which encoders exis
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
 ORIGINAL_ATTENTION_BIAS = -10000.0
 CNN_PARAMETERS = ("feature_extractor.", "feature_projection.layer_norm.")
 LAYERS = "layers.safetensors"  # in a saved model: everything but the encoders
+REFERENCE = "encoder.json"  # in a saved model's text/ or speech/: where a frozen encoder's weights are
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
@@ -40,6 +42,17 @@ def damaged_weights(folder: Path) -> str | None:
         if head == LFS_POINTER:
             return f"{path.name} is a Git LFS pointer, not the weights: run `git lfs pull` there, or download it again"
     return None
+
+
+def module_fingerprint(module: nn.Module, config: bool = True) -> str:
+    """A hash of every weight's bytes, and of the module's configuration unless `config` is false."""
+    h = hashlib.blake2b(digest_size=16)
+    if config:
+        h.update(getattr(getattr(module, "config", None), "to_json_string", lambda: "")().encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _load(flag: str, name: str, loader):
@@ -69,18 +82,24 @@ def _expect(flag: str, name: str, encoder: nn.Module, input_name: str, kind: str
         )
 
 
-def load_text_encoder(name: str) -> tuple[object, nn.Module]:
-    """(tokenizer, encoder) from a hub name or a local folder."""
-    encoder = _load("--text_model", name, AutoModel.from_pretrained)
-    _expect("--text_model", name, encoder, "input_ids", "text", "klue/bert-base")
-    return _load("--text_model", name, AutoTokenizer.from_pretrained), encoder
+def _load_pair(flag: str, name: str, processor_class, input_name: str, kind: str, example: str, processor, encoder):
+    model = _load(flag, name, AutoModel.from_pretrained) if encoder else None
+    if model is not None:
+        _expect(flag, name, model, input_name, kind, example)
+    return _load(flag, name, processor_class.from_pretrained) if processor else None, model
 
 
-def load_speech_encoder(name: str) -> tuple[object, nn.Module]:
-    """(feature extractor, encoder) from a hub name or a local folder."""
-    encoder = _load("--speech_model", name, AutoModel.from_pretrained)
-    _expect("--speech_model", name, encoder, "input_values", "speech", "facebook/wav2vec2-base-960h")
-    return _load("--speech_model", name, AutoFeatureExtractor.from_pretrained), encoder
+def load_text_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
+    """(tokenizer, encoder) from a hub name or a local folder; None for the one not asked for."""
+    return _load_pair("--text_model", name, AutoTokenizer, "input_ids", "text", "klue/bert-base", processor, encoder)
+
+
+def load_speech_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
+    """(feature extractor, encoder) from a hub name or a local folder; None for the one not asked for."""
+    example = "facebook/wav2vec2-base-960h"
+    return _load_pair(
+        "--speech_model", name, AutoFeatureExtractor, "input_values", "speech", example, processor, encoder
+    )
 
 
 @dataclass(frozen=True)
@@ -310,16 +329,24 @@ class EmotionModel(nn.Module):
         """Standardised outputs back on the 1..5 scale."""
         return va_z * self.va_std + self.va_mean
 
-    def save(self, folder: Path, tokenizer=None, extractor=None) -> None:
+    def save(self, folder: Path, tokenizer=None, extractor=None, references: dict | None = None) -> None:
         """A folder `load` reads back: the encoders in transformers format (text/, speech/), the layers
-        trained from scratch and the valence/arousal scaling (layers.safetensors), and model.json."""
+        trained from scratch and the valence/arousal scaling (layers.safetensors), and model.json. An encoder
+        in `references` (frozen: its pretrained weights) is stored as its source and weights' fingerprint."""
         folder.mkdir(parents=True, exist_ok=True)
-        if self.text_encoder is not None:
-            self.text_encoder.save_pretrained(folder / "text")
-            tokenizer.save_pretrained(folder / "text")
-        if self.speech_encoder is not None:
-            self.speech_encoder.save_pretrained(folder / "speech")
-            extractor.save_pretrained(folder / "speech")
+        references = references or {}
+        for modality, encoder, processor in (
+            ("text", self.text_encoder, tokenizer),
+            ("speech", self.speech_encoder, extractor),
+        ):
+            if encoder is None:
+                continue
+            if modality in references:
+                (folder / modality).mkdir()
+                (folder / modality / REFERENCE).write_text(json.dumps(references[modality], indent=1))
+            else:
+                encoder.save_pretrained(folder / modality)
+            processor.save_pretrained(folder / modality)
         rest = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(ENCODER_PREFIXES)}
         save_file(rest, str(folder / LAYERS))
         (folder / "model.json").write_text(json.dumps(asdict(self.config), indent=1))
@@ -330,9 +357,9 @@ class EmotionModel(nn.Module):
         config = ModelConfig(**json.loads((folder / "model.json").read_text()))
         tokenizer = text = extractor = speech = None
         if config.cell.uses_text:
-            tokenizer, text = load_text_encoder(str(folder / "text"))
+            tokenizer, text = _saved_encoder(folder / "text", load_text_encoder)
         if config.cell.uses_speech:
-            extractor, speech = load_speech_encoder(str(folder / "speech"))
+            extractor, speech = _saved_encoder(folder / "speech", load_speech_encoder)
         model = cls(config, text, speech)
         layers = folder / LAYERS if (folder / LAYERS).is_file() else folder / "heads.safetensors"  # earlier name
         result = model.load_state_dict(load_file(str(layers)), strict=False)
@@ -343,6 +370,29 @@ class EmotionModel(nn.Module):
         return model.eval(), tokenizer, extractor
 
 
+class EncoderMoved(UserError):
+    """A saved model's frozen encoder is not where it was, or no longer holds the same weights."""
+
+
+def _saved_encoder(part: Path, loader) -> tuple[object, nn.Module]:
+    """(processor, encoder) of a saved model's text/ or speech/: stored there, or, for a frozen encoder,
+    loaded from the source it names and checked to hold the very weights it was trained on."""
+    if not (part / REFERENCE).is_file():
+        return loader(str(part))
+    reference = json.loads((part / REFERENCE).read_text())
+    source = reference["source"]
+    try:
+        encoder = loader(source, processor=False)[1]
+    except UserError as err:
+        raise EncoderMoved(f"{part}: the frozen encoder is not stored here but read from {source}: {err}") from None
+    if module_fingerprint(encoder, config=False) != reference["weights"]:
+        raise EncoderMoved(
+            f"{part}: {source} no longer holds the frozen encoder this model was trained on (its weights differ); "
+            "put those weights back there, or train the model again"
+        )
+    return loader(str(part), encoder=False)[0], encoder
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions (the next-to-last dimension) where mask is set; a row with none set averages
     nothing to zeros."""
@@ -351,7 +401,8 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Encoders:
-    """The cell's tokenizer, feature extractor and pretrained encoders, loaded once for every fold."""
+    """The cell's tokenizer, feature extractor and pretrained encoders, loaded once for every fold; for a
+    frozen encoder, also where it came from and its weights' fingerprint (a saved model refers to it)."""
 
     def __init__(self, cell: Cell, args):
         self.tokenizer = self.extractor = self.text = self.speech = None
@@ -362,13 +413,20 @@ class Encoders:
                 raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
         if cell.uses_speech:
             self.extractor, self.speech = load_speech_encoder(args.speech_model)
+        self.references = {}  # of the frozen encoders, taken before a model adapts them (e.g. drops a pooler)
+        for modality, name in (("text", args.text_model), ("speech", args.speech_model)):
+            encoder = getattr(self, modality)
+            if encoder is not None and args.freeze in (modality, "both"):
+                source = str(Path(name).resolve()) if Path(name).is_dir() else name
+                self.references[modality] = {"source": source, "weights": module_fingerprint(encoder, config=False)}
 
     def for_fold(self, last: bool) -> tuple[nn.Module | None, nn.Module | None]:
-        """(text, speech) encoders with their pretrained weights: the loaded ones for the last fold of a run,
-        copies for the folds before it (training changes them)."""
-        if last:
-            return self.text, self.speech
-        return copy.deepcopy(self.text), copy.deepcopy(self.speech)
+        """(text, speech) encoders with their pretrained weights: the loaded ones for the last fold of a run
+        and wherever frozen, copies for the folds before it (training changes them)."""
+        return tuple(
+            encoder if last or encoder is None or modality in self.references else copy.deepcopy(encoder)
+            for modality, encoder in (("text", self.text), ("speech", self.speech))
+        )
 
 
 def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=print) -> EmotionModel:

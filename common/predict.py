@@ -24,7 +24,7 @@ from common.errors import UserError, run_cli
 from common.grid import DIMENSIONS, EMOTIONS
 from common.losses import emotion_probabilities
 from common.metrics import predicted
-from common.model import EmotionModel, audio_spec
+from common.model import EmotionModel, EncoderMoved, audio_spec
 
 
 class Predictor:
@@ -45,6 +45,8 @@ class Predictor:
             if missing:
                 raise KeyError(f"config.json lacks {', '.join(sorted(missing))}")
             self.threshold = _threshold(run_dir, self.args["threshold"])
+        except EncoderMoved as err:
+            raise UserError(f"--run_dir {run_dir}: {err}") from None
         except UserError as err:
             raise UserError(f"--run_dir {run_dir}: damaged run directory ({err}); train the run again") from None
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:

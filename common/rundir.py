@@ -225,6 +225,19 @@ def check_same_run(config_path: Path, args, corpus_fingerprint: str) -> None:
         )
 
 
+def check_same_encoders(config_path: Path, frozen: dict) -> None:
+    """A run continued with frozen encoders takes their weights from the pretrained ones again (checkpoints
+    leave them out): those must be the weights it started with."""
+    models = json.loads(config_path.read_text(encoding="utf-8")).get("models", {})
+    for modality, reference in frozen.items():
+        started = models.get(modality, {}).get("frozen", reference)["weights"]
+        if started != reference["weights"]:
+            raise UserError(
+                f"{config_path}: the frozen {modality} encoder {reference['source']} holds other weights than "
+                "when this run started; use those weights, or --overwrite to start over"
+            )
+
+
 class RunLock:
     """An exclusive lock on a run directory for the run's lifetime (a locked `.lock` file).
 
@@ -377,9 +390,10 @@ def _describe_model(name: str, encoder) -> dict:
     }
 
 
-def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model) -> dict:
+def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model, frozen: dict | None = None) -> dict:
     """config.json: every argument, the command, the models, the data and its split, and the environment.
-    `split` is (fold, train indices, valid indices)."""
+    `split` is (fold, train indices, valid indices); `frozen`: each frozen encoder's source and weights'
+    fingerprint."""
     import accelerate
     import numpy as np
     import torch
@@ -392,8 +406,13 @@ def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model) 
         "args": vars(args),
         "command": " ".join(sys.argv),
         "models": {
-            **({"text": _describe_model(args.text_model, model.text_encoder)} if cell.uses_text else {}),
-            **({"speech": _describe_model(args.speech_model, model.speech_encoder)} if cell.uses_speech else {}),
+            modality: _describe_model(name, encoder)
+            | ({"frozen": frozen[modality]} if modality in (frozen or {}) else {})
+            for modality, name, encoder in (
+                ("text", args.text_model, model.text_encoder),
+                ("speech", args.speech_model, model.speech_encoder),
+            )
+            if encoder is not None
         },
         "data": {
             "dataset_dir": str(Path(args.dataset_dir).resolve()),

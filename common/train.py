@@ -95,6 +95,9 @@ def _plan(cell: Cell, args, accelerator, dirs: dict[int, Path], fold_args: dict)
     todo = [k for k in args.folds if modes[k] != "finished"]
     if todo:
         shared.encoders = Encoders(cell, args)
+        for k in todo:
+            if modes[k] == "resume" and (dirs[k] / "config.json").is_file():
+                rundir.check_same_encoders(dirs[k] / "config.json", shared.encoders.references)
     if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
         for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
             rundir.remove_set_summary(folder, accelerator.print)
@@ -113,8 +116,7 @@ class FoldRun:
     corpus: Corpus
     split: tuple  # (Fold, train indices, valid indices)
     model: torch.nn.Module  # prepared by the accelerator (wrapped when distributed)
-    tokenizer: object
-    extractor: object
+    encoders: Encoders  # the pretrained ones (tokenizer, feature extractor, frozen encoders' sources)
     optimizer: torch.optim.Optimizer
     scheduler: object
     train_loader: DataLoader
@@ -280,17 +282,18 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
         corpus=corpus,
         split=(fold, train_idx, valid_idx),
         model=model,
-        tokenizer=encoders.tokenizer,
-        extractor=encoders.extractor,
+        encoders=encoders,
         optimizer=optimizer,
         scheduler=scheduler,
         train_loader=train_loader,
         eval_loaders=eval_loaders,
-        checkpoints=Checkpoints(run_dir, accelerator),
+        checkpoints=Checkpoints(run_dir, accelerator, frozen=tuple(f"{m}_encoder." for m in encoders.references)),
         pos_weight=pos_weight,
     )
     if accelerator.is_main_process and mode == "fresh":
-        config = rundir.provenance(cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core)
+        config = rundir.provenance(
+            cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references
+        )
         if pos_weight is not None:
             config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
@@ -359,7 +362,11 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
                 rundir.write_confusion(run_dir / "confusion.csv", test_outputs)
             if args.save_model:
                 shutil.rmtree(run_dir / "model", ignore_errors=True)
-                atomic.build_folder(run_dir / "model", lambda tmp: run.core.save(tmp, run.tokenizer, run.extractor))
+                enc = run.encoders
+                save = partial(
+                    run.core.save, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references
+                )
+                atomic.build_folder(run_dir / "model", save)
             atomic.write_json(run_dir / "metrics.json", result, ensure_ascii=True)
     accelerator.wait_for_everyone()
     if args.keep_checkpoint:

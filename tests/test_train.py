@@ -5,6 +5,7 @@ and an all-folds run killed in the middle of a fold resumes to the uninterrupted
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +21,7 @@ from common.cli import parse_args
 from common.errors import UserError
 from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
+from common.model import EmotionModel
 from common.predict import Predictor
 from common.train import train
 
@@ -68,11 +70,23 @@ def test_frozen_encoders_keep_their_pretrained_weights_in_a_training_run(corpus2
     cell = Cell("multimodal", "classification", "concat")
     out = tmp_path / "run"
     result = run(cell, corpus20[0], tiny_models, out, "--freeze", freeze, "--lr", "1e-2")
+    model, _, _ = EmotionModel.load(out / "model")
+    config = json.loads((out / "config.json").read_text())
     for modality in ("text", "speech"):
+        frozen = freeze in (modality, "both")
         before = load_file(str(tiny_models / modality / "model.safetensors"))
-        after = load_file(str(out / "model" / modality / "model.safetensors"))
-        same = all(torch.equal(before[k], after[k]) for k in before)
-        assert same == (freeze in (modality, "both")), modality
+        after = getattr(model, f"{modality}_encoder").state_dict()
+        same = all(torch.equal(before[k], after[k]) for k in after)
+        assert same == frozen, modality
+        # a frozen encoder is referred to, not stored again: its source and weights' fingerprint
+        stored = out / "model" / modality
+        assert (stored / "model.safetensors").is_file() != frozen
+        if frozen:
+            reference = json.loads((stored / "encoder.json").read_text())
+            assert reference["source"] == str((tiny_models / modality).resolve())
+            assert config["models"][modality]["frozen"] == reference
+        else:
+            assert "frozen" not in config["models"][modality]
     assert np.isfinite(result["test"]["loss"])
 
 
@@ -185,3 +199,92 @@ def test_tuned_thresholds_need_a_validation_part(corpus20, tiny_models, tmp_path
         run(TEXT, corpus20[0], tiny_models, tmp_path / "run", "--threshold", "tuned", "--valid_ratio", "0")
     with pytest.raises(UserError, match=r"^--class_weight balanced: weights the binary cross-entropy; not with"):
         run(TEXT, corpus20[0], tiny_models, tmp_path / "run", "--class_weight", "balanced", "--original")
+
+
+def _perturbed(folder: Path, modality: str) -> None:
+    """The encoder saved in folder/<modality> with one weight changed by 1e-3."""
+    from safetensors.torch import save_file
+
+    path = folder / modality / "model.safetensors"
+    weights = load_file(str(path))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(path), metadata={"format": "pt"})
+
+
+FROZEN = Cell("multimodal", "total", "concat")
+
+
+@pytest.fixture
+def frozen_interrupted(corpus20, tiny_models, tmp_path, monkeypatch):
+    """A frozen, layer-weighted run of 3 epochs on a copy of the tiny encoders, and the same run stopped after
+    its epoch 2: (encoders' folder, flags, uninterrupted result, stopped run's directory)."""
+    from common.checkpoints import Checkpoints
+    from common.errors import Interrupted
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    flags = ["--freeze", "both", "--layers", "weighted", "--lr", "1e-2", "--cache_dir", str(tmp_path / "cache")]
+    whole = run(FROZEN, corpus20[0], models, tmp_path / "whole", *flags, epochs=3)
+    save = Checkpoints.save
+
+    def stop_after_epoch_2(self, epoch, state, outputs):
+        save(self, epoch, state, outputs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoints, "save", stop_after_epoch_2)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted, match="after epoch 2"):
+        run(FROZEN, corpus20[0], models, cut, *flags, epochs=3)
+    monkeypatch.undo()
+    return models, flags, whole, cut
+
+
+def test_a_frozen_runs_checkpoint_holds_only_what_trains_and_a_damaged_one_is_refused(
+    frozen_interrupted, corpus20, tmp_path
+):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    models, flags, _, cut = frozen_interrupted
+    with safe_open(str(cut / "checkpoints" / "epoch2" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    heads = {f"{h}.{p}" for h in ("emotion_head", "va_head") for p in ("weight", "bias")}
+    assert keys == heads | {"text_layer_weights", "speech_layer_weights", "va_mean", "va_std"}
+    # a checkpoint missing a weight that trains is refused, not loaded in part
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cut, damaged)
+    weights = load_file(str(damaged / "checkpoints" / "epoch2" / "model.safetensors"))
+    del weights["va_head.bias"]
+    save_file(weights, str(damaged / "checkpoints" / "epoch2" / "model.safetensors"))
+    with pytest.raises(UserError, match=r"model\.safetensors: lacks va_head\.bias: a damaged checkpoint"):
+        run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)
+
+
+def test_a_frozen_run_resumes_exactly_on_the_same_encoders_and_its_model_refers_to_them(
+    frozen_interrupted, corpus20, tiny_models
+):
+    models, flags, whole, cut = frozen_interrupted
+    # resuming takes the frozen encoders from their source again: only if it holds the same weights
+    _perturbed(models, "speech")
+    with pytest.raises(UserError, match="the frozen speech encoder .* holds other weights than when this run started"):
+        run(FROZEN, corpus20[0], models, cut, *flags, "--resume", epochs=3)
+    shutil.copy(tiny_models / "speech" / "model.safetensors", models / "speech" / "model.safetensors")
+    resumed = run(FROZEN, corpus20[0], models, cut, *flags, "--resume", epochs=3)
+    assert resumed["epochs"] == whole["epochs"] and resumed["layer_weights"] == whole["layer_weights"]
+
+    # model/ stores the trained layers and refers to the encoders: it predicts predictions.csv again
+    assert not list((cut / "model").rglob("model.safetensors"))
+    rows = table(cut)
+    by_id = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
+    wavs, texts = [str(by_id[r["segment_id"]].wav) for r in rows], [by_id[r["segment_id"]].text for r in rows]
+    again = Predictor(cut)(wavs, texts)
+    probs = [[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]
+    np.testing.assert_allclose([[p["probabilities"][e] for e in EMOTIONS] for p in again], probs, atol=1e-5)
+    _perturbed(models, "text")
+    with pytest.raises(UserError, match=r"model/text: .*models/text no longer holds the frozen encoder this model"):
+        Predictor(cut)
+    shutil.rmtree(models / "text")
+    with pytest.raises(UserError, match="model/text: the frozen encoder is not stored here but read from .*/text"):
+        Predictor(cut)
