@@ -29,7 +29,7 @@ class Checkpoints:
         self.folder, self.accelerator, self.frozen = run_dir / "checkpoints", accelerator, frozen
 
     def _is_frozen(self, key: str) -> bool:
-        return bool(self.frozen) and key.removeprefix("module.").startswith(self.frozen)  # "module.": DDP's
+        return bool(self.frozen) and _name(key).startswith(self.frozen)
 
     def _drop_frozen(self, models, weights: list[dict], output_dir) -> None:
         for state in weights:
@@ -42,8 +42,9 @@ class Checkpoints:
 
         path = Path(input_dir) / "model.safetensors"
         with safe_open(str(path), "pt") as f:
-            stored = set(f.keys())
-        missing = sorted(k for k in models[0].state_dict() if not self._is_frozen(k) and k not in stored)
+            stored = {_name(k) for k in f.keys()}
+        needed = (_name(k) for k in models[0].state_dict() if not self._is_frozen(k))
+        missing = sorted(k for k in needed if k not in stored)
         if missing:
             raise UserError(
                 f"{path}: lacks {', '.join(missing[:3])}: a damaged checkpoint; start over with --overwrite"
@@ -115,3 +116,8 @@ class Checkpoints:
     def remove(self) -> None:
         if self.accelerator.is_main_process:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _name(key: str) -> str:
+    """A weight's name in the model itself (DDP's wrapper prefixes `module.`)."""
+    return key.removeprefix("module.")

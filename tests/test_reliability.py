@@ -253,3 +253,30 @@ def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus
         metrics = json.loads((out / f"fold{k}" / "metrics.json").read_text())
         config = json.loads((out / f"fold{k}" / "config.json").read_text())
         assert set(metrics["thresholds"]) == set(EMOTIONS) and set(config["data"]["class_weights"]) == set(EMOTIONS)
+
+
+def test_two_processes_checkpoint_frozen_encoders_out_and_resume_from_it(corpus20, tiny_models, tmp_path):
+    """Under DDP the model is wrapped: the frozen encoders' weights are still left out, and a run continued
+    from such a checkpoint ends with the uninterrupted run's numbers."""
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    flags = ["--freeze", "both", "--layers", "weighted", "--keep_checkpoint", "--cache_dir", str(tmp_path / "cache")]
+    argv = tiny_command("multimodal_classification_concat", corpus20[0], tiny_models, out, *flags, epochs=2)
+    proc = run(launch + argv[1:], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    (kept,) = (out / "checkpoints").iterdir()
+    with safe_open(str(kept / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    names = {"text_layer_weights", "speech_layer_weights", "emotion_head.weight", "emotion_head.bias"}
+    assert keys == names | {"va_mean", "va_std"}
+    # the run without its results is unfinished: continued from the kept checkpoint, it ends the same
+    (out / "metrics.json").unlink()
+    proc = run(launch + argv[1:] + ["--resume"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stdout
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["test"] == metrics["test"] and again["layer_weights"] == metrics["layer_weights"]
