@@ -21,8 +21,9 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - layers_cell, layers_rss_gib: a --freeze both --layers weighted cell's five folds on the layer cache
   another cell extracted, over that extraction's time; and how far that cell's peak RSS rises above what
   it holds once the libraries and encoders are loaded and the cache is opened (the data side; the
-  whole peak is recorded beside it). With --base_layers, only these two, with encoders of
-  klue/bert-base's and wav2vec2-base's sizes (random weights).
+  whole peak is recorded beside it). Beside them, the cell's compute floor: the same number of training
+  steps and evaluation batches on random tensors, model work only. With --base_layers, only these, with
+  encoders of klue/bert-base's and wav2vec2-base's sizes (random weights).
 
 Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
 noise of a shared machine. The corpus and encoders are built once under --work and reused.
@@ -125,7 +126,59 @@ def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str
         train(cell, parse_args(cell, argv))
     total = time.perf_counter() - start
     extraction = sum(float(s) for s in re.findall(r"vectors \S+: computed in ([0-9.]+) s", printed.getvalue()))
-    return {"seconds": total, "extraction_s": extraction, "peak_rss_bytes": _peak_rss(), "ready_rss_bytes": printed.rss}
+    steps = eval_batches = 0  # what the five folds computed, for compute_floor
+    for config in Path(out).glob("fold*/config.json"):
+        config = json.loads(config.read_text())
+        split, epochs, size = config["data"]["split"], config["args"]["epochs"], config["args"]["batch_size"]
+        steps += epochs * -(-split["train"] // size)
+        eval_batches += epochs * (-(-split["valid"] // size) + -(-split["test"] // size))
+    return {
+        "seconds": total,
+        "extraction_s": extraction,
+        "peak_rss_bytes": _peak_rss(),
+        "ready_rss_bytes": printed.rss,
+        "steps": steps,
+        "eval_batches": eval_batches,
+    }
+
+
+def compute_floor(corpus: str, models: str, script: str, steps: str, eval_batches: str) -> dict:
+    """Run in its own process: the model work alone of a frozen --layers weighted cell's five folds, i.e. as
+    many training steps (forward, backward, AdamW) and evaluation batches on random tensors shaped as the
+    layer cache's, with no data reading, loop bookkeeping or start-up. No implementation of the cell on
+    this machine can take less."""
+    from common.cli import parse_args
+    from common.grid import cell_of
+    from common.losses import Objective
+    from common.model import Encoders, build_model
+
+    cell = cell_of(script)
+    argv = ["--dataset", "20", "--dataset_dir", corpus, "--freeze", "both", "--layers", "weighted"]
+    args = parse_args(cell, [*argv, "--text_model", f"{models}/text", "--speech_model", f"{models}/speech"])
+    model = build_model(cell, args, Encoders(cell, args), log=lambda message: None)
+    model.freeze("both")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
+    objective, g = Objective(), torch.Generator().manual_seed(0)
+    shapes = {m: getattr(model, f"{m}_encoder").config for m in ("text", "speech")}
+    shapes = {m: (c.num_hidden_layers + 1, c.hidden_size) for m, c in shapes.items()}  # the cache's rows
+    size = args.batch_size
+    batches = [
+        {f"{m}_vec": torch.randn(size, *shape, generator=g) for m, shape in shapes.items()}
+        | {"labels": (torch.rand(size, 7, generator=g) > 0.8).float(), "va": 1 + 4 * torch.rand(size, 2, generator=g)}
+        for _ in range(8)
+    ]
+    start = time.perf_counter()
+    model.train()
+    for i in range(int(steps)):
+        batch = batches[i % len(batches)]
+        objective.per_sample(model(batch), batch, model.va_mean, model.va_std).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        for i in range(int(eval_batches)):
+            model(batches[i % len(batches)])
+    return {"seconds": time.perf_counter() - start}
 
 
 class _RssAtVectors(io.StringIO):
@@ -416,13 +469,20 @@ class Bench:
             shutil.rmtree(folder, ignore_errors=True)
         common = (str(self.corpus), str(self.models), str(cache))
         first = _probe("layers_probe", *common, str(runs / "a"), "multimodal_total_concat")
-        second = _probe("layers_probe", *common, str(runs / "b"), "multimodal_classification_element_wise_add")
+        second_script = "multimodal_classification_element_wise_add"
+        second = _probe("layers_probe", *common, str(runs / "b"), second_script)
         stored = sum(p.stat().st_size for p in cache.glob("*_vectors-*/vectors.npy"))
+        steps = (str(second["steps"]), str(second["eval_batches"]))
+        floor = _probe("compute_floor", str(self.corpus), str(self.models), second_script, *steps)
         self.record(
             "layers_cell",
             second["seconds"] / first["extraction_s"],
             extraction_s=first["extraction_s"],
             cell_s=second["seconds"],
+            compute_floor_s=floor["seconds"],
+            compute_floor_ratio=floor["seconds"] / first["extraction_s"],
+            steps=second["steps"],
+            eval_batches=second["eval_batches"],
             second_cell_extraction_s=second["extraction_s"],
             cache_bytes_per_utterance=stored / len(self.utts),
         )

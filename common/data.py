@@ -158,7 +158,7 @@ class Collator:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
         for key in ("text_vec", "speech_vec"):
             if key in items[0]:
-                batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32))
+                batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32, copy=False))
         if "input_ids" in items[0]:
             batch |= self._text([it["input_ids"] for it in items])
         if "audio" in items[0]:
