@@ -170,3 +170,31 @@ def test_frozen_and_weighted_grids_default_to_folders_of_their_own():
     for flags, expected in given.items():
         args = parse_args(cell, ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "2", *flags])
         assert _default_run_dir(cell, args, 2) == Path(expected)
+
+
+def test_the_benchmarks_layer_probes_count_the_steps_and_batches_the_cell_ran(
+    corpus20, tiny_models, tmp_path, monkeypatch
+):
+    """The benchmark's extraction time, the steps and evaluation batches it hands to the compute floor, and
+    the floor itself, against counts taken from the optimizer and the model while they run."""
+    from common.bench import compute_floor, layers_probe
+
+    steps, batches = [], []
+    step, forward = torch.optim.AdamW.step, EmotionModel.forward
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    monkeypatch.setattr(
+        EmotionModel, "forward", lambda self, b: batches.append(torch.is_grad_enabled()) or forward(self, b)
+    )
+    corpus, models, cache = str(corpus20[0]), str(tiny_models), str(tmp_path / "cache")
+    cold = layers_probe(corpus, models, cache, str(tmp_path / "a"), "multimodal_total_concat")
+    steps.clear()
+    batches.clear()
+    script = "multimodal_classification_element_wise_add"
+    warm = layers_probe(corpus, models, cache, str(tmp_path / "b"), script)
+    assert cold["extraction_s"] > 0 and warm["extraction_s"] == 0  # the second cell reads the first's cache
+    assert warm["steps"] == len(steps) > 0
+    assert warm["eval_batches"] == batches.count(False) > 0
+    assert 0 < warm["ready_rss_bytes"] <= warm["peak_rss_bytes"]
+    steps.clear()
+    floor = compute_floor(corpus, models, script, str(warm["steps"]), str(warm["eval_batches"]))
+    assert len(steps) == warm["steps"] and floor["seconds"] > 0
