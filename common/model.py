@@ -352,14 +352,16 @@ class EmotionModel(nn.Module):
         (folder / "model.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod
-    def load(cls, folder: Path) -> tuple[EmotionModel, object, object]:
-        """(model, tokenizer or None, feature extractor or None) from a folder written by `save`."""
+    def load(cls, folder: Path, sources: dict | None = None) -> tuple[EmotionModel, object, object]:
+        """(model, tokenizer or None, feature extractor or None) from a folder written by `save`; `sources`:
+        where a frozen encoder it refers to is now ({"text": folder}), if not where it was trained."""
         config = ModelConfig(**json.loads((folder / "model.json").read_text()))
         tokenizer = text = extractor = speech = None
+        sources = sources or {}
         if config.cell.uses_text:
-            tokenizer, text = _saved_encoder(folder / "text", load_text_encoder)
+            tokenizer, text = _saved_encoder(folder / "text", load_text_encoder, sources.get("text"))
         if config.cell.uses_speech:
-            extractor, speech = _saved_encoder(folder / "speech", load_speech_encoder)
+            extractor, speech = _saved_encoder(folder / "speech", load_speech_encoder, sources.get("speech"))
         model = cls(config, text, speech)
         layers = folder / LAYERS if (folder / LAYERS).is_file() else folder / "heads.safetensors"  # earlier name
         result = model.load_state_dict(load_file(str(layers)), strict=False)
@@ -374,21 +376,26 @@ class EncoderMoved(UserError):
     """A saved model's frozen encoder is not where it was, or no longer holds the same weights."""
 
 
-def _saved_encoder(part: Path, loader) -> tuple[object, nn.Module]:
+def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[object, nn.Module]:
     """(processor, encoder) of a saved model's text/ or speech/: stored there, or, for a frozen encoder,
-    loaded from the source it names and checked to hold the very weights it was trained on."""
+    loaded from the source it names (or `source`) and checked to hold the very weights it was trained on."""
     if not (part / REFERENCE).is_file():
+        if source is not None:
+            raise UserError(
+                f"--{part.name}_model {source}: {part} stores its own encoder; the flag is for a frozen one it "
+                "refers to"
+            )
         return loader(str(part))
     reference = json.loads((part / REFERENCE).read_text())
-    source = reference["source"]
+    source = source or reference["source"]
     try:
         encoder = loader(source, processor=False)[1]
     except UserError as err:
         raise EncoderMoved(f"{part}: the frozen encoder is not stored here but read from {source}: {err}") from None
     if module_fingerprint(encoder, config=False) != reference["weights"]:
         raise EncoderMoved(
-            f"{part}: {source} no longer holds the frozen encoder this model was trained on (its weights differ); "
-            "put those weights back there, or train the model again"
+            f"{part}: {source} does not hold the frozen encoder this model was trained on (its weights differ); "
+            f"give the folder that does (common.predict --{part.name}_model), or train the model again"
         )
     return loader(str(part), encoder=False)[0], encoder
 

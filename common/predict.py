@@ -30,7 +30,8 @@ from common.model import EmotionModel, EncoderMoved, audio_spec
 class Predictor:
     """A run's trained model with the preprocessing and threshold it was trained and evaluated with."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", sources: dict | None = None):
+        """`sources`: where a frozen encoder the model refers to is now ({"text": folder}), if it moved."""
         run_dir = Path(run_dir)
         config_path, model_dir = run_dir / "config.json", run_dir / "model"
         if not config_path.is_file() or not (model_dir / "model.json").is_file():
@@ -40,7 +41,7 @@ class Predictor:
             )
         try:
             self.args = json.loads(config_path.read_text(encoding="utf-8"))["args"]
-            self.model, self.tokenizer, extractor = EmotionModel.load(model_dir)
+            self.model, self.tokenizer, extractor = EmotionModel.load(model_dir, sources)
             missing = {"max_seq_len", "max_text_len", "threshold", "pad_to_max_length"} - set(self.args)
             if missing:
                 raise KeyError(f"config.json lacks {', '.join(sorted(missing))}")
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> None:
         help="utterances per forward pass; 1 keeps each result independent of the others (wav2vec2-base "
         "normalises over padding)",
     )
+    for modality in ("text", "speech"):
+        parser.add_argument(
+            f"--{modality}_model",
+            help=f"for a run with a frozen {modality} encoder: the folder (or hub name) it is in now, if not "
+            "where it was trained; its weights are checked",
+        )
     args = parser.parse_args(argv)
     if args.csv and (args.wav or args.text is not None):
         raise UserError("give either --csv or --wav/--text, not both")
@@ -170,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    predictor = Predictor(args.run_dir, PartialState().device)
+    sources = {m: getattr(args, f"{m}_model") for m in ("text", "speech") if getattr(args, f"{m}_model")}
+    predictor = Predictor(args.run_dir, PartialState().device, sources)
     if args.csv:
         rows, wavs, texts = read_csv(Path(args.csv))
         for row, result in zip(rows, predictor(wavs, texts, args.batch_size), strict=True):

@@ -87,6 +87,8 @@ def test_frozen_encoders_keep_their_pretrained_weights_in_a_training_run(corpus2
             assert config["models"][modality]["frozen"] == reference
         else:
             assert "frozen" not in config["models"][modality]
+            with pytest.raises(UserError, match=f"--{modality}_model .*: .*model/{modality} stores its own encoder"):
+                EmotionModel.load(out / "model", {modality: str(tiny_models / modality)})
     assert np.isfinite(result["test"]["loss"])
 
 
@@ -263,8 +265,10 @@ def test_a_frozen_runs_checkpoint_holds_only_what_trains_and_a_damaged_one_is_re
 
 
 def test_a_frozen_run_resumes_exactly_on_the_same_encoders_and_its_model_refers_to_them(
-    frozen_interrupted, corpus20, tiny_models
+    frozen_interrupted, corpus20, tiny_models, tmp_path, capsys
 ):
+    from common.predict import main as predict
+
     models, flags, whole, cut = frozen_interrupted
     # resuming takes the frozen encoders from their source again: only if it holds the same weights
     _perturbed(models, "speech")
@@ -282,9 +286,15 @@ def test_a_frozen_run_resumes_exactly_on_the_same_encoders_and_its_model_refers_
     again = Predictor(cut)(wavs, texts)
     probs = [[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]
     np.testing.assert_allclose([[p["probabilities"][e] for e in EMOTIONS] for p in again], probs, atol=1e-5)
+    shutil.copytree(models / "text", tmp_path / "elsewhere")
     _perturbed(models, "text")
-    with pytest.raises(UserError, match=r"model/text: .*models/text no longer holds the frozen encoder this model"):
+    with pytest.raises(UserError, match=r"model/text: .*models/text does not hold the frozen encoder this model"):
         Predictor(cut)
     shutil.rmtree(models / "text")
     with pytest.raises(UserError, match="model/text: the frozen encoder is not stored here but read from .*/text"):
         Predictor(cut)
+    # an encoder that moved is given to common.predict, which checks its weights
+    capsys.readouterr()  # what training printed
+    predict(["--run_dir", str(cut), "--wav", wavs[0], "--text", texts[0], "--text_model", str(tmp_path / "elsewhere")])
+    printed = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([printed["probabilities"][e] for e in EMOTIONS], probs[0], atol=1e-5)
