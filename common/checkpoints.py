@@ -38,11 +38,14 @@ class Checkpoints:
 
     def _check_stored(self, models, input_dir) -> None:
         """Every weight that is not frozen must be in the checkpoint: loading is not strict about the rest."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         path = Path(input_dir) / "model.safetensors"
-        with safe_open(str(path), "pt") as f:
-            stored = {_name(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), "pt") as f:
+                stored = {_name(k) for k in f.keys()}
+        except (OSError, SafetensorError) as err:
+            raise UserError(f"{path}: unreadable ({err}): a damaged checkpoint; start over with --overwrite") from None
         needed = (_name(k) for k in models[0].state_dict() if not self._is_frozen(k))
         missing = sorted(k for k in needed if k not in stored)
         if missing:

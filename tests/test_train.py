@@ -262,6 +262,9 @@ def test_a_frozen_runs_checkpoint_holds_only_what_trains_and_a_damaged_one_is_re
     save_file(weights, str(damaged / "checkpoints" / "epoch2" / "model.safetensors"))
     with pytest.raises(UserError, match=r"model\.safetensors: lacks va_head\.bias: a damaged checkpoint"):
         run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)
+    (damaged / "checkpoints" / "epoch2" / "model.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(UserError, match=r"model\.safetensors: unreadable \(.*\): a damaged checkpoint"):
+        run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)
 
 
 def test_a_frozen_run_resumes_exactly_on_the_same_encoders_and_its_model_refers_to_them(
