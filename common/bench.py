@@ -111,7 +111,6 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
 def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
     """Run in its own process: one cell with --freeze both --layers weighted over all five folds; its time
     (imports aside), the time spent extracting vectors (0 when the cache held them) and the peak RSS."""
-
     from common.cli import parse_args
     from common.grid import cell_of
     from common.train import train
@@ -145,8 +144,8 @@ def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str
 def compute_floor(corpus: str, models: str, script: str, steps: str, eval_batches: str) -> dict:
     """Run in its own process: the model work alone of a frozen --layers weighted cell's five folds, i.e. as
     many training steps (forward, backward, AdamW) and evaluation batches on random tensors shaped as the
-    layer cache's, with no data reading, loop bookkeeping or start-up. No implementation of the cell on
-    this machine can take less."""
+    layer cache's, with no data reading, loop bookkeeping or start-up: what the cell costs at the least as
+    its model computes it."""
     from common.cli import parse_args
     from common.grid import cell_of
     from common.losses import Objective
