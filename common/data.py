@@ -117,22 +117,31 @@ class KemdyDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        k, inputs = self.indices[i], self.inputs
-        u = self.utterances[k]
-        item = {
-            "index": k,
-            "labels": np.asarray(u.labels, dtype=np.float32),
-            "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
-        }
-        if inputs.text_vectors is not None:
-            item["text_vec"] = inputs.text_vectors[k]
-        elif inputs.tokens is not None:
-            item["input_ids"] = inputs.tokens[k]
-        if inputs.speech_vectors is not None:
-            item["speech_vec"] = inputs.speech_vectors[k]
-        elif inputs.audio is not None:
-            item["audio"] = model_audio(inputs.audio[k], self.audio_spec)
-        return item
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[dict]:
+        """The items of a batch (a DataLoader asks for a batch at once): cached vectors are read in one call."""
+        keys, inputs = [self.indices[i] for i in positions], self.inputs
+        text = inputs.text_vectors[keys] if inputs.text_vectors is not None else None
+        speech = inputs.speech_vectors[keys] if inputs.speech_vectors is not None else None
+        items = []
+        for n, k in enumerate(keys):
+            u = self.utterances[k]
+            item = {
+                "index": k,
+                "labels": np.asarray(u.labels, dtype=np.float32),
+                "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
+            }
+            if text is not None:
+                item["text_vec"] = text[n]
+            elif inputs.tokens is not None:
+                item["input_ids"] = inputs.tokens[k]
+            if speech is not None:
+                item["speech_vec"] = speech[n]
+            elif inputs.audio is not None:
+                item["audio"] = model_audio(inputs.audio[k], self.audio_spec)
+            items.append(item)
+        return items
 
 
 class Collator:

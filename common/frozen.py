@@ -25,7 +25,7 @@ def _source_key(source) -> str:
     return folder.parent.name if folder is not None else ""
 
 
-def frozen_vectors(
+def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
     modality: str,
     model,
     utterances: list,
@@ -35,11 +35,13 @@ def frozen_vectors(
     batch_size: int,
     accelerator,
     cache_dir=None,
+    weights: str | None = None,
     log=print,
 ) -> np.ndarray:
     """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder, its inputs
     collated by `collate`; with --layers weighted, (utterances, layers, width) summaries of every hidden
-    layer, which the model weighs and pools while it trains (memory-mapped when cached). They stay float32:
+    layer, which the model weighs and pools while it trains (read from the file row by row when cached).
+    `weights`: the encoder's weights' fingerprint, if already taken (it is part of the cache key). They stay float32:
     the layer weights' gradients are differences between layers, which float16 rounding of each layer
     moved by 4e-3 after two epochs (float32 rounding: 1e-6)."""
     spec = collate.audio_spec
@@ -76,15 +78,17 @@ def frozen_vectors(
     pooling = config.text_pooling if modality == "text" else config.speech_pooling
     # Only what shapes this encoder's inputs: every script's text vectors are one cache, whatever the audio.
     shaping = (collate.max_text_len, collate.pad_to_max_length) if modality == "text" else (spec,)
+    summaries = "every layer" + (" through the pooler's dense layer" if pooling == "pooler" else "")
     key = fingerprint(
         modality,
-        module_fingerprint(encoder),
+        encoder.config.to_json_string(),
+        weights or module_fingerprint(encoder, config=False),
         pooling,
         config.text_inputs if modality == "text" else config.speech_inputs,
         _source_key(source),
         size,
         *shaping,
-        *(["every layer"] if layers else []),
+        *([summaries] if layers else []),
     )
     start = time.perf_counter()
     kind = f"{modality}_vectors"

@@ -167,11 +167,21 @@ def _fit_text_encoder(config: ModelConfig, text_encoder: nn.Module) -> int:
             "needs a text model with two token types (BERT); this one has "
             f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
         )
-    if config.text_pooling == "pooler" and getattr(text_encoder, "pooler", None) is None:
+    pooler = getattr(text_encoder, "pooler", None)
+    if config.text_pooling == "pooler" and pooler is None:
         raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
+    if config.text_pooling == "pooler" and config.layers == "weighted" and not _split_pooler(pooler):
+        raise UserError(
+            f"--layers weighted --text_pooling pooler: weighs layers under a BERT-style pooler (a dense layer "
+            f"and an activation); this model's is {type(pooler).__name__}: use cls or mean"
+        )
     if config.text_pooling != "pooler" and getattr(text_encoder, "pooler", None) is not None:
         text_encoder.pooler = None  # unused parameters would break multi-process training
     return text_encoder.config.hidden_size
+
+
+def _split_pooler(pooler) -> bool:
+    return isinstance(getattr(pooler, "dense", None), nn.Linear) and callable(getattr(pooler, "activation", None))
 
 
 def _fit_speech_encoder(config: ModelConfig, speech_encoder: nn.Module) -> int:
@@ -233,11 +243,16 @@ class EmotionModel(nn.Module):
 
     def text_layers(self, batch: dict) -> torch.Tensor:
         """Each hidden layer's summary of each utterance (utterances x layers x width), embedding output first:
-        its masked mean with `mean` pooling, its first token ([CLS]) otherwise. A weighted sum of these is what
-        the weighted pooling pools, so they can be computed once for a frozen encoder."""
+        its masked mean with `mean` pooling, its first token ([CLS]) with `cls`, and with `pooler` that token
+        through the pooler's dense layer, whose activation `mix` applies to the weighted sum (the dense layer
+        is affine and the weights sum to 1, so this is the pooler of the weighted [CLS], and a frozen
+        encoder's cache spares the dense layer at every step). A weighted sum of these is what the weighted
+        pooling pools, so they can be computed once for a frozen encoder."""
         states = torch.stack(self._run_text(batch, output_hidden_states=True).hidden_states, dim=1)
         if self.config.text_pooling == "mean":
             return masked_mean(states, batch["attention_mask"][:, None, :].expand(-1, states.shape[1], -1))
+        if self.config.text_pooling == "pooler":
+            return self.text_encoder.pooler.dense(states[:, :, 0])
         return states[:, :, 0]
 
     def speech_layers(self, batch: dict) -> torch.Tensor:
@@ -250,11 +265,12 @@ class EmotionModel(nn.Module):
         return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1))
 
     def mix(self, modality: str, layers: torch.Tensor) -> torch.Tensor:
-        """The softmax-weighted sum of the layers' summaries; with `pooler` pooling, BERT's pooler on it."""
+        """The softmax-weighted sum of the layers' summaries; with `pooler` pooling, the pooler's activation on
+        it (the summaries passed its dense layer already)."""
         weights = torch.softmax(getattr(self, f"{modality}_layer_weights"), dim=0).to(layers.dtype)
         mixed = (layers * weights[None, :, None]).sum(dim=1)
         if modality == "text" and self.config.text_pooling == "pooler":
-            return self.text_encoder.pooler(mixed[:, None, :])  # it reads the first position: the mixed [CLS]
+            return self.text_encoder.pooler.activation(mixed)
         return mixed
 
     def layer_weights(self) -> dict[str, list[float]]:

@@ -259,7 +259,7 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     spec = audio_spec(encoders.extractor, model.speech_encoder, model.config) if cell.uses_speech else None
     collate = Collator(encoders.tokenizer, args.max_text_len, spec, args.pad_to_max_length)
     if shared.inputs is None:  # the same for every fold: the first fold prepares them
-        shared.inputs = _prepare(cell, args, accelerator, model, utts, collate, encoders.tokenizer)
+        shared.inputs = _prepare(cell, args, accelerator, model, utts, collate, encoders)
     inputs = shared.inputs
     datasets = {
         name: KemdyDataset(utts, idx, inputs, spec)
@@ -453,13 +453,13 @@ def _set_va_scaling(model: EmotionModel, args, train_utts) -> None:
         model.va_std.fill_(1.0)
 
 
-def _prepare(cell: Cell, args, accelerator, model: EmotionModel, utts, collate: Collator, tokenizer) -> Inputs:
+def _prepare(cell: Cell, args, accelerator, model: EmotionModel, utts, collate: Collator, encoders: Encoders) -> Inputs:
     """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders."""
     cache_dir = args.cache_dir if args.cache else None
     log = accelerator.print
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
         max_seconds = args.max_seq_len if cell.uses_speech else None
-        inputs = prepare_inputs(utts, tokenizer, args.max_text_len, max_seconds, cache_dir, log)
+        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log)
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
             if encoder is not None and args.freeze in (modality, "both"):
                 vectors = frozen_vectors(
@@ -471,6 +471,7 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, utts, collate: 
                     batch_size=args.batch_size,
                     accelerator=accelerator,
                     cache_dir=cache_dir,
+                    weights=encoders.references[modality]["weights"],
                     log=log,
                 )
                 setattr(inputs, f"{modality}_vectors", vectors)

@@ -6,13 +6,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from common.cache import ArrayStore, cached
-from common.data import Collator, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
+from common.data import Collator, Inputs, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
 from common.errors import UserError
 from common.frozen import frozen_vectors
 from common.kemdy import read_corpus
@@ -277,3 +278,27 @@ def test_vector_rows_read_every_row_of_a_large_cache_without_keeping_it_resident
     assert _rss_file_bytes() - before < 100 * 2**20  # a plain memory map would keep all 170 MB resident
     whole = np.load(tmp_path / "vectors.npy")
     assert np.array_equal(np.stack([vectors[k] for k in (0, 7, rows - 1)]), whole[[0, 7, rows - 1]])
+
+
+def test_vector_rows_index_like_numpy_and_refuse_rows_they_do_not_hold(tmp_path):
+    from common.cache import DamagedCache, VectorRows
+
+    whole = np.random.default_rng(0).standard_normal((9, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", whole)
+    vectors = VectorRows(tmp_path / "vectors.npy")
+    for index in ([4, 0, 8, 4], np.array([2, 7]), []):
+        assert np.array_equal(vectors[index], whole[index]) and vectors[index].shape == whole[index].shape
+    assert np.array_equal(vectors[np.int64(5)], whole[5])
+    with pytest.raises(IndexError, match=r"row 9 of .*vectors.npy, which holds 9"):
+        vectors[[1, 9]]
+    with pytest.raises(IndexError, match="row -1 of"):
+        vectors[-1]
+    # a batch's rows in one call, through a DataLoader, as training reads them
+    utts = [SimpleNamespace(labels=[0] * 7, valence=3.0, arousal=3.0)] * 9
+    dataset = KemdyDataset(utts, [8, 3, 5], Inputs(text_vectors=vectors))
+    (batch,) = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=Collator())
+    assert batch["index"].tolist() == [8, 3, 5] and torch.equal(batch["text_vec"], torch.from_numpy(whole[[8, 3, 5]]))
+    with open(tmp_path / "vectors.npy", "r+b") as f:  # cut short after it was opened
+        f.truncate(f.seek(0, os.SEEK_END) - 10)
+    with pytest.raises(DamagedCache, match=r"vectors.npy: ends before byte \d+; delete it to rebuild the cache"):
+        vectors[8]

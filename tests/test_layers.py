@@ -51,6 +51,9 @@ def test_weighted_layers_pool_the_weighted_sum_of_every_hidden_layer(tiny_models
             "pooler": bert.pooler(mixed) if pooling == "pooler" else None,
         }[pooling]
         assert torch.allclose(model.encode_text(batch), expected, atol=1e-5)
+        if pooling == "pooler":  # what a cache holds: each layer's [CLS] through the pooler's dense layer
+            dense = torch.stack([bert.pooler.dense(h[:, 0]) for h in states.hidden_states], dim=1)
+            assert torch.allclose(model.text_layers(batch), dense, atol=1e-6)
         w2v = model.speech_encoder
         out = w2v(batch["audio"], output_hidden_states=True)
         frames = w2v._get_feat_extract_output_lengths(batch["audio_mask"].sum(1))
@@ -73,6 +76,15 @@ def test_the_layer_weights_start_equal_and_cnn_last_has_no_layers_to_weigh(tiny_
     config = ModelConfig("speech", "regression", None, speech_pooling="cnn_last", layers="weighted")
     with pytest.raises(UserError, match="--layers weighted: weighs the transformer's layers; cnn_last reads none"):
         EmotionModel(config, None, w2v)
+
+
+def test_weighted_layers_under_a_pooler_need_its_dense_layer_apart(tiny_models):
+    _, bert = load_text_encoder(str(tiny_models / "text"))
+    bert.pooler = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh())  # no .dense / .activation
+    config = ModelConfig("text", "classification", None, layers="weighted")
+    with pytest.raises(UserError, match="--layers weighted --text_pooling pooler: .* this model's is Sequential"):
+        EmotionModel(config, bert)
+    EmotionModel(ModelConfig("text", "classification", None), bert)  # the last layer reads the pooler whole
 
 
 def run(cell, corpus, tiny_models, out, *flags):
