@@ -74,11 +74,15 @@ class _FileRows:
         return self.__dict__ | {"_file": None, "_pid": None}
 
     def __del__(self) -> None:
-        if getattr(self, "_file", None) is not None and self._pid == os.getpid():
+        self._close()
+
+    def _close(self) -> None:  # in a forked process, closes that process's copy of the descriptor only
+        if getattr(self, "_file", None) is not None:
             self._file.close()
 
     def _read_into(self, out: np.ndarray, offset: int) -> np.ndarray:
         if self._file is None or self._pid != os.getpid():
+            self._close()
             self._file, self._pid = open(self.path, "rb", buffering=0), os.getpid()
         view = memoryview(out).cast("B")
         self._file.seek(offset)

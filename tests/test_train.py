@@ -124,7 +124,7 @@ def test_worker_processes_change_no_number(corpus20, tiny_models, tmp_path):
     cell = Cell("multimodal", "total", "concat")
     base = run(cell, corpus20[0], tiny_models, tmp_path / "base")
     workers = run(cell, corpus20[0], tiny_models, tmp_path / "workers", "--num_workers", "2")
-    assert workers["epochs"] == base["epochs"]  # the memory-mapped caches read in worker processes
+    assert workers["epochs"] == base["epochs"]  # the caches read in worker processes
 
 
 def test_another_seed_gives_other_numbers_and_the_same_seed_the_same(corpus20, tiny_models, tmp_path):
