@@ -17,6 +17,12 @@ from pathlib import Path
 TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # the names `_temporary` gives
 
 
+def temporary_target(name: str) -> str | None:
+    """The name a temporary of `_temporary`'s naming stands in for (".x.json.tmp-12-ab12cd34" -> "x.json")."""
+    match = TEMPORARY.match(name)
+    return name[1 : name.rindex(".tmp-")] if match else None
+
+
 def _temporary(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -60,9 +66,14 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(data, ensure_ascii: bool = False) -> str:
+    """`data` as indented JSON; NaN or infinity is refused, never written."""
+    return json.dumps(data, indent=1, ensure_ascii=ensure_ascii, allow_nan=False)
+
+
 def write_json(path: str | Path, data, ensure_ascii: bool = False) -> None:
-    """Replace `path` with `data` as indented JSON in one step; NaN or infinity is refused, never written."""
-    write_text(path, json.dumps(data, indent=1, ensure_ascii=ensure_ascii, allow_nan=False))
+    """Replace `path` with `data` as indented JSON in one step."""
+    write_text(path, json_text(data, ensure_ascii))
 
 
 def build_folder(target: str | Path, build: Callable[[Path], None]) -> Path:

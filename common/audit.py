@@ -82,6 +82,7 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
             f"shorter_than_{short_seconds:g}s": sum(d < short_seconds for d in durations),
             "sample_rates": {str(k): n for k, n in sorted(Counter(u.sample_rate for u in recordings).items())},
             "channels": {str(k): n for k, n in sorted(Counter(u.channels for u in recordings).items())},
+            "beyond_full_scale": sum(u.level > 1 for u in recordings),  # float files, kept at their level
         },
         "transcripts": {
             "encodings": dict(sorted(corpus.transcript_encodings.items())),
@@ -148,6 +149,8 @@ def format_summary(s: dict) -> str:
         f"{longer.replace('_', ' ')}: {a[longer]}; {shorter.replace('_', ' ')}: {a[shorter]}"
     )
     out.append(f"       sample rates {a['sample_rates']}  channels {a['channels']}")
+    if a["beyond_full_scale"]:
+        out.append(f"       float recordings beyond ±1 (kept unclipped, at their level): {a['beyond_full_scale']}")
     t = s["transcripts"]
     out.append(
         f"transcripts: encodings {t['encodings']}  empty {t['empty']}  first line blank {t['blank_first_line']} "

@@ -1,9 +1,10 @@
 """Preprocessing caches shared by every script and fold: token ids, decoded audio, frozen embeddings.
 
 A cache is a folder `<cache_dir>/<kind>-<key>` whose key hashes everything its content depends on (the
-corpus files with their sizes and modification times, the tokenizer, the maximum lengths, the sample
-rate). A changed input gets a new folder instead of a stale one, and folders are built under a temporary
-name and renamed when complete, so a half-written cache is never read. `rm -rf cache/` is always safe.
+recordings' content, the tokenizer, the maximum lengths, the sample rate). A changed input gets a new folder
+instead of a stale one; folders are built under a temporary name and renamed when complete, so a half-written
+cache is never read; and every file's checksum, taken when it was built, is checked when it is opened, so a
+cache changed since is built again. `rm -rf cache/` is always safe.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import hashlib
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from common import atomic
 from common.atomic import build_folder, remove_stale_temporaries
-from common.errors import writing
+from common.errors import UserError, writing
 
 FORMAT = 1  # part of every key: a new on-disk format never reads an old cache
 
@@ -29,65 +32,164 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def file_stamp(path: str | Path) -> tuple[str, int, int]:
-    """What identifies a file's content without reading it: absolute path, size, modification time."""
-    st = os.stat(path)
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+def _stamp(st: os.stat_result) -> list[int]:
+    """What changes whenever a file's content does, without reading it: size, modification and change times
+    (the change time cannot be set back by hand), inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def file_digests(paths: Sequence[Path], cache_dir=None) -> dict[Path, str]:
+    """The SHA-256 of each file's content. With `cache_dir`, remembered by file stamp in
+    `<cache_dir>/digests-<key of the files' folder>.json`, so that a file is read again only once it changed."""
+    paths = list(dict.fromkeys(Path(p).resolve() for p in paths))
+    if not paths:
+        return {}
+    root = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+    index_path = Path(cache_dir, f"digests-{fingerprint(str(root))}.json") if cache_dir else None
+    index: dict[str, list] = {}
+    if index_path is not None and index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            index = {}  # damaged: every file is read again
+    out, changed = {}, False
+    for path in paths:
+        name = path.relative_to(root).as_posix()
+        with open(path, "rb") as f:
+            stamp = _stamp(os.fstat(f.fileno()))
+            known = index.get(name)
+            if known and known[:-1] == stamp:
+                out[path] = known[-1]
+                continue
+            out[path] = hashlib.file_digest(f, "sha256").hexdigest()
+        index[name], changed = [*stamp, out[path]], True
+    if changed and index_path is not None:
+        with writing("the recordings' digests", cache_dir, "; or give another --cache_dir, or --no-cache"):
+            index_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(index_path, index)
+    return out
 
 
 class DamagedCache(ValueError):
     """A cache folder whose files do not hold what its description says (truncated, overwritten)."""
 
 
+CHECKSUMS = "checksums.json"
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 23):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def seal(folder: Path) -> None:
+    """Record the size and CRC-32 of every file of a cache folder (checksums.json)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
+    sums = {p.name: {"bytes": p.stat().st_size, "crc32": _crc32(p)} for p in files}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+def verify(folder: Path, adopt: bool = True) -> None:
+    """Raise DamagedCache unless every file of the folder has the size and CRC-32 it had when sealed. A folder
+    sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now)."""
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        if not folder.is_dir():
+            raise DamagedCache(f"{folder}: removed") from None
+        if adopt:
+            seal(folder)
+        return
+    except (OSError, ValueError) as err:
+        raise DamagedCache(f"{CHECKSUMS}: {type(err).__name__}: {err}") from None
+    for name, expected in sums.items():
+        try:
+            size, crc = (folder / name).stat().st_size, _crc32(folder / name)
+        except OSError as err:
+            raise DamagedCache(f"{name}: {err.strerror or err}") from None
+        if size != expected["bytes"] or crc != expected["crc32"]:
+            what = f"{size} bytes, built with {expected['bytes']}" if size != expected["bytes"] else "content changed"
+            raise DamagedCache(f"{name}: {what} (checksum)")
+
+
 def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None], log=print) -> tuple[Path, bool]:
-    """(folder, built now) for `<cache_dir>/<kind>-<key>`, built with build(tmp_folder) if missing.
+    """(folder, built now) for `<cache_dir>/<kind>-<key>`, built with build(tmp_folder) and sealed if missing.
 
     Temporaries that killed runs left behind are removed first; a full disk or an unwritable folder stops
     with one line, leaving nothing half-written.
     """
     folder = Path(cache_dir) / f"{kind}-{key}"
     existed = folder.is_dir()
+
+    def build_sealed(tmp: Path) -> None:
+        build(tmp)
+        seal(tmp)
+
     with writing(f"the {kind} cache", cache_dir, "; or give another --cache_dir, or --no-cache"):
         for path in remove_stale_temporaries(cache_dir):
             log(f"removed {path}, left half-written by a run that is no longer running")
-        return build_folder(folder, build), not existed
+        return build_folder(folder, build_sealed), not existed
 
 
-def rebuild(folder: Path, problem: str, log=print) -> None:
-    """Remove a damaged cache folder (the next `cached` call builds it again), saying so."""
-    log(f"{folder}: damaged ({problem}); building it again")
-    shutil.rmtree(folder)
+def open_cached(cache_dir, kind: str, key: str, build: Callable[[Path], None], read: Callable, log=print):
+    """(read(folder), folder, built now) for a cache folder: built if missing, its checksums checked if not,
+    and built again once if damaged (changed, truncated, or removed under the run)."""
+    for attempt in (1, 2):
+        folder, built = cached(cache_dir, kind, key, build, log)
+        try:
+            if not built:
+                verify(folder)
+            return read(folder), folder, built
+        except DamagedCache as err:
+            if attempt == 2:
+                raise UserError(f"{folder}: damaged again right after it was built ({err}); check the disk") from None
+            log(f"{folder}: damaged ({err}); building it again")
+            shutil.rmtree(folder, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 class _FileRows:
     """A file read row by row, each row copied from the OS page cache straight into the array that holds it:
     none of the file stays in this process's memory, however large (a memory map keeps the pages it touched
     resident unless given back, and faulting them in again costs more than the copy: for a 40 KB row,
-    14 us against 5 us)."""
+    14 us against 5 us).
+
+    The file is opened once, when the cache is: a cache folder removed while a run reads it stays readable to
+    the run (and to forked DataLoader workers, which share the descriptor: reads at an offset move no shared
+    position)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = None
-        self._pid: int | None = None
+        self._fd: int | None = self._open()
 
-    def __getstate__(self) -> dict:  # DataLoader workers open their own file (a file position is not shared)
-        return self.__dict__ | {"_file": None, "_pid": None}
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except OSError as err:
+            raise DamagedCache(f"{self.path}: {err.strerror or err}") from None
+
+    def __getstate__(self) -> dict:  # a spawned worker opens the file again
+        return self.__dict__ | {"_fd": None}
 
     def __del__(self) -> None:
-        self._close()
-
-    def _close(self) -> None:  # in a forked process, closes that process's copy of the descriptor only
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def _read_into(self, out: np.ndarray, offset: int) -> np.ndarray:
-        if self._file is None or self._pid != os.getpid():
-            self._close()
-            self._file, self._pid = open(self.path, "rb", buffering=0), os.getpid()
+        if self._fd is None:
+            try:
+                self._fd = self._open()
+            except DamagedCache as err:
+                raise UserError(f"{err}: the cache was removed while the run used it; run the command again") from None
         view = memoryview(out).cast("B")
-        self._file.seek(offset)
-        if self._file.readinto(view) != len(view):
-            raise DamagedCache(f"{self.path}: ends before byte {offset + len(view)}; delete it to rebuild the cache")
+        if os.preadv(self._fd, [view], offset) != len(view):
+            raise UserError(
+                f"{self.path}: ends before byte {offset + len(view)}: the cache changed while the run used it; run "
+                "the command again (the cache is rebuilt)"
+            )
         return out
 
 

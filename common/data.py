@@ -17,7 +17,7 @@ from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from common.cache import ArrayStore, DamagedCache, cached, file_stamp, fingerprint, rebuild
+from common.cache import ArrayStore, file_digests, fingerprint, open_cached
 from common.errors import UserError
 from common.kemdy import Utterance
 
@@ -56,16 +56,25 @@ def to_pcm16(x: np.ndarray) -> np.ndarray:
 
 
 class Pcm16Audio:
-    """Clip i as 16-bit PCM, 16 kHz mono, cut to max_seconds, decoded from its file on every access."""
+    """Clip i as 16-bit PCM, 16 kHz mono, cut to max_seconds, divided by its level (`kemdy.audio_level`: 1
+    but for float files beyond ±1), decoded from its file on every access."""
 
-    def __init__(self, wavs: Sequence[Path], max_seconds: float):
+    def __init__(self, wavs: Sequence[Path], max_seconds: float, levels: Sequence[float] | None = None):
         self.wavs, self.max_seconds = list(wavs), max_seconds
+        self.levels = list(levels) if levels is not None else [1.0] * len(self.wavs)
 
     def __len__(self) -> int:
         return len(self.wavs)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return to_pcm16(load_audio(self.wavs[i], self.max_seconds))
+        return stored_audio(self.wavs[i], self.max_seconds, self.levels[i])
+
+
+def stored_audio(wav, max_seconds: float, level: float = 1.0) -> np.ndarray:
+    """A recording as the audio cache stores it: 16 kHz mono 16-bit PCM, cut to max_seconds, divided by its
+    level."""
+    x = load_audio(wav, max_seconds)
+    return to_pcm16(x / np.float32(level) if level != 1.0 else x)
 
 
 class TokenIds:
@@ -96,9 +105,12 @@ class Inputs:
     speech_vectors: np.ndarray | None = None
 
 
-def model_audio(pcm16: np.ndarray, spec: AudioSpec) -> np.ndarray:
-    """A stored clip as the speech encoder reads it: float, normalised per clip when its extractor does."""
+def model_audio(pcm16: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
+    """A stored clip as the speech encoder reads it: float at its recording's level, normalised per clip when
+    its extractor does."""
     x = pcm16.astype(np.float32) / 32768.0
+    if level != 1.0:
+        x *= np.float32(level)
     if spec.normalize and len(x):
         x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
     return x
@@ -139,7 +151,7 @@ class KemdyDataset(Dataset):
             if speech is not None:
                 item["speech_vec"] = speech[n]
             elif inputs.audio is not None:
-                item["audio"] = model_audio(inputs.audio[k], self.audio_spec)
+                item["audio"] = model_audio(inputs.audio[k], self.audio_spec, u.level)
             items.append(item)
         return items
 
@@ -242,6 +254,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(type(tokenizer).__name__, state, tokenizer.special_tokens_map, tokenizer.padding_side)
 
 
+def corpus_fingerprint(corpus, cache_dir=None) -> tuple[dict[str, str], dict[Path, str]]:
+    """({"listing", "recordings"}, digests): what identifies a corpus for runs that continue or are compared
+    (its listing: utterances in order, files, labels, scores and transcripts; its recordings' content), and
+    each recording's content digest (remembered under cache_dir by file stamp: a file is read once)."""
+    digests = file_digests([u.wav for u in corpus.utterances], cache_dir)
+    recordings = fingerprint(
+        [(u.wav.relative_to(corpus.root).as_posix(), digests[u.wav.resolve()]) for u in corpus.utterances]
+    )
+    return {"listing": corpus.fingerprint(), "recordings": recordings}, digests
+
+
 def prepare_inputs(
     utterances: list[Utterance],
     tokenizer=None,
@@ -249,21 +272,24 @@ def prepare_inputs(
     max_seconds: float | None = None,
     cache_dir: str | Path | None = None,
     log=print,
+    digests: dict[Path, str] | None = None,
 ) -> Inputs:
     """Token ids (with a tokenizer) and audio (with max_seconds) of every utterance: read from the cache
-    under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access."""
+    under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access.
+    `digests`: the recordings' content digests, if already taken (the audio cache is keyed by them)."""
     inputs = Inputs()
     if tokenizer is not None:
         inputs.tokens = TokenIds(tokenizer, [u.text for u in utterances], max_text_len)
     if max_seconds is not None:
-        inputs.audio = Pcm16Audio([u.wav for u in utterances], max_seconds)
+        inputs.audio = Pcm16Audio([u.wav for u in utterances], max_seconds, [u.level for u in utterances])
     if cache_dir is None:
         return inputs
     if inputs.tokens is not None:
         key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, inputs.tokens.texts)
         inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log)
     if inputs.audio is not None:
-        key = fingerprint(SAMPLE_RATE, max_seconds, [file_stamp(u.wav) for u in utterances])
+        digests = digests or file_digests([u.wav for u in utterances], cache_dir)
+        key = fingerprint(SAMPLE_RATE, max_seconds, [digests[u.wav.resolve()] for u in utterances])
         wavs = [str(u.wav) for u in utterances]  # KEMDy19 lists every recording twice: decode it once
         inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log)
     return inputs
@@ -278,13 +304,7 @@ def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, l
     def build(tmp):
         ArrayStore.write(tmp, rows, dtype, keys, progress)
 
-    folder, built = cached(cache_dir, kind, key, build, log)
-    try:
-        store = ArrayStore(folder)
-    except DamagedCache as err:
-        rebuild(folder, str(err), log)
-        folder, built = cached(cache_dir, kind, key, build, log)
-        store = ArrayStore(folder)
+    store, folder, built = open_cached(cache_dir, kind, key, build, ArrayStore, log)
     action = f"built in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{kind} cache {folder}: {action} ({len(store)} utterances)")
     return store

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.cache import DamagedCache, VectorRows, cached, fingerprint, rebuild
+from common.cache import DamagedCache, VectorRows, fingerprint, open_cached
 from common.data import Collator, Inputs, KemdyDataset
 from common.model import module_fingerprint
 
@@ -92,13 +92,9 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
     )
     start = time.perf_counter()
     kind = f"{modality}_vectors"
-    folder, built = cached(cache_dir, kind, key, lambda tmp: _save(tmp, compute()), log)
-    try:
-        vectors = _load(folder, len(utterances))
-    except DamagedCache as err:
-        rebuild(folder, str(err), log)
-        folder, built = cached(cache_dir, kind, key, lambda tmp: _save(tmp, compute()), log)
-        vectors = _load(folder, len(utterances))
+    vectors, folder, built = open_cached(
+        cache_dir, kind, key, lambda tmp: _save(tmp, compute()), lambda folder: _load(folder, len(utterances)), log
+    )
     action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{modality} vectors {folder}: {action} ({' x '.join(map(str, vectors.shape))})")
     return vectors

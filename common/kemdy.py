@@ -64,6 +64,7 @@ class Utterance:
     duration: float  # seconds, from the wav header
     sample_rate: int
     channels: int
+    level: float = 1.0  # a float recording's peak where it exceeds 1 (see `audio_level`), else 1
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,19 @@ class Corpus:
                 for u in self.utterances
             ],
         )
+
+
+def audio_level(wav: str | Path) -> float:
+    """The level a recording is stored at in the 16-bit audio cache: 1, or for a float file whose samples go
+    beyond ±1, its peak (the clip is stored divided by it and multiplied back when read, never clipped).
+    Raises ValueError for NaN or infinite samples, which would poison every batch they are in."""
+    info = sf.info(str(wav))
+    if info.subtype not in ("FLOAT", "DOUBLE"):
+        return 1.0  # integer samples cannot go beyond full scale
+    x = sf.read(str(wav), dtype="float32")[0]
+    if not np.isfinite(x).all():
+        raise ValueError("NaN or infinite samples")
+    return max(1.0, float(np.abs(x).max(initial=0.0)))
 
 
 def decode_text(data: bytes) -> tuple[str, str] | None:
@@ -212,13 +226,17 @@ class _RowReader:
         self._text: dict[Path, tuple[str, str] | None] = {}
         self.blank_first_line: set[Path] = set()  # transcripts whose text starts on a later line
 
-    def _wav_info(self, wav: Path):
+    def _wav_info(self, wav: Path) -> tuple[object, float]:
+        """(header, level) of a recording."""
         if wav not in self._info:
             try:
-                info = sf.info(str(wav))
-                # Float files can hold NaN or infinite samples, which would poison every batch they are in.
-                if info.subtype in ("FLOAT", "DOUBLE") and not np.isfinite(sf.read(str(wav), dtype="float32")[0]).all():
-                    info = _Skip("unreadable_wav", f"{wav}: NaN or infinite samples")
+                info = sf.info(str(wav)), 1.0
+                if info[0].frames == 0:
+                    info = _Skip("empty_wav", f"{wav}: no samples")
+                elif info[0].subtype in ("FLOAT", "DOUBLE"):
+                    info = info[0], audio_level(wav)
+            except ValueError as err:
+                info = _Skip("unreadable_wav", f"{wav}: {err}")
             except (sf.LibsndfileError, RuntimeError, OSError) as err:
                 message = (str(err).strip() or "unreadable").splitlines()[0]
                 info = _Skip("unreadable_wav", f"{wav}: {message}")
@@ -256,7 +274,7 @@ class _RowReader:
             raise _Skip("missing_wav_and_transcript", str(wav))
         if not has_wav or not has_txt:
             raise _Skip("missing_wav", str(wav)) if not has_wav else _Skip("missing_transcript", str(txt))
-        info = self._wav_info(wav)
+        info, level = self._wav_info(wav)
         text, encoding = self._transcript(txt)
         lines = text.splitlines()
         if lines and not lines[0].strip() and any(rest.strip() for rest in lines[1:]):
@@ -283,6 +301,7 @@ class _RowReader:
             duration=info.frames / info.samplerate if info.samplerate else 0.0,
             sample_rate=info.samplerate,
             channels=info.channels,
+            level=level,
         ), encoding
 
 

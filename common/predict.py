@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from common.data import Collator, TokenIds, load_audio, model_audio, to_pcm16
+from common.data import Collator, TokenIds, model_audio, stored_audio
 from common.errors import UserError, run_cli
 from common.grid import DIMENSIONS, EMOTIONS
+from common.kemdy import audio_level
 from common.losses import emotion_probabilities
 from common.metrics import predicted
 from common.model import EmotionModel, EncoderMoved, audio_spec
@@ -79,8 +80,12 @@ class Predictor:
             for i, wav in enumerate(wavs):
                 if not wav or not Path(wav).is_file():
                     raise UserError(f"{wav or 'utterance ' + str(i + 1)}: no such audio file")
-                pcm = to_pcm16(load_audio(wav, self.args["max_seq_len"]))  # as the training cache stores it
-                items[i]["audio"] = model_audio(pcm, self.spec)
+                try:
+                    level = audio_level(wav)
+                except (ValueError, RuntimeError, OSError) as err:
+                    raise UserError(f"{wav}: cannot use the audio ({err})") from None
+                pcm = stored_audio(wav, self.args["max_seq_len"], level)  # as the training cache stores it
+                items[i]["audio"] = model_audio(pcm, self.spec, level)
         return items
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import statistics
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import EMOTIONS, SCRIPTS
 from common.metrics import confusion, predicted
-from common.rundir import differences, human, settings, size
+from common.rundir import differences, human, read_run, size
 
 CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy", "uar")
 REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
@@ -42,8 +43,9 @@ class FoldSet:
     runs: dict[int, Path] = field(default_factory=dict)  # fold -> run directory
     metrics: dict[int, dict] = field(default_factory=dict)  # fold -> metrics.json
     duplicates: list[Path] = field(default_factory=list)  # a second run claiming a fold already seen
-    settings: dict | None = None  # what changes results (config.json's arguments and corpus fingerprint)
+    settings: dict | None = None  # what changes results (the runs' arguments and corpus listing)
     mixed: list[str] = field(default_factory=list)  # how its settings differ from another set in its folder
+    recordings: set = field(default_factory=set)  # the fingerprints of the recordings its runs read
 
     @property
     def folds(self) -> list[int]:
@@ -66,14 +68,24 @@ class FoldSet:
         return "_".join(self.folder.parts) or self.script
 
 
-def find_fold_sets(root: str | Path) -> list[FoldSet]:
-    """Every finished run (a metrics.json) under `root`, grouped into fold sets, in grid order."""
+def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[FoldSet]:
+    """Every finished run under `root` (a folder holding the project's run marker, or a run from before
+    markers existed, with its metrics.json), grouped into fold sets, in grid order. Folders that are not this
+    project's runs are left out; a damaged run is left out and described in `skipped`, one line each."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder of run directories")
+    skipped = [] if skipped is None else skipped
     sets: dict[tuple, FoldSet] = {}
     for path in sorted(root.rglob("metrics.json")):
         if "checkpoints" in path.parts:
+            continue
+        try:
+            owner = read_run(path.parent)
+        except UserError as err:
+            skipped.append(str(err).split("; nothing in")[0])
+            continue
+        if owner is None:  # another tool's metrics.json
             continue
         try:
             m = json.loads(path.read_text(encoding="utf-8"))
@@ -81,14 +93,16 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
             fold = int(m["fold"])
             m["test"]
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{path}: not a run's metrics.json ({type(err).__name__}: {err})") from None
-        settings = _settings(path.parent / "config.json")
+            skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
+            continue
+        settings = owner.settings | {"corpus": owner.corpus.get("listing")}
         key += (json.dumps(settings, sort_keys=True, default=str),)
         fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings))
         if fold in fs.metrics:
             fs.duplicates.append(path.parent)
             continue
         fs.runs[fold], fs.metrics[fold] = path.parent, m
+        fs.recordings.add(owner.corpus.get("recordings"))
 
     _mark_mixed(list(sets.values()))
 
@@ -100,24 +114,18 @@ def find_fold_sets(root: str | Path) -> list[FoldSet]:
 
 
 def _mark_mixed(sets: list[FoldSet]) -> None:
-    """Runs of one folder with other settings never make one fold set: each group names how it differs."""
+    """Runs of one folder with other settings never make one fold set: each group names how it differs. Runs
+    of one set whose recordings differ (runs from before markers existed recorded none) are marked too."""
     by_place = defaultdict(list)
     for fs in sets:
         by_place[fs.folder, fs.script, fs.dataset, fs.split].append(fs)
+        if len(fs.recordings - {None}) > 1:
+            fs.mixed.append("the recordings' content differs between folds")
     for group in by_place.values():
         for fs in group:
             for other in group:
                 if other is not fs:
                     fs.mixed += differences(other.settings or {}, fs.settings or {})
-
-
-def _settings(config_path: Path) -> dict | None:
-    """The result-changing arguments of a run, and its corpus, from its config.json (None without one)."""
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return settings(config.get("args", {})) | {"corpus": config.get("data", {}).get("fingerprint")}
 
 
 def flat_metrics(test: dict) -> dict[str, float | None]:
@@ -157,6 +165,21 @@ def aggregate(metrics: list[dict]) -> dict[str, Stat]:
         v = values[key]
         out[key] = Stat(statistics.fmean(v) if v else None, statistics.stdev(v) if len(v) > 1 else None, len(v))
     return out
+
+
+def set_summary(results: list[dict], settings: dict) -> tuple[dict, str]:
+    """(summary.json, summary.md) of a --num_fold all run: mean ± std over its folds, with its settings."""
+    stats = aggregate(results)
+    first = results[0]
+    summary = {
+        "script": first["script"],
+        "dataset": first["dataset"],
+        "split": first.get("split", "contiguous"),
+        "folds": [r["fold"] for r in results],
+        "settings": settings,
+        "test": {k: {"mean": st.mean, "std": st.std, "n_folds": st.n} for k, st in stats.items()},
+    }
+    return summary, fold_summary(results) + "\n"
 
 
 def fold_summary(results: list[dict]) -> str:
@@ -557,7 +580,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap {args.bootstrap}: at least 100 resamples for a 95 % interval")
-    sets = find_fold_sets(args.runs_dir)
+    skipped: list[str] = []
+    sets = find_fold_sets(args.runs_dir, skipped)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     if not sets:
         raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
     out = Path(args.out or Path(args.runs_dir, "report"))

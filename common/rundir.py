@@ -1,9 +1,12 @@
-"""The run directory's life cycle: where a run goes, whether a command may start, resume or replace it,
-the lock that keeps two runs out of one directory, and the files a run writes there.
+"""Run directories: which folders are this project's, what a command may do with them, and the files a run
+writes there.
 
-A run directory holds a run when it holds config.json (written when training starts), checkpoints/
-or metrics.json (written last: the run is finished). A `--num_fold all` folder holds fold1/ .. fold5/
-and the summary of the set. Nothing here removes a file that a run does not write.
+A folder is a run directory only if it holds the project's marker, `kemdy_run.json`, and a `--num_fold all`
+folder a fold set only if it holds `kemdy_fold_set.json` (or nothing but runs, see `read_set`); runs written
+before markers existed are recognised by their config.json (`_legacy_run`). A marker is the first file
+written into its folder and lists every entry the project writes there before writing it, so that
+`--overwrite` removes exactly those. `claim` is the one place that decides, before anything is written,
+whether a command may start, continue or replace the runs it aims at.
 """
 
 from __future__ import annotations
@@ -14,31 +17,35 @@ import io
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from common import atomic
-from common.errors import UserError
+from common.errors import UserError, writing
 from common.folds import NUM_FOLDS, session_order
-from common.grid import DIMENSIONS, EMOTIONS
+from common.grid import DIMENSIONS, EMOTIONS, SCRIPTS
 
-# Everything a run writes into its directory, and what a --num_fold all run writes beside its folds.
-RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "confusion.csv", "model", "checkpoints", "tensorboard")
-SET_FILES = ("summary.json", "summary.md")
-LOCK = ".lock"
-# Besides common.atomic's temporaries: checkpoints being written, and the writability probe.
-_RUN_TEMPORARY = re.compile(r"^\.(epoch\d+\.tmp|write-test-\d+)$")
-
-
-def _temporary(name: str) -> bool:
-    return bool(atomic.TEMPORARY.match(name) or _RUN_TEMPORARY.match(name))
-
+MARKER = "kemdy_run.json"  # a run directory
+SET_MARKER = "kemdy_fold_set.json"  # a --num_fold all folder
+LOCK = ".kemdy_run.lock"
+MARKER_FORMAT = 1
+# What a run wrote before markers existed: a run recognised by its config.json owns these names.
+LEGACY_RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "predictions.csv",
+    "confusion.csv",
+    "model",
+    "checkpoints",
+    "tensorboard",
+)
+SUMMARY_FILES = ("summary.json", "summary.md")  # a fold set's, beside its fold<k>/
 
 # Arguments that do not change the numbers a run produces: they may differ when resuming, and runs
 # that differ only in them belong to one fold set.
@@ -77,122 +84,6 @@ EARLIER = {
 }
 
 
-def holds_run(folder: Path) -> bool:
-    return (
-        (folder / "config.json").is_file() or (folder / "metrics.json").is_file() or (folder / "checkpoints").is_dir()
-    )
-
-
-def set_folds(folder: Path) -> list[int]:
-    """The folds k whose fold<k>/ under `folder` holds a run: `folder` is a --num_fold all folder."""
-    return [k for k in range(1, NUM_FOLDS + 1) if holds_run(folder / f"fold{k}")]
-
-
-def _foreign(folder: Path) -> list[str]:
-    """Entries of `folder` that no run wrote."""
-    if not folder.is_dir():
-        return []
-    ours = set(RUN_FILES) | {LOCK}
-    return sorted(p.name for p in folder.iterdir() if p.name not in ours and not _temporary(p.name))
-
-
-def run_dirs(default, output_dir: str | None, folds: list[int], log=print) -> dict[int, Path]:
-    """Each fold's run directory: --output_dir (its fold<k>/ for all folds), else default(k).
-
-    A single fold aimed at a --num_fold all folder goes to its fold<k>/; all folds aimed at the directory
-    of a single run are refused: either would mix one run's files into another's.
-    """
-    if not output_dir:
-        return {k: Path(default(k)) for k in folds}
-    out = Path(output_dir)
-    if len(folds) > 1:
-        if holds_run(out):
-            raise UserError(f"--output_dir {out}: holds a single fold's run; give --num_fold all a folder of its own")
-        return {k: out / f"fold{k}" for k in folds}
-    (k,) = folds
-    if not holds_run(out) and set_folds(out):
-        log(f"--output_dir {out} holds the folds of a --num_fold all run: fold {k} goes to {out / f'fold{k}'}")
-        return {k: out / f"fold{k}"}
-    return {k: out}
-
-
-def run_mode(run_dir: Path, args) -> str:
-    """What to do with `run_dir`: "fresh", "resume" or "finished"; refuses to replace a run without a flag
-    and to write a run among files that are not a run's."""
-    finished = (run_dir / "metrics.json").is_file()
-    started = holds_run(run_dir)
-    foreign = _foreign(run_dir)
-    if foreign and not started:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise UserError(
-            f"--output_dir {run_dir}: holds files that are not a run's ({shown}); give a new or empty folder"
-        )
-    if args.overwrite:
-        return "fresh"
-    if args.resume:
-        return "finished" if finished else "resume" if started else "fresh"
-    if finished:
-        raise UserError(
-            f"{run_dir}: holds a finished run (metrics.json); add --overwrite to replace it, "
-            "or choose another --output_dir"
-        )
-    if started:
-        raise UserError(
-            f"{run_dir}: holds an unfinished run; add --resume to continue it, or --overwrite to start over"
-        )
-    return "fresh"
-
-
-def read_metrics(run_dir: Path) -> dict:
-    """A finished run's metrics.json."""
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove what a run wrote into `run_dir` (for --overwrite); every other file stays."""
-    for name in RUN_FILES:
-        path = run_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    if run_dir.is_dir():
-        for path in run_dir.iterdir():
-            if _temporary(path.name):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
-def remove_set_summary(folder: Path, log=print) -> None:
-    """Remove the summary of a --num_fold all folder (rewritten when its five folds are run together);
-    files of those names that a run did not write stay."""
-    found = [folder / name for name in SET_FILES if (folder / name).is_file() and _is_set_summary(folder / name)]
-    for path in found:
-        path.unlink()
-    if found:
-        log(f"{folder}: removed the fold set's summary (its folds change); a --num_fold all run writes it again")
-
-
-def _is_set_summary(path: Path) -> bool:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".md":
-        return "test metrics over folds" in text.split("\n", 1)[0]
-    try:
-        return {"script", "folds", "settings", "test"} <= set(json.loads(text))
-    except (ValueError, TypeError):
-        return False
-
-
-def check_writable(run_dir: Path) -> None:
-    """Fail before training, not after it, when the run directory cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"--output_dir {run_dir}: cannot write there ({err.strerror or err})") from None
-
-
 def settings(args: dict) -> dict:
     """The arguments that change a run's numbers (settings added later at their earlier value)."""
     return {k: v for k, v in (EARLIER | args).items() if k not in NOT_RESULTS and k != "num_fold"}
@@ -205,43 +96,423 @@ def differences(a: dict, b: dict) -> list[str]:
     return [f"--{k} {a.get(k)} -> {b.get(k)}" if k != "corpus" else "another corpus" for k in changed]
 
 
-def check_same_run(config_path: Path, args, corpus_fingerprint: str) -> None:
-    """A run continued or counted again must have the settings and the corpus it started with."""
+@dataclass
+class Owner:
+    """What the project wrote into a folder, as its marker says (for a run written before markers existed,
+    as its config.json says)."""
+
+    folder: Path
+    kind: str  # "run" or "fold_set"
+    script: str
+    settings: dict  # the arguments that change results
+    corpus: dict  # the corpus's fingerprints: "listing" and (runs with markers) "recordings"
+    demo: bool
+    entries: list[str]  # every file and folder the project has written into `folder`, the marker aside
+    frozen: dict = field(default_factory=dict)  # frozen encoders: modality -> source and weights' fingerprint
+    legacy: bool = False  # recognised without a marker
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / (MARKER if self.kind == "run" else SET_MARKER)
+
+    @property
+    def where(self) -> Path:
+        """The file that says what the folder holds (for messages)."""
+        return self.folder / "config.json" if self.legacy and self.kind == "run" else self.marker
+
+    def write(self) -> None:
+        """The marker, replaced in one step."""
+        data = {"format": MARKER_FORMAT} | {k: v for k, v in asdict(self).items() if k not in ("folder", "legacy")}
+        atomic.write_json(self.marker, data)
+
+
+class DamagedMarker(UserError):
+    """A marker that cannot be read: the folder is left alone."""
+
+
+def _read_marker(path: Path, kind: str) -> Owner:
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        saved, data = config["args"], config.get("data", {})
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{config_path}: unreadable ({err}); start the run over with --overwrite") from None
-    changed = differences(saved, vars(args))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        owner = Owner(
+            folder=path.parent,
+            kind=kind,
+            script=str(data["script"]),
+            settings=dict(data["settings"]),
+            corpus=dict(data["corpus"]),
+            demo=bool(data["demo"]),
+            entries=[str(name) for name in data["entries"]],
+            frozen=dict(data.get("frozen") or {}),
+        )
+        if data.get("kind") != kind:
+            raise ValueError(f"kind {data.get('kind')!r}, expected {kind!r}")
+        if int(data["format"]) > MARKER_FORMAT:
+            raise ValueError(f"format {data['format']}, written by a newer version of this project")
+        odd = [n for n in owner.entries if n in ("", ".", "..", MARKER, SET_MARKER, LOCK) or Path(n).name != n]
+        if odd:  # only names inside the folder: an edited marker must never aim a removal elsewhere
+            raise ValueError(f"entry {odd[0]!r} is not a name inside the folder")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DamagedMarker(
+            f"{path}: damaged ({type(err).__name__}: {err}); nothing in {path.parent} is touched: remove that "
+            "folder yourself if you no longer need it, or choose another --output_dir"
+        ) from None
+    return owner
+
+
+def _legacy_run(folder: Path) -> Owner | None:
+    """A run written before markers existed: config.json with the project's own keys."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        args, data, script = config["args"], config["data"], config["script"]
+        known = script in SCRIPTS and isinstance(config["cell"], dict) and "environment" in config
+        listing = data["fingerprint"]
+        models = config.get("models", {})
+        frozen = {m: d["frozen"] for m, d in models.items() if isinstance(d, dict) and "frozen" in d}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not (known and isinstance(args, dict) and isinstance(listing, str)):
+        return None
+    entries = [name for name in LEGACY_RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
+    corpus = {"listing": listing}
+    return Owner(folder, "run", script, settings(args), corpus, bool(args.get("demo")), entries, frozen, legacy=True)
+
+
+def read_run(folder: Path) -> Owner | None:
+    """The project's run in `folder`; None where there is none (no folder, an empty one, someone else's)."""
+    if (folder / MARKER).exists():
+        return _read_marker(folder / MARKER, "run")
+    return _legacy_run(folder)
+
+
+def read_set(folder: Path) -> Owner | None:
+    """The project's fold set in `folder`: its marker, or for a folder without one, the runs in its fold<k>/
+    (single-fold runs side by side, or a set written before markers existed) and the summaries of such a set."""
+    if (folder / SET_MARKER).exists():
+        return _read_marker(folder / SET_MARKER, "fold_set")
+    runs = [run for k in range(1, NUM_FOLDS + 1) if (run := read_run(folder / f"fold{k}")) is not None]
+    if not runs:
+        return None
+    entries = [run.folder.name for run in runs] + [n for n in SUMMARY_FILES if _is_set_summary(folder / n)]
+    first = runs[0]
+    demo = all(run.demo for run in runs)
+    return Owner(folder, "fold_set", first.script, first.settings, first.corpus, demo, entries, legacy=True)
+
+
+def _is_set_summary(path: Path) -> bool:
+    """A summary.json / summary.md that a --num_fold all run wrote before fold sets had markers."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".md":
+        return "test metrics over folds" in text.split("\n", 1)[0]
+    try:
+        return {"script", "folds", "settings", "test"} <= set(json.loads(text))
+    except (ValueError, TypeError):
+        return False
+
+
+def _contents(folder: Path) -> list[str]:
+    """The entries of `folder` other than the project's lock and half-written temporaries."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and not atomic.TEMPORARY.match(p.name))
+
+
+def _refuse_foreign(folder: Path, names: list[str]) -> None:
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    familiar = [n for n in names if n in (*LEGACY_RUN_FILES, *SUMMARY_FILES, ".lock")]
+    why = f"; no {MARKER}, so another tool's, whatever the names" if familiar else ""
+    raise UserError(
+        f"--output_dir {folder}: holds files that are not a run's ({shown}{why}); give a new or empty folder"
+    )
+
+
+def _check_ours(folder: Path, kind: str) -> Owner | None:
+    """The project's run (or fold set) in `folder`, None for a new or empty folder; anything else is refused."""
+    owner = read_run(folder) if kind == "run" else read_set(folder)
+    if owner is None and _contents(folder):
+        _refuse_foreign(folder, _contents(folder))
+    return owner
+
+
+@dataclass
+class Plan:
+    """What a command does with its run directories: each fold's directory and mode ("fresh", "resume" or
+    "finished"), and the fold set's folder (with --num_fold all, or the set a single fold belongs to)."""
+
+    dirs: dict[int, Path]
+    modes: dict[int, str]
+    set_folder: Path | None = None
+
+    @property
+    def todo(self) -> list[int]:
+        return [k for k, mode in self.modes.items() if mode != "finished"]
+
+
+def _aim(args, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Path | None]:
+    """Each fold's run directory (--output_dir, its fold<k>/ for all folds or for a fold set, else default(k)),
+    and the fold set's folder, if any."""
+    folds = args.folds
+    if not args.output_dir:
+        dirs = {k: Path(default(k)) for k in folds}
+        return dirs, dirs[folds[0]].parent
+    out = Path(args.output_dir)
+    if len(folds) > 1:
+        if read_run(out) is not None:
+            raise UserError(f"--output_dir {out}: holds a single fold's run; give --num_fold all a folder of its own")
+        return {k: out / f"fold{k}" for k in folds}, out
+    (k,) = folds
+    if read_run(out) is None and read_set(out) is not None:
+        log(f"--output_dir {out} holds the folds of a --num_fold all run: fold {k} goes to {out / f'fold{k}'}")
+        return {k: out / f"fold{k}"}, out
+    return {k: out}, None
+
+
+def _mode(owner: Owner | None, cell, args) -> str:
+    """What to do with a fold's run directory; refuses what its flags do not allow."""
+    if owner is None:
+        return "fresh"
+    if args.demo and not owner.demo:
+        raise UserError(
+            f"{owner.folder}: holds a run that is not a demo's ({owner.script}); --demo replaces only its own "
+            "runs: choose another --output_dir"
+        )
+    if args.overwrite:
+        return "fresh"
+    finished = "metrics.json" in owner.entries and (owner.folder / "metrics.json").is_file()
+    if not args.resume:
+        if finished:
+            raise UserError(
+                f"{owner.folder}: holds a finished run (metrics.json); add --overwrite to replace it, "
+                "or choose another --output_dir"
+            )
+        raise UserError(
+            f"{owner.folder}: holds an unfinished run; add --resume to continue it, or --overwrite to start over"
+        )
+    if owner.script != cell.name:
+        raise UserError(
+            f"{owner.folder}: holds a run of {owner.script}.py; --resume continues a run with the script that "
+            f"started it: run {owner.script}.py, or give {cell.name}.py another --output_dir"
+        )
+    changed = differences(owner.settings, vars(args))
     if changed:
         raise UserError(
-            f"{config_path}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
+            f"{owner.where}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
             "use the same flags, or --overwrite to start over"
         )
-    if data.get("fingerprint", corpus_fingerprint) != corpus_fingerprint:
+    return "finished" if finished else "resume"
+
+
+def _check_inputs(owner: Owner, args, corpus: dict, frozen: Callable[[], dict]) -> None:
+    """A run continued or counted again must read the corpus and frozen encoders it started with."""
+    same = all(owner.corpus[k] == corpus[k] for k in ("listing", "recordings") if k in owner.corpus)
+    if not same:
         raise UserError(
-            f"{config_path}: the corpus under --dataset_dir {args.dataset_dir} is not the one this run started "
-            "on (its utterances, labels or transcripts changed); use that corpus, or --overwrite to start over"
+            f"{owner.where}: the corpus under --dataset_dir {args.dataset_dir} is not the one this run started "
+            "on (its utterances, labels, transcripts or recordings changed); use that corpus, or --overwrite to "
+            "start over"
         )
-
-
-def check_same_encoders(config_path: Path, frozen: dict) -> None:
-    """A run continued with frozen encoders takes their weights from the pretrained ones again (checkpoints
-    leave them out): those must be the weights it started with."""
-    models = json.loads(config_path.read_text(encoding="utf-8")).get("models", {})
-    for modality, reference in frozen.items():
-        started = models.get(modality, {}).get("frozen", reference)["weights"]
+    if not owner.frozen:
+        return
+    for modality, reference in frozen().items():
+        started = owner.frozen.get(modality, reference)["weights"]
         if started != reference["weights"]:
             raise UserError(
-                f"{config_path}: the frozen {modality} encoder {reference['source']} holds other weights than "
+                f"{owner.where}: the frozen {modality} encoder {reference['source']} holds other weights than "
                 "when this run started; use those weights, or --overwrite to start over"
             )
 
 
-class RunLock:
-    """An exclusive lock on a run directory for the run's lifetime (a locked `.lock` file).
+def _remove(owner: Owner, log) -> None:
+    """Remove what the project wrote into `owner.folder` (its listed entries and their half-written
+    temporaries); every other file stays."""
+    listed = set(owner.entries) | {owner.marker.name}
+    doomed = [owner.folder / name for name in owner.entries]
+    doomed += [p for p in owner.folder.iterdir() if atomic.temporary_target(p.name) in listed]
+    with writing("over the run", owner.folder):
+        for path in doomed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    log(f"{owner.folder}: replaced the {'fold set' if owner.kind == 'fold_set' else 'run'} there (--overwrite)")
 
-    The operating system releases it when its process dies; a `.lock` left with a holder's details
+
+@contextmanager
+def claim(
+    cell,
+    args,
+    default: Callable[[int], Path],
+    corpus: Callable[[], dict],
+    frozen: Callable[[], dict],
+    accelerator,
+    log=print,
+):
+    """The run directories of `args.folds`, held for the block: where each goes, and whether it starts,
+    continues or replaces a run, decided under each directory's lock before anything is written; then the
+    runs replaced are removed, the summary of a fold set whose folds change is removed, and the markers are
+    written.
+
+    `corpus()` reads the corpus and returns its fingerprints, `frozen()` the frozen encoders' references: both
+    are called once the folders are known to be usable. The main process decides; every process gets the
+    `Plan`, or raises the refusal."""
+    locks, plan, error = [], None, None
+    if accelerator.is_main_process:
+        try:
+            plan = _decide(cell, args, default, corpus, frozen, locks, log)
+        except UserError as err:
+            error = str(err)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error, plan = broadcast_object_list([error, plan])
+    try:
+        if error:
+            raise UserError(error)
+        yield plan
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _decide(cell, args, default, corpus, frozen, locks: list, log) -> Plan:
+    """`claim`'s decisions and writes, in the main process; the locks taken go into `locks`."""
+    dirs, set_folder = _aim(args, default, log)
+    for folder in dirs.values():  # refused before any lock is taken: nothing there is created
+        _check_ours(folder, "run")
+    many = len(dirs) > 1
+    set_owner = _check_ours(set_folder, "fold_set") if many else None
+    if many and args.demo and set_owner is not None and not set_owner.demo:
+        raise UserError(f"{set_folder}: holds a fold set that is not a demo's; --demo replaces only its own")
+    unlisted = [n for n in SUMMARY_FILES if many and (set_folder / n).exists() and n not in set_owner.entries]
+    if unlisted:
+        raise UserError(
+            f"{set_folder}: holds {', '.join(unlisted)}, not written by this project; --num_fold all writes its "
+            "summary there: move them away, or choose another --output_dir"
+        )
+    for folder in dirs.values():
+        locks.append(RunLock(folder).acquire(log))
+    owners = {k: _check_ours(folder, "run") for k, folder in dirs.items()}  # again, now under the locks
+    modes = {k: _mode(owners[k], cell, args) for k in dirs}
+    fingerprints = corpus()
+    for k, owner in owners.items():
+        if modes[k] != "fresh":
+            _check_inputs(owner, args, fingerprints, frozen)
+    plan = Plan(dirs, modes, set_folder if many or set_folder is None else _set_of(set_folder))
+    _carry_out(plan, owners, cell, args, fingerprints, frozen, log)
+    return plan
+
+
+def _set_of(folder: Path) -> Path | None:
+    """The fold set a single fold's default directory belongs to, if its parent holds one."""
+    try:
+        return folder if read_set(folder) is not None else None
+    except DamagedMarker:
+        return None
+
+
+def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Callable[[], dict], log) -> None:
+    """The plan's writes, in an order that leaves every folder marked whatever happens: the runs replaced
+    are removed, the fold set's marker is written, then each fold's."""
+    references = frozen() if plan.todo else {}
+    for k in plan.todo:
+        if plan.modes[k] == "fresh" and owners[k] is not None:
+            _remove(owners[k], log)
+    if plan.set_folder is not None and plan.todo:
+        _update_set(plan, cell, args, corpus, log)
+    for k in plan.todo:
+        owner = owners[k]
+        with writing(MARKER, plan.dirs[k]):
+            if plan.modes[k] == "fresh":
+                owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args)), corpus, bool(args.demo), [])
+                owner.frozen = references
+                plan.dirs[k].mkdir(parents=True, exist_ok=True)
+                owner.write()
+            elif owner.legacy:  # a run from before markers, continued: marked now, with what it wrote then
+                replace(owner, legacy=False).write()
+
+
+def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
+    """A fold set whose folds change loses its summary; with --num_fold all its marker lists its folds."""
+    folder = plan.set_folder
+    owner = read_set(folder)
+    gone = [n for n in SUMMARY_FILES if owner is not None and n in owner.entries and (folder / n).is_file()]
+    for name in gone:
+        (folder / name).unlink()
+    if gone:
+        log(f"{folder}: removed the fold set's summary (its folds change); a --num_fold all run writes it again")
+    if len(plan.dirs) == 1 and (owner is None or owner.legacy):
+        return  # a single fold beside others: nothing to mark
+    entries = [n for n in (owner.entries if owner else []) if n not in gone]
+    entries += [d.name for d in plan.dirs.values() if d.name not in entries]
+    marked = Owner(folder, "fold_set", cell.name, settings(vars(args)), corpus, bool(args.demo), entries)
+    if owner is not None and len(plan.dirs) == 1:
+        marked = replace(owner, entries=entries, legacy=False)
+    with writing(SET_MARKER, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        marked.write()
+
+
+def own(folder: Path, *names: str, kind: str = "run") -> None:
+    """Record in the folder's marker that the project writes `names` there, before it writes them (a crash
+    can leave a name listed that was never written, never one written that is not listed). A name that is
+    not listed and already there is someone else's: refused."""
+    marker = folder / (MARKER if kind == "run" else SET_MARKER)
+    if not marker.is_file():
+        raise UserError(f"{marker}: gone while the run was writing {folder}; start the run again")
+    owner = _read_marker(marker, kind)
+    new = [n for n in names if n not in owner.entries]
+    for name in new:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            raise UserError(
+                f"{folder / name}: not written by this run (not in {marker.name}); move it out of {folder}, then "
+                "continue with --resume"
+            )
+    if new:
+        replace(owner, entries=owner.entries + new).write()
+
+
+def write_file(folder: Path, name: str, content: str | bytes, kind: str = "run") -> None:
+    """`name` in a run directory (or fold set), recorded in its marker, then written in one step (an OSError is
+    the caller's to report, in `common.errors.writing`)."""
+    own(folder, name, kind=kind)
+    atomic.write_bytes(folder / name, content.encode("utf-8") if isinstance(content, str) else content)
+
+
+def write_json(folder: Path, name: str, data, ensure_ascii: bool = False, kind: str = "run") -> None:
+    write_file(folder, name, atomic.json_text(data, ensure_ascii), kind)
+
+
+def build_folder(folder: Path, name: str, build: Callable[[Path], None]) -> None:
+    """A run's folder `name` (its model/), recorded in its marker, built under a temporary name; one the run
+    wrote before is replaced."""
+    own(folder, name)
+    shutil.rmtree(folder / name, ignore_errors=True)
+    atomic.build_folder(folder / name, build)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A finished run's metrics.json; a damaged one is one line."""
+    path = run_dir / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"{path}: damaged ({type(err).__name__}: {err}); the run's results are lost: train it again with "
+            "--overwrite"
+        ) from None
+
+
+def write_set_summary(folder: Path, summary: dict, text: str) -> None:
+    """summary.json and summary.md of a --num_fold all run, beside its folds."""
+    with writing("the fold set's summary", folder):
+        write_json(folder, "summary.json", summary, kind="fold_set")
+        write_file(folder, "summary.md", text, kind="fold_set")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the run's lifetime (a locked `.kemdy_run.lock` file).
+
+    The operating system releases it when its process dies; a lock file left with a holder's details
     then tells that it was taken over.
     """
 
@@ -302,29 +573,6 @@ def _describe(raw: bytes) -> str:
         return "unknown process"
 
 
-@contextmanager
-def locked(folders, accelerator, log=print):
-    """Hold the locks of `folders` (main process) for the block; every process raises if one is taken."""
-    locks, error = [], None
-    if accelerator.is_main_process:
-        try:
-            for folder in folders:
-                locks.append(RunLock(folder).acquire(log))
-        except UserError as err:
-            error = str(err)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        error = broadcast_object_list([error])[0]
-    try:
-        if error:
-            raise UserError(error)
-        yield
-    finally:
-        for lock in reversed(locks):
-            lock.release()
-
-
 def size(folder: Path) -> int:
     """Bytes of the files under `folder` (its lock aside)."""
     files = (p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and p.name != LOCK)
@@ -339,7 +587,7 @@ def human(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-def write_predictions(path: Path, utterances, out: dict) -> None:
+def write_predictions(run_dir: Path, utterances, out: dict) -> None:
     """predictions.csv: one row per test utterance in corpus order, true labels and scores beside the outputs."""
     import numpy as np
 
@@ -362,10 +610,10 @@ def write_predictions(path: Path, utterances, out: dict) -> None:
         if "va_pred" in out:
             row += [f"{v:.6f}" for v in out["va_pred"][k]]
         writer.writerow(row)
-    atomic.write_text(path, f.getvalue())
+    write_file(run_dir, "predictions.csv", f.getvalue())
 
 
-def write_confusion(path: Path, out: dict) -> None:
+def write_confusion(run_dir: Path, out: dict) -> None:
     """confusion.csv: test utterances counted by true emotion (rows; a multi-label utterance in each of its
     rows) and top-1 predicted emotion (columns)."""
     from common.metrics import confusion
@@ -375,7 +623,7 @@ def write_confusion(path: Path, out: dict) -> None:
     writer = csv.writer(f)
     writer.writerow(["true", *[f"top1_{e}" for e in EMOTIONS]])
     writer.writerows([emotion, *map(int, row)] for emotion, row in zip(EMOTIONS, counts, strict=True))
-    atomic.write_text(path, f.getvalue())
+    write_file(run_dir, "confusion.csv", f.getvalue())
 
 
 def _describe_model(name: str, encoder) -> dict:
@@ -390,10 +638,10 @@ def _describe_model(name: str, encoder) -> dict:
     }
 
 
-def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model, frozen: dict | None = None) -> dict:
+def provenance(cell, args, corpus, fingerprint: dict, accelerator, split, model, frozen: dict | None = None) -> dict:
     """config.json: every argument, the command, the models, the data and its split, and the environment.
-    `split` is (fold, train indices, valid indices); `frozen`: each frozen encoder's source and weights'
-    fingerprint."""
+    `fingerprint`: the corpus's (listing and recordings); `split` is (fold, train indices, valid indices);
+    `frozen`: each frozen encoder's source and weights' fingerprint."""
     import accelerate
     import numpy as np
     import torch
@@ -425,7 +673,8 @@ def provenance(cell, args, corpus, fingerprint: str, accelerator, split, model, 
             "test_sessions": session_order([corpus.utterances[i].session for i in fold.test]),
             "va_mean": model.va_mean.tolist(),
             "va_std": model.va_std.tolist(),
-            "fingerprint": fingerprint,
+            "fingerprint": fingerprint["listing"],
+            "recordings": fingerprint["recordings"],
         },
         "environment": {
             "python": platform.python_version(),
@@ -444,22 +693,5 @@ def record_size(run_dir: Path) -> None:
     """The finished run directory's size, in config.json (its `disk_bytes`)."""
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     config["disk_bytes"] = size(run_dir)
-    atomic.write_json(run_dir / "config.json", config)
-
-
-def write_set_summary(folder: Path, results: list[dict], args) -> None:
-    """summary.json and summary.md of a --num_fold all run: mean ± std over its folds, with its settings."""
-    from common.report import aggregate, fold_summary
-
-    stats = aggregate(results)
-    first = results[0]
-    summary = {
-        "script": first["script"],
-        "dataset": first["dataset"],
-        "split": first.get("split", "contiguous"),
-        "folds": [r["fold"] for r in results],
-        "settings": settings(vars(args)),
-        "test": {k: {"mean": st.mean, "std": st.std, "n_folds": st.n} for k, st in stats.items()},
-    }
-    atomic.write_json(folder / "summary.json", summary)
-    atomic.write_text(folder / "summary.md", fold_summary(results) + "\n")
+    with writing("config.json", run_dir):
+        write_json(run_dir, "config.json", config)

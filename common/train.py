@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -22,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common import atomic, rundir
-from common.checkpoints import Checkpoints
-from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, prepare_inputs
-from common.errors import Interrupted, UserError, writing
+from common import rundir
+from common.checkpoints import Checkpoints, DamagedCheckpoint
+from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, corpus_fingerprint, prepare_inputs
+from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import fold_splits
 from common.frozen import frozen_vectors
 from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
@@ -33,17 +32,32 @@ from common.kemdy import Corpus, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, build_model, seed
-from common.report import epoch_line, flat_metrics, fold_summary, run_summary
+from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 
 
 @dataclass
 class Shared:
     """What every fold of a run reads: the corpus, the pretrained encoders, and inputs once prepared."""
 
-    corpus: Corpus
-    fingerprint: str  # of the corpus listing, recorded in config.json and checked on --resume
+    corpus: Corpus | None = None
+    fingerprint: dict | None = None  # the corpus's listing and recordings, recorded with each run, checked on --resume
+    digests: dict | None = None  # each recording's content digest (the audio cache's key)
     encoders: Encoders | None = None
     inputs: Inputs | None = None
+
+    def read(self, args) -> dict:
+        """The corpus and its fingerprints (the first process to read it remembers every recording's digest by
+        file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints."""
+        if self.corpus is None:
+            self.corpus = read_corpus(
+                args.dataset,
+                args.dataset_dir,
+                rows=args.kemdy19_rows,
+                labels=args.labels,
+                duplicates=args.duplicate_rows,
+            )
+            self.fingerprint, self.digests = corpus_fingerprint(self.corpus, args.cache_dir if args.cache else None)
+        return self.fingerprint
 
 
 def train(cell: Cell, args) -> list[dict]:
@@ -53,55 +67,44 @@ def train(cell: Cell, args) -> list[dict]:
     log = accelerator.print
     if args.demo:
         _resolve_demo(cell, args)
-    dirs = rundir.run_dirs(lambda k: _default_run_dir(cell, args, k), args.output_dir, args.folds, log)
-    fold_args = {k: argparse.Namespace(**{**vars(args), "num_fold": k}) for k in args.folds}
-    with rundir.locked(dirs.values(), accelerator, log):
-        modes, shared = _plan(cell, args, accelerator, dirs, fold_args)
-        todo = [k for k in args.folds if modes[k] != "finished"]
+    shared = Shared()
+
+    def frozen() -> dict:  # the frozen encoders' references: recorded with a run, compared when it continues
+        shared.encoders = shared.encoders or Encoders(cell, args)
+        return shared.encoders.references
+
+    default = partial(_default_run_dir, cell, args)
+    with rundir.claim(cell, args, default, partial(shared.read, args), frozen, accelerator, log) as plan:
+        shared.read(args)  # the main process has read it (and the recordings' digests): the others do now
+        if plan.todo and shared.encoders is None:
+            shared.encoders = Encoders(cell, args)
         results = []
         # What is loaded by now (libraries, the encoders) lives as long as the run: the collection after
         # each fold skips it (0.6 s a fold, which would dominate a frozen cell's folds).
         gc.freeze()
         try:
             for k in args.folds:
-                if modes[k] == "finished":
-                    result = rundir.read_metrics(dirs[k])
-                    log(f"{dirs[k]}: already finished\n" + run_summary(result, dirs[k]))
+                run_dir = plan.dirs[k]
+                if plan.modes[k] == "finished":
+                    result = rundir.read_metrics(run_dir)
+                    log(f"{run_dir}: already finished\n" + run_summary(result, run_dir))
                 else:
-                    run = set_up(cell, fold_args[k], accelerator, dirs[k], modes[k], shared, last=k == todo[-1])
+                    fold_args = argparse.Namespace(**{**vars(args), "num_fold": k})
+                    run = set_up(cell, fold_args, accelerator, run_dir, plan.modes[k], shared, last=k == plan.todo[-1])
                     result = finish(run, fit(run))
                 results.append(result)
+            if len(results) > 1:
+                log(fold_summary(results))
+                if accelerator.is_main_process:
+                    rundir.write_set_summary(plan.set_folder, *set_summary(results, rundir.settings(vars(args))))
+        except KeyboardInterrupt:
+            done = ", ".join(str(r["fold"]) for r in results) or "none"
+            raise Interrupted(f"interrupted (folds finished: {done}); continue with --resume") from None
         finally:
             gc.unfreeze()
-        if len(results) > 1:
-            log(fold_summary(results))
-            if accelerator.is_main_process:
-                rundir.write_set_summary(dirs[args.folds[0]].parent, results, args)
+    results_complete()
     accelerator.end_training()
     return results
-
-
-def _plan(cell: Cell, args, accelerator, dirs: dict[int, Path], fold_args: dict) -> tuple[dict[int, str], Shared]:
-    """Each fold's mode ("fresh", "resume", "finished"), checked before any fold trains, and what the folds
-    to train share. A fold continued, or counted again, must be the same run on the same corpus."""
-    modes = {k: rundir.run_mode(dirs[k], args) for k in args.folds}
-    corpus = read_corpus(
-        args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
-    )
-    shared = Shared(corpus, corpus.fingerprint())
-    for k in args.folds:
-        if modes[k] != "fresh" and (dirs[k] / "config.json").is_file():
-            rundir.check_same_run(dirs[k] / "config.json", fold_args[k], shared.fingerprint)
-    todo = [k for k in args.folds if modes[k] != "finished"]
-    if todo:
-        shared.encoders = Encoders(cell, args)
-        for k in todo:
-            if modes[k] == "resume" and (dirs[k] / "config.json").is_file():
-                rundir.check_same_encoders(dirs[k] / "config.json", shared.encoders.references)
-    if accelerator.is_main_process:  # a fold set's summary no longer holds once one of its folds changes
-        for folder in {dirs[k].parent for k in todo if dirs[k].name == f"fold{k}"}:
-            rundir.remove_set_summary(folder, accelerator.print)
-    return modes, shared
 
 
 @dataclass
@@ -241,10 +244,6 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     fresh run, the latest checkpoint for a resumed one."""
     log = accelerator.print
     seed(args.seed)
-    if args.overwrite and accelerator.is_main_process:  # only what a run writes: other files stay
-        rundir.clear_run(run_dir)
-    accelerator.wait_for_everyone()
-    rundir.check_writable(run_dir)
     corpus, utts = shared.corpus, shared.corpus.utterances
     fold, train_idx, valid_idx = fold_splits([u.session for u in utts], args.num_fold, args.split, args.valid_ratio)
     log(_fold_line(args, corpus, fold, train_idx, valid_idx))
@@ -259,7 +258,7 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     spec = audio_spec(encoders.extractor, model.speech_encoder, model.config) if cell.uses_speech else None
     collate = Collator(encoders.tokenizer, args.max_text_len, spec, args.pad_to_max_length)
     if shared.inputs is None:  # the same for every fold: the first fold prepares them
-        shared.inputs = _prepare(cell, args, accelerator, model, utts, collate, encoders)
+        shared.inputs = _prepare(cell, args, accelerator, model, shared, collate)
     inputs = shared.inputs
     datasets = {
         name: KemdyDataset(utts, idx, inputs, spec)
@@ -290,21 +289,24 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
         checkpoints=Checkpoints(run_dir, accelerator, frozen=tuple(f"{m}_encoder." for m in encoders.references)),
         pos_weight=pos_weight,
     )
-    if accelerator.is_main_process and mode == "fresh":
+    if accelerator.is_main_process and not (run_dir / "config.json").is_file():
         config = rundir.provenance(
             cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references
         )
         if pos_weight is not None:
             config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
-            atomic.write_json(run_dir / "config.json", config)
+            rundir.write_json(run_dir, "config.json", config)
     if args.report_to != "none":  # events in <run_dir>/tensorboard/
+        if accelerator.is_main_process:
+            with writing("the TensorBoard events", run_dir):
+                rundir.own(run_dir, "tensorboard")
         accelerator.project_configuration.logging_dir = str(run_dir)
         accelerator.init_trackers("tensorboard", config=_tracked_config(args))
-    if mode == "resume" and run.checkpoints.epochs():
-        latest = run.checkpoints.epochs()[-1]
-        run.history = run.checkpoints.load(latest)["history"]
-        log(f"resuming {run_dir} after epoch {latest}")
+    state = run.checkpoints.resume(log) if mode == "resume" else None
+    if state is not None:
+        run.history = state["history"]
+        log(f"resuming {run_dir} after epoch {state['epoch']}")
     return run
 
 
@@ -340,7 +342,12 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     args, accelerator, run_dir = run.args, run.accelerator, run.run_dir
     chosen = choose(history)
     if chosen != history[-1]["epoch"]:  # the model holds the last epoch's weights
-        run.checkpoints.load(chosen)
+        try:
+            run.checkpoints.load(chosen)
+        except DamagedCheckpoint as err:
+            raise UserError(
+                f"{err}: the chosen epoch's checkpoint is damaged; start the run over with --overwrite"
+            ) from None
     test_outputs = run.checkpoints.test_outputs(chosen)
     result = {
         "script": run.cell.name,
@@ -357,17 +364,16 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     }
     if accelerator.is_main_process:
         with writing("the results", run_dir, "; the checkpoints are kept: then continue with --resume"):
-            rundir.write_predictions(run_dir / "predictions.csv", run.corpus.utterances, test_outputs)
+            rundir.write_predictions(run_dir, run.corpus.utterances, test_outputs)
             if "probs" in test_outputs:
-                rundir.write_confusion(run_dir / "confusion.csv", test_outputs)
+                rundir.write_confusion(run_dir, test_outputs)
             if args.save_model:
-                shutil.rmtree(run_dir / "model", ignore_errors=True)
                 enc = run.encoders
                 save = partial(
                     run.core.save, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references
                 )
-                atomic.build_folder(run_dir / "model", save)
-            atomic.write_json(run_dir / "metrics.json", result, ensure_ascii=True)
+                rundir.build_folder(run_dir, "model", save)
+            rundir.write_json(run_dir, "metrics.json", result, ensure_ascii=True)
     accelerator.wait_for_everyone()
     if args.keep_checkpoint:
         run.checkpoints.prune(keep=chosen)
@@ -453,13 +459,14 @@ def _set_va_scaling(model: EmotionModel, args, train_utts) -> None:
         model.va_std.fill_(1.0)
 
 
-def _prepare(cell: Cell, args, accelerator, model: EmotionModel, utts, collate: Collator, encoders: Encoders) -> Inputs:
+def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared, collate: Collator) -> Inputs:
     """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders."""
     cache_dir = args.cache_dir if args.cache else None
     log = accelerator.print
+    utts, encoders, digests = shared.corpus.utterances, shared.encoders, shared.digests
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
         max_seconds = args.max_seq_len if cell.uses_speech else None
-        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log)
+        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests)
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
             if encoder is not None and args.freeze in (modality, "both"):
                 vectors = frozen_vectors(

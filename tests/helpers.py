@@ -31,3 +31,10 @@ def tiny_command(script, corpus, tiny_models, out, *flags, dataset="20", epochs=
         str(out),
         *map(str, flags),
     ]
+
+
+def mark_run(folder, script, settings=None):
+    """Mark a run directory written by hand as the project's, as a run's own marker would."""
+    from common.rundir import Owner
+
+    Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, ["metrics.json"]).write()

@@ -13,6 +13,8 @@ from common.grid import EMOTIONS
 from common.metrics import classification_metrics, regression_metrics
 from common.report import main
 
+from helpers import mark_run
+
 
 def predictions(rng, n: int, correct: np.ndarray, va_noise: float):
     """Single-label rows; where `correct`, the true emotion is the most probable and above 0.5."""
@@ -128,6 +130,7 @@ def test_the_report_compares_each_multimodal_cell_with_its_better_unimodal_cell_
             metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold}
             metrics |= {"task": "classification", "chosen_epoch": 1, "test": test, "epochs": []}
             (run / "metrics.json").write_text(json.dumps(metrics))
+            mark_run(run, script)
             columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
             with (run / "predictions.csv").open("w", newline="") as f:
                 writer = csv.DictWriter(f, columns, extrasaction="ignore")

@@ -13,6 +13,7 @@ from common.data import (
     KemdyDataset,
     Pcm16Audio,
     load_audio,
+    model_audio,
     prepare_inputs,
     to_pcm16,
 )
@@ -157,3 +158,20 @@ def test_torch_tensors_come_out_with_the_right_dtypes():
     batch = Collator(None, 8, spec())(items)
     assert batch["audio"].dtype == torch.float32 and batch["audio_mask"].dtype == torch.int64
     assert batch["labels"].dtype == torch.float32 and batch["index"].dtype == torch.int64
+
+
+def test_a_float_recording_beyond_full_scale_reaches_the_model_unclipped(tmp_path):
+    from common.kemdy import audio_level
+
+    x = (2.5 * np.sin(np.arange(16000) / 7)).astype(np.float32)
+    sf.write(str(tmp_path / "loud.wav"), x, 16000, subtype="FLOAT")
+    level = audio_level(tmp_path / "loud.wav")
+    stored = Pcm16Audio([tmp_path / "loud.wav"], 5, [level])[0]
+    raw = model_audio(stored, AudioSpec(normalize=False, padding_value=0.0, min_samples=400, pass_mask=False), level)
+    np.testing.assert_allclose(raw, x, atol=level / 32768)  # 16-bit steps of its own peak, not clipped at 1
+    assert np.abs(raw).max() > 2.4 and np.abs(to_pcm16(x)).max() == 32767  # clipping would have flattened it
+    normalised = model_audio(
+        stored, AudioSpec(normalize=True, padding_value=0.0, min_samples=400, pass_mask=False), level
+    )
+    reference = Wav2Vec2FeatureExtractor(do_normalize=True)(x, sampling_rate=16000)["input_values"][0]
+    np.testing.assert_allclose(normalised, reference, atol=1e-3)

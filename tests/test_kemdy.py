@@ -498,3 +498,29 @@ def test_a_float_wav_with_nan_or_infinite_samples_is_unreadable(tmp_path):
     assert [(e.segment_id, e.reason, e.detail) for e in corpus.excluded] == [
         (sid, "unreadable_wav", f"{folder / sid}.wav: NaN or infinite samples") for sid in ids[:2]
     ]
+
+
+def test_a_wav_with_a_header_and_no_samples_is_excluded_as_empty(tmp_path):
+    ids = [f"Sess01_script01_User001F_{k:03d}" for k in (1, 2)]
+    kemdy20(tmp_path, 1, [(i, "neutral", 3, 3) for i in ids])
+    empty = tmp_path / "wav" / "Session01" / f"{ids[0]}.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), 16000, subtype="PCM_16")
+    assert sf.info(str(empty)).frames == 0 and empty.stat().st_size == 44  # a valid header, nothing after it
+    corpus = read_corpus("20", tmp_path)
+    assert [u.segment_id for u in corpus.utterances] == [ids[1]]
+    assert [(e.segment_id, e.reason, e.detail) for e in corpus.excluded] == [
+        (ids[0], "empty_wav", f"{empty}: no samples")
+    ]
+    assert summarize(corpus)["exclusion_counts"] == {"empty_wav": 1}
+
+
+def test_a_float_wav_beyond_full_scale_is_kept_at_its_level(tmp_path):
+    ids = [f"Sess01_script01_User001F_{k:03d}" for k in (1, 2, 3)]
+    kemdy20(tmp_path, 1, [(i, "neutral", 3, 3) for i in ids])
+    folder = tmp_path / "wav" / "Session01"
+    x = np.sin(np.arange(8000) / 10).astype(np.float32)
+    sf.write(str(folder / f"{ids[0]}.wav"), 2.5 * x, 16000, subtype="FLOAT")
+    sf.write(str(folder / f"{ids[1]}.wav"), 0.5 * x, 16000, subtype="FLOAT")
+    corpus = read_corpus("20", tmp_path)
+    assert [u.level for u in corpus.utterances] == [pytest.approx(2.5 * np.abs(x).max()), 1.0, 1.0]  # 3rd: PCM
+    assert summarize(corpus)["audio"]["beyond_full_scale"] == 1

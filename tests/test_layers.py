@@ -103,7 +103,7 @@ def test_frozen_weighted_layers_train_from_one_cached_extraction_and_report_thei
     assert set(weights) == {"text", "speech"} and all(len(w) == 3 for w in weights.values())
     assert all(sum(w) == pytest.approx(1.0) for w in weights.values())
     assert weights["text"] != pytest.approx([1 / 3] * 3, abs=1e-4)  # they learnt
-    stored = sorted(p.name.split("-")[0] for p in cache.iterdir())
+    stored = sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir())
     assert stored == ["audio", "speech_vectors", "text_vectors", "tokens"]
     vectors = np.load(next(cache.glob("text_vectors-*")) / "vectors.npy", mmap_mode="r")
     assert vectors.shape == (120, 3, 64) and vectors.dtype == np.float32
@@ -111,7 +111,7 @@ def test_frozen_weighted_layers_train_from_one_cached_extraction_and_report_thei
     add = run(
         Cell("multimodal", "classification", "element_wise_add"), corpus20[0], tiny_models, tmp_path / "b", *flags
     )
-    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == stored and "layer_weights" in add
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()) == stored and "layer_weights" in add
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["args"]["layers"] == "weighted"
     # the saved model weighs the encoders' layers itself: it predicts the test fold as the run scored it
@@ -148,7 +148,7 @@ def test_all_twelve_scripts_train_from_one_extraction(corpus20, tiny_models, tmp
         used = {m for m in ("text", "speech") if getattr(cell, f"uses_{m}")}
         assert " computed in " not in printed and printed.count(": reused (120 x 3 x ") == len(used), printed
         assert set(result["layer_weights"]) == used
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == [
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir() if p.is_dir()) == [
         "audio",
         "speech_vectors",
         "text_vectors",

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from common import rundir
 from common.cli import parse_args
 from common.errors import UserError
 from common.folds import make_fold
 from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
+from common.rundir import LOCK
 from common.train import train
 
 from helpers import tiny_command
@@ -90,7 +92,7 @@ def test_a_finished_run_keeps_no_checkpoint_and_records_its_size(killed_and_resu
     runs = killed_and_resumed[0]
     for name in ("first", "killed"):
         assert not (runs[name] / "checkpoints").exists()  # the model is in model/; the optimizer state is not kept
-        assert not [p for p in runs[name].rglob(".*tmp*")] and not (runs[name] / ".lock").exists()
+        assert not [p for p in runs[name].rglob(".*tmp*")] and not (runs[name] / LOCK).exists()
         config = json.loads((runs[name] / "config.json").read_text())
         on_disk = sum(p.stat().st_size for p in runs[name].rglob("*") if p.is_file())
         assert 0 < on_disk - config["disk_bytes"] < 100  # all but the few digits written into config.json
@@ -126,8 +128,8 @@ def test_a_finished_run_is_refused_reported_with_resume_and_replaced_with_overwr
 def test_resume_with_other_settings_is_refused(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    config = {"args": vars(args_for(corpus20[0], tiny_models, out))}
-    (out / "config.json").write_text(json.dumps(config))
+    settings = rundir.settings(vars(args_for(corpus20[0], tiny_models, out)))
+    rundir.Owner(out, "run", CELL.name, settings, {"listing": "corpus"}, False, []).write()  # an unfinished run
     with pytest.raises(
         UserError, match=r"--resume with other settings than the run started with \(--lr 0.001 -> 0.002\)"
     ):
@@ -136,8 +138,7 @@ def test_resume_with_other_settings_is_refused(corpus20, tiny_models, tmp_path):
 
 def test_overwrite_replaces_a_run_and_an_unwritable_output_dir_stops_before_training(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text("{}")
+    train(CELL, args_for(corpus20[0], tiny_models, out, "--lr", "2e-3"))
     (out / "notes.txt").write_text("the user's own notes")
     (result,) = train(CELL, args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     # --overwrite replaces the run's own files only (earlier it removed the whole folder, notes included)

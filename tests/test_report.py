@@ -9,6 +9,8 @@ import pytest
 from common.errors import UserError
 from common.report import aggregate, find_fold_sets, main, tables
 
+from helpers import mark_run
+
 
 def write_run(folder, fold, micro, *, script="text_classification", dataset="KEMDy20", split=None, fear=0.5):
     folder.mkdir(parents=True)
@@ -33,6 +35,7 @@ def write_run(folder, fold, micro, *, script="text_classification", dataset="KEM
     if split:
         m["split"] = split
     (folder / "metrics.json").write_text(json.dumps(m))
+    mark_run(folder, script)
 
 
 @pytest.fixture
@@ -97,13 +100,21 @@ def test_the_same_cell_in_two_folders_is_told_apart_by_its_folder_and_sets_follo
     assert "| text_classification * (`c/KEMDy20`) | KEMDy20 | contiguous | 1/5 (missing 2, 3, 4, 5) |" in md
 
 
-def test_the_command_writes_its_files_and_refuses_a_broken_metrics_file(runs, capsys):
+def test_the_command_writes_its_files_and_skips_a_damaged_run_with_one_line(runs, capsys):
     main([str(runs), "--no-figures"])
     assert (runs / "report" / "results.md").read_text().startswith("# Results over folds")
     assert "2 fold sets (1 incomplete)" in capsys.readouterr().out
     (runs / "a" / "KEMDy20" / "fold3" / "metrics.json").write_text("{not json")
-    with pytest.raises(UserError, match=r"fold3/metrics.json: not a run's metrics.json \(JSONDecodeError"):
-        find_fold_sets(runs)
+    (runs / "a" / "hf").mkdir()  # another tool's metrics.json: not a run, left out without a word
+    (runs / "a" / "hf" / "metrics.json").write_text('{"eval_loss": 0.2}')
+    skipped = []
+    sets = find_fold_sets(runs, skipped)
+    assert [fs.folds for fs in sets if fs.dataset == "KEMDy20"] == [[1, 2, 4, 5]]
+    path = runs / "a" / "KEMDy20" / "fold3" / "metrics.json"
+    assert len(skipped) == 1 and skipped[0].startswith(f"{path}: damaged (JSONDecodeError: ")
+    assert skipped[0].endswith("); train that fold again with --overwrite")
+    main([str(runs), "--no-figures"])
+    assert capsys.readouterr().err == f"skipped {skipped[0]}\n"
     with pytest.raises(UserError, match="no such folder of run directories"):
         find_fold_sets(runs / "nothing")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import checkpoints
+from common import checkpoints, rundir
 from common.cli import parse_args
 from common.errors import UserError, writing
 from common.grid import Cell
 from common.model import EmotionModel
 from common.report import find_fold_sets, tables
-from common.rundir import RunLock
+from common.rundir import LOCK, MARKER, RunLock
 from common.train import train
 
 from helpers import tiny_command
@@ -93,6 +93,7 @@ def test_overwrite_replaces_only_what_the_run_wrote(corpus20, tiny_models, tmp_p
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
         "confusion.csv",
+        "kemdy_run.json",
         "metrics.json",
         "notes.md",
         "predictions.csv",
@@ -122,7 +123,9 @@ def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_other
 def test_resuming_a_fold_set_with_other_settings_is_refused_before_any_training(a_set, corpus20, tiny_models):
     (a_set / "fold5" / "metrics.json").unlink()  # an unfinished fold
     before = listing(a_set)
-    with pytest.raises(UserError, match=r"fold1/config.json: --resume with other settings .* \(--lr 0.001 -> 0.002\)"):
+    with pytest.raises(
+        UserError, match=r"fold1/kemdy_run.json: --resume with other settings .* \(--lr 0.001 -> 0.002\)"
+    ):
         train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", "--lr", "2e-3"))
     assert listing(a_set) == before
 
@@ -144,7 +147,7 @@ def test_resuming_on_a_changed_corpus_is_refused(corpus20, tiny_models, tmp_path
     assert len(json.loads((out / "config.json").read_text())["data"]["fingerprint"]) == 20
     txt = next((corpus / "wav").rglob("*.txt"))
     txt.write_text("완전히 다른 문장", encoding="utf-8")
-    with pytest.raises(UserError, match=r"config.json: the corpus under --dataset_dir .* is not the one this run"):
+    with pytest.raises(UserError, match=r"kemdy_run.json: the corpus under --dataset_dir .* is not the one this run"):
         train(TEXT, args(corpus, tiny_models, out, "--resume"))
 
 
@@ -166,10 +169,10 @@ def test_a_run_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(corpu
         train(TEXT, args(corpus20[0], tiny_models, out))
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (out / ".lock").is_file()  # a killed run cannot clean up
+    assert (out / LOCK).is_file()  # a killed run cannot clean up
     train(TEXT, args(corpus20[0], tiny_models, out))
     assert f"took over the lock of a run that is no longer running (process {holder.pid}" in capsys.readouterr().out
-    assert (out / "metrics.json").is_file() and not (out / ".lock").exists()
+    assert (out / "metrics.json").is_file() and not (out / LOCK).exists()
 
 
 def test_a_lock_is_released_by_a_refused_run_and_leaves_no_folder_behind(tmp_path):
@@ -201,7 +204,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_g
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]
     assert not (out / "metrics.json").exists() and not (out / "predictions.csv").exists()
-    assert not (out / ".lock").exists()
+    assert not (out / LOCK).exists()
 
 
 def test_a_huge_learning_rate_stops_with_one_line(corpus20, tiny_models, tmp_path):
@@ -230,7 +233,7 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(corpus20,
     with pytest.raises(UserError) as err:
         train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
     assert str(err.value) == (
-        f"disk full while writing the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
+        f"disk full: cannot write the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
         "checkpoint is kept: then continue with --resume"
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # no half-written epoch 2
@@ -248,7 +251,7 @@ def test_an_unwritable_folder_is_one_line():
 def test_a_cache_folder_under_a_file_is_one_line(corpus20, tiny_models, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(
-        UserError, match=r"^cannot write the tokens cache in .*afile/cache \(Not a directory\); or give"
+        UserError, match=r"^cannot write the recordings' digests in .*afile/cache \(Not a directory\); or give"
     ):
         train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(tmp_path / "afile" / "cache")))
 
@@ -275,7 +278,7 @@ def test_ctrl_c_says_after_which_epoch_and_resume_continues(corpus20, tiny_model
     assert victim.returncode == 130 and "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted after epoch ") and last.endswith(f"({out}); continue with --resume")
-    assert not (out / ".lock").exists()
+    assert not (out / LOCK).exists()
 
 
 @pytest.mark.parametrize(
@@ -337,12 +340,12 @@ def test_a_truncated_cache_file_is_detected_and_rebuilt(corpus20, tmp_path):
     utts = read_corpus("20", corpus20[0]).utterances
     cache, said = tmp_path / "cache", []
     prepare_inputs(utts, max_seconds=1.0, cache_dir=cache, log=said.append)
-    (folder,) = cache.iterdir()
+    (folder,) = cache.glob("audio-*")
     data = folder / "data.bin"
     data.write_bytes(data.read_bytes()[:1000])
     said.clear()
     inputs = prepare_inputs(utts, max_seconds=1.0, cache_dir=cache, log=said.append)
-    assert said[0].startswith(f"{folder}: damaged (data.bin holds 1000 bytes, its index describes ")
+    assert said[0].startswith(f"{folder}: damaged (data.bin: 1000 bytes, built with ")
     assert said[0].endswith("; building it again") and "built" in said[1]
     for i in (0, len(utts) - 1):
         np.testing.assert_array_equal(inputs.audio[i], Pcm16Audio([utts[i].wav], 1.0)[0])
@@ -371,8 +374,218 @@ def test_report_out_on_a_file_is_one_line(fold_set, tmp_path):
 
 
 def test_a_summary_file_the_project_did_not_write_is_kept_when_a_fold_is_retrained(a_set, corpus20, tiny_models):
+    (a_set / "kemdy_fold_set.json").unlink()  # folds side by side, as single-fold runs leave them
     (a_set / "summary.json").write_text('{"my": "own notes"}')
     (a_set / "summary.md").write_text("# my own summary\n")
     train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "2", "--overwrite"))
     assert (a_set / "summary.json").read_text() == '{"my": "own notes"}'
     assert (a_set / "summary.md").read_text() == "# my own summary\n"
+    before = listing(a_set)
+    with pytest.raises(UserError, match=r"text: holds summary.json, summary.md, not written by this project; --num"):
+        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+    assert listing(a_set) == before
+
+
+def _hugging_face_model(folder: Path, tiny_models: Path) -> None:
+    shutil.copytree(tiny_models / "text", folder)  # config.json, model.safetensors, the tokenizer's files
+
+
+def _lightning_output(folder: Path, tiny_models: Path) -> None:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "epoch=0-step=10.ckpt").write_bytes(b"lightning weights")
+    (folder / "hparams.yaml").write_text("lr: 0.001\n")
+    (folder / "metrics.json").write_text('{"val_loss": 0.3}')
+
+
+def _own_model_and_predictions(folder: Path, tiny_models: Path) -> None:
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "weights.bin").write_bytes(b"my model")
+    (folder / "predictions.csv").write_text("id,prob\n1,0.5\n")
+
+
+def _another_tools_lock(folder: Path, tiny_models: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / ".lock").write_text("held by another tool")
+    (folder / "job.log").write_text("step 1\n")
+
+
+FOREIGN = {
+    "hugging_face_model": _hugging_face_model,
+    "lightning_output": _lightning_output,
+    "own_model_and_predictions": _own_model_and_predictions,
+    "another_tools_lock": _another_tools_lock,
+}
+
+
+def everything(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder under `folder`, hidden ones included, with the files' bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"], []], ids=["overwrite", "resume", "plain"])
+@pytest.mark.parametrize("kind", list(FOREIGN))
+def test_a_folder_without_the_marker_is_refused_and_untouched_whatever_its_names_and_flags(
+    corpus20, tiny_models, tmp_path, kind, flags
+):
+    out = tmp_path / "theirs"
+    FOREIGN[kind](out, tiny_models)
+    before = everything(out)
+    with pytest.raises(UserError, match=rf"^--output_dir {out}: holds files that are not a run's \(.*; give a new or"):
+        train(TEXT, args(corpus20[0], tiny_models, out, *flags))
+    assert everything(out) == before
+
+
+def test_all_folds_into_a_folder_with_the_users_own_summary_are_refused_and_untouched(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.md").write_text("# what I found\n")
+    (out / "summary.json").write_text('{"folds": "mine"}')
+    before = everything(out)
+    with pytest.raises(
+        UserError, match=r"holds files that are not a run's \(summary.json, summary.md; no kemdy_run.json, so another"
+    ):
+        train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all", "--overwrite"))
+    assert everything(out) == before
+
+
+def test_a_lock_file_the_project_did_not_create_is_never_removed(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    train(TEXT, args(corpus20[0], tiny_models, out))
+    (out / ".lock").write_text("another tool's lock")
+    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite"))
+    assert (out / ".lock").read_text() == "another tool's lock" and not (out / LOCK).exists()
+
+
+def test_the_demo_replaces_its_own_runs_only(corpus20, tiny_models, tmp_path, monkeypatch):
+    import common.synthetic
+
+    monkeypatch.setattr(common.synthetic, "demo_models", lambda: tiny_models)
+    real = tmp_path / "real"
+    train(TEXT, args(corpus20[0], tiny_models, real))
+    before = everything(real)
+    demo = ["--demo", "--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--output_dir"]
+    with pytest.raises(UserError, match=r"real: holds a run that is not a demo's \(text_classification\); --demo"):
+        train(TEXT, parse_args(TEXT, [*demo, str(real)]))
+    assert everything(real) == before
+    train(TEXT, parse_args(TEXT, [*demo, str(tmp_path / "demo")]))
+    train(TEXT, parse_args(TEXT, [*demo, str(tmp_path / "demo")]))  # the next demo replaces it
+    assert json.loads((tmp_path / "demo" / MARKER).read_text())["demo"] is True
+
+
+def test_resume_with_another_script_is_refused_naming_both(a_set, corpus20, tiny_models):
+    regression = Cell("text", "regression")
+    (a_set / "fold5" / "metrics.json").unlink()  # one unfinished fold among finished ones
+    before = everything(a_set)
+    for target, fold in ((a_set / "fold1", "1"), (a_set / "fold5", "5"), (a_set, "all")):
+        argv = tiny_command("text_regression", corpus20[0], tiny_models, target, "--resume", "--num_fold", fold)
+        with pytest.raises(
+            UserError,
+            match=r"fold\d: holds a run of text_classification.py; --resume continues a run with the script that "
+            r"started it: run text_classification.py, or give text_regression.py another --output_dir$",
+        ):
+            train(regression, parse_args(regression, argv[2:]))
+    assert everything(a_set) == before
+
+
+def test_the_marker_comes_first_and_lists_every_entry_before_it_is_written(
+    corpus20, tiny_models, tmp_path, monkeypatch
+):
+    from common import atomic
+
+    out = tmp_path / "run"
+    first, written = [], []
+    write_marker, write_bytes, build = rundir.Owner.write, atomic.write_bytes, atomic.build_folder
+
+    def marker(self):
+        if self.kind == "run" and not self.marker.exists():
+            first.append(sorted(p.name for p in self.folder.iterdir()))
+        write_marker(self)
+
+    def listed(path):
+        path = Path(path)
+        if path.parent == out and path.name != MARKER:
+            written.append((path.name, path.name in json.loads((out / MARKER).read_text())["entries"]))
+
+    monkeypatch.setattr(rundir.Owner, "write", marker)
+    monkeypatch.setattr(atomic, "write_bytes", lambda path, data: (listed(path), write_bytes(path, data))[1])
+    monkeypatch.setattr(atomic, "build_folder", lambda path, b: (listed(path), build(path, b))[1])
+    train(TEXT, args(corpus20[0], tiny_models, out, "--keep_checkpoint", "--report_to", "tensorboard", epochs=2))
+    assert first == [[LOCK]]  # nothing but the lock is there when the marker is written
+    names = {"config.json", "checkpoints", "tensorboard", "predictions.csv", "confusion.csv", "model", "metrics.json"}
+    assert {name for name, _ in written} == names - {"checkpoints", "tensorboard"}
+    assert all(was_listed for _, was_listed in written)
+    marker = json.loads((out / MARKER).read_text())
+    assert set(marker["entries"]) == names == {p.name for p in out.iterdir()} - {MARKER}
+    assert (marker["kind"], marker["script"], marker["demo"], marker["settings"]["lr"]) == (
+        "run",
+        "text_classification",
+        False,
+        1e-3,
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert marker["corpus"] == {"listing": config["data"]["fingerprint"], "recordings": config["data"]["recordings"]}
+
+
+def test_a_damaged_or_edited_marker_is_refused_and_nothing_is_removed(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    train(TEXT, args(corpus20[0], tiny_models, out))
+    (tmp_path / "outside.txt").write_text("not the run's")
+    marker = json.loads((out / MARKER).read_text())
+    for text, problem in (
+        ("{not json", r"JSONDecodeError"),
+        (json.dumps(marker | {"entries": [*marker["entries"], "../outside.txt"]}), r"entry '../outside.txt' is not a"),
+    ):
+        (out / MARKER).write_text(text)
+        before = everything(tmp_path)
+        with pytest.raises(UserError, match=rf"kemdy_run.json: damaged \(.*{problem}.*\); nothing in .* is touched"):
+            train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite"))
+        assert everything(tmp_path) == before
+
+
+def legacy(run: Path) -> None:
+    """`run` as main wrote run directories before markers existed: no marker, no recordings fingerprint in
+    config.json, no checksums in its checkpoints."""
+    (run / MARKER).unlink()
+    config = json.loads((run / "config.json").read_text())
+    config["data"].pop("recordings", None)
+    (run / "config.json").write_text(json.dumps(config))
+    for sums in run.glob("checkpoints/*/checksums.json"):
+        sums.unlink()
+
+
+def test_a_run_written_before_markers_is_recognised_continued_and_replaced(corpus20, tiny_models, tmp_path):
+    from common.report import find_fold_sets
+
+    out = tmp_path / "runs" / "old"
+    (done,) = train(TEXT, args(corpus20[0], tiny_models, out, "--keep_checkpoint", epochs=2))
+    legacy(out)
+    for name in ("metrics.json", "predictions.csv", "confusion.csv"):  # killed after its last checkpoint
+        (out / name).unlink()
+    shutil.rmtree(out / "model")
+    (out / "notes.md").write_text("mine")
+    (out / ".lock").write_text("left by a killed run of an earlier version")
+    assert rundir.read_run(out).legacy
+    with pytest.raises(UserError, match=r"old: holds an unfinished run; add --resume"):
+        train(TEXT, args(corpus20[0], tiny_models, out, epochs=2))
+    (resumed,) = train(TEXT, args(corpus20[0], tiny_models, out, "--resume", epochs=2))
+    assert resumed == done  # from the checkpoint it left
+    assert set(json.loads((out / MARKER).read_text())["entries"]) >= {"config.json", "checkpoints", "metrics.json"}
+    legacy(out)
+    (fs,) = find_fold_sets(tmp_path / "runs")
+    assert fs.folds == [5] and fs.settings["lr"] == 1e-3
+    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model", epochs=1))
+    assert (out / "notes.md").read_text() == "mine" and (out / ".lock").is_file() and not (out / "model").exists()
+
+
+def test_resuming_after_a_recording_changed_in_place_is_refused(corpus20, tiny_models, tmp_path):
+    corpus = Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
+    out = tmp_path / "run"
+    train(TEXT, args(corpus, tiny_models, out, "--keep_checkpoint"))
+    (out / "metrics.json").unlink()
+    wav = sorted((corpus / "wav").rglob("*.wav"))[7]
+    stat, data = wav.stat(), bytearray(wav.read_bytes())
+    data[-2] ^= 0x40  # one sample: same name, same size
+    wav.write_bytes(bytes(data))
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the time it had
+    with pytest.raises(UserError, match=r"the corpus under --dataset_dir .* is not the one this run started on \(its"):
+        train(TEXT, args(corpus, tiny_models, out, "--resume"))

@@ -260,10 +260,14 @@ def test_a_frozen_runs_checkpoint_holds_only_what_trains_and_a_damaged_one_is_re
     weights = load_file(str(damaged / "checkpoints" / "epoch2" / "model.safetensors"))
     del weights["va_head.bias"]
     save_file(weights, str(damaged / "checkpoints" / "epoch2" / "model.safetensors"))
-    with pytest.raises(UserError, match=r"model\.safetensors: lacks va_head\.bias: a damaged checkpoint"):
+    ends = r"\); the run must start over: add --overwrite$"
+    with pytest.raises(UserError, match=r"no whole checkpoint is left \(epoch 2: .*epoch2: model\.safetensors: \d+ "):
+        run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)  # its checksum first
+    (damaged / "checkpoints" / "epoch2" / "checksums.json").unlink()  # as one from before checksums were kept
+    with pytest.raises(UserError, match=r"\(epoch 2: .*model\.safetensors: lacks va_head\.bias" + ends):
         run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)
     (damaged / "checkpoints" / "epoch2" / "model.safetensors").write_bytes(b"\x00" * 5)
-    with pytest.raises(UserError, match=r"model\.safetensors: unreadable \(.*\): a damaged checkpoint"):
+    with pytest.raises(UserError, match=r"\(epoch 2: .*model\.safetensors: unreadable \(.*\)" + ends):
         run(FROZEN, corpus20[0], models, damaged, *flags, "--resume", epochs=3)
 
 
