@@ -423,4 +423,4 @@ def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | 
 
         train(cell, args)
 
-    run_cli(run)
+    run_cli(run, whole_process=True)

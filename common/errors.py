@@ -24,10 +24,11 @@ class Interrupted(UserError):
     """Ctrl-C: the message says what was kept and how to continue."""
 
 
-def run_cli(fn: Callable[[], T]) -> T:
+def run_cli(fn: Callable[[], T], whole_process: bool = False) -> T:
     """Run an entry point; a UserError becomes `error: <message>` on stderr and exit code 2 (130 for
     Ctrl-C), no traceback. A second Ctrl-C while the first is being handled is ignored, so that what is
-    being written is finished or removed, never left half-written."""
+    being written is finished or removed, never left half-written. `whole_process`: the process ends with
+    `fn`, so Ctrl-C keeps this handling until it has exited (else the caller's is restored)."""
     previous = signal.getsignal(signal.SIGINT)
     handler = _Interrupts()
     if previous is signal.default_int_handler:  # not when the caller (a test, a launcher) handles Ctrl-C itself
@@ -45,7 +46,9 @@ def run_cli(fn: Callable[[], T]) -> T:
         raise SystemExit(2) from None
     finally:
         if previous is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous)
+            # A process about to end ignores Ctrl-C (the interpreter would restore the default, which kills
+            # it while exiting); otherwise the caller gets its handling back.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if whole_process else previous)
 
 
 class _Interrupts:

@@ -95,6 +95,11 @@ def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[F
         except (OSError, ValueError, KeyError, TypeError) as err:
             skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
             continue
+        predictions = path.parent / "predictions.csv"
+        problem = _damaged_predictions(predictions, m["test"].get("n")) if predictions.is_file() else None
+        if problem:
+            skipped.append(f"{predictions}: damaged ({problem}); train that fold again with --overwrite")
+            continue
         settings = owner.settings | {"corpus": owner.corpus.get("listing")}
         key += (json.dumps(settings, sort_keys=True, default=str),)
         fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings))
@@ -111,6 +116,26 @@ def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[F
         return fs.dataset, fs.split, rank, fs.script, str(fs.folder), fs.folds
 
     return sorted(sets.values(), key=order)
+
+
+def _damaged_predictions(path: Path, n: int | None) -> str | None:
+    """What is wrong with a run's predictions.csv, if anything (tables, figures and comparisons read every
+    row of it)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            header, *rows = list(csv.reader(f)) or [[]]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"{type(err).__name__}: {err}"
+    for k, row in enumerate(rows, 1):
+        if len(row) != len(header) or "" in row:
+            return f"row {k} of {len(rows)} is cut short"
+        try:
+            [float(cell) for cell in row[1:]]
+        except ValueError:
+            return f"row {k} holds a value that is not a number"
+    if not header or (n is not None and len(rows) != n):
+        return f"holds {len(rows)} rows, the run tested {n} utterances"
+    return None
 
 
 def _mark_mixed(sets: list[FoldSet]) -> None:

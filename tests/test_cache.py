@@ -308,3 +308,23 @@ def test_vector_rows_index_like_numpy_and_refuse_rows_they_do_not_hold(tmp_path)
         f.truncate(f.seek(0, os.SEEK_END) - 10)
     with pytest.raises(UserError, match=r"vectors.npy: ends before byte \d+: the cache changed while the run used it"):
         vectors[8]
+
+
+def test_a_cache_file_changed_in_place_is_caught_by_its_checksum_and_rebuilt(copy20, corpus19, tiny_models, tmp_path):
+    tok, _ = load_text_encoder(str(tiny_models / "text"))
+    utts = read_corpus("20", copy20).utterances
+    cache = tmp_path / "cache"
+    prepare_inputs(utts, tok, 32, cache_dir=cache)
+    (folder,) = cache.glob("tokens-*")
+    data = folder / "data.bin"
+    # another corpus's token ids in its place, the file's size unchanged
+    other = prepare_inputs(read_corpus("19", corpus19[0]).utterances, tok, 32)
+    ids = np.concatenate([other.tokens[i] for i in range(len(other.tokens))]).astype(np.int32)
+    size = data.stat().st_size // 4
+    data.write_bytes(np.resize(ids, size).tobytes())
+    assert data.stat().st_size == size * 4
+    log = Log()
+    inputs = prepare_inputs(utts, tok, 32, cache_dir=cache, log=log)
+    assert log[0] == f"{folder}: damaged (data.bin: content changed (checksum)); building it again"
+    fresh = prepare_inputs(utts, tok, 32)
+    assert all(np.array_equal(inputs.tokens[i], fresh.tokens[i]) for i in range(len(utts)))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import pytest
 import soundfile as sf
 
 from common import rundir
+from common.checkpoints import Checkpoints
 from common.cli import parse_args
-from common.errors import UserError
+from common.errors import Interrupted, UserError
 from common.folds import make_fold
 from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
@@ -281,3 +283,260 @@ def test_two_processes_checkpoint_frozen_encoders_out_and_resume_from_it(corpus2
     assert "resuming" in proc.stdout
     again = json.loads((out / "metrics.json").read_text())
     assert again["test"] == metrics["test"] and again["layer_weights"] == metrics["layer_weights"]
+
+
+TEXT = Cell("text", "classification")
+SPEECH = Cell("speech", "classification")
+
+
+def text_args(corpus, tiny_models, out, *flags, epochs=3, cell=TEXT):
+    return parse_args(
+        cell, tiny_command(cell.name, corpus, tiny_models, out, "--num_fold", "2", *flags, epochs=epochs)[2:]
+    )
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(corpus20, tiny_models, tmp_path_factory):
+    """(what an uninterrupted 3-epoch text run returns, the same run stopped after epoch 2 holding the
+    checkpoints of epochs 1 and 2: as when the chosen epoch is the earlier one)."""
+    base = tmp_path_factory.mktemp("checkpoints")
+    (done,) = train(TEXT, text_args(corpus20[0], tiny_models, base / "whole"))
+    save = Checkpoints.save
+
+    def keep_both_then_stop(self, epoch, state, outputs):
+        save(self, epoch, state, outputs)
+        if epoch == 1:
+            shutil.copytree(self.path(1), base / "epoch1")
+        if epoch == 2:
+            if not self.path(1).exists():
+                shutil.copytree(base / "epoch1", self.path(1))
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpoints, "save", keep_both_then_stop)
+        with pytest.raises(Interrupted, match="after epoch 2"):
+            train(TEXT, text_args(corpus20[0], tiny_models, base / "cut"))
+    return done, base / "cut"
+
+
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _changed_in_place(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "weights_cut_short": lambda cp: _cut_short(cp / "model.safetensors"),
+    "trainer_json_cut_short": lambda cp: _cut_short(cp / "trainer.json"),
+    "optimizer_state_emptied": lambda cp: (cp / "optimizer.bin").write_bytes(b""),
+    "a_weight_changed_in_place": lambda cp: _changed_in_place(cp / "model.safetensors"),
+    "optimizer_emptied_before_checksums": lambda cp: (
+        (cp / "checksums.json").unlink(),
+        (cp / "optimizer.bin").write_bytes(b""),
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_falls_back_from_a_damaged_checkpoint_to_the_one_before_it(
+    two_checkpoints, corpus20, tiny_models, tmp_path, capsys, damage
+):
+    done, cut = two_checkpoints
+    run = Path(shutil.copytree(cut, tmp_path / "run"))
+    DAMAGE[damage](run / "checkpoints" / "epoch2")
+    (result,) = train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+    said = capsys.readouterr().out
+    assert f"the checkpoint of epoch 2 is damaged ({run / 'checkpoints' / 'epoch2'}: " in said
+    assert f"resuming {run} after epoch 1" in said
+    assert result == done  # trained again from epoch 1: the uninterrupted run's numbers
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_must_start_over_in_one_line(
+    two_checkpoints, corpus20, tiny_models, tmp_path
+):
+    run = Path(shutil.copytree(two_checkpoints[1], tmp_path / "run"))
+    (run / "checkpoints" / "epoch2" / "trainer.json").write_text("{")
+    (run / "checkpoints" / "epoch1" / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+    message = str(err.value)
+    assert message.startswith(f"{run / 'checkpoints'}: no whole checkpoint is left (epoch 2: ")
+    assert "; epoch 1: " in message and message.endswith("); the run must start over: add --overwrite")
+    assert "\n" not in message
+
+
+def test_a_finished_runs_damaged_files_are_one_line_for_resume_report_and_predict(
+    two_checkpoints, corpus20, tiny_models, tmp_path
+):
+    from common.predict import Predictor
+    from common.report import find_fold_sets
+
+    done, cut = two_checkpoints
+    run = Path(shutil.copytree(cut.parent / "whole", tmp_path / "runs" / "whole"))
+    metrics = run / "metrics.json"
+    _cut_short(metrics)
+    with pytest.raises(
+        UserError, match=rf"^{metrics}: damaged \(JSONDecodeError: .*\); the run's results are lost: tr"
+    ):
+        train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+    skipped = []
+    assert find_fold_sets(tmp_path / "runs", skipped) == [] and skipped[0].startswith(f"{metrics}: damaged (")
+    metrics.write_text(json.dumps(done))
+    _cut_short(run / "predictions.csv")
+    skipped = []
+    assert find_fold_sets(tmp_path / "runs", skipped) == []
+    assert len(skipped) == 1 and re.fullmatch(
+        rf"{run / 'predictions.csv'}: damaged \((row \d+ of \d+ is cut short|holds \d+ rows, the run tested 24 "
+        r"utterances)\); train that fold again with --overwrite",
+        skipped[0],
+    )
+    (run / "model" / "model.json").write_text("{")
+    with pytest.raises(UserError, match=rf"^--run_dir {run}: damaged run directory \(JSONDecodeError"):
+        Predictor(run)
+
+
+def test_a_disk_filling_while_torch_writes_a_checkpoint_is_one_line_and_resume_finishes(
+    corpus20, tiny_models, tmp_path, monkeypatch
+):
+    import torch
+
+    from common import errors
+
+    out = tmp_path / "run"
+    real = torch.save
+
+    def onto_a_full_disk(obj, f, *rest, **options):  # /dev/full fails every write with ENOSPC
+        target = "/dev/full" if ".epoch2.tmp" in str(f) and str(f).endswith("optimizer.bin") else f
+        return real(obj, target, *rest, **options)
+
+    monkeypatch.setattr(torch, "save", onto_a_full_disk)
+    monkeypatch.setattr(errors.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
+    with pytest.raises(UserError) as err:
+        train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
+    assert str(err.value) == (
+        f"disk full: cannot write the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
+        "checkpoint is kept: then continue with --resume"
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # nothing half-written
+    monkeypatch.undo()
+    (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+    assert result["chosen_epoch"] == 2
+
+
+def test_a_real_full_disk_during_training_is_one_line_and_resume_finishes(corpus20, tiny_models, tmp_path, monkeypatch):
+    """On a 16 MB file system filled up after epoch 1 (where this machine lets a test mount one)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip("this machine does not let a test mount a small file system")
+    try:
+        out, filler = small / "run", small / "filler"
+        save = Checkpoints.save
+
+        def then_fill_the_disk(self, epoch, state, outputs):
+            save(self, epoch, state, outputs)
+            if epoch == 1:
+                filler.write_bytes(b"\0" * (shutil.disk_usage(small).free - 8192))
+
+        monkeypatch.setattr(Checkpoints, "save", then_fill_the_disk)
+        with pytest.raises(UserError, match=rf"^disk full: cannot write .* in {out}.*; free some space"):
+            train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
+        monkeypatch.undo()
+        assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+        filler.unlink()
+        (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+        assert result["chosen_epoch"] == 2
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_cache_folder_removed_while_a_run_reads_it_changes_nothing(corpus20, tiny_models, tmp_path, monkeypatch):
+    from common import train as training
+
+    flags = ["--num_workers", "2"]  # forked workers read through the same open files
+    (expected,) = train(SPEECH, text_args(corpus20[0], tiny_models, tmp_path / "a", *flags, epochs=2, cell=SPEECH))
+    cache, prepare = tmp_path / "cache", training._prepare
+
+    def then_removed(*arguments):
+        inputs = prepare(*arguments)
+        shutil.rmtree(cache)
+        return inputs
+
+    monkeypatch.setattr(training, "_prepare", then_removed)
+    run = text_args(corpus20[0], tiny_models, tmp_path / "b", *flags, "--cache_dir", str(cache), epochs=2, cell=SPEECH)
+    (result,) = train(SPEECH, run)
+    assert not cache.exists() and result == expected
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line(corpus20, tiny_models, tmp_path, monkeypatch, capsys):
+    from common import train as training
+    from common.errors import run_cli
+
+    corpus = Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
+    wav = sorted((corpus / "wav").rglob("*.wav"))[50]
+    read = training.read_corpus
+
+    def then_emptied(*arguments, **options):  # the file changes after the corpus was listed
+        listed = read(*arguments, **options)
+        wav.write_bytes(b"")
+        return listed
+
+    monkeypatch.setattr(training, "read_corpus", then_emptied)
+    run = text_args(corpus, tiny_models, tmp_path / "run", "--no-cache", "--num_workers", "2", epochs=1, cell=SPEECH)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: train(SPEECH, run))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {wav}: cannot decode the audio (") and err.count("\n") == 1
+
+
+def test_ctrl_c_twice_leaves_nothing_half_written_and_says_one_line(corpus20, tiny_models, tmp_path):
+    from common.atomic import TEMPORARY
+
+    for gap in (0.0, 0.03):
+        out = tmp_path / f"run{gap}"
+        cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=500)
+        victim = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 120
+        while not any((out / "checkpoints").glob("epoch*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        victim.send_signal(signal.SIGINT)
+        _, stderr = victim.communicate(timeout=120)
+        assert victim.returncode == 130 and "Traceback" not in stderr, (gap, stderr[-3000:])
+        assert stderr.strip().splitlines()[-1].startswith("interrupted after epoch ")
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or TEMPORARY.match(p.name)]
+        assert not (out / LOCK).exists()
+
+
+def test_ctrl_c_after_the_results_are_complete_lets_the_command_finish(
+    corpus20, tiny_models, tmp_path, monkeypatch, capsys
+):
+    from accelerate import Accelerator
+
+    from common.errors import run_cli
+
+    end = Accelerator.end_training
+
+    def interrupted_there(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        end(self)
+
+    monkeypatch.setattr(Accelerator, "end_training", interrupted_there)
+    (result,) = run_cli(lambda: train(TEXT, text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
+    assert capsys.readouterr().err == "the results are complete; finishing\n"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result
