@@ -18,6 +18,10 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - cli_help: a script's --help, and a script stopped by a bad argument, over a bare `python -c pass`
   (the command line imports no torch, transformers or accelerate before training starts);
 - report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
+- fingerprint_warm, fingerprint_cold, cache_checksums: what a run's start-up spends knowing the recordings'
+  content (their SHA-256, remembered by file stamp; the first time, every file read) and checking every
+  cache file's CRC-32 as it is opened, each over listing the corpus (reading 13,462 wav headers), the start-up's
+  own first step;
 - layers_cell, layers_rss_gib: a --freeze both --layers weighted cell's five folds (its process from start
   to exit) on the layer cache another cell extracted, over that extraction's time (beside it, the
   extracting cell's five folds again on the warm cache); and how far that cell's peak RSS rises above what
@@ -59,6 +63,13 @@ GOALS = {
     "data_rss_gib": ("peak RSS of the data side, 13k-utterance corpus (GiB)", "<", 1.0),
     "cli_help": ("a script's --help (or a bad argument) / `python -c pass`: no torch before training", "<=", 10.0),
     "report_grid_s": ("report of a 60-run KEMDy20-size grid, 1,000 paired bootstrap resamples (seconds)", "<", 60.0),
+    "fingerprint_warm": ("recordings' content fingerprint, digests remembered / listing the corpus", "<=", 0.1),
+    "fingerprint_cold": (
+        "recordings' content fingerprint, every file read (first run) / listing the corpus",
+        "<=",
+        1.0,
+    ),
+    "cache_checksums": ("checking the caches' checksums when opened (tokens, audio) / listing the corpus", "<=", 0.25),
     "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
     "layers_rss_gib": ("that cell's peak RSS above its libraries and encoders: the data side (GiB)", "<", 1.0),
 }
@@ -88,6 +99,7 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
     """A finished run's metrics.json and predictions.csv, from given outputs (for timing the report)."""
     from common.grid import EMOTIONS
     from common.metrics import classification_metrics, regression_metrics
+    from common.rundir import Owner
 
     folder.mkdir(parents=True)
     test, columns = {}, ["segment_id", *[f"true_{e}" for e in EMOTIONS]]
@@ -107,6 +119,7 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
     lines = [",".join(columns)]
     lines += [f"u{fold}_{i}," + ",".join(f"{x:.6g}" for x in row[keep]) for i, row in enumerate(table)]
     (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
+    Owner(folder, "run", script, {}, {"listing": "synthetic"}, False, ["metrics.json", "predictions.csv"]).write()
 
 
 def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
@@ -519,6 +532,33 @@ class Bench:
             report([str(root), "--no-figures", "--bootstrap", "1000"])
         self.record("report_grid_s", time.perf_counter() - start, fold_sets=len(SCRIPTS), utterances=13462)
 
+    def integrity(self) -> None:
+        """The recordings' digests, cold and remembered, and the caches' checksums, against the corpus listing."""
+        from transformers import AutoTokenizer
+
+        from common.cache import file_digests, verify
+        from common.data import prepare_inputs
+        from common.kemdy import read_corpus
+
+        wavs = [u.wav for u in self.utts]
+        index, cache = self.work / "integrity_index", self.work / "integrity_cache"
+        shutil.rmtree(index, ignore_errors=True)
+        file_digests(wavs, index)  # remembered
+        listing, warm, cold = _best_of(
+            3, lambda: read_corpus("20", self.corpus), lambda: file_digests(wavs, index), lambda: file_digests(wavs)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(self.models / "text")
+        shutil.rmtree(cache, ignore_errors=True)
+        prepare_inputs(self.utts, tokenizer, 256, 5.0, cache, lambda message: None)
+        folders = [p for p in cache.iterdir() if p.is_dir()]
+        (checks,) = _best_of(3, lambda: [verify(folder) for folder in folders])
+        cache_bytes = sum(f.stat().st_size for folder in folders for f in folder.iterdir())
+        recordings = sum(w.stat().st_size for w in set(wavs))
+        self.record("fingerprint_warm", warm / listing, digests_s=warm, listing_s=listing)
+        self.record("fingerprint_cold", cold / listing, digests_s=cold, recordings_gb=recordings / 1e9)
+        self.record("cache_checksums", checks / listing, checks_s=checks, cache_gb=cache_bytes / 1e9)
+        shutil.rmtree(cache, ignore_errors=True)
+
     def table(self) -> str:
         lines = ["| ratio | measured | goal | met |", "|---|---|---|---|"]
         for key, (description, op, goal) in GOALS.items():
@@ -550,6 +590,7 @@ def main(argv: list[str] | None = None) -> None:
         bench.text_padding()
         bench.cli()
         bench.report_grid()
+        bench.integrity()
     bench.layers()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")

@@ -38,36 +38,38 @@ def _stamp(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def file_digests(paths: Sequence[Path], cache_dir=None) -> dict[Path, str]:
-    """The SHA-256 of each file's content. With `cache_dir`, remembered by file stamp in
-    `<cache_dir>/digests-<key of the files' folder>.json`, so that a file is read again only once it changed."""
-    paths = list(dict.fromkeys(Path(p).resolve() for p in paths))
-    if not paths:
+def file_digests(paths: Sequence[str | Path], cache_dir=None) -> dict[str, str]:
+    """The SHA-256 of each file's content, keyed by str(path). With `cache_dir`, remembered by file stamp in
+    `<cache_dir>/digests-<key of the files' folder>.json`: a file is read again only once it changed."""
+    given = list(dict.fromkeys(map(str, paths)))  # a corpus's paths share one form: compared as strings
+    if not given:
         return {}
-    root = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
-    index_path = Path(cache_dir, f"digests-{fingerprint(str(root))}.json") if cache_dir else None
+    files = given if len({os.path.isabs(p) for p in given}) == 1 else [os.path.abspath(p) for p in given]
+    root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
+    start = len(root) + 1 if root else 0
+    index_path = Path(cache_dir, f"digests-{fingerprint(os.path.abspath(root))}.json") if cache_dir else None
     index: dict[str, list] = {}
     if index_path is not None and index_path.is_file():
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             index = {}  # damaged: every file is read again
-    out, changed = {}, False
-    for path in paths:
-        name = path.relative_to(root).as_posix()
-        with open(path, "rb") as f:
+    digests, changed = {}, False
+    for key, path in zip(given, files, strict=True):
+        name = path[start:]
+        known = index.get(name)
+        if known and known[:-1] == _stamp(os.stat(path)):
+            digests[key] = known[-1]
+            continue
+        with open(path, "rb") as f:  # the stamp of the content read
             stamp = _stamp(os.fstat(f.fileno()))
-            known = index.get(name)
-            if known and known[:-1] == stamp:
-                out[path] = known[-1]
-                continue
-            out[path] = hashlib.file_digest(f, "sha256").hexdigest()
-        index[name], changed = [*stamp, out[path]], True
+            digests[key] = hashlib.file_digest(f, "sha256").hexdigest()
+        index[name], changed = [*stamp, digests[key]], True
     if changed and index_path is not None:
         with writing("the recordings' digests", cache_dir, "; or give another --cache_dir, or --no-cache"):
             index_path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(index_path, index)
-    return out
+    return digests
 
 
 class DamagedCache(ValueError):
@@ -75,26 +77,39 @@ class DamagedCache(ValueError):
 
 
 CHECKSUMS = "checksums.json"
+BLOCK = 1 << 24  # bytes per checksum: blocks are checked in parallel (zlib releases the GIL)
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(1 << 23):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+def _block_crcs(path: Path) -> list[int]:
+    """The CRC-32 of each 16 MiB block of a file, computed on every core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+
+        def crc(offset: int) -> int:
+            data = os.pread(fd, BLOCK, offset)
+            if len(data) != min(BLOCK, size - offset):
+                raise DamagedCache(f"{path.name}: shorter than when it was opened")
+            return zlib.crc32(data)
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(crc, range(0, size, BLOCK)))
+    finally:
+        os.close(fd)
 
 
 def seal(folder: Path) -> None:
-    """Record the size and CRC-32 of every file of a cache folder (checksums.json)."""
+    """Record every file's size and block checksums (CRC-32 of each 16 MiB) in the folder's checksums.json."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
-    sums = {p.name: {"bytes": p.stat().st_size, "crc32": _crc32(p)} for p in files}
+    sums = {p.name: {"bytes": p.stat().st_size, "crc32": _block_crcs(p)} for p in files}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
 
 
 def verify(folder: Path, adopt: bool = True) -> None:
-    """Raise DamagedCache unless every file of the folder has the size and CRC-32 it had when sealed. A folder
-    sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now)."""
+    """Raise DamagedCache unless every file of the folder has the size and checksums it had when sealed. A
+    folder sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now)."""
     try:
         sums = json.loads((folder / CHECKSUMS).read_text())
     except FileNotFoundError:
@@ -107,12 +122,14 @@ def verify(folder: Path, adopt: bool = True) -> None:
         raise DamagedCache(f"{CHECKSUMS}: {type(err).__name__}: {err}") from None
     for name, expected in sums.items():
         try:
-            size, crc = (folder / name).stat().st_size, _crc32(folder / name)
+            size = (folder / name).stat().st_size
+            crcs = _block_crcs(folder / name) if size == expected["bytes"] else None
         except OSError as err:
             raise DamagedCache(f"{name}: {err.strerror or err}") from None
-        if size != expected["bytes"] or crc != expected["crc32"]:
-            what = f"{size} bytes, built with {expected['bytes']}" if size != expected["bytes"] else "content changed"
-            raise DamagedCache(f"{name}: {what} (checksum)")
+        if size != expected["bytes"]:
+            raise DamagedCache(f"{name}: {size} bytes, built with {expected['bytes']} (checksum)")
+        if crcs != expected["crc32"]:
+            raise DamagedCache(f"{name}: content changed (checksum)")
 
 
 def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None], log=print) -> tuple[Path, bool]:

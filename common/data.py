@@ -254,14 +254,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(type(tokenizer).__name__, state, tokenizer.special_tokens_map, tokenizer.padding_side)
 
 
-def corpus_fingerprint(corpus, cache_dir=None) -> tuple[dict[str, str], dict[Path, str]]:
+def corpus_fingerprint(corpus, cache_dir=None) -> tuple[dict[str, str], dict[str, str]]:
     """({"listing", "recordings"}, digests): what identifies a corpus for runs that continue or are compared
     (its listing: utterances in order, files, labels, scores and transcripts; its recordings' content), and
     each recording's content digest (remembered under cache_dir by file stamp: a file is read once)."""
     digests = file_digests([u.wav for u in corpus.utterances], cache_dir)
-    recordings = fingerprint(
-        [(u.wav.relative_to(corpus.root).as_posix(), digests[u.wav.resolve()]) for u in corpus.utterances]
-    )
+    recordings = fingerprint([digests[str(u.wav)] for u in corpus.utterances])  # files named by the listing
     return {"listing": corpus.fingerprint(), "recordings": recordings}, digests
 
 
@@ -272,7 +270,7 @@ def prepare_inputs(
     max_seconds: float | None = None,
     cache_dir: str | Path | None = None,
     log=print,
-    digests: dict[Path, str] | None = None,
+    digests: dict[str, str] | None = None,
 ) -> Inputs:
     """Token ids (with a tokenizer) and audio (with max_seconds) of every utterance: read from the cache
     under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access.
@@ -289,7 +287,7 @@ def prepare_inputs(
         inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log)
     if inputs.audio is not None:
         digests = digests or file_digests([u.wav for u in utterances], cache_dir)
-        key = fingerprint(SAMPLE_RATE, max_seconds, [digests[u.wav.resolve()] for u in utterances])
+        key = fingerprint(SAMPLE_RATE, max_seconds, [digests[str(u.wav)] for u in utterances])
         wavs = [str(u.wav) for u in utterances]  # KEMDy19 lists every recording twice: decode it once
         inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log)
     return inputs

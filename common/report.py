@@ -592,6 +592,26 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
     return [*head, *lines, ""], f.getvalue()
 
 
+REPORT_MARKER = "kemdy_report.json"
+REPORT_FILES = ("results.md", "results.csv", "comparisons.csv", "figures")
+
+
+def _claim_report_folder(out: Path) -> None:
+    """The report's folder must be the report's: new or empty, marked by an earlier report, or holding only
+    what a report writes (as before reports were marked); anything else is refused before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the report")
+    names = sorted(p.name for p in out.iterdir() if not atomic.TEMPORARY.match(p.name)) if out.is_dir() else []
+    results = out / "results.md"
+    earlier = set(names) <= set(REPORT_FILES) and results.is_file() and results.read_text().startswith("# Results")
+    if names and REPORT_MARKER not in names and not earlier:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise UserError(f"--out {out}: holds files that are not a report's ({shown}); give a new or empty folder")
+    with writing("the report", out):
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(out / REPORT_MARKER, {"format": 1, "kind": "report", "entries": list(REPORT_FILES)})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m common.report",
@@ -612,17 +632,15 @@ def main(argv: list[str] | None = None) -> None:
     if not sets:
         raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
     out = Path(args.out or Path(args.runs_dir, "report"))
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for the report")
-    with writing("the report", out):
-        out.mkdir(parents=True, exist_ok=True)
+    _claim_report_folder(out)
     md, table = tables(sets)
     compared, compared_csv = comparisons(sets, args.bootstrap, args.seed)
     md = "\n".join([md, *compared])
-    atomic.write_text(out / "results.md", md + "\n")
-    atomic.write_text(out / "results.csv", table)
-    atomic.write_text(out / "comparisons.csv", compared_csv)
-    written = [p for fs in sets for p in figures(fs, out / "figures")] if args.figures else []
+    with writing("the report", out):
+        atomic.write_text(out / "results.md", md + "\n")
+        atomic.write_text(out / "results.csv", table)
+        atomic.write_text(out / "comparisons.csv", compared_csv)
+        written = [p for fs in sets for p in figures(fs, out / "figures")] if args.figures else []
     print(md)
     incomplete = [fs for fs in sets if not fs.complete]
     print(

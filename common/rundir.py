@@ -417,7 +417,7 @@ def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Calla
     for k in plan.todo:
         if plan.modes[k] == "fresh" and owners[k] is not None:
             _remove(owners[k], log)
-    if plan.set_folder is not None and plan.todo:
+    if plan.set_folder is not None and (plan.todo or len(plan.dirs) > 1):
         _update_set(plan, cell, args, corpus, log)
     for k in plan.todo:
         owner = owners[k]
@@ -435,7 +435,8 @@ def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
     """A fold set whose folds change loses its summary; with --num_fold all its marker lists its folds."""
     folder = plan.set_folder
     owner = read_set(folder)
-    gone = [n for n in SUMMARY_FILES if owner is not None and n in owner.entries and (folder / n).is_file()]
+    listed = owner.entries if owner is not None and plan.todo else []
+    gone = [n for n in SUMMARY_FILES if n in listed and (folder / n).is_file()]
     for name in gone:
         (folder / name).unlink()
     if gone:

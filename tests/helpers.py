@@ -38,3 +38,32 @@ def mark_run(folder, script, settings=None):
     from common.rundir import Owner
 
     Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, ["metrics.json"]).write()
+
+
+def ctrl_c_at_first_checkpoint(cmd, out, cwd, env, again_after=()) -> tuple[int, str]:
+    """Run `cmd`, press Ctrl-C once `out` holds its first checkpoint, and again after each of `again_after`
+    seconds; (exit code, stderr)."""
+    import signal
+    import subprocess
+    import time
+
+    # A shell's background job ignores Ctrl-C, and its children inherit that: give the run its own.
+    victim = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    # an epoch takes a fraction of a second: epoch1/ is replaced by epoch2/ before a poll may see it
+    while not any((Path(out) / "checkpoints").glob("epoch*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGINT)
+    for gap in again_after:
+        time.sleep(gap)
+        victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=120)
+    return victim.returncode, stderr

@@ -24,7 +24,7 @@ from common.kemdy import read_corpus
 from common.rundir import LOCK
 from common.train import train
 
-from helpers import tiny_command
+from helpers import ctrl_c_at_first_checkpoint, tiny_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Cell("multimodal", "total", "concat")
@@ -501,23 +501,8 @@ def test_ctrl_c_twice_leaves_nothing_half_written_and_says_one_line(corpus20, ti
     for gap in (0.0, 0.03):
         out = tmp_path / f"run{gap}"
         cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=500)
-        victim = subprocess.Popen(
-            cmd,
-            cwd=tmp_path,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        deadline = time.monotonic() + 120
-        while not any((out / "checkpoints").glob("epoch*")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        victim.send_signal(signal.SIGINT)
-        time.sleep(gap)
-        victim.send_signal(signal.SIGINT)
-        _, stderr = victim.communicate(timeout=120)
-        assert victim.returncode == 130 and "Traceback" not in stderr, (gap, stderr[-3000:])
+        code, stderr = ctrl_c_at_first_checkpoint(cmd, out, tmp_path, ENV, again_after=[gap])
+        assert code == 130 and "Traceback" not in stderr, (gap, stderr[-3000:])
         assert stderr.strip().splitlines()[-1].startswith("interrupted after epoch ")
         assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or TEMPORARY.match(p.name)]
         assert not (out / LOCK).exists()

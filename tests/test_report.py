@@ -139,6 +139,7 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
         write_run(folder, fold, 0.5)
         m = json.loads((folder / "metrics.json").read_text())
         m["test"]["hamming_accuracy"] = 0.8
+        m["test"]["n"] = len(table)  # the rows of its predictions.csv
         (folder / "metrics.json").write_text(json.dumps(m))
         (folder / "config.json").write_text(json.dumps({"args": {"threshold": 0.3}}))  # the runs' own, not 0.5
         lines = [",".join(header)] + [",".join([sid, *map(str, t), *map(str, p)]) for sid, t, p in table]
@@ -149,3 +150,19 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
     mean, std = sum(none) / 2, abs(none[0] - none[1]) / math.sqrt(2)
     expected = f"| 0.8000 ± 0.0000 | {mean:.4f} ± {std:.4f} | 3 / 5 | 1 / 5 | 2 / 5 |"
     assert "## Emotion decisions" in md and expected in md, md
+
+
+def test_the_report_writes_only_into_a_folder_of_its_own(runs, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my own results\n")
+    with pytest.raises(UserError, match=rf"^--out {mine}: holds files that are not a report's \(results.md\); give"):
+        main([str(runs), "--out", str(mine), "--no-figures"])
+    assert [p.name for p in mine.iterdir()] == ["results.md"] and (
+        mine / "results.md"
+    ).read_text() == "my own results\n"
+    main([str(runs), "--no-figures"])
+    main([str(runs), "--no-figures"])  # its own folder, written again
+    (runs / "report" / "kemdy_report.json").unlink()  # as reports were written before they were marked
+    main([str(runs), "--no-figures"])
+    assert json.loads((runs / "report" / "kemdy_report.json").read_text())["kind"] == "report"

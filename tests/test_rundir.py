@@ -9,7 +9,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from common.report import find_fold_sets, tables
 from common.rundir import LOCK, MARKER, RunLock
 from common.train import train
 
-from helpers import tiny_command
+from helpers import ctrl_c_at_first_checkpoint, tiny_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Cell("text", "classification")
@@ -259,23 +258,8 @@ def test_a_cache_folder_under_a_file_is_one_line(corpus20, tiny_models, tmp_path
 def test_ctrl_c_says_after_which_epoch_and_resume_continues(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=500)
-    # A shell's background job ignores Ctrl-C, and its children inherit that: give the run its own.
-    victim = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    deadline = time.monotonic() + 120
-    # an epoch takes a fraction of a second: epoch1/ is replaced by epoch2/ before a poll may see it
-    while not any((out / "checkpoints").glob("epoch*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGINT)
-    _, stderr = victim.communicate(timeout=120)
-    assert victim.returncode == 130 and "Traceback" not in stderr
+    code, stderr = ctrl_c_at_first_checkpoint(cmd, out, tmp_path, ENV)
+    assert code == 130 and "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted after epoch ") and last.endswith(f"({out}); continue with --resume")
     assert not (out / LOCK).exists()
@@ -589,3 +573,17 @@ def test_resuming_after_a_recording_changed_in_place_is_refused(corpus20, tiny_m
     os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the time it had
     with pytest.raises(UserError, match=r"the corpus under --dataset_dir .* is not the one this run started on \(its"):
         train(TEXT, args(corpus, tiny_models, out, "--resume"))
+
+
+def test_a_fold_set_written_before_markers_is_reported_again_with_resume(a_set, corpus20, tiny_models):
+    for k in range(1, 6):
+        legacy(a_set / f"fold{k}")
+    (a_set / "kemdy_fold_set.json").unlink()
+    summary = json.loads((a_set / "summary.json").read_text())
+    assert rundir.read_set(a_set).legacy
+    results = train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
+    assert json.loads((a_set / "summary.json").read_text()) == summary  # the same five folds
+    marker = json.loads((a_set / "kemdy_fold_set.json").read_text())
+    assert set(marker["entries"]) == {"fold1", "fold2", "fold3", "fold4", "fold5", "summary.json", "summary.md"}
+    assert not (a_set / "fold1" / MARKER).exists()  # a finished run is only read, never rewritten
