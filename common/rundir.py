@@ -109,6 +109,7 @@ class Owner:
     demo: bool
     entries: list[str]  # every file and folder the project has written into `folder`, the marker aside
     frozen: dict = field(default_factory=dict)  # frozen encoders: modality -> source and weights' fingerprint
+    cell: dict = field(default_factory=dict)  # modality, task, fusion
     legacy: bool = False  # recognised without a marker
 
     @property
@@ -142,6 +143,7 @@ def _read_marker(path: Path, kind: str) -> Owner:
             demo=bool(data["demo"]),
             entries=[str(name) for name in data["entries"]],
             frozen=dict(data.get("frozen") or {}),
+            cell=dict(data.get("cell") or {}),
         )
         if data.get("kind") != kind:
             raise ValueError(f"kind {data.get('kind')!r}, expected {kind!r}")
@@ -173,7 +175,8 @@ def _legacy_run(folder: Path) -> Owner | None:
         return None
     entries = [name for name in LEGACY_RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
     corpus = {"listing": listing}
-    return Owner(folder, "run", script, settings(args), corpus, bool(args.get("demo")), entries, frozen, legacy=True)
+    demo = bool(args.get("demo"))
+    return Owner(folder, "run", script, settings(args), corpus, demo, entries, frozen, config["cell"], legacy=True)
 
 
 def read_run(folder: Path) -> Owner | None:
@@ -424,7 +427,7 @@ def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Calla
         with writing(MARKER, plan.dirs[k]):
             if plan.modes[k] == "fresh":
                 owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args)), corpus, bool(args.demo), [])
-                owner.frozen = references
+                owner.frozen, owner.cell = references, asdict(cell)
                 plan.dirs[k].mkdir(parents=True, exist_ok=True)
                 owner.write()
             elif owner.legacy:  # a run from before markers, continued: marked now, with what it wrote then
@@ -445,7 +448,9 @@ def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
         return  # a single fold beside others: nothing to mark
     entries = [n for n in (owner.entries if owner else []) if n not in gone]
     entries += [d.name for d in plan.dirs.values() if d.name not in entries]
-    marked = Owner(folder, "fold_set", cell.name, settings(vars(args)), corpus, bool(args.demo), entries)
+    marked = Owner(
+        folder, "fold_set", cell.name, settings(vars(args)), corpus, bool(args.demo), entries, cell=asdict(cell)
+    )
     if owner is not None and len(plan.dirs) == 1:
         marked = replace(owner, entries=entries, legacy=False)
     with writing(SET_MARKER, folder):

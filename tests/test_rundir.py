@@ -506,6 +506,7 @@ def test_the_marker_comes_first_and_lists_every_entry_before_it_is_written(
         False,
         1e-3,
     )
+    assert marker["cell"] == {"modality": "text", "task": "classification", "fusion": None}
     config = json.loads((out / "config.json").read_text())
     assert marker["corpus"] == {"listing": config["data"]["fingerprint"], "recordings": config["data"]["recordings"]}
 
