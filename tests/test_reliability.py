@@ -428,7 +428,10 @@ def test_a_disk_filling_while_torch_writes_a_checkpoint_is_one_line_and_resume_f
 
 
 def test_a_real_full_disk_during_training_is_one_line_and_resume_finishes(corpus20, tiny_models, tmp_path, monkeypatch):
-    """On a 16 MB file system filled up after epoch 1 (where this machine lets a test mount one)."""
+    """On a 16 MB file system filled up after epoch 1, then again as the model is saved (where this machine lets
+    a test mount one)."""
+    from common.model import EmotionModel
+
     small = tmp_path / "small"
     small.mkdir()
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], capture_output=True)
@@ -436,21 +439,34 @@ def test_a_real_full_disk_during_training_is_one_line_and_resume_finishes(corpus
         pytest.skip("this machine does not let a test mount a small file system")
     try:
         out, filler = small / "run", small / "filler"
-        save = Checkpoints.save
+        flags = ["--valid_ratio", "0"]
 
-        def then_fill_the_disk(self, epoch, state, outputs):
-            save(self, epoch, state, outputs)
-            if epoch == 1:
-                filler.write_bytes(b"\0" * (shutil.disk_usage(small).free - 8192))
+        def fill_the_disk():
+            filler.write_bytes(b"\0" * (shutil.disk_usage(small).free - 8192))
 
-        monkeypatch.setattr(Checkpoints, "save", then_fill_the_disk)
+        save_checkpoint, save_model = Checkpoints.save, EmotionModel.save
+        monkeypatch.setattr(
+            Checkpoints,
+            "save",
+            lambda self, epoch, *rest: (save_checkpoint(self, epoch, *rest), epoch == 1 and fill_the_disk()),
+        )
         with pytest.raises(UserError, match=rf"^disk full: cannot write .* in {out}.*; free some space"):
-            train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
-        monkeypatch.undo()
-        assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+            train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, epochs=2))
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]
+        monkeypatch.setattr(Checkpoints, "save", save_checkpoint)
+        monkeypatch.setattr(EmotionModel, "save", lambda *a, **k: (fill_the_disk(), save_model(*a, **k)))
         filler.unlink()
-        (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
-        assert result["chosen_epoch"] == 2
+        with pytest.raises(UserError) as err:
+            train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
+        assert str(err.value) == (
+            f"disk full: cannot write the results in {out}; free some space; the checkpoints are kept: then continue "
+            "with --resume"
+        )
+        monkeypatch.undo()
+        filler.unlink()
+        assert not [p for p in out.rglob("*") if ".tmp" in p.name] and not (out / "model").exists()
+        (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
+        assert result["chosen_epoch"] == 2 and (out / "model" / "model.json").is_file()
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 

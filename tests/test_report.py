@@ -166,3 +166,16 @@ def test_the_report_writes_only_into_a_folder_of_its_own(runs, tmp_path):
     (runs / "report" / "kemdy_report.json").unlink()  # as reports were written before they were marked
     main([str(runs), "--no-figures"])
     assert json.loads((runs / "report" / "kemdy_report.json").read_text())["kind"] == "report"
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line(runs, monkeypatch):
+    import errno
+
+    from common import atomic
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_text", full)
+    with pytest.raises(UserError, match=rf"^disk full: cannot write the report in {runs / 'report'}; free some space$"):
+        main([str(runs), "--no-figures"])
