@@ -206,8 +206,10 @@ def _add_model_flags(add) -> None:
     add(
         "--text_pooling",
         choices=TEXT_POOLINGS,
-        default="pooler",
-        help="text vector: the BERT pooler (as the original), the [CLS] state, or the masked mean",
+        default="auto",
+        help="text vector: auto (the model's pooler where it has one, as the original's BERT; else the last "
+        "token for a decoder-only model; else the first token), pooler, cls (the first token), mean (the masked "
+        "mean) or last (the last non-padding token)",
     )
     add(
         "--text_inputs",

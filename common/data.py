@@ -169,7 +169,8 @@ class Collator:
     ):
         self.max_text_len, self.audio_spec, self.pad_to_max_length = max_text_len, audio_spec, pad_to_max_length
         if tokenizer is not None:
-            self.pad_id, self.left = tokenizer.pad_token_id, tokenizer.padding_side == "left"
+            # Padding is masked out; a tokenizer without a pad token (Llama's) pads with any id.
+            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             self.token_types = "token_type_ids" in tokenizer.model_input_names
 
     def __call__(self, items: list[dict]) -> dict:
@@ -190,9 +191,10 @@ class Collator:
         width = self.max_text_len if self.pad_to_max_length else max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
+        # On the right, whatever the tokenizer's side: positions start at each transcript's first token, and a
+        # decoder-only model's tokens never attend to padding.
         for k, r in enumerate(rows):
-            span = slice(width - len(r), width) if self.left else slice(0, len(r))
-            ids[k, span], mask[k, span] = r, 1
+            ids[k, : len(r)], mask[k, : len(r)] = r, 1
         out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         if self.token_types:
             out["token_type_ids"] = torch.zeros_like(out["input_ids"])

@@ -26,7 +26,7 @@ ENCODER_PREFIXES = ("text_encoder.", "speech_encoder.")
 LABEL_READINGS = ("checked", "original")
 DUPLICATE_ROWS = ("all", "first")
 KEMDY19_ROWS = ("all", "speaker")
-TEXT_POOLINGS = ("pooler", "cls", "mean")
+TEXT_POOLINGS = ("auto", "pooler", "cls", "mean", "last")
 SPEECH_POOLINGS = ("mean", "cnn_last")
 TEXT_INPUTS = ("masked", "original")
 SPEECH_INPUTS = ("extractor", "original")
@@ -70,6 +70,11 @@ class Cell:
     @property
     def regresses(self) -> bool:
         return self.task in ("regression", "total")
+
+
+# Flags that concern only one encoder: a cell without it ignores them, and runs are compared without them.
+TEXT_ONLY = ("text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length")
+SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len")
 
 
 def cell_of(script: str) -> Cell:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +95,31 @@ def load_text_encoder(name: str, processor: bool = True, encoder: bool = True) -
     return _load_pair("--text_model", name, AutoTokenizer, "input_ids", "text", "klue/bert-base", processor, encoder)
 
 
+def auto_text_pooling(name: str) -> tuple[str, str]:
+    """What --text_pooling auto is for a text model, and why: its pooler where it has one (BERT's, which the
+    original used), else its last token where it is decoder-only (a causal language model with no masked-LM
+    form: Qwen2, Llama), else its first token."""
+    from transformers import AutoConfig
+
+    config = _load("--text_model", name, AutoConfig.from_pretrained)
+    with torch.device("meta"):  # the modules without their weights: whether it builds a pooler
+        return _auto_pooling(AutoModel.from_config(config))
+
+
+def _auto_pooling(model: nn.Module) -> tuple[str, str]:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(model, "pooler", None) is not None:
+        return "pooler", "its pooler"
+    kind = model.config.model_type
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "last", "a decoder-only model: its last token"
+    return "cls", "no pooler: its first token"
+
+
 def load_speech_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
     """(feature extractor, encoder) from a hub name or a local folder; None for the one not asked for."""
     example = "facebook/wav2vec2-base-960h"
@@ -169,7 +195,7 @@ def _fit_text_encoder(config: ModelConfig, text_encoder: nn.Module) -> int:
         )
     pooler = getattr(text_encoder, "pooler", None)
     if config.text_pooling == "pooler" and pooler is None:
-        raise UserError("--text_pooling pooler: this text model has no pooler; use cls or mean")
+        raise UserError("--text_pooling pooler: this text model has no pooler; use auto, cls, mean or last")
     if config.text_pooling == "pooler" and config.layers == "weighted" and not _split_pooler(pooler):
         raise UserError(
             f"--layers weighted --text_pooling pooler: weighs layers under a BERT-style pooler (a dense layer "
@@ -189,6 +215,11 @@ def _fit_speech_encoder(config: ModelConfig, speech_encoder: nn.Module) -> int:
     speech = speech_encoder.config
     # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
     speech.layerdrop = 0.0
+    # SpecAugment's time-mask vector is used only while time masks are on (a fine-tuned checkpoint often
+    # ships them off): a parameter that gets no gradient stops multi-process training, so it is frozen.
+    spec_embed = getattr(speech_encoder, "masked_spec_embed", None)
+    if spec_embed is not None and not (getattr(speech, "apply_spec_augment", True) and speech.mask_time_prob > 0):
+        spec_embed.requires_grad_(False)
     if config.speech_pooling == "cnn_last":  # only the CNN and its layer norm are used: freeze the rest
         if config.layers == "weighted":
             raise UserError("--layers weighted: weighs the transformer's layers; cnn_last reads none of them")
@@ -210,6 +241,7 @@ class EmotionModel(nn.Module):
         width = 0
         if cell.uses_text:
             width = _fit_text_encoder(config, text_encoder)
+            self._token_types = "token_type_ids" in inspect.signature(text_encoder.forward).parameters
             if config.layers == "weighted":  # embedding output and every layer, equal at the start
                 self.text_layer_weights = nn.Parameter(torch.zeros(text_encoder.config.num_hidden_layers + 1))
         if cell.uses_speech:
@@ -236,10 +268,9 @@ class EmotionModel(nn.Module):
             bias = torch.full((len(mask), 1, 1, mask.shape[1]), ORIGINAL_ATTENTION_BIAS, device=mask.device)
             ids = batch["input_ids"]
             return self.text_encoder(input_ids=ids, attention_mask=bias, token_type_ids=mask, **kwargs)
-        token_types = batch.get("token_type_ids")
-        return self.text_encoder(
-            input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=token_types, **kwargs
-        )
+        if self._token_types and "token_type_ids" in batch:
+            kwargs["token_type_ids"] = batch["token_type_ids"]
+        return self.text_encoder(input_ids=batch["input_ids"], attention_mask=mask, **kwargs)
 
     def text_layers(self, batch: dict) -> torch.Tensor:
         """Each hidden layer's summary of each utterance (utterances x layers x width), embedding output first:
@@ -249,10 +280,13 @@ class EmotionModel(nn.Module):
         encoder's cache spares the dense layer at every step). A weighted sum of these is what the weighted
         pooling pools, so they can be computed once for a frozen encoder."""
         states = torch.stack(self._run_text(batch, output_hidden_states=True).hidden_states, dim=1)
+        mask = batch["attention_mask"]
         if self.config.text_pooling == "mean":
-            return masked_mean(states, batch["attention_mask"][:, None, :].expand(-1, states.shape[1], -1))
+            return masked_mean(states, mask[:, None, :].expand(-1, states.shape[1], -1))
         if self.config.text_pooling == "pooler":
             return self.text_encoder.pooler.dense(states[:, :, 0])
+        if self.config.text_pooling == "last":
+            return states[torch.arange(len(mask)), :, last_token(mask)]
         return states[:, :, 0]
 
     def speech_layers(self, batch: dict) -> torch.Tensor:
@@ -291,6 +325,8 @@ class EmotionModel(nn.Module):
             return out.pooler_output
         if self.config.text_pooling == "cls":
             return out.last_hidden_state[:, 0]
+        if self.config.text_pooling == "last":
+            return out.last_hidden_state[torch.arange(len(mask)), last_token(mask)]
         return masked_mean(out.last_hidden_state, mask)
 
     def encode_speech(self, batch: dict) -> torch.Tensor:
@@ -416,6 +452,12 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
     return loader(str(part), encoder=False)[0], encoder
 
 
+def last_token(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last position where the mask is set (its last token, whichever side it was padded on)."""
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    return (mask.to(positions.dtype) * (positions + 1)).argmax(dim=-1)
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions (the next-to-last dimension) where mask is set; a row with none set averages
     nothing to zeros."""
@@ -459,7 +501,9 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
         modality=cell.modality,
         task=cell.task,
         fusion=cell.fusion,
-        text_pooling=args.text_pooling,
+        text_pooling=_auto_pooling(text_encoder)[0]
+        if args.text_pooling == "auto" and text_encoder
+        else args.text_pooling,
         speech_pooling=args.speech_pooling,
         dropout=args.dropout,
         pass_audio_mask=cell.uses_speech and pass_audio_mask(encoders.extractor, args.speech_inputs),

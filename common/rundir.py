@@ -29,7 +29,7 @@ from pathlib import Path
 from common import atomic
 from common.errors import UserError, writing
 from common.folds import NUM_FOLDS, session_order
-from common.grid import DIMENSIONS, EMOTIONS, SCRIPTS
+from common.grid import DIMENSIONS, EMOTIONS, SCRIPTS, SPEECH_ONLY, TEXT_ONLY, Cell, cell_of
 
 MARKER = "kemdy_run.json"  # a run directory
 SET_MARKER = "kemdy_fold_set.json"  # a --num_fold all folder
@@ -84,14 +84,18 @@ EARLIER = {
 }
 
 
-def settings(args: dict) -> dict:
-    """The arguments that change a run's numbers (settings added later at their earlier value)."""
-    return {k: v for k, v in (EARLIER | args).items() if k not in NOT_RESULTS and k != "num_fold"}
+def settings(args: dict, cell: Cell | None = None) -> dict:
+    """The arguments that change a run's numbers (settings added later at their earlier value); for a `cell`,
+    without the flags of an encoder it does not have."""
+    ignored = NOT_RESULTS | {"num_fold"}
+    if cell is not None:
+        ignored |= set(() if cell.uses_text else TEXT_ONLY) | set(() if cell.uses_speech else SPEECH_ONLY)
+    return {k: v for k, v in (EARLIER | args).items() if k not in ignored}
 
 
-def differences(a: dict, b: dict) -> list[str]:
-    """`--flag old -> new` for every result-changing argument that differs."""
-    a, b = settings(a), settings(b)
+def differences(a: dict, b: dict, cell: Cell | None = None) -> list[str]:
+    """`--flag old -> new` for every result-changing argument that differs (for a `cell`, those it uses)."""
+    a, b = settings(a, cell), settings(b, cell)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [f"--{k} {a.get(k)} -> {b.get(k)}" if k != "corpus" else "another corpus" for k in changed]
 
@@ -176,7 +180,8 @@ def _legacy_run(folder: Path) -> Owner | None:
     entries = [name for name in LEGACY_RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
     corpus = {"listing": listing}
     demo = bool(args.get("demo"))
-    return Owner(folder, "run", script, settings(args), corpus, demo, entries, frozen, config["cell"], legacy=True)
+    cell = cell_of(script)
+    return Owner(folder, "run", script, settings(args, cell), corpus, demo, entries, frozen, asdict(cell), legacy=True)
 
 
 def read_run(folder: Path) -> Owner | None:
@@ -296,7 +301,7 @@ def _mode(owner: Owner | None, cell, args) -> str:
             f"{owner.folder}: holds a run of {owner.script}.py; --resume continues a run with the script that "
             f"started it: run {owner.script}.py, or give {cell.name}.py another --output_dir"
         )
-    changed = differences(owner.settings, vars(args))
+    changed = differences(owner.settings, vars(args), cell)
     if changed:
         raise UserError(
             f"{owner.where}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
@@ -426,7 +431,7 @@ def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Calla
         owner = owners[k]
         with writing(MARKER, plan.dirs[k]):
             if plan.modes[k] == "fresh":
-                owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args)), corpus, bool(args.demo), [])
+                owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args), cell), corpus, bool(args.demo), [])
                 owner.frozen, owner.cell = references, asdict(cell)
                 plan.dirs[k].mkdir(parents=True, exist_ok=True)
                 owner.write()
@@ -449,7 +454,7 @@ def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
     entries = [n for n in (owner.entries if owner else []) if n not in gone]
     entries += [d.name for d in plan.dirs.values() if d.name not in entries]
     marked = Owner(
-        folder, "fold_set", cell.name, settings(vars(args)), corpus, bool(args.demo), entries, cell=asdict(cell)
+        folder, "fold_set", cell.name, settings(vars(args), cell), corpus, bool(args.demo), entries, cell=asdict(cell)
     )
     if owner is not None and len(plan.dirs) == 1:
         marked = replace(owner, entries=entries, legacy=False)

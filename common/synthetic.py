@@ -557,6 +557,56 @@ def write_tiny_models(out: str | Path, seed: int = 0, size: str = "tiny") -> Pat
     return out
 
 
+TEXT_FAMILIES = ("bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert", "modernbert", "qwen2")
+
+
+def write_tiny_text_family(out: str | Path, family: str, tiny_models: str | Path, seed: int = 0) -> Path:
+    """A tiny random text encoder of another family (TEXT_FAMILIES), of the tiny BERT's size, with that BERT's
+    Korean tokenizer (from `tiny_models`/text), saved in `out` as a hub model would be. The decoder-only one
+    (Qwen2) has a tokenizer that pads on the left, as such models' tokenizers do."""
+    import torch
+    import transformers as hf
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(tiny_models) / "text")
+    size = SIZES["tiny"]["text"]
+    common = {**size, "vocab_size": len(tokenizer), "max_position_embeddings": 512, "pad_token_id": 0}
+    configs = {
+        "bert": lambda: hf.BertConfig(**common),
+        "roberta": lambda: hf.RobertaConfig(**common | {"max_position_embeddings": 514}),
+        "xlm-roberta": lambda: hf.XLMRobertaConfig(**common | {"max_position_embeddings": 514}),
+        "electra": lambda: hf.ElectraConfig(**common, embedding_size=size["hidden_size"]),
+        "deberta-v2": lambda: hf.DebertaV2Config(**common),
+        "distilbert": lambda: hf.DistilBertConfig(
+            dim=size["hidden_size"],
+            n_layers=size["num_hidden_layers"],
+            n_heads=size["num_attention_heads"],
+            hidden_dim=size["intermediate_size"],
+            vocab_size=len(tokenizer),
+            pad_token_id=0,
+        ),
+        "modernbert": lambda: hf.ModernBertConfig(
+            **common,
+            global_attn_every_n_layers=1,
+            bos_token_id=None,
+            eos_token_id=None,
+            cls_token_id=None,
+            sep_token_id=None,
+        ),
+        "qwen2": lambda: hf.Qwen2Config(**common, num_key_value_heads=size["num_attention_heads"]),
+    }
+    if family not in configs:
+        raise UserError(f"{family!r}: not one of the tiny text families ({', '.join(configs)})")
+    tokenizer.pad_token = "[PAD]"  # id 0, as the configs say
+    if family == "qwen2":
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # saved with it
+    torch.manual_seed(seed)
+    out = Path(out)
+    AutoModel.from_config(configs[family]()).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
 DEMO_VERSION = 3
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"

@@ -31,7 +31,7 @@ from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
 from common.kemdy import Corpus, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
-from common.model import EmotionModel, Encoders, audio_spec, build_model, seed
+from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 
 
@@ -67,6 +67,9 @@ def train(cell: Cell, args) -> list[dict]:
     log = accelerator.print
     if args.demo:
         _resolve_demo(cell, args)
+    if cell.uses_text and args.text_pooling == "auto":
+        args.text_pooling, why = auto_text_pooling(args.text_model)
+        log(f"--text_pooling auto: {args.text_pooling} ({why})")
     shared = Shared()
 
     def frozen() -> dict:  # the frozen encoders' references: recorded with a run, compared when it continues
@@ -96,7 +99,7 @@ def train(cell: Cell, args) -> list[dict]:
             if len(results) > 1:
                 log(fold_summary(results))
                 if accelerator.is_main_process:
-                    rundir.write_set_summary(plan.set_folder, *set_summary(results, rundir.settings(vars(args))))
+                    rundir.write_set_summary(plan.set_folder, *set_summary(results, rundir.settings(vars(args), cell)))
         except KeyboardInterrupt:
             done = ", ".join(str(r["fold"]) for r in results) or "none"
             raise Interrupted(f"interrupted (folds finished: {done}); continue with --resume") from None

@@ -1,0 +1,115 @@
+"""Text encoders of the families Korean emotion work uses, as tiny random models built offline: each gets the
+pooling that fits it, its vectors do not depend on the batch, and it trains, freezes and predicts with the
+default flags."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from common.cli import parse_args
+from common.data import Collator, TokenIds
+from common.grid import EMOTIONS, Cell
+from common.model import EmotionModel, ModelConfig, auto_text_pooling, load_text_encoder
+from common.synthetic import TEXT_FAMILIES, write_tiny_text_family
+from common.train import train
+
+from helpers import tiny_command
+
+POOLING = {  # what --text_pooling auto gives each family
+    "bert": "pooler",
+    "roberta": "pooler",
+    "xlm-roberta": "pooler",
+    "electra": "cls",
+    "deberta-v2": "cls",
+    "distilbert": "cls",
+    "modernbert": "cls",
+    "qwen2": "last",
+}
+TEXTS = ["기분이 정말 좋아요 오늘은", "아", "왜 그렇게 화가 났어요 너무 슬퍼"]
+
+
+@pytest.fixture(scope="session")
+def text_families(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("text_families")
+    return {family: write_tiny_text_family(root / family, family, tiny_models) for family in TEXT_FAMILIES}
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_auto_pooling_fits_the_family_and_a_vector_does_not_depend_on_its_batch(text_families, family):
+    folder = str(text_families[family])
+    pooling, _ = auto_text_pooling(folder)
+    assert pooling == POOLING[family]
+    vectors = {}
+    for layers in ("last", "weighted"):
+        tok, encoder = load_text_encoder(folder)
+        config = ModelConfig("text", "classification", None, text_pooling=pooling, layers=layers)
+        model, collate = EmotionModel(config, encoder).eval(), Collator(tok, 32)
+        ids = TokenIds(tok, TEXTS, 32)
+        items = [{"index": i, "input_ids": ids[i]} for i in range(len(TEXTS))]
+        with torch.no_grad():
+            together = model.encode_text(collate(items))
+            alone = torch.cat([model.encode_text(collate([item])) for item in items])
+        assert (together - alone).abs().max() < 1e-5
+        vectors[layers] = together
+    if pooling == "last":  # a decoder-only model's tokenizer pads on the left; its last token is found anyway
+        assert tok.padding_side == "left"
+        with torch.no_grad():
+            by_hand = encoder(input_ids=torch.from_numpy(ids[2][None]).long()).last_hidden_state[0, -1]
+        assert torch.allclose(vectors["last"][2], by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_each_family_trains_fine_tuned_and_frozen_and_predicts_with_the_default_flags(
+    text_families, tiny_models, corpus20, tmp_path, family
+):
+    from common.predict import Predictor
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "text").symlink_to(text_families[family])
+    (models / "speech").symlink_to(tiny_models / "speech")
+    cell = Cell("multimodal", "classification", "concat")
+    for name, flags in (("tuned", []), ("frozen", ["--freeze", "both", "--layers", "weighted"])):
+        argv = tiny_command(cell.name, corpus20[0], models, tmp_path / name, *flags, epochs=1)[2:]
+        (result,) = train(cell, parse_args(cell, argv))
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        assert config["args"]["text_pooling"] == POOLING[family] and result["test"]["n"] == 24
+    # the frozen model predicts a test utterance as the run scored it
+    with (tmp_path / "frozen" / "predictions.csv").open(newline="") as f:
+        row = next(csv.DictReader(f))
+    from common.kemdy import read_corpus
+
+    utterance = next(u for u in read_corpus("20", corpus20[0]).utterances if u.segment_id == row["segment_id"])
+    (answer,) = Predictor(tmp_path / "frozen")([str(utterance.wav)], [utterance.text])
+    assert max(abs(answer["probabilities"][e] - float(row[f"prob_{e}"])) for e in EMOTIONS) < 1e-5
+
+
+def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20, tiny_models, tmp_path):
+    """A parameter without a gradient would stop DDP ("Expected to have finished reduction ..."): SpecAugment's
+    mask vector is frozen where its masks are off, as fine-tuned checkpoints often ship."""
+    import subprocess
+    import sys
+
+    from transformers import Wav2Vec2Model
+
+    from common.model import load_speech_encoder
+
+    models = tmp_path / "models"
+    (models / "text").parent.mkdir(parents=True)
+    (models / "text").symlink_to(tiny_models / "text")
+    speech = Wav2Vec2Model.from_pretrained(tiny_models / "speech")
+    speech.config.apply_spec_augment = False
+    speech.save_pretrained(models / "speech")
+    load_speech_encoder(str(tiny_models / "speech"))[0].save_pretrained(models / "speech")
+    model = EmotionModel(
+        ModelConfig("speech", "classification", None), None, load_speech_encoder(str(models / "speech"))[1]
+    )
+    assert not model.speech_encoder.masked_spec_embed.requires_grad
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    argv = tiny_command("speech_classification", corpus20[0], models, tmp_path / "run", epochs=1)
+    proc = subprocess.run(launch + argv[1:], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 24
