@@ -1,8 +1,8 @@
 """Frozen encoders (`--freeze`): their pooled vectors, computed once per corpus and model and cached.
 
 The heads then train on these vectors instead of running the encoder at every step. Vectors are computed
-in evaluation mode (no dropout); speech models that take no attention mask see each clip alone, so that a
-clip's vector never depends on the padding of a batch.
+in evaluation mode (no dropout), where a speech encoder whose outputs change with padding runs clips of
+unequal length apart (`EmotionModel._speech_means`), so that a clip's vector never depends on its batch.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
     spec = collate.audio_spec
     layers = model.config.layers == "weighted"
     source = inputs.tokens if modality == "text" else inputs.audio
-    one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to)
+    # Clips whose vectors would change with padding the model does not isolate (the original's inputs) run alone.
+    one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to or model.config.isolate_audio)
     size = 1 if one_by_one else batch_size
 
     def compute() -> np.ndarray:

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ ORIGINAL_ATTENTION_BIAS = -10000.0
 CNN_PARAMETERS = ("feature_extractor.", "feature_projection.layer_norm.")
 LAYERS = "layers.safetensors"  # in a saved model: everything but the encoders
 REFERENCE = "encoder.json"  # in a saved model's text/ or speech/: where a frozen encoder's weights are
+PADDING_EXACT = 1e-5  # below this, padding in a batch changes a clip's vector only by float rounding
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
@@ -145,6 +146,9 @@ class ModelConfig:
     emotion_output: str = "sigmoid"  # "softmax": the original's, which can never predict two emotions
     dropout_on: str = "modalities"  # each modality's vector before fusion (the original), or "fused"
     pad_to: int = 0  # samples every batch of audio is padded to (0: its longest clip)
+    # In evaluation, run clips of unequal length apart: the speech encoder's outputs change with padding
+    # (see `padding_effect`).
+    isolate_audio: bool = False
     layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
 
     @property
@@ -291,12 +295,22 @@ class EmotionModel(nn.Module):
 
     def speech_layers(self, batch: dict) -> torch.Tensor:
         """Each hidden layer's masked mean over the frames that hold audio (utterances x layers x width)."""
-        encoder, samples = self.speech_encoder, batch["audio_mask"]
-        mask = samples if self.config.pass_audio_mask else None
-        out = encoder(batch["audio"], attention_mask=mask, output_hidden_states=True)
-        states = torch.stack(out.hidden_states, dim=1)
-        frames = encoder._get_feature_vector_attention_mask(states.shape[2], samples)
-        return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1))
+        return self._speech_means(batch, all_layers=True)
+
+    def _speech_means(self, batch: dict, all_layers: bool) -> torch.Tensor:
+        """Masked means over each clip's frames, of the last layer or of every layer. In evaluation, where the
+        encoder's outputs change with padding (`config.isolate_audio`), each group of clips of one length runs
+        as a batch of its own, unpadded: a clip's vector is then the one it has alone."""
+        audio, samples, mask = batch["audio"], batch["audio_mask"], self.config.pass_audio_mask
+        if not self.config.isolate_audio or self.training:
+            return speech_means(self.speech_encoder, audio, samples, mask, all_layers)
+        lengths, out = samples.sum(dim=-1), None
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero(as_tuple=True)[0]
+            part = speech_means(self.speech_encoder, audio[rows, :n], samples[rows, :n], mask, all_layers)
+            out = part.new_empty((len(audio), *part.shape[1:])) if out is None else out
+            out[rows] = part
+        return out
 
     def mix(self, modality: str, layers: torch.Tensor) -> torch.Tensor:
         """The softmax-weighted sum of the layers' summaries; with `pooler` pooling, the pooler's activation on
@@ -333,15 +347,13 @@ class EmotionModel(nn.Module):
         """The pooled speech vector of each utterance."""
         if self.config.layers == "weighted":
             return self.mix("speech", self.speech_layers(batch))
-        encoder, samples = self.speech_encoder, batch["audio_mask"]
+        encoder = self.speech_encoder
         if self.config.speech_pooling == "cnn_last":
             # The original's representation: the last frame of the (layer-normed) CNN features of a
             # fixed-length input, i.e. wav2vec2's `extract_features[:, -1]`, without running the transformer.
             features = encoder.feature_extractor(batch["audio"]).transpose(1, 2)
             return encoder.feature_projection.layer_norm(features[:, -1])
-        out = encoder(batch["audio"], attention_mask=samples if self.config.pass_audio_mask else None)
-        frames = encoder._get_feature_vector_attention_mask(out.last_hidden_state.shape[1], samples)
-        return masked_mean(out.last_hidden_state, frames)
+        return self._speech_means(batch, all_layers=False)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         parts = []
@@ -452,6 +464,37 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
     return loader(str(part), encoder=False)[0], encoder
 
 
+def speech_means(encoder: nn.Module, audio, samples, pass_mask: bool, all_layers: bool) -> torch.Tensor:
+    """A speech encoder's states averaged over each clip's frames (`samples` marks its audio): the last layer's
+    (utterances x width), or every layer's, embedding output first (utterances x layers x width)."""
+    out = encoder(audio, attention_mask=samples if pass_mask else None, output_hidden_states=all_layers)
+    states = torch.stack(out.hidden_states, dim=1) if all_layers else out.last_hidden_state
+    frames = encoder._get_feature_vector_attention_mask(states.shape[-2], samples)
+    return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1) if all_layers else frames)
+
+
+def padding_effect(encoder: nn.Module, extractor) -> float:
+    """How far a clip's pooled states (every layer's) move when it is padded in a batch beside a longer clip,
+    in evaluation and with the attention mask where its extractor gives one: float rounding (1e-7) where the
+    mask makes padding exact, far more where the model normalises over time (wav2vec2-base's group norm) or
+    its masked computation still sees the padding. Decided by this probe, not by the model's name."""
+    from common.data import Collator, model_audio, to_pcm16
+
+    spec = audio_spec(extractor, encoder)
+    generator = torch.Generator().manual_seed(0)
+    clips = [0.1 * torch.randn(n, generator=generator).numpy() for n in (SAMPLE_RATE // 2, SAMPLE_RATE)]
+    items = [{"index": i, "audio": model_audio(to_pcm16(x), spec)} for i, x in enumerate(clips)]
+    collate, training = Collator(audio_spec=spec), encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        together, alone = (
+            speech_means(encoder, batch["audio"], batch["audio_mask"], spec.pass_mask, all_layers=True)[0]
+            for batch in (collate(items), collate(items[:1]))
+        )
+    encoder.train(training)
+    return float((together - alone).abs().max())
+
+
 def last_token(mask: torch.Tensor) -> torch.Tensor:
     """Each row's last position where the mask is set (its last token, whichever side it was padded on)."""
     positions = torch.arange(mask.shape[-1], device=mask.device)
@@ -476,8 +519,10 @@ class Encoders:
             limit = getattr(self.text.config, "max_position_embeddings", None)
             if limit and args.max_text_len > limit:
                 raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
+        self.padding_effect = 0.0
         if cell.uses_speech:
             self.extractor, self.speech = load_speech_encoder(args.speech_model)
+            self.padding_effect = padding_effect(self.speech, self.extractor)
         self.references = {}  # of the frozen encoders, taken before a model adapts them (e.g. drops a pooler)
         for modality, name in (("text", args.text_model), ("speech", args.speech_model)):
             encoder = getattr(self, modality)
@@ -514,6 +559,9 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
         layers=args.layers,
         pad_to=audio_padding(args.speech_pooling, args.speech_inputs, args.max_seq_len) if cell.uses_speech else 0,
     )
+    # The original's inputs keep the original's batch padding; clips padded to one length see no other padding.
+    isolate = encoders.padding_effect > PADDING_EXACT and args.speech_inputs != "original" and not config.pad_to
+    config = replace(config, isolate_audio=isolate)
     if cell.uses_speech and args.speech_pooling == "cnn_last":
         log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
     seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before

@@ -607,6 +607,51 @@ def write_tiny_text_family(out: str | Path, family: str, tiny_models: str | Path
     return out
 
 
+SPEECH_FAMILIES = ("wav2vec2", "xls-r", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+
+
+def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Path:
+    """A tiny random speech encoder of a family (SPEECH_FAMILIES), with the real convolution stack (stride 320)
+    at the tiny wav2vec2's widths, and the feature extractor such checkpoints ship: an attention mask from
+    the layer-norm families' (XLS-R, WavLM, Data2Vec-audio, the conformer), none from the group-norm ones."""
+    import torch
+    import transformers as hf
+    from transformers import AutoModel, Wav2Vec2FeatureExtractor
+
+    size = SIZES["tiny"]["speech"]
+    conv = {
+        "conv_dim": (SIZES["tiny"]["conv_dim"],) * 7,
+        "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
+        "conv_stride": (5, 2, 2, 2, 2, 2, 2),
+        "num_conv_pos_embedding_groups": 4,
+        "mask_time_prob": 0.05,
+    }
+    layer_norm = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}
+    families = {  # (config, whether its extractor returns an attention mask)
+        "wav2vec2": (lambda: hf.Wav2Vec2Config(**size, **conv, num_conv_pos_embeddings=16), False),
+        "xls-r": (lambda: hf.Wav2Vec2Config(**size, **conv, **layer_norm, num_conv_pos_embeddings=16), True),
+        "hubert": (lambda: hf.HubertConfig(**size, **conv, num_conv_pos_embeddings=16), False),
+        "wavlm": (lambda: hf.WavLMConfig(**size, **conv, num_conv_pos_embeddings=16, num_buckets=32), True),
+        "data2vec-audio": (lambda: hf.Data2VecAudioConfig(**size, **conv, num_conv_pos_embeddings=3), True),
+        "wav2vec2-conformer": (
+            lambda: hf.Wav2Vec2ConformerConfig(
+                **size, **conv, **layer_norm, num_conv_pos_embeddings=16, conv_depthwise_kernel_size=3
+            ),
+            True,
+        ),
+    }
+    if family not in families:
+        raise UserError(f"{family!r}: not one of the tiny speech families ({', '.join(families)})")
+    config, mask = families[family]
+    torch.manual_seed(seed)
+    out = Path(out)
+    AutoModel.from_config(config()).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=mask
+    ).save_pretrained(out)
+    return out
+
+
 # Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
 DEMO_VERSION = 3
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"

@@ -1,9 +1,11 @@
-"""Text encoders of the families Korean emotion work uses, as tiny random models built offline: each gets the
-pooling that fits it, its vectors do not depend on the batch, and it trains, freezes and predicts with the
-default flags."""
+"""Text and speech encoders of the families Korean emotion work uses, as tiny random models built offline: each
+gets the pooling that fits it, its vectors do not depend on the batch, and it trains, freezes and predicts
+with the default flags."""
 
 import csv
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +13,19 @@ import torch
 from common.cli import parse_args
 from common.data import Collator, TokenIds
 from common.grid import EMOTIONS, Cell
-from common.model import EmotionModel, ModelConfig, auto_text_pooling, load_text_encoder
-from common.synthetic import TEXT_FAMILIES, write_tiny_text_family
+from common.kemdy import read_corpus
+from common.model import (
+    PADDING_EXACT,
+    EmotionModel,
+    ModelConfig,
+    audio_spec,
+    auto_text_pooling,
+    load_speech_encoder,
+    load_text_encoder,
+    padding_effect,
+    pass_audio_mask,
+)
+from common.synthetic import SPEECH_FAMILIES, TEXT_FAMILIES, write_tiny_speech_family, write_tiny_text_family
 from common.train import train
 
 from helpers import tiny_command
@@ -60,30 +73,77 @@ def test_auto_pooling_fits_the_family_and_a_vector_does_not_depend_on_its_batch(
         assert torch.allclose(vectors["last"][2], by_hand, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", TEXT_FAMILIES)
-def test_each_family_trains_fine_tuned_and_frozen_and_predicts_with_the_default_flags(
-    text_families, tiny_models, corpus20, tmp_path, family
-):
+def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Path) -> dict:
+    """A multimodal cell with the default flags, fine-tuned and then frozen with weighted layers; the fine-tuned
+    model predicts its first test utterances, in one batch, as the run scored them. Returns config.json's args."""
     from common.predict import Predictor
 
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "text").symlink_to(text_families[family])
-    (models / "speech").symlink_to(tiny_models / "speech")
+    models = out / "models"
+    models.mkdir(parents=True)
+    (models / "text").symlink_to(text)
+    (models / "speech").symlink_to(speech)
     cell = Cell("multimodal", "classification", "concat")
     for name, flags in (("tuned", []), ("frozen", ["--freeze", "both", "--layers", "weighted"])):
-        argv = tiny_command(cell.name, corpus20[0], models, tmp_path / name, *flags, epochs=1)[2:]
+        argv = tiny_command(cell.name, corpus, models, out / name, *flags, epochs=1)[2:]
         (result,) = train(cell, parse_args(cell, argv))
-        config = json.loads((tmp_path / name / "config.json").read_text())
-        assert config["args"]["text_pooling"] == POOLING[family] and result["test"]["n"] == 24
-    # the frozen model predicts a test utterance as the run scored it
-    with (tmp_path / "frozen" / "predictions.csv").open(newline="") as f:
-        row = next(csv.DictReader(f))
-    from common.kemdy import read_corpus
+        assert result["test"]["n"] == 24
+    with (out / "tuned" / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))[:6]
+    by_id = {u.segment_id: u for u in read_corpus("20", corpus).utterances}
+    utterances = [by_id[row["segment_id"]] for row in rows]
+    answers = Predictor(out / "tuned")([str(u.wav) for u in utterances], [u.text for u in utterances], batch_size=6)
+    for row, answer in zip(rows, answers, strict=True):
+        assert max(abs(answer["probabilities"][e] - float(row[f"prob_{e}"])) for e in EMOTIONS) < 1e-5
+    return json.loads((out / "tuned" / "config.json").read_text())["args"]
 
-    utterance = next(u for u in read_corpus("20", corpus20[0]).utterances if u.segment_id == row["segment_id"])
-    (answer,) = Predictor(tmp_path / "frozen")([str(utterance.wav)], [utterance.text])
-    assert max(abs(answer["probabilities"][e] - float(row[f"prob_{e}"])) for e in EMOTIONS) < 1e-5
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_each_text_family_trains_fine_tuned_and_frozen_and_predicts_with_the_default_flags(
+    text_families, tiny_models, corpus20, tmp_path, family
+):
+    args = trains_freezes_and_predicts(text_families[family], tiny_models / "speech", corpus20[0], tmp_path)
+    assert args["text_pooling"] == POOLING[family]
+
+
+@pytest.fixture(scope="session")
+def speech_families(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speech_families")
+    return {family: write_tiny_speech_family(root / family, family) for family in SPEECH_FAMILIES}
+
+
+# What the probe finds: padding in a batch changes a clip's vector, mask or not, except for XLS-R's layer norms.
+PADDING_CHANGES = {family: family != "xls-r" for family in SPEECH_FAMILIES}
+
+
+@pytest.mark.parametrize("family", SPEECH_FAMILIES)
+def test_a_speech_vector_is_the_same_whatever_its_batch(speech_families, corpus20, family):
+    from common.data import Collator, KemdyDataset, prepare_inputs
+
+    extractor, encoder = load_speech_encoder(str(speech_families[family]))
+    effect = padding_effect(encoder, extractor)
+    assert (effect > PADDING_EXACT) == PADDING_CHANGES[family], effect
+    utterances = read_corpus("20", corpus20[0]).utterances
+    durations = [u.duration for u in utterances]
+    picks = [durations.index(min(durations)), durations.index(max(durations)), 0, 1, 2, 3]  # 0.1 s to 6 s
+    for layers in ("last", "weighted"):
+        mask = pass_audio_mask(extractor)
+        config = ModelConfig("speech", "classification", None, pass_audio_mask=mask, layers=layers)
+        model = EmotionModel(replace(config, isolate_audio=effect > PADDING_EXACT), None, encoder).eval()
+        spec = audio_spec(extractor, encoder, model.config)
+        dataset = KemdyDataset(utterances, picks, prepare_inputs(utterances, max_seconds=5.0), spec)
+        collate = Collator(audio_spec=spec)
+        items = [dataset[i] for i in range(len(picks))]
+        with torch.no_grad():
+            together = model.encode_speech(collate(items))
+            alone = torch.cat([model.encode_speech(collate([item])) for item in items])
+        assert (together - alone).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("family", SPEECH_FAMILIES)
+def test_each_speech_family_trains_fine_tuned_and_frozen_and_predicts_with_the_default_flags(
+    speech_families, tiny_models, corpus20, tmp_path, family
+):
+    trains_freezes_and_predicts(tiny_models / "text", speech_families[family], corpus20[0], tmp_path)
 
 
 def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20, tiny_models, tmp_path):
