@@ -18,6 +18,11 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - cli_help: a script's --help, and a script stopped by a bad argument, over a bare `python -c pass`
   (the command line imports no torch, transformers or accelerate before training starts);
 - report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
+- isolated_eval: what batch-independent vectors cost: the speech vectors of fold 1's 2,692 test clips with the
+  "small" wav2vec2 (group norm, whose outputs change with padding), each group of equal-length clips run
+  unpadded, over the same batches padded as training pads them;
+- whisper_window: a random encoder of whisper-base's size on 5-s clips, its whole 30-s window over its
+  positional table cut to 5 s (beside it, how far the pooled vectors of the two differ);
 - fingerprint_warm, fingerprint_cold, cache_checksums: what a run's start-up spends knowing the recordings'
   content (their SHA-256, remembered by file stamp; the first time, every file read) and checking every
   cache file's CRC-32 as it is opened, each over listing the corpus (reading 13,462 wav headers), the start-up's
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import re
@@ -70,6 +76,12 @@ GOALS = {
         1.0,
     ),
     "cache_checksums": ("checking the caches' checksums when opened (tokens, audio) / listing the corpus", "<=", 0.25),
+    "isolated_eval": (
+        "evaluating a test fold, clips of unequal length run apart / padded in batches (group-norm wav2vec2)",
+        "<=",
+        4.0,
+    ),
+    "whisper_window": ("a Whisper-base-sized encoder per 5-s clip: its 30-s window / a 5-s window", ">=", 3.0),
     "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
     "layers_rss_gib": ("that cell's peak RSS above its libraries and encoders: the data side (GiB)", "<", 1.0),
 }
@@ -532,6 +544,82 @@ class Bench:
             report([str(root), "--no-figures", "--bootstrap", "1000"])
         self.record("report_grid_s", time.perf_counter() - start, fold_sets=len(SCRIPTS), utterances=13462)
 
+    def isolation(self) -> None:
+        """A test fold's speech vectors: equal-length groups unpadded (batch-independent) against padded batches."""
+        from dataclasses import replace
+
+        from common.data import Collator, KemdyDataset, prepare_inputs
+        from common.folds import make_fold
+        from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, padding_effect
+
+        extractor, encoder = load_speech_encoder(str(self.models / "speech"))
+        effect = padding_effect(encoder, extractor)
+        config = ModelConfig("speech", "classification", None)
+        isolated = EmotionModel(replace(config, isolate_audio=True), None, encoder).eval()
+        padded = EmotionModel(config, None, encoder).eval()
+        spec = audio_spec(extractor, encoder, config)
+        test = make_fold([u.session for u in self.utts], 1).test
+        inputs = prepare_inputs(self.utts, max_seconds=5.0, cache_dir=self.work / "cache", log=lambda m: None)
+        dataset = KemdyDataset(self.utts, test, inputs, spec)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=Collator(audio_spec=spec))
+        batches = list(loader)
+
+        def vectors(model):
+            def run():
+                with torch.no_grad():
+                    for batch in batches:
+                        model.encode_speech(batch)
+
+            return run
+
+        isolated_s, padded_s = _best_of(1, vectors(isolated), vectors(padded))
+        self.record(
+            "isolated_eval", isolated_s / padded_s, isolated_s=isolated_s, padded_s=padded_s, padding_effect=effect
+        )
+
+    def whisper_window(self) -> None:
+        """Whisper's 30-s window against one cut to 5 s: time per clip, and how far their vectors differ."""
+        import transformers as hf
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        from common.data import Collator, model_audio, stored_audio
+        from common.model import EmotionModel, ModelConfig, audio_spec, whisper_frames
+
+        torch.manual_seed(0)
+        base = {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048}
+        config = hf.WhisperConfig(**base)
+        extractor = hf.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+        audio = [stored_audio(u.wav, 5.0) for u in self.utts[:16]]
+        sides, vectors = [], {}
+        for window in ("30s", "clip"):
+            encoder = WhisperEncoder(config) if not sides else copy.deepcopy(sides[0][0])
+            frames = whisper_frames(encoder, window, 5.0)
+            model_config = ModelConfig("speech", "classification", None, audio_frames=frames)
+            model = EmotionModel(model_config, None, encoder).eval()
+            spec = audio_spec(extractor, encoder, model_config)
+            batch = Collator(audio_spec=spec)(
+                [{"index": i, "audio": model_audio(x, spec)} for i, x in enumerate(audio)]
+            )
+            sides.append((encoder, model, batch, window))
+
+        def run(model, batch, window):
+            def side():
+                with torch.no_grad():
+                    vectors[window] = model.encode_speech(batch)
+
+            return side
+
+        long_s, short_s = _best_of(2, *(run(m, b, w) for _, m, b, w in sides))
+        a, b = vectors["30s"], vectors["clip"]
+        relative = float(((a - b).norm(dim=1) / a.norm(dim=1)).max())
+        self.record(
+            "whisper_window",
+            long_s / short_s,
+            window_30s_ms_per_clip=1000 * long_s / len(audio),
+            window_5s_ms_per_clip=1000 * short_s / len(audio),
+            largest_relative_difference=relative,
+        )
+
     def integrity(self) -> None:
         """The recordings' digests, cold and remembered, and the caches' checksums, against the corpus listing."""
         from transformers import AutoTokenizer
@@ -591,6 +679,8 @@ def main(argv: list[str] | None = None) -> None:
         bench.cli()
         bench.report_grid()
         bench.integrity()
+        bench.isolation()
+        bench.whisper_window()
     bench.layers()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")

@@ -236,6 +236,14 @@ def _add_model_flags(add) -> None:
         "no attention mask",
     )
     add(
+        "--whisper_window",
+        choices=("clip", "30s"),
+        default="clip",
+        help="a Whisper encoder reads a fixed window: clip: --max_seq_len seconds, its positional table cut to "
+        "that (6 times less compute for 5 s); 30s: its whole 30-s window, each clip padded with silence as in "
+        "Whisper's own training",
+    )
+    add(
         "--layers",
         choices=LAYERS,
         default="last",

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
 
@@ -48,6 +48,8 @@ class AudioSpec:
     min_samples: int  # shorter clips are padded up to this (receptive field, SpecAugment span)
     pass_mask: bool  # give the encoder the sample mask (only for models whose padding is exact with it)
     pad_to: int = 0  # pad every batch to this many samples (0: to the longest clip)
+    # A Whisper encoder's feature extractor: the padded waveforms become its log-mel features.
+    features: object = field(default=None, compare=False, repr=False)
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
@@ -209,6 +211,9 @@ class Collator:
         for row, (x, n) in enumerate(zip(clips, lengths, strict=True)):
             audio[row, : len(x)] = x
             mask[row, :n] = 1  # a clip padded up to min_samples counts its padding as signal
+        if spec.features is not None:  # log-mel features of the padded waveforms (mask: the samples that hold audio)
+            mel = spec.features(list(audio), sampling_rate=SAMPLE_RATE, padding=False, return_tensors="np")
+            audio = mel["input_features"].astype(np.float32, copy=False)
         return {"audio": torch.from_numpy(audio), "audio_mask": torch.from_numpy(mask)}
 
 

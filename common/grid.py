@@ -74,7 +74,7 @@ class Cell:
 
 # Flags that concern only one encoder: a cell without it ignores them, and runs are compared without them.
 TEXT_ONLY = ("text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length")
-SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len")
+SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window")
 
 
 def cell_of(script: str) -> Cell:

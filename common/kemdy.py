@@ -332,7 +332,7 @@ def _gender(kemdy19_id: str) -> str:
     return match.group(1).upper() if match else ""
 
 
-def _check_root(dataset: str, root: Path) -> list[Path]:
+def check_root(dataset: str, root: Path) -> list[Path]:
     """The dataset's annotation files in the original's order, or a UserError saying what is wrong."""
     if dataset not in LAYOUTS:
         raise UserError(f"--dataset {dataset!r}: choose 19 or 20")
@@ -369,7 +369,7 @@ def read_corpus(
         raise UserError(f"duplicates {duplicates!r}: choose {' or '.join(DUPLICATE_ROWS)}")
     if labels not in LABEL_READINGS:
         raise UserError(f"labels {labels!r}: choose {' or '.join(LABEL_READINGS)}")
-    files = _check_root(dataset, root)
+    files = check_root(dataset, root)
     corpus = Corpus(dataset, root, [p.name for p in files], rows=0, utterances=[], excluded=[], labels=labels)
     reader = _RowReader(LAYOUTS[dataset], root, labels)
     for path in files:

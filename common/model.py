@@ -10,6 +10,7 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -75,25 +76,46 @@ def _load(flag: str, name: str, loader):
         ) from None
 
 
-def _expect(flag: str, name: str, encoder: nn.Module, input_name: str, kind: str, example: str) -> None:
+def _expect(flag: str, name: str, encoder: nn.Module, input_names: tuple, kind: str, example: str) -> None:
     """A text flag given a speech model (or the reverse) stops here, not in the first forward pass."""
-    if getattr(encoder, "main_input_name", input_name) != input_name:
+    if getattr(encoder, "main_input_name", input_names[0]) not in input_names:
         raise UserError(
             f"{flag} {name}: not a {kind} encoder ({type(encoder).__name__} reads {encoder.main_input_name}); "
             f"give one such as {example}"
         )
 
 
-def _load_pair(flag: str, name: str, processor_class, input_name: str, kind: str, example: str, processor, encoder):
-    model = _load(flag, name, AutoModel.from_pretrained) if encoder else None
+def _load_pair(flag: str, name: str, processor_class, input_names, kind: str, example: str, processor, encoder):
+    model = _load(flag, name, _encoder_only) if encoder else None
     if model is not None:
-        _expect(flag, name, model, input_name, kind, example)
+        _expect(flag, name, model, input_names, kind, example)
     return _load(flag, name, processor_class.from_pretrained) if processor else None, model
+
+
+def _encoder_only(name: str) -> nn.Module:
+    """The model of `name`; of a Whisper model, only its encoder (the decoder's weights are never loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name)
+    if config.model_type != "whisper":
+        return AutoModel.from_pretrained(name)
+    from transformers import WhisperForAudioClassification
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    from transformers.utils import logging as hf_logging
+
+    if "WhisperEncoder" in (config.architectures or []):  # an encoder saved alone (a trained run's model/)
+        return WhisperEncoder.from_pretrained(name)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the decoder's weights are left out on purpose: no report of them
+    try:
+        return WhisperForAudioClassification.from_pretrained(name).encoder
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_text_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
     """(tokenizer, encoder) from a hub name or a local folder; None for the one not asked for."""
-    return _load_pair("--text_model", name, AutoTokenizer, "input_ids", "text", "klue/bert-base", processor, encoder)
+    return _load_pair("--text_model", name, AutoTokenizer, ("input_ids",), "text", "klue/bert-base", processor, encoder)
 
 
 def auto_text_pooling(name: str) -> tuple[str, str]:
@@ -122,11 +144,11 @@ def _auto_pooling(model: nn.Module) -> tuple[str, str]:
 
 
 def load_speech_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
-    """(feature extractor, encoder) from a hub name or a local folder; None for the one not asked for."""
+    """(feature extractor, encoder) from a hub name or a local folder; None for the one not asked for. A
+    wav2vec2-style model reads the waveform (input_values), a Whisper encoder log-mel features (input_features)."""
     example = "facebook/wav2vec2-base-960h"
-    return _load_pair(
-        "--speech_model", name, AutoFeatureExtractor, "input_values", "speech", example, processor, encoder
-    )
+    inputs = ("input_values", "input_features")
+    return _load_pair("--speech_model", name, AutoFeatureExtractor, inputs, "speech", example, processor, encoder)
 
 
 @dataclass(frozen=True)
@@ -149,6 +171,8 @@ class ModelConfig:
     # In evaluation, run clips of unequal length apart: the speech encoder's outputs change with padding
     # (see `padding_effect`).
     isolate_audio: bool = False
+    # A Whisper encoder's window in frames of 20 ms: its positional table is cut to this (0: not Whisper).
+    audio_frames: int = 0
     layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
 
     @property
@@ -159,6 +183,11 @@ class ModelConfig:
 def audio_spec(extractor, encoder: nn.Module, config: ModelConfig | None = None) -> AudioSpec:
     """What the speech encoder needs from collation: normalisation, padding and a minimum clip length."""
     config = config or ModelConfig("speech", "classification", None, pass_audio_mask=pass_audio_mask(extractor))
+    if is_whisper(encoder):  # every clip padded to the window, whose log-mel features the encoder reads
+        frames = config.audio_frames or encoder.config.max_source_positions
+        return AudioSpec(
+            False, 0.0, 1, False, pad_to=frames * samples_per_frame(encoder, extractor), features=extractor
+        )
     encoder_config = encoder.config
     # Shortest clip that still yields enough frames: one, or a SpecAugment span when that is on.
     frames_needed = 1 + (encoder_config.mask_time_length if encoder_config.mask_time_prob > 0 else 0)
@@ -173,6 +202,23 @@ def audio_spec(extractor, encoder: nn.Module, config: ModelConfig | None = None)
         pass_mask=config.pass_audio_mask,
         pad_to=config.pad_to,
     )
+
+
+def is_whisper(encoder: nn.Module) -> bool:
+    """Whether a speech encoder reads log-mel features over a fixed window (Whisper's) instead of the waveform."""
+    return getattr(encoder, "main_input_name", "") == "input_features"
+
+
+def samples_per_frame(encoder: nn.Module, extractor) -> int:
+    """Waveform samples per output frame of a Whisper encoder: the extractor's hop, times its convolutions'
+    strides (160 x 2: 20 ms)."""
+    return extractor.hop_length * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+
+
+def whisper_frames(encoder: nn.Module, window: str, max_seq_len: float) -> int:
+    """A Whisper encoder's window in output frames: its whole 30-s table, or the frames --max_seq_len fills."""
+    table = encoder.config.max_source_positions
+    return table if window == "30s" else min(table, math.ceil(max_seq_len * SAMPLE_RATE / 320))
 
 
 def audio_padding(speech_pooling: str, speech_inputs: str, max_seq_len: float) -> int:
@@ -217,6 +263,8 @@ def _split_pooler(pooler) -> bool:
 def _fit_speech_encoder(config: ModelConfig, speech_encoder: nn.Module) -> int:
     """Check the speech encoder against the configuration, freeze what cnn_last leaves unused; its width."""
     speech = speech_encoder.config
+    if is_whisper(speech_encoder):
+        return _fit_whisper(config, speech_encoder)
     # LayerDrop skips layers at random, which leaves parameters without gradients across processes.
     speech.layerdrop = 0.0
     # SpecAugment's time-mask vector is used only while time masks are on (a fine-tuned checkpoint often
@@ -231,6 +279,23 @@ def _fit_speech_encoder(config: ModelConfig, speech_encoder: nn.Module) -> int:
             param.requires_grad_(name.startswith(CNN_PARAMETERS))
         return speech.conv_dim[-1]
     return speech.hidden_size
+
+
+def _fit_whisper(config: ModelConfig, encoder: nn.Module) -> int:
+    """A Whisper encoder with its positional table cut to the configured window; its width."""
+    for flag, value, why in (
+        ("--speech_pooling", config.speech_pooling, "cnn_last reads wav2vec2's convolution features"),
+        ("--speech_inputs", config.speech_inputs, "original feeds the original's waveform"),
+    ):
+        if value in ("cnn_last", "original"):
+            raise UserError(f"{flag} {value}: {why}; this speech model is a Whisper encoder (log-mel features)")
+    encoder.config.encoder_layerdrop, encoder.layerdrop = 0.0, 0.0  # a skipped layer has no gradient
+    frames = config.audio_frames
+    if frames and frames < encoder.embed_positions.num_embeddings:  # its first rows: the window's positions
+        table = encoder.embed_positions.weight[:frames].detach().clone()
+        encoder.embed_positions = nn.Embedding.from_pretrained(table, freeze=True)
+        encoder.config.max_source_positions = encoder.max_source_positions = frames
+    return encoder.config.d_model
 
 
 class EmotionModel(nn.Module):
@@ -469,17 +534,29 @@ def speech_means(encoder: nn.Module, audio, samples, pass_mask: bool, all_layers
     (utterances x width), or every layer's, embedding output first (utterances x layers x width)."""
     out = encoder(audio, attention_mask=samples if pass_mask else None, output_hidden_states=all_layers)
     states = torch.stack(out.hidden_states, dim=1) if all_layers else out.last_hidden_state
-    frames = encoder._get_feature_vector_attention_mask(states.shape[-2], samples)
+    frames = frames_holding_audio(encoder, states.shape[-2], samples)
     return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1) if all_layers else frames)
+
+
+def frames_holding_audio(encoder: nn.Module, n_frames: int, samples: torch.Tensor) -> torch.Tensor:
+    """The output frames that hold a clip's audio (`samples` marks its samples), as a mask."""
+    if not is_whisper(encoder):
+        return encoder._get_feature_vector_attention_mask(n_frames, samples)
+    per_frame = samples.shape[-1] // n_frames  # the window's samples over its frames: 320, 20 ms
+    lengths = (samples.sum(dim=-1) + per_frame - 1) // per_frame
+    return torch.arange(n_frames, device=samples.device)[None, :] < lengths[:, None]
 
 
 def padding_effect(encoder: nn.Module, extractor) -> float:
     """How far a clip's pooled states (every layer's) move when it is padded in a batch beside a longer clip,
     in evaluation and with the attention mask where its extractor gives one: float rounding (1e-7) where the
     mask makes padding exact, far more where the model normalises over time (wav2vec2-base's group norm) or
-    its masked computation still sees the padding. Decided by this probe, not by the model's name."""
+    its masked computation still sees the padding. Decided by this probe, not by the model's name; a Whisper
+    encoder's clips are all padded to its window, so no clip sees another's padding."""
     from common.data import Collator, model_audio, to_pcm16
 
+    if is_whisper(encoder):
+        return 0.0
     spec = audio_spec(extractor, encoder)
     generator = torch.Generator().manual_seed(0)
     clips = [0.1 * torch.randn(n, generator=generator).numpy() for n in (SAMPLE_RATE // 2, SAMPLE_RATE)]
@@ -559,9 +636,11 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
         layers=args.layers,
         pad_to=audio_padding(args.speech_pooling, args.speech_inputs, args.max_seq_len) if cell.uses_speech else 0,
     )
+    whisper = cell.uses_speech and is_whisper(encoders.speech)
     # The original's inputs keep the original's batch padding; clips padded to one length see no other padding.
     isolate = encoders.padding_effect > PADDING_EXACT and args.speech_inputs != "original" and not config.pad_to
-    config = replace(config, isolate_audio=isolate)
+    frames = whisper_frames(encoders.speech, args.whisper_window, args.max_seq_len) if whisper else 0
+    config = replace(config, isolate_audio=isolate, audio_frames=frames)
     if cell.uses_speech and args.speech_pooling == "cnn_last":
         log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
     seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before

@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         "--batch_size",
         type=int,
         default=1,
-        help="utterances per forward pass; 1 keeps each result independent of the others (wav2vec2-base "
-        "normalises over padding)",
+        help="utterances per forward pass; every answer is the same whatever the batch (clips whose outputs "
+        "would change with padding run apart)",
     )
     for modality in ("text", "speech"):
         parser.add_argument(

@@ -81,6 +81,7 @@ EARLIER = {
     "regress": 1,
     "class_weight": "none",
     "layers": "last",
+    "whisper_window": "clip",
 }
 
 

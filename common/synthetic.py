@@ -607,16 +607,40 @@ def write_tiny_text_family(out: str | Path, family: str, tiny_models: str | Path
     return out
 
 
-SPEECH_FAMILIES = ("wav2vec2", "xls-r", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+SPEECH_FAMILIES = ("wav2vec2", "xls-r", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer", "whisper")
 
 
 def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Path:
     """A tiny random speech encoder of a family (SPEECH_FAMILIES), with the real convolution stack (stride 320)
     at the tiny wav2vec2's widths, and the feature extractor such checkpoints ship: an attention mask from
-    the layer-norm families' (XLS-R, WavLM, Data2Vec-audio, the conformer), none from the group-norm ones."""
+    the layer-norm families' (XLS-R, WavLM, Data2Vec-audio, the conformer), none from the group-norm ones.
+    Whisper's is a whole WhisperModel (encoder and decoder) with its 30-s window and log-mel extractor."""
     import torch
     import transformers as hf
     from transformers import AutoModel, Wav2Vec2FeatureExtractor
+
+    out = Path(out)
+    if family == "whisper":
+        size = SIZES["tiny"]["speech"]
+        config = hf.WhisperConfig(
+            d_model=size["hidden_size"],
+            encoder_layers=size["num_hidden_layers"],
+            encoder_attention_heads=size["num_attention_heads"],
+            encoder_ffn_dim=size["intermediate_size"],
+            decoder_layers=1,
+            decoder_attention_heads=size["num_attention_heads"],
+            decoder_ffn_dim=size["intermediate_size"],
+            vocab_size=64,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+        torch.manual_seed(seed)
+        hf.WhisperModel(config).save_pretrained(out)
+        hf.WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
+        return out
 
     size = SIZES["tiny"]["speech"]
     conv = {
@@ -644,7 +668,6 @@ def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Pat
         raise UserError(f"{family!r}: not one of the tiny speech families ({', '.join(families)})")
     config, mask = families[family]
     torch.manual_seed(seed)
-    out = Path(out)
     AutoModel.from_config(config()).save_pretrained(out)
     Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=mask

@@ -28,7 +28,7 @@ from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import fold_splits
 from common.frozen import frozen_vectors
 from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
-from common.kemdy import Corpus, read_corpus
+from common.kemdy import Corpus, check_root, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
@@ -67,6 +67,7 @@ def train(cell: Cell, args) -> list[dict]:
     log = accelerator.print
     if args.demo:
         _resolve_demo(cell, args)
+    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folder first, then the models
     if cell.uses_text and args.text_pooling == "auto":
         args.text_pooling, why = auto_text_pooling(args.text_model)
         log(f"--text_pooling auto: {args.text_pooling} ({why})")

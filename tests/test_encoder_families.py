@@ -111,8 +111,9 @@ def speech_families(tmp_path_factory):
     return {family: write_tiny_speech_family(root / family, family) for family in SPEECH_FAMILIES}
 
 
-# What the probe finds: padding in a batch changes a clip's vector, mask or not, except for XLS-R's layer norms.
-PADDING_CHANGES = {family: family != "xls-r" for family in SPEECH_FAMILIES}
+# What the probe finds: padding in a batch changes a clip's vector, mask or not, except for XLS-R's layer norms
+# (Whisper's clips are all padded to its window).
+PADDING_CHANGES = {family: family not in ("xls-r", "whisper") for family in SPEECH_FAMILIES}
 
 
 @pytest.mark.parametrize("family", SPEECH_FAMILIES)
@@ -173,3 +174,32 @@ def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20,
     proc = subprocess.run(launch + argv[1:], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 24
+
+
+def test_a_whisper_encoder_is_loaded_alone_and_pools_the_frames_of_the_audio(speech_families, corpus20):
+    from common.data import Collator, KemdyDataset, prepare_inputs
+    from common.model import whisper_frames
+
+    extractor, encoder = load_speech_encoder(str(speech_families["whisper"]))
+    assert type(encoder).__name__ == "WhisperEncoder" and not any("decoder" in n for n, _ in encoder.named_parameters())
+    table = encoder.embed_positions.weight.detach().clone()
+    utterances = read_corpus("20", corpus20[0]).utterances
+    picks = [i for i, u in enumerate(utterances) if 0.5 < u.duration < 4][:3]
+    vectors = {}
+    for window in ("30s", "clip"):
+        frames = whisper_frames(encoder, window, max_seq_len=5.0)
+        config = ModelConfig("speech", "classification", None, audio_frames=frames)
+        model = EmotionModel(config, None, encoder).eval()
+        spec = audio_spec(extractor, encoder, config)
+        assert spec.pad_to == frames * 320 and torch.equal(model.speech_encoder.embed_positions.weight, table[:frames])
+        dataset = KemdyDataset(utterances, picks, prepare_inputs(utterances, max_seconds=5.0), spec)
+        batch = Collator(audio_spec=spec)([dataset[i] for i in range(len(picks))])
+        with torch.no_grad():
+            vectors[window] = model.encode_speech(batch)
+            states = encoder(batch["audio"]).last_hidden_state
+        for row, i in enumerate(picks):  # the mean of the 20-ms frames that hold the clip's audio, by hand
+            n = -(-round(utterances[i].duration * 16000) // 320)
+            assert torch.allclose(vectors[window][row], states[row, :n].mean(dim=0), atol=1e-6)
+    assert (frames, encoder.config.max_source_positions) == (250, 250)  # the table cut to 5 s, 1500 before
+    # the window changes what the audio frames attend to (silence up to 30 s, or up to 5 s): close, not equal
+    assert 0 < (vectors["30s"] - vectors["clip"]).abs().max() < 1

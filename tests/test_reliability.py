@@ -130,7 +130,7 @@ def test_a_finished_run_is_refused_reported_with_resume_and_replaced_with_overwr
 def test_resume_with_other_settings_is_refused(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    settings = rundir.settings(vars(args_for(corpus20[0], tiny_models, out)))
+    settings = rundir.settings(vars(args_for(corpus20[0], tiny_models, out)) | {"text_pooling": "pooler"})
     rundir.Owner(out, "run", CELL.name, settings, {"listing": "corpus"}, False, []).write()  # an unfinished run
     with pytest.raises(
         UserError, match=r"--resume with other settings than the run started with \(--lr 0.001 -> 0.002\)"
