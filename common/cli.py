@@ -15,6 +15,7 @@ from common.folds import NUM_FOLDS, SPLITS
 from common.grid import (
     CLASS_WEIGHTS,
     DATASETS,
+    DEFAULT_MODELS,
     DROPOUT_ON,
     DUPLICATE_ROWS,
     EMOTION_OUTPUTS,
@@ -201,8 +202,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
 
 
 def _add_model_flags(add) -> None:
-    add("--text_model", default="klue/bert-base", help="text encoder: hub name or local folder")
-    add("--speech_model", default="facebook/wav2vec2-base-960h", help="speech encoder: hub name or local folder")
+    add("--text_model", default=DEFAULT_MODELS["text"], help="text encoder: hub name or local folder")
+    add("--speech_model", default=DEFAULT_MODELS["speech"], help="speech encoder: hub name or local folder")
     add(
         "--text_pooling",
         choices=TEXT_POOLINGS,

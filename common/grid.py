@@ -72,6 +72,22 @@ class Cell:
         return self.task in ("regression", "total")
 
 
+# The encoders the original used, the default of --text_model and --speech_model.
+DEFAULT_MODELS = {"text": "klue/bert-base", "speech": "facebook/wav2vec2-base-960h"}
+
+
+def encoder_tags(cell: Cell, models: dict) -> list[str]:
+    """Names for the encoders of `models` ({"text": name or folder, ...}) that are not the defaults, among
+    those `cell` uses, made safe for a folder name: "kresnik/wav2vec2-large-xlsr-korean" -> that last part."""
+    import re
+
+    used = [m for m in ("text", "speech") if getattr(cell, f"uses_{m}")]
+    names = [
+        str(models[m]).rstrip("/\\").replace("\\", "/").split("/")[-1] for m in used if models[m] != DEFAULT_MODELS[m]
+    ]
+    return [re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model" for name in names]
+
+
 # Flags that concern only one encoder: a cell without it ignores them, and runs are compared without them.
 TEXT_ONLY = ("text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length")
 SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import statistics
 import sys
@@ -46,6 +47,7 @@ class FoldSet:
     settings: dict | None = None  # what changes results (the runs' arguments and corpus listing)
     mixed: list[str] = field(default_factory=list)  # how its settings differ from another set in its folder
     recordings: set = field(default_factory=set)  # the fingerprints of the recordings its runs read
+    encoders: list[str] = field(default_factory=list)  # its encoders where not the defaults (their names)
 
     @property
     def folds(self) -> list[int]:
@@ -102,7 +104,7 @@ def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[F
             continue
         settings = owner.settings | {"corpus": owner.corpus.get("listing")}
         key += (json.dumps(settings, sort_keys=True, default=str),)
-        fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings))
+        fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings, encoders=owner.encoders))
         if fold in fs.metrics:
             fs.duplicates.append(path.parent)
             continue
@@ -348,6 +350,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     md += _decision_rows(sets, stats)
+    md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():
             rows.append(
@@ -520,7 +523,7 @@ def _comparison_groups(sets: list[FoldSet]) -> list[tuple[str, str, dict[str, Fo
     ...), each script once: (dataset, split, script -> fold set)."""
     groups = defaultdict(list)
     for fs in sets:
-        if fs.complete and all((fs.runs[k] / "predictions.csv").is_file() for k in fs.folds):
+        if _comparable(fs):
             groups[fs.dataset, fs.split, fs.folder.name].append(fs)
     out = []
     for (dataset, split, _), group in groups.items():
@@ -553,43 +556,106 @@ def _difference(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{a - b:+.3f}"
 
 
-def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
-    """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
-    protocol folder: each multimodal cell against the better of its unimodal cells, and the two fusions."""
+def _paired(a: str, fa: FoldSet, b: str, fb: FoldSet, pooled: dict, resamples: int, seed: int) -> list[list]:
+    """CSV rows [a, b, dataset, split, metric, A - B, interval low, high, per-fold differences] of two complete
+    fold sets that tested the same utterances, for each metric of their task."""
     from common.compare import metrics_of, paired_bootstrap
 
-    lines, rows, pooled = [], [], {}
-    for dataset, split, by_name in _comparison_groups(sets):
-        for a, b, task in _chosen_pairs(by_name):
-            for name in (a, b):
-                pooled.setdefault((dataset, split, name), _pooled(by_name[name]))
-            for metric in metrics_of(task):
-                diff, low, high = paired_bootstrap(
-                    pooled[dataset, split, a], pooled[dataset, split, b], metric, resamples, seed
-                )
-                test = {name: [by_name[name].metrics[k]["test"] for k in by_name[name].folds] for name in (a, b)}
-                per_fold = " ".join(
-                    _difference(x.get(metric), y.get(metric)) for x, y in zip(test[a], test[b], strict=True)
-                )
-                cells = [a, b, dataset, split, metric, f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]", per_fold]
-                lines.append("| " + " | ".join(cells) + " |")
-                rows.append([a, b, dataset, split, metric, diff, low, high, per_fold])
+    for fs in (fa, fb):
+        if fs.name not in pooled:
+            pooled[fs.name] = _pooled(fs)
+    rows = []
+    for metric in metrics_of(fa.metrics[fa.folds[0]]["task"]):
+        diff, low, high = paired_bootstrap(pooled[fa.name], pooled[fb.name], metric, resamples, seed)
+        tests = [[fs.metrics[k]["test"] for k in fs.folds] for fs in (fa, fb)]
+        per_fold = " ".join(_difference(x.get(metric), y.get(metric)) for x, y in zip(*tests, strict=True))
+        rows.append([a, b, fa.dataset, fa.split, metric, diff, low, high, per_fold])
+    return rows
+
+
+def _row_line(row: list) -> str:
+    a, b, dataset, split, metric, diff, low, high, per_fold = row
+    return f"| {a} | {b} | {dataset} | {split} | {metric} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | {per_fold} |"
+
+
+def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
+    """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
+    protocol folder: each multimodal cell against the better of its unimodal cells, and the two fusions; and
+    between the encoders a cell was run with (see `encoder_sets`)."""
+    rows, pooled = [], {}
+    for _, _, by_name in _comparison_groups(sets):
+        for a, b, _ in _chosen_pairs(by_name):
+            fa, fb = by_name[a], by_name[b]
+            la, lb = (name + (f" [{encoder_label(fs)}]" if fs.encoders else "") for name, fs in ((a, fa), (b, fb)))
+            rows += _paired(la, fa, lb, fb, pooled, resamples, seed)
+    encoder_rows = []
+    for _, by_label in encoder_sets(sets).items():
+        for script in SCRIPTS:
+            found = [(label, sets_[script]) for label, sets_ in by_label.items() if script in sets_]
+            for (la, fa), (lb, fb) in itertools.combinations(found, 2):
+                if _comparable(fa) and _comparable(fb):
+                    encoder_rows += _paired(f"{script} [{la}]", fa, f"{script} [{lb}]", fb, pooled, resamples, seed)
     f = io.StringIO(newline="")
     writer = csv.writer(f)
     writer.writerow(["a", "b", "dataset", "split", "metric", "difference", "ci_low", "ci_high", "per_fold"])
-    writer.writerows(rows)
-    if not lines:
-        return [], f.getvalue()
-    head = [
-        "## Paired comparisons",
-        "",
+    writer.writerows(rows + encoder_rows)
+    lines = []
+    head = ["| A | B | dataset | split | metric | A - B | 95 % interval | per fold |", "|" + "---|" * 8]
+    what = (
         f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
-        "bootstrap resamples of the utterances (the same resample for both), and each fold's difference.",
-        "",
-        "| A | B | dataset | split | metric | A - B | 95 % interval | per fold |",
-        "|" + "---|" * 8,
-    ]
-    return [*head, *lines, ""], f.getvalue()
+        "bootstrap resamples of the utterances (the same resample for both), and each fold's difference."
+    )
+    if rows:
+        lines += ["## Paired comparisons", "", what, "", *head, *map(_row_line, rows), ""]
+    if encoder_rows:
+        lines += ["## Paired comparisons of encoders", "", "The same cell with other encoders. " + what, ""]
+        lines += [*head, *map(_row_line, encoder_rows), ""]
+    return lines, f.getvalue()
+
+
+def _comparable(fs: FoldSet) -> bool:
+    return fs.complete and all((fs.runs[k] / "predictions.csv").is_file() for k in fs.folds)
+
+
+def encoder_label(fs: FoldSet) -> str:
+    """The encoders a fold set ran with where they are not the defaults, as its folder names them."""
+    return " + ".join(fs.encoders) or "default encoders"
+
+
+def encoder_sets(sets: list[FoldSet]) -> dict[tuple, dict[str, dict[str, FoldSet]]]:
+    """Fold sets of one dataset, split and protocol (their folder's name without the encoders' names) run with
+    two or more encoder choices: (dataset, split, protocol) -> label -> script -> fold set."""
+    groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for fs in sets:
+        protocol = fs.folder.name.removesuffix("".join(f"_{tag}" for tag in fs.encoders))
+        if not fs.mixed and not fs.duplicates:
+            groups[fs.dataset, fs.split, protocol][encoder_label(fs)].setdefault(fs.script, fs)
+    return {key: dict(by_label) for key, by_label in groups.items() if len(by_label) > 1}
+
+
+def encoder_tables(sets: list[FoldSet]) -> list[str]:
+    """Markdown: each cell's headline test metric (mean ± std over its folds) with each encoder choice."""
+    lines = []
+    for (dataset, split, protocol), by_label in encoder_sets(sets).items():
+        scripts = [script for script in SCRIPTS if any(script in found for found in by_label.values())]
+        lines += [f"### {dataset}, {split} split, `{protocol}`", ""]
+        lines += ["| encoders | " + " | ".join(scripts) + " |", "|" + "---|" * (len(scripts) + 1)]
+        for label, found in by_label.items():
+            cells = []
+            for script in scripts:
+                fs = found.get(script)
+                if fs is None:
+                    cells.append("")
+                    continue
+                stats = aggregate([fs.metrics[k] for k in fs.folds])
+                values = [f"{key} {stats[key]}" for key in ("micro_f1", "mean_ccc") if key in stats]
+                cells.append("<br>".join(values) + ("" if fs.complete else f" ({fs.status})"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if not lines:
+        return []
+    intro = "Each cell's headline test metrics, mean ± sample std over its folds, with each choice of encoders."
+    return ["## Encoders", "", intro, "", *lines]
 
 
 REPORT_MARKER = "kemdy_report.json"

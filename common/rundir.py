@@ -65,6 +65,7 @@ NOT_RESULTS = {
     "demo",
     "original",  # a preset: the flags it sets are compared one by one
     "folds",  # which folds a command runs: each fold directory is compared on its own
+    "encoder_tags",  # the names of non-default encoders, for folders: the encoders themselves are compared
 }
 # Settings added after a run may have started, with the value that computes what the code computed
 # before they existed: a run resumed after an update compares against these.
@@ -115,6 +116,7 @@ class Owner:
     entries: list[str]  # every file and folder the project has written into `folder`, the marker aside
     frozen: dict = field(default_factory=dict)  # frozen encoders: modality -> source and weights' fingerprint
     cell: dict = field(default_factory=dict)  # modality, task, fusion
+    encoders: list[str] = field(default_factory=list)  # names of its encoders that are not the defaults
     legacy: bool = False  # recognised without a marker
 
     @property
@@ -149,6 +151,7 @@ def _read_marker(path: Path, kind: str) -> Owner:
             entries=[str(name) for name in data["entries"]],
             frozen=dict(data.get("frozen") or {}),
             cell=dict(data.get("cell") or {}),
+            encoders=[str(tag) for tag in data.get("encoders") or []],
         )
         if data.get("kind") != kind:
             raise ValueError(f"kind {data.get('kind')!r}, expected {kind!r}")
@@ -434,6 +437,7 @@ def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Calla
             if plan.modes[k] == "fresh":
                 owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args), cell), corpus, bool(args.demo), [])
                 owner.frozen, owner.cell = references, asdict(cell)
+                owner.encoders = list(getattr(args, "encoder_tags", []))
                 plan.dirs[k].mkdir(parents=True, exist_ok=True)
                 owner.write()
             elif owner.legacy:  # a run from before markers, continued: marked now, with what it wrote then

@@ -700,6 +700,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="DIR",
         help="write tiny random encoders to DIR/text and DIR/speech (instead of, or besides, a corpus)",
     )
+    parser.add_argument(
+        "--family",
+        choices=TEXT_FAMILIES + SPEECH_FAMILIES,
+        help="with --tiny_models DIR: write a tiny encoder of this family to DIR/<family> instead (a text family "
+        "takes the tiny tokenizer of DIR/text, written first if missing)",
+    )
     parser.add_argument("--sessions", type=int, default=4, help="number of sessions")
     parser.add_argument(
         "--utterances_per_session", type=int, default=60, help="recordings per session (KEMDy19 annotates each twice)"
@@ -720,7 +726,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.out or args.tiny_models):
         parser.error("give --out DIR (a corpus), --tiny_models DIR (encoders), or both")
-    if args.tiny_models:
+    if args.tiny_models and args.family:
+        folder = Path(args.tiny_models) / args.family
+        if args.family in SPEECH_FAMILIES:
+            build_folder(folder, lambda tmp: write_tiny_speech_family(tmp, args.family, args.seed))
+        else:
+            if not (Path(args.tiny_models) / "text").is_dir():
+                write_tiny_models(args.tiny_models, seed=args.seed)
+            build_folder(folder, lambda tmp: write_tiny_text_family(tmp, args.family, args.tiny_models, args.seed))
+        print(f"wrote a tiny {args.family} encoder to {folder}")
+    elif args.tiny_models:
         write_tiny_models(args.tiny_models, seed=args.seed)
         print(f"wrote tiny encoders to {args.tiny_models}/text and {args.tiny_models}/speech")
     if not args.out:

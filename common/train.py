@@ -27,7 +27,7 @@ from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, corpu
 from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import fold_splits
 from common.frozen import frozen_vectors
-from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
+from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, Cell, encoder_tags
 from common.kemdy import Corpus, check_root, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
@@ -65,6 +65,8 @@ def train(cell: Cell, args) -> list[dict]:
     corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them."""
     accelerator = _accelerator(args)
     log = accelerator.print
+    # Encoders other than the defaults name the default run folder (the demo's tiny ones are its defaults).
+    args.encoder_tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
     if args.demo:
         _resolve_demo(cell, args)
     check_root(args.dataset, Path(args.dataset_dir))  # the corpus folder first, then the models
@@ -77,7 +79,7 @@ def train(cell: Cell, args) -> list[dict]:
         shared.encoders = shared.encoders or Encoders(cell, args)
         return shared.encoders.references
 
-    default = partial(_default_run_dir, cell, args)
+    default = partial(_default_run_dir, cell, args, tags=args.encoder_tags)
     with rundir.claim(cell, args, default, partial(shared.read, args), frozen, accelerator, log) as plan:
         shared.read(args)  # the main process has read it (and the recordings' digests): the others do now
         if plan.todo and shared.encoders is None:
@@ -421,13 +423,15 @@ def _launched_without_accelerator() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpus
 
 
-def _default_run_dir(cell: Cell, args, fold: int) -> Path:
-    """runs/[demo/]<script>/KEMDy<d>[_session][_original][_freeze-<which>][_layers-weighted]/fold<k>: the
-    frozen and layer-weighted grids sit beside the fine-tuned one, each a row of its own in the report."""
+def _default_run_dir(cell: Cell, args, fold: int, tags: list[str] = ()) -> Path:
+    """runs/[demo/]<script>/KEMDy<d>[_session][_original][_freeze-<which>][_layers-weighted][_<encoder>...]/fold<k>:
+    the frozen and layer-weighted grids sit beside the fine-tuned one, and a grid with other encoders beside
+    the default's (named by `tags`, `encoder_tags`), each a row of its own in the report."""
     protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
     protocol += "_original" if args.original else ""
     protocol += f"_freeze-{args.freeze}" if args.freeze != "none" else ""
     protocol += f"_layers-{args.layers}" if args.layers != "last" else ""
+    protocol += "".join(f"_{tag}" for tag in tags)
     return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
 
 
@@ -437,9 +441,9 @@ def _resolve_demo(cell: Cell, args) -> None:
     if not args.dataset_dir:  # the built-in corpus, unless one is given
         args.dataset_dir = str(demo_corpus(args.dataset))
     models = demo_models()
-    if cell.uses_text and args.text_model == "klue/bert-base":
+    if cell.uses_text and args.text_model == DEFAULT_MODELS["text"]:
         args.text_model = str(models / "text")
-    if cell.uses_speech and args.speech_model == "facebook/wav2vec2-base-960h":
+    if cell.uses_speech and args.speech_model == DEFAULT_MODELS["speech"]:
         args.speech_model = str(models / "speech")
 
 

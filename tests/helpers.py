@@ -33,11 +33,14 @@ def tiny_command(script, corpus, tiny_models, out, *flags, dataset="20", epochs=
     ]
 
 
-def mark_run(folder, script, settings=None):
+def mark_run(folder, script, settings=None, encoders=()):
     """Mark a run directory written by hand as the project's, as a run's own marker would."""
     from common.rundir import Owner
 
-    Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, ["metrics.json"]).write()
+    entries = ["metrics.json", "predictions.csv"]
+    owner = Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, entries)
+    owner.encoders = list(encoders)
+    owner.write()
 
 
 def ctrl_c_at_first_checkpoint(cmd, out, cwd, env, again_after=()) -> tuple[int, str]:

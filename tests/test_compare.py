@@ -113,6 +113,25 @@ def test_different_utterances_are_not_compared():
         paired_bootstrap(pool(a), pool(c), "micro_f1", resamples=100)
 
 
+def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=()) -> None:
+    """A finished classification fold set of `script` in root/script/folder, from two_sets' rows."""
+    for fold, rows, _ in folds:
+        run = root / script / folder / f"fold{fold}"
+        run.mkdir(parents=True)
+        labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+        probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+        test = classification_metrics(labels, probs, 0.5)[0]
+        metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold}
+        metrics |= {"task": "classification", "chosen_epoch": 1, "test": test, "epochs": []}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        mark_run(run, script, encoders=list(encoders))
+        columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
+        with (run / "predictions.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
 def test_the_report_compares_each_multimodal_cell_with_its_better_unimodal_cell_and_the_fusions(tmp_path):
     sets = {
         "text_classification": two_sets(0.7, 0.7, seed=5)[0],
@@ -121,21 +140,7 @@ def test_the_report_compares_each_multimodal_cell_with_its_better_unimodal_cell_
         "multimodal_classification_element_wise_add": two_sets(0.8, 0.8, seed=5)[0],
     }
     for script, folds in sets.items():
-        for fold, rows, _ in folds:
-            run = tmp_path / script / "KEMDy20" / f"fold{fold}"
-            run.mkdir(parents=True)
-            labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
-            probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
-            test = classification_metrics(labels, probs, 0.5)[0]
-            metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold}
-            metrics |= {"task": "classification", "chosen_epoch": 1, "test": test, "epochs": []}
-            (run / "metrics.json").write_text(json.dumps(metrics))
-            mark_run(run, script)
-            columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
-            with (run / "predictions.csv").open("w", newline="") as f:
-                writer = csv.DictWriter(f, columns, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
+        write_set(tmp_path, script, folds)
     main([str(tmp_path), "--no-figures", "--bootstrap", "200"])
     with (tmp_path / "report" / "comparisons.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -155,3 +160,27 @@ def test_the_report_compares_each_multimodal_cell_with_its_better_unimodal_cell_
     expected = [m["test"]["micro_f1"] - t["test"]["micro_f1"] for m, t in zip(mm, text, strict=True)]
     assert per_fold == pytest.approx(expected, abs=5e-4)
     assert "## Paired comparisons" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_the_report_puts_encoders_side_by_side_and_compares_them_on_the_same_cell(tmp_path):
+    better, worse = two_sets(0.85, 0.65, seed=4)
+    write_set(tmp_path, "speech_classification", worse)  # the default encoders
+    write_set(tmp_path, "speech_classification", better, "KEMDy20_wavlm", ["wavlm"])
+    main([str(tmp_path), "--no-figures", "--bootstrap", "200"])
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "## Encoders" in md and "### KEMDy20, contiguous split, `KEMDy20`" in md
+    for label, folds in (("default encoders", worse), ("wavlm", better)):
+        micro = [classification_metrics(*arrays(rows), 0.5)[0]["micro_f1"] for _, rows, _ in folds]
+        assert f"| {label} | micro_f1 {np.mean(micro):.4f} ± {np.std(micro, ddof=1):.4f} |" in md
+    with (tmp_path / "report" / "comparisons.csv").open() as f:
+        (row,) = [r for r in csv.DictReader(f) if r["metric"] == "micro_f1"]
+    assert (row["a"], row["b"]) == ("speech_classification [default encoders]", "speech_classification [wavlm]")
+    pa, pb = pool(worse), pool(better)
+    known = f1_score(pa.labels, pa.decisions, average="micro") - f1_score(pb.labels, pb.decisions, average="micro")
+    assert float(row["difference"]) == pytest.approx(known) and float(row["ci_high"]) < 0
+    assert "## Paired comparisons of encoders" in md
+
+
+def arrays(rows):
+    labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    return labels, np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])

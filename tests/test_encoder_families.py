@@ -203,3 +203,24 @@ def test_a_whisper_encoder_is_loaded_alone_and_pools_the_frames_of_the_audio(spe
     assert (frames, encoder.config.max_source_positions) == (250, 250)  # the table cut to 5 s, 1500 before
     # the window changes what the audio frames attend to (silence up to 30 s, or up to 5 s): close, not equal
     assert 0 < (vectors["30s"] - vectors["clip"]).abs().max() < 1
+
+
+def test_a_grid_with_other_encoders_gets_default_folders_of_its_own():
+    from common.grid import encoder_tags
+    from common.train import _default_run_dir
+
+    speech = Cell("speech", "classification")
+    argv = ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "1", "--freeze", "both", "--layers", "weighted"]
+    argv += ["--speech_model", "microsoft/wavlm-base-plus", "--text_model", "/models/klue roberta/"]
+    args = parse_args(speech, argv)
+    tags = encoder_tags(speech, {"text": args.text_model, "speech": args.speech_model})
+    assert tags == ["wavlm-base-plus"]  # a speech cell is not named by its unused text model
+    folder = _default_run_dir(speech, args, 1, tags)
+    assert folder.as_posix() == "runs/speech_classification/KEMDy20_freeze-both_layers-weighted_wavlm-base-plus/fold1"
+    both = Cell("multimodal", "total", "concat")
+    assert encoder_tags(both, {"text": args.text_model, "speech": args.speech_model}) == [
+        "klue-roberta",
+        "wavlm-base-plus",
+    ]
+    defaults = parse_args(both, ["--dataset", "20", "--dataset_dir", "."])
+    assert encoder_tags(both, {"text": defaults.text_model, "speech": defaults.speech_model}) == []
