@@ -18,9 +18,10 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - cli_help: a script's --help, and a script stopped by a bad argument, over a bare `python -c pass`
   (the command line imports no torch, transformers or accelerate before training starts);
 - report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
-- isolated_eval: what batch-independent vectors cost: the speech vectors of fold 1's 2,692 test clips with the
-  "small" wav2vec2 (group norm, whose outputs change with padding), each group of equal-length clips run
-  unpadded, over the same batches padded as training pads them;
+- isolated_eval: what batch-independent vectors cost: every layer's pooled states (what evaluation and
+  frozen extraction compute) of fold 1's 2,692 test clips with the "small" wav2vec2 (group norm, whose
+  outputs change with padding), each group of equal-length clips run unpadded, over the same batches padded
+  as training pads them (beside them, every clip alone, as frozen extraction ran such models before);
 - whisper_window: a random encoder of whisper-base's size on 5-s clips, its whole 30-s window over its
   positional table cut to 5 s (beside it, how far the pooled vectors of the two differ);
 - fingerprint_warm, fingerprint_cold, cache_checksums: what a run's start-up spends knowing the recordings'
@@ -77,7 +78,7 @@ GOALS = {
     ),
     "cache_checksums": ("checking the caches' checksums when opened (tokens, audio) / listing the corpus", "<=", 0.25),
     "isolated_eval": (
-        "evaluating a test fold, clips of unequal length run apart / padded in batches (group-norm wav2vec2)",
+        "a test fold's speech vectors, clips of unequal length run apart / padded in batches (group-norm wav2vec2)",
         "<=",
         4.0,
     ),
