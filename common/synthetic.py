@@ -619,9 +619,8 @@ def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Pat
     import transformers as hf
     from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-    out = Path(out)
+    out, size = Path(out), SIZES["tiny"]["speech"]
     if family == "whisper":
-        size = SIZES["tiny"]["speech"]
         config = hf.WhisperConfig(
             d_model=size["hidden_size"],
             encoder_layers=size["num_hidden_layers"],
@@ -641,8 +640,6 @@ def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Pat
         hf.WhisperModel(config).save_pretrained(out)
         hf.WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
         return out
-
-    size = SIZES["tiny"]["speech"]
     conv = {
         "conv_dim": (SIZES["tiny"]["conv_dim"],) * 7,
         "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
