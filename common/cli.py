@@ -354,6 +354,7 @@ def _add_output_flags(add) -> None:
         default="none",
         help="also log every epoch's losses and metrics to TensorBoard (events in <run directory>/tensorboard/)",
     )
+    add("--quiet", action="store_true", help="print only each epoch's line, no progress of its batches")
     add(
         "--save_model",
         action=argparse.BooleanOptionalAction,

@@ -15,11 +15,11 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
 
 from common.cache import ArrayStore, file_digests, fingerprint, open_cached
 from common.errors import UserError
 from common.kemdy import Utterance
+from common.progress import Progress
 
 SAMPLE_RATE = 16000
 
@@ -278,6 +278,7 @@ def prepare_inputs(
     cache_dir: str | Path | None = None,
     log=print,
     digests: dict[str, str] | None = None,
+    show_progress: bool = True,
 ) -> Inputs:
     """Token ids (with a tokenizer) and audio (with max_seconds) of every utterance: read from the cache
     under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access.
@@ -291,20 +292,20 @@ def prepare_inputs(
         return inputs
     if inputs.tokens is not None:
         key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, inputs.tokens.texts)
-        inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log)
+        inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log, show_progress)
     if inputs.audio is not None:
         digests = digests or file_digests([u.wav for u in utterances], cache_dir)
         key = fingerprint(SAMPLE_RATE, max_seconds, [digests[str(u.wav)] for u in utterances])
         wavs = [str(u.wav) for u in utterances]  # KEMDy19 lists every recording twice: decode it once
-        inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log)
+        inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log, show_progress)
     return inputs
 
 
-def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, log) -> ArrayStore:
+def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, log, show: bool) -> ArrayStore:
     start = time.perf_counter()
 
     def progress(it):
-        return tqdm(it, desc=f"{kind} cache", leave=False, disable=None, dynamic_ncols=True)
+        return Progress(it, f"{kind} cache", show=show)
 
     def build(tmp):
         ArrayStore.write(tmp, rows, dtype, keys, progress)

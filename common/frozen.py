@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from common.cache import DamagedCache, VectorRows, fingerprint, open_cached
 from common.data import Collator, Inputs, KemdyDataset
 from common.model import module_fingerprint
+from common.progress import Progress
 
 
 def _source_key(source) -> str:
@@ -37,6 +37,7 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
     cache_dir=None,
     weights: str | None = None,
     log=print,
+    show_progress: bool = True,
 ) -> np.ndarray:
     """(utterances, width) float32 pooled vectors of the `modality` ("text" or "speech") encoder, its inputs
     collated by `collate`; with --layers weighted, (utterances, layers, width) summaries of every hidden
@@ -63,7 +64,7 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
         # then uses: a cold cache and a warm one give the same run.
         devices = [accelerator.device] if accelerator.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
-            for batch in tqdm(loader, desc=f"{modality} vectors", leave=False, disable=None, dynamic_ncols=True):
+            for batch in Progress(loader, f"{modality} vectors", show=show_progress):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 vectors = encode(batch).float().cpu().numpy()
                 if out is None:

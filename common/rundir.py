@@ -61,6 +61,7 @@ NOT_RESULTS = {
     "cache_dir",
     "keep_checkpoint",
     "report_to",
+    "quiet",
     "ckpt",
     "demo",
     "original",  # a preset: the flags it sets are compared one by one

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from common import rundir
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -32,6 +31,7 @@ from common.kemdy import Corpus, check_root, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
+from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 
 
@@ -154,8 +154,7 @@ class FoldRun:
         model, accelerator, args = self.model, self.accelerator, self.args
         model.train()
         total, count = 0.0, 0
-        show = None if accelerator.is_local_main_process else True  # None: off when not a terminal
-        bar = tqdm(self.train_loader, f"epoch {epoch}/{args.epochs}", leave=False, disable=show, dynamic_ncols=True)
+        bar = Progress(self.train_loader, f"epoch {epoch}/{args.epochs} training", show=self.show_progress)
         for step, batch in enumerate(bar, 1):
             loss = self.loss(model(batch), batch).mean()
             value = loss.item()
@@ -167,12 +166,16 @@ class FoldRun:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             total, count = total + value, count + 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.note(loss=f"{total / count:.4f}")
         mean = torch.tensor([total / max(count, 1)], device=accelerator.device)
         return float(accelerator.gather(mean).mean())
 
-    def evaluate(self, loader: DataLoader) -> dict[str, np.ndarray]:
-        return evaluate(self.model, loader, self.accelerator, self.objective)
+    @property
+    def show_progress(self) -> bool:
+        return self.accelerator.is_local_main_process and not self.args.quiet
+
+    def evaluate(self, loader: DataLoader, desc: str) -> dict[str, np.ndarray]:
+        return evaluate(self.model, loader, self.accelerator, self.objective, desc if self.show_progress else None)
 
     def record(self, epoch: int, train_loss: float, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
         """An epoch's numbers: training loss, each split's metrics, notes on undefined values, and with
@@ -207,12 +210,13 @@ class FoldRun:
 
 
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, accelerator, objective: Objective) -> dict[str, np.ndarray]:
-    """Per-utterance outputs over a whole split, gathered from every process without duplicates."""
+def evaluate(model, loader: DataLoader, accelerator, objective: Objective, desc: str | None = None) -> dict:
+    """Per-utterance outputs over a whole split, gathered from every process without duplicates; with `desc`,
+    its progress shown."""
     model.eval()
     core = accelerator.unwrap_model(model)
     parts: dict[str, list] = {}
-    for batch in loader:
+    for batch in Progress(loader, desc or "", show=desc is not None):
         outputs = model(batch)
         row = {"index": batch["index"], "loss": objective.per_sample(outputs, batch, core.va_mean, core.va_std)}
         row |= {"labels": batch["labels"], "va": batch["va"]}
@@ -323,7 +327,7 @@ def fit(run: FoldRun) -> list[dict]:
         for epoch in range(len(run.history) + 1, args.epochs + 1):
             run.train_loader.set_epoch(epoch)  # accelerate passes it on to the batch sampler at every iteration
             train_loss = run.train_epoch(epoch)
-            outputs = {name: run.evaluate(loader) for name, loader in run.eval_loaders.items()}
+            outputs = {name: run.evaluate(loader, f"epoch {epoch} {name}") for name, loader in run.eval_loaders.items()}
             for name, out in outputs.items():  # fp16 overflow can leave the training loss finite and these not
                 bad = next((float(v[~np.isfinite(v)][0]) for v in out.values() if not np.isfinite(v).all()), 0.0)
                 run.stop_if_diverged(bad, epoch, len(run.train_loader), what=f"a {name} output is")
@@ -474,7 +478,8 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
     utts, encoders, digests = shared.corpus.utterances, shared.encoders, shared.digests
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
         max_seconds = args.max_seq_len if cell.uses_speech else None
-        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests)
+        show = accelerator.is_local_main_process and not args.quiet
+        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests, show)
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
             if encoder is not None and args.freeze in (modality, "both"):
                 vectors = frozen_vectors(
@@ -488,6 +493,7 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
                     cache_dir=cache_dir,
                     weights=encoders.references[modality]["weights"],
                     log=log,
+                    show_progress=show,
                 )
                 setattr(inputs, f"{modality}_vectors", vectors)
     return inputs
