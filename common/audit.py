@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m common.audit", description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip."
     )
-    add_corpus_flags(parser)
+    add_corpus_flags(parser.add_argument_group("data").add_argument)
     parser.add_argument("--demo", action="store_true", help="audit the built-in synthetic demo corpus instead")
     parser.add_argument("--json", action="store_true", help="print the audit as JSON")
     args = parser.parse_args(argv)

@@ -81,10 +81,56 @@ def _fold(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{value!r}: choose a fold from 1 to {NUM_FOLDS}, or all") from None
 
 
-def add_corpus_flags(p: argparse.ArgumentParser):
-    """The flags that say which corpus and which of its rows: shared by the twelve scripts and the audit.
-    Returns the data group's add_argument."""
-    add = p.add_argument_group("data").add_argument
+# Help sections: the original's own flags, then those that restore what it computed; the other flags by topic.
+ORIGINAL_FLAGS = (
+    "dataset",
+    "num_fold",
+    "lr",
+    "batch_size",
+    "epochs",
+    "max_text_len",
+    "max_seq_len",
+    "seed",
+    "gpus",
+    "num_labels",
+    "regress",
+    "ckpt",
+)
+SECTIONS = {
+    "the original's flags (its names and defaults)": ORIGINAL_FLAGS,
+    "what the original computed (--original sets each of these to its original value, and --valid_ratio 0 "
+    "--no-group_by_length)": ("original", *(k for k in ORIGINAL if k not in ("valid_ratio", "group_by_length"))),
+}
+
+
+class _Sections:
+    """An add_argument that files each flag under its help section (SECTIONS, else the current topic)."""
+
+    def __init__(self, p: argparse.ArgumentParser):
+        self.groups = {title: p.add_argument_group(title) for title in SECTIONS}
+        self.p, self.topic = p, "data"
+
+    def __call__(self, *names, **kwargs):
+        dest = names[0].lstrip("-")
+        title = next((t for t, dests in SECTIONS.items() if dest in dests), self.topic)
+        if title not in self.groups:
+            self.groups[title] = self.p.add_argument_group(title)
+        return self.groups[title].add_argument(*names, **kwargs)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Each default said once: where the help does not say it already."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def add_corpus_flags(add) -> None:
+    """The flags that say which corpus and which of its rows (`add`: an add_argument): shared by the twelve
+    scripts and the audit."""
     add("--dataset", choices=DATASETS, default="19", help="19 = KEMDy19, 20 = KEMDy20")
     add(
         "--dataset_dir",
@@ -111,7 +157,6 @@ def add_corpus_flags(p: argparse.ArgumentParser):
         help="a segment id listed twice in one annotation file: use every row, as the original (the file order "
         "defines the folds), or only the first",
     )
-    return add
 
 
 def resolve_dataset_dir(args: argparse.Namespace) -> None:
@@ -131,9 +176,10 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
     p = argparse.ArgumentParser(
         prog=f"python {cell.name}.py",
         description=description or f"Train and evaluate {cell.name} on one KEMDy fold.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
-    add = add_corpus_flags(p)
+    add = _Sections(p)
+    add_corpus_flags(add)
     add(
         "--num_fold",
         type=_fold,
@@ -195,9 +241,9 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="compute what the original code computed: " + _flags(ORIGINAL) + "; flags given still win "
         "(default run directory: runs/<script>/KEMDy<dataset>_original/)",
     )
-    _add_model_flags(p.add_argument_group("model").add_argument)
-    _add_training_flags(p.add_argument_group("training").add_argument)
-    _add_output_flags(p.add_argument_group("output").add_argument)
+    for topic, flags in (("model", _add_model_flags), ("training", _add_training_flags), ("output", _add_output_flags)):
+        add.topic = topic
+        flags(add)
     return p
 
 

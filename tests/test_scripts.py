@@ -246,3 +246,15 @@ def test_help_and_bad_arguments_answer_without_loading_torch_or_transformers():
         )
         imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
         assert "common" in imported and not imported & {"torch", "transformers", "accelerate", "numpy"}, args
+
+
+def test_help_groups_the_originals_flags_apart_and_says_each_default_once():
+    text = run_script("text_classification", "--help").stdout
+    sections = re.split(r"\n(?=\S[^\n]*:\n)", text)
+    original = next(s for s in sections if s.startswith("the original's flags"))
+    restore = next(s for s in sections if s.startswith("what the original computed"))
+    assert {"--lr", "--batch_size", "--num_fold", "--max_seq_len", "--ckpt"} <= set(re.findall(r"  (--\w+)", original))
+    assert {"--original", "--emotion_output", "--va_loss", "--speech_pooling"} <= set(re.findall(r"  (--\w+)", restore))
+    assert "--freeze" not in original + restore
+    for entry in re.split(r"\n  (?=--)", text):
+        assert entry.count("default") <= 1, entry
