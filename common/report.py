@@ -215,7 +215,7 @@ def fold_summary(results: list[dict]) -> str:
     first = results[0]
     lines = [
         f"{first['script']} {first['dataset']} ({first.get('split', 'contiguous')} split), test metrics "
-        f"over folds {', '.join(str(r['fold']) for r in results)}: mean ± sample std"
+        f"over folds {', '.join(str(r['fold']) for r in results)}: mean ± sample std over {len(results)} folds"
     ]
     lines += [f"  {k:<18}{stats[k]}" for k in (*CLASSIFICATION, *REGRESSION) if k in stats]
     return "\n".join(lines)
@@ -412,7 +412,12 @@ def _confusion_figure(plt, preds, label: str):
     return fig
 
 
-def _per_class_f1_figure(plt, stats: dict, label: str):
+def over(folds: list[int]) -> str:
+    """What a figure's numbers are: one fold's, or the mean ± std over how many folds."""
+    return f"fold {folds[0]}" if len(folds) == 1 else f"mean ± std over {len(folds)} folds"
+
+
+def _per_class_f1_figure(plt, stats: dict, label: str, folds: list[int]):
     means = [stats.get(f"f1_{e}", Stat(None, None, 0)) for e in EMOTIONS]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(EMOTIONS, [s.mean or 0 for s in means], yerr=[s.std or 0 for s in means], capsize=4, color="tab:blue")
@@ -420,7 +425,7 @@ def _per_class_f1_figure(plt, stats: dict, label: str):
         text = "n/a" if s.mean is None else f"{s.mean:.2f}"
         ax.text(i, (s.mean or 0) + (s.std or 0) + 0.02, text, ha="center", fontsize=8)
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("F1 (mean ± std over folds)")
+    ax.set_ylabel(f"F1 ({over(folds)})")
     ax.set_title(f"Per-class F1\n{label}", fontsize=9)
     return fig
 
@@ -448,14 +453,14 @@ def _curves_figure(plt, fs: FoldSet, stats: dict, label: str):
     return fig
 
 
-def _va_scatter_figure(plt, preds, stats: dict, label: str):
+def _va_scatter_figure(plt, preds, stats: dict, label: str, folds: list[int]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
     for ax, dim in zip(axes, ("valence", "arousal"), strict=True):
         colours = {"c": preds["fold"], "cmap": "tab10", "vmin": 0.5, "vmax": 10.5}
         ax.scatter(preds[f"true_{dim}"], preds[f"pred_{dim}"], s=8, alpha=0.35, **colours)
         ax.plot([1, 5], [1, 5], color="gray", lw=1, label="prediction = truth")
         ax.set(xlim=(0.8, 5.2), ylim=(0.8, 5.2), xlabel=f"true {dim}", ylabel=f"predicted {dim}", aspect="equal")
-        ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} (mean ± std over folds)", fontsize=9)
+        ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} ({over(folds)})", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Valence/arousal, test utterances of every fold (colour: fold)\n{label}", fontsize=9)
@@ -474,7 +479,7 @@ def _layer_weights_figure(plt, fs: FoldSet, label: str):
         ax.set(xlabel="hidden layer (0: embedding output)", ylabel="weight", title=f"{name} encoder")
         ax.set_xticks(range(w.shape[1]))
         ax.legend(fontsize=7)
-    fig.suptitle(f"Learnt layer weights (mean ± std over folds)\n{label}", fontsize=9)
+    fig.suptitle(f"Learnt layer weights ({over(fs.folds)})\n{label}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
@@ -487,16 +492,17 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    label = f"{fs.script}, {fs.dataset}, {fs.split} split, folds {','.join(map(str, fs.folds))}"
+    which = f"fold {fs.folds[0]}" if len(fs.folds) == 1 else f"{len(fs.folds)} folds ({','.join(map(str, fs.folds))})"
+    label = f"{fs.script}, {fs.dataset}, {fs.split} split, {which}"
     preds = read_predictions(fs)
     stats = aggregate([fs.metrics[k] for k in fs.folds])
     made = {}
     if preds is not None and f"prob_{EMOTIONS[0]}" in preds:
         made["confusion"] = _confusion_figure(plt, preds, label)
-        made["per_class_f1"] = _per_class_f1_figure(plt, stats, label)
+        made["per_class_f1"] = _per_class_f1_figure(plt, stats, label, fs.folds)
     made["curves"] = _curves_figure(plt, fs, stats, label)
     if preds is not None and "pred_valence" in preds:
-        made["va_scatter"] = _va_scatter_figure(plt, preds, stats, label)
+        made["va_scatter"] = _va_scatter_figure(plt, preds, stats, label, fs.folds)
     if any("layer_weights" in fs.metrics[k] for k in fs.folds):
         made["layer_weights"] = _layer_weights_figure(plt, fs, label)
     written = []

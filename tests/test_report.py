@@ -179,3 +179,22 @@ def test_a_full_disk_while_writing_the_report_is_one_line(runs, monkeypatch):
     monkeypatch.setattr(atomic, "write_text", full)
     with pytest.raises(UserError, match=rf"^disk full: cannot write the report in {runs / 'report'}; free some space$"):
         main([str(runs), "--no-figures"])
+
+
+def test_figures_say_how_many_folds_are_behind_them(runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.report import _per_class_f1_figure, over
+
+    assert over([3]) == "fold 3" and over([1, 2, 3, 4, 5]) == "mean ± std over 5 folds"
+    b, a = find_fold_sets(runs)
+    for fs, expected in ((a, "F1 (mean ± std over 5 folds)"), (b, "F1 (mean ± std over 3 folds)")):
+        fig = _per_class_f1_figure(plt, aggregate([fs.metrics[k] for k in fs.folds]), "label", fs.folds)
+        assert fig.axes[0].get_ylabel() == expected
+        plt.close(fig)
+    one = _per_class_f1_figure(plt, aggregate([a.metrics[3]]), "label", [3])
+    assert one.axes[0].get_ylabel() == "F1 (fold 3)"
+    plt.close(one)
