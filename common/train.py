@@ -65,14 +65,7 @@ def train(cell: Cell, args) -> list[dict]:
     corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them."""
     accelerator = _accelerator(args)
     log = accelerator.print
-    # Encoders other than the defaults name the default run folder (the demo's tiny ones are its defaults).
-    args.encoder_tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
-    if args.demo:
-        _resolve_demo(cell, args)
-    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folder first, then the models
-    if cell.uses_text and args.text_pooling == "auto":
-        args.text_pooling, why = auto_text_pooling(args.text_model)
-        log(f"--text_pooling auto: {args.text_pooling} ({why})")
+    _resolve(cell, args, log)
     shared = Shared()
 
     def frozen() -> dict:  # the frozen encoders' references: recorded with a run, compared when it continues
@@ -109,8 +102,47 @@ def train(cell: Cell, args) -> list[dict]:
         finally:
             gc.unfreeze()
     results_complete()
+    if args.demo and len(results) == 1 and accelerator.is_main_process:
+        log(_next_steps(cell, args, plan.dirs[args.folds[0]], shared.corpus))
     accelerator.end_training()
     return results
+
+
+def _resolve(cell: Cell, args, log) -> None:
+    """What the arguments leave to the run: the demo's corpus and encoders, the encoders' names for the
+    default run folder, and --text_pooling auto."""
+    # Encoders other than the defaults name the default run folder (the demo's tiny ones are its defaults).
+    args.encoder_tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
+    if args.demo:
+        _resolve_demo(cell, args)
+    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folder first, then the models
+    if cell.uses_text and args.text_pooling == "auto":
+        args.text_pooling, why = auto_text_pooling(args.text_model)
+        log(f"--text_pooling auto: {args.text_pooling} ({why})")
+
+
+def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
+    """What a newcomer can run next after the demo, each line runnable as printed."""
+    import shlex
+    import sys
+
+    python = os.path.relpath(sys.executable)
+    python = python if not python.startswith("..") else sys.executable
+    dataset = [] if args.dataset == "20" else ["--dataset", args.dataset]
+    first = corpus.utterances[0]  # a demo recording and its transcript
+    inputs = []
+    if cell.uses_speech:
+        inputs += ["--wav", os.path.relpath(first.wav)]
+    if cell.uses_text:
+        inputs += ["--text", first.text]
+    steps = [
+        [python, "-m", "common.report", str(run_dir.parent.parent.parent)],
+        [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all"],
+        [python, "-m", "common.predict", "--run_dir", str(run_dir), *inputs],
+    ]
+    lines = [f"the run's results are in {run_dir}/; next, try:"]
+    lines += ["  " + " ".join(shlex.quote(part) for part in step) for step in steps]
+    return "\n".join(lines)
 
 
 @dataclass
