@@ -61,6 +61,7 @@ ORIGINAL = {
     "duplicate_rows": "all",
     "valid_ratio": 0.0,
     "group_by_length": False,
+    "optimizer": "original",
 }
 
 
@@ -354,6 +355,13 @@ def _add_model_flags(add) -> None:
 
 def _add_training_flags(add) -> None:
     add("--lr", type=float, default=1e-5, help="AdamW learning rate")
+    add(
+        "--optimizer",
+        choices=("adamw", "original"),
+        default="adamw",
+        help="adamw: torch's AdamW (epsilon added to the bias-corrected root); original: transformers 4.12's, "
+        "which the original used (epsilon added to the uncorrected root: about 32 times larger at the first step)",
+    )
     add(
         "--head_lr", type=float, default=None, help="learning rate of fusion and heads (default: --lr, as the original)"
     )

@@ -243,6 +243,8 @@ def _fit_text_encoder(config: ModelConfig, text_encoder: nn.Module) -> int:
             "needs a text model with two token types (BERT); this one has "
             f"{getattr(text_encoder.config, 'type_vocab_size', 0)}"
         )
+    if config.text_inputs == "original":  # transformers 4.12 ran BERT's attention eagerly, not through SDPA
+        text_encoder.set_attn_implementation("eager")
     pooler = getattr(text_encoder, "pooler", None)
     if config.text_pooling == "pooler" and pooler is None:
         raise UserError("--text_pooling pooler: this text model has no pooler; use auto, cls, mean or last")

@@ -84,6 +84,7 @@ EARLIER = {
     "class_weight": "none",
     "layers": "last",
     "whisper_window": "clip",
+    "optimizer": "adamw",
 }
 
 
@@ -648,6 +649,7 @@ def _describe_model(name: str, encoder) -> dict:
         "name": name,
         "path": str(Path(name).resolve()) if Path(name).is_dir() else None,
         "model_type": encoder.config.model_type,
+        "attention": getattr(encoder.config, "_attn_implementation", None),
         "class": type(encoder).__name__,
         "hidden_size": encoder.config.hidden_size,
         "parameters": sum(p.numel() for p in encoder.parameters()),

@@ -31,6 +31,7 @@ from common.kemdy import Corpus, check_root, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
+from common.optim import adamw
 from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 
@@ -532,7 +533,8 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
 
 
 def _optimizer(model: EmotionModel, args, steps: int):
-    """AdamW over the trainable parameters (the new layers at --head_lr) and the learning-rate schedule."""
+    """AdamW (--optimizer) over the trainable parameters (the new layers at --head_lr) and the learning-rate
+    schedule."""
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -540,9 +542,7 @@ def _optimizer(model: EmotionModel, args, steps: int):
     head_params = [p for n, p in trainable if not n.startswith(ENCODER_PREFIXES)]
     groups = [{"params": encoder_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr or args.lr}]
     groups = [g for g in groups if g["params"]]  # frozen encoders leave the first group empty
-    # foreach: one call per step for all the parameters instead of one per tensor, the same numbers; on
-    # CPU, where it is not the default, it halves the step of a frozen cell's small head.
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-8, weight_decay=args.weight_decay, foreach=True)
+    optimizer = adamw(groups, args.optimizer, args.lr, args.weight_decay)
     warmup = int(args.warmup_ratio * steps)
     if args.lr_scheduler == "linear":
         return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, steps)

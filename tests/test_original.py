@@ -50,6 +50,22 @@ def test_original_bert_inputs_attend_to_every_position_with_the_padding_mask_as_
     assert torch.allclose(correct.encode_text(wider), correct.encode_text(batch), atol=1e-5)
 
 
+def test_original_bert_inputs_run_eager_attention_whose_gradients_are_transformers_4_12s(tiny_models, corpus20):
+    _, bert, batch = text_batch(tiny_models, corpus20, width=32)
+    ids, pad = batch["input_ids"], batch["attention_mask"]
+    reference = BertModel.from_pretrained(tiny_models / "text", attn_implementation="eager")
+    assert bert.config._attn_implementation != "eager"  # loaded as transformers 5 does: SDPA
+    model = EmotionModel(ModelConfig("text", "classification", None, text_inputs="original"), bert)
+    assert model.text_encoder.config._attn_implementation == "eager"
+    model.encode_text(batch).square().sum().backward()
+    # transformers 4.12's call, written out: the -10,000 bias on every score, token types = padding mask
+    bias = torch.full((len(ids), 1, 1, ids.shape[1]), -10000.0)
+    reference(input_ids=ids, attention_mask=bias, token_type_ids=pad).pooler_output.square().sum().backward()
+    grads = dict(reference.named_parameters())
+    for name, param in model.text_encoder.named_parameters():
+        assert torch.allclose(param.grad, grads[name].grad, rtol=1e-5, atol=1e-7), name
+
+
 def test_original_bert_inputs_need_a_model_with_two_token_types():
     bert = BertModel(
         BertConfig(
@@ -144,6 +160,7 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
         "dropout_on": "modalities",
         "valid_ratio": 0.0,
         "group_by_length": False,
+        "optimizer": "original",
     }
     some = vars(parse_args(TEXT, [*argv, "--labels", "checked", "--valid_ratio", "0.2"]))
     assert some["labels"] == "checked" and some["valid_ratio"] == 0.2 and some["va_loss"] == "sum"
@@ -163,6 +180,7 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
         "dropout_on": "modalities",
         "valid_ratio": 0.1,
         "group_by_length": False,
+        "optimizer": "adamw",
     }
     # Attending to the padding makes its length part of the computation: the original's 256.
     assert vars(parse_args(TEXT, ["--dataset_dir", "/nowhere", "--text_inputs", "original"]))["pad_to_max_length"]
@@ -235,3 +253,9 @@ def test_kemdy19_disgust_is_trained_and_scored_as_all_seven_emotions_with_origin
     with (tmp_path / "run" / "predictions.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["segment_id"] in disgust]
     assert rows and all(all(r[f"true_{e}"] == "1" for e in EMOTIONS) for r in rows)
+
+
+def test_the_whitespace_the_original_kept_around_a_transcript_changes_no_token(tiny_models):
+    tok, _ = load_text_encoder(str(tiny_models / "text"))
+    for text in ("기분이 정말 좋아요", "l/ 아 그래 b/ 진짜?"):
+        assert tok(f"  {text} \r\n")["input_ids"] == tok(text)["input_ids"]

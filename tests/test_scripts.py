@@ -196,9 +196,9 @@ def test_help_explains_every_flag_and_the_readme_lists_exactly_the_same_flags():
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
     assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text
-    assert "settings for tiny models: --num_fold 1, --lr 0.002" in text
+    assert "settings for tiny models: --dataset 20, --num_fold 1, --lr 0.002" in text
     assert "compute what the original code computed: --labels original, --text_inputs original" in text
-    assert "--valid_ratio 0.0, --no-" in text and "group_by_length; flags given still win" in text
+    assert "--valid_ratio 0.0, --no-" in text and "group_by_length, --optimizer original; flags given still win" in text
 
 
 @pytest.mark.parametrize(
