@@ -668,9 +668,23 @@ def main(argv: list[str] | None = None) -> None:
         help="only the layer cache's two figures, with encoders of the real sizes (random weights): about an "
         "hour on 2 CPU cores, most of it the extraction",
     )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="only the device benchmark (common.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
+        "peak memory, extraction clips/s and the share of a step waiting for data, with encoders of the real sizes",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
+    if args.gpu:
+        from common.gpucheck import device_benchmark
+
+        results = device_benchmark(Path(args.work))
+        print(json.dumps(results, indent=1))
+        if args.out:
+            write_text(args.out, json.dumps(results, indent=1) + "\n")
+        return
     bench = Bench(Path(args.work), size="base" if args.base_layers else "small")
     if not args.base_layers:
         bench.data_side()
