@@ -138,7 +138,7 @@ def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
         inputs += ["--text", first.text]
     steps = [
         [python, "-m", "common.report", str(run_dir.parent.parent.parent)],
-        [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all"],
+        [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all", "--resume"],  # keeps this fold
         [python, "-m", "common.predict", "--run_dir", str(run_dir), *inputs],
     ]
     lines = [f"the run's results are in {run_dir}/; next, try:"]

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_commands() -> list[str]:
-    block = re.search(r"## Set-up\n.*?```(?:bash|sh)?\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    block = re.search(r"## Set-up\n.*?```bash setup\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     assert block, "README.md needs a '## Set-up' section with one code block"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 

@@ -258,31 +258,3 @@ def test_help_groups_the_originals_flags_apart_and_says_each_default_once():
     assert "--freeze" not in original + restore
     for entry in re.split(r"\n  (?=--)", text):
         assert entry.count("default") <= 1, entry
-
-
-def test_the_demo_ends_with_where_its_results_are_and_next_commands_that_run_as_printed(
-    corpus20, tiny_models, tmp_path, monkeypatch, capsys
-):
-    import shlex
-
-    import common.synthetic
-    from common.cli import parse_args
-    from common.grid import Cell
-    from common.train import train
-
-    monkeypatch.setattr(common.synthetic, "demo_models", lambda: tiny_models)
-    cell = Cell("multimodal", "total", "concat")
-    run = tmp_path / "runs" / "demo" / cell.name / "KEMDy20" / "fold1"
-    argv = ["--demo", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--output_dir", str(run)]
-    train(cell, parse_args(cell, argv))
-    said = capsys.readouterr().out.splitlines()
-    assert said[-4] == f"the run's results are in {run}/; next, try:"
-    report, all_folds, predict = (shlex.split(line) for line in said[-3:])
-    assert report[1:] == ["-m", "common.report", str(tmp_path / "runs" / "demo")]
-    assert all_folds[1:] == [f"{cell.name}.py", "--demo", "--num_fold", "all"]
-    assert parse_args(cell, all_folds[2:]).folds == [1, 2, 3, 4, 5]
-    for command in (report, predict):
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    assert '"probabilities"' in proc.stdout and '"valence"' in proc.stdout

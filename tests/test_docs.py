@@ -1,0 +1,136 @@
+"""Every shell block of the README, README.ko.md and docs/ works as printed.
+
+A block's info string says what it is: `bash run` is run as printed on the demo (in a fresh copy of the
+tree, after the set-up's demo), `bash parse` needs the real corpus, a GPU, a cluster or hours and is checked
+for parsing only (tests/docs_shim.py stands in for python, accelerate, sbatch and hf), `bash parse FILE` is
+a file's content written to FILE for the blocks after it, and `bash setup` is the README's set-up."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "README.ko.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```", re.M | re.S)
+SHELLS = {"bash", "sh", "shell", "console"}
+KINDS = {"run", "parse", "setup"}
+
+
+def shell_blocks(page: Path) -> list[tuple[str, list[str], str]]:
+    """(kind, the words after it, text) of each shell block of a page, in order."""
+    found = []
+    for lang, info, text in FENCE.findall(page.read_text()):
+        if lang in SHELLS:
+            kind, *rest = info.split() or [""]
+            found.append((kind, rest, text))
+    return found
+
+
+def environment(bin_dir: Path) -> dict:
+    return os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def bash(text: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", text], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def named_paths(text: str) -> list[str]:
+    """The relative paths a block names as arguments (folders and files it reads or writes)."""
+    words = shlex.split(text.replace("\\\n", " "), comments=True)
+    return [w for w in words if re.fullmatch(r"[\w.-]+(/[\w.-]+)+/?", w, re.A) and not w.startswith(".venv/")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shell_block_says_whether_it_is_run_or_parsed(page):
+    assert page.is_file(), f"{page.name} is linked from the README"
+    for kind, _, text in shell_blocks(page):
+        assert kind in KINDS, f"{page.name}: a shell block marked {kind!r} instead of run / parse: {text[:80]!r}"
+
+
+def test_the_korean_quickstart_runs_the_same_commands_as_the_readme():
+    english, korean = (shell_blocks(ROOT / name) for name in ("README.md", "README.ko.md"))
+    assert [b for b in korean if b[0] != "parse"] == [b for b in english if b[0] != "parse"]
+    assert {b[2] for b in korean if b[0] == "parse"} <= {b[2] for b in english if b[0] == "parse"}
+
+
+def shimmed_tree(tmp_path: Path) -> tuple[Path, dict]:
+    """A folder holding the twelve scripts, `.venv/bin/python` and PATH commands that only check arguments."""
+    work, bin_dir = tmp_path / "parse", tmp_path / "bin"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    for script in ROOT.glob("*.py"):
+        (work / script.name).symlink_to(script)
+    shim = ROOT / "tests" / "docs_shim.py"
+    for name, where in [
+        ("python", work / ".venv" / "bin"),
+        ("accelerate", bin_dir),
+        ("sbatch", bin_dir),
+        ("hf", bin_dir),
+    ]:
+        (where / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "{shim}" {name} "$@"\n')
+        (where / name).chmod(0o755)
+    return work, environment(bin_dir)
+
+
+def test_every_parse_block_parses(tmp_path):
+    work, env = shimmed_tree(tmp_path)
+    checked = 0
+    for page in PAGES:
+        for kind, rest, text in shell_blocks(page):
+            if kind == "parse" and rest:
+                (work / rest[0]).write_text(text)
+            elif kind in ("parse", "setup"):
+                if kind == "setup":  # the install and the suite itself are CI's (test_readme.py)
+                    text = "\n".join(line.split("&&")[-1] for line in text.splitlines() if "pytest" not in line)
+                proc = bash(text, work, env)
+                assert proc.returncode == 0, f"{page.name}:\n{text}\n{proc.stderr[-2000:]}"
+                checked += 1
+    assert checked >= 10
+
+
+def test_the_shims_refuse_a_bad_flag(tmp_path):
+    work, env = shimmed_tree(tmp_path)
+    for bad in [
+        ".venv/bin/python multimodal_total_concat.py --dataset 20 --dataset_dir /data/KEMDy20 --num_fold 6",
+        ".venv/bin/python multimodal_total_concat.py --dataset 20 --mixed_precision bf17",
+        ".venv/bin/python -m common.report runs --no_such_flag",
+        "accelerate launch --num_processes two multimodal_total_concat.py --dataset 20",
+    ]:
+        assert bash(bad, work, env).returncode != 0, bad
+
+
+def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
+    """The set-up's demo in a fresh copy of the tree, then every `run` block in order (the README's tour
+    first): each exits 0 and leaves the paths it names; the demo ends by printing the tour's commands."""
+    work = tmp_path / "tree"
+    work.mkdir()
+    for script in ROOT.glob("*.py"):
+        shutil.copy(script, work)
+    shutil.copytree(ROOT / "common", work / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    # the environment running the suite, under the name the README uses (the demo prints its own python)
+    (work / ".venv").symlink_to(Path(sys.executable).parents[1])
+    env = environment(tmp_path)
+    (setup,) = [text for kind, _, text in shell_blocks(ROOT / "README.md") if kind == "setup"]
+    demo = setup.splitlines()[0].split("&&")[-1].strip()
+    proc = bash(demo, work, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [line.strip() for line in proc.stdout.splitlines()[-3:]]
+    tour = [line for kind, _, text in shell_blocks(ROOT / "README.md") if kind == "run" for line in text.splitlines()]
+    assert printed == [tour[0], tour[1], tour[3]], "the README's tour is what the demo prints"
+    done = set()
+    for page in PAGES:
+        for kind, _, text in shell_blocks(page):
+            if kind != "run" or text in done:
+                continue
+            done.add(text)
+            proc = bash(text, work, env)
+            assert proc.returncode == 0, f"{page.name}:\n{text}\n{proc.stderr[-3000:]}"
+            for path in named_paths(text):
+                assert (work / path).exists(), f"{page.name}: {path} named by {text!r} does not exist afterwards"
+    assert len(done) >= 4
