@@ -261,7 +261,9 @@ def check(out: Path, tiny: bool = False) -> dict:
         "bf16_gap": bf16_gap,
         "bf16_within_tolerance": bf16_gap <= BF16_TOLERANCE,
         "finite": finite,
-        "benchmark": device_benchmark(out / "bench", size="tiny" if tiny else "base", steps=3 if tiny else 10),
+        "benchmark": device_benchmark(
+            out / "bench", size="tiny" if tiny else "base", steps=2 if tiny else 10, batch_size=4 if tiny else 32
+        ),
     }
     result["seconds"] = time.perf_counter() - start
     result["passed"] = result["deterministic"] and result["bf16_within_tolerance"] and finite

@@ -4,6 +4,10 @@ import os
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per process it starts): the tiny models' small operations gain nothing from a
+    # second thread, so two workers on two cores finish the suite in about two thirds of one worker's time.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -39,3 +43,17 @@ def demo20(tmp_path_factory):
     from common.synthetic import demo_corpus
 
     return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))
+
+
+def pytest_collection_modifyitems(items):
+    """Tests sharing a module-scoped fixture (runs trained once for several tests) run on one worker, so that
+    no worker trains them again (`--dist loadgroup`)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(
+            name
+            for name, defs in (info.name2fixturedefs.items() if info else ())
+            if defs and defs[-1].scope == "module"
+        )
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))

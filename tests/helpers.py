@@ -1,5 +1,6 @@
 """Command lines shared by the end-to-end tests."""
 
+import socket
 import sys
 from pathlib import Path
 
@@ -70,3 +71,21 @@ def ctrl_c_at_first_checkpoint(cmd, out, cwd, env, again_after=()) -> tuple[int,
         victim.send_signal(signal.SIGINT)
     _, stderr = victim.communicate(timeout=120)
     return victim.returncode, stderr
+
+
+def launch_two_processes() -> list[str]:
+    """`accelerate launch` of 2 processes (gloo on CPU) on a free port: tests running side by side never meet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    return launch + [
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]

@@ -28,7 +28,7 @@ from common.model import (
 from common.synthetic import SPEECH_FAMILIES, TEXT_FAMILIES, write_tiny_speech_family, write_tiny_text_family
 from common.train import train
 
-from helpers import tiny_command
+from helpers import launch_two_processes, tiny_command
 
 POOLING = {  # what --text_pooling auto gives each family
     "bert": "pooler",
@@ -151,7 +151,6 @@ def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20,
     """A parameter without a gradient would stop DDP ("Expected to have finished reduction ..."): SpecAugment's
     mask vector is frozen where its masks are off, as fine-tuned checkpoints often ship."""
     import subprocess
-    import sys
 
     from transformers import Wav2Vec2Model
 
@@ -168,8 +167,7 @@ def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20,
         ModelConfig("speech", "classification", None), None, load_speech_encoder(str(models / "speech"))[1]
     )
     assert not model.speech_encoder.masked_spec_embed.requires_grad
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = launch_two_processes()
     argv = tiny_command("speech_classification", corpus20[0], models, tmp_path / "run", epochs=1)
     proc = subprocess.run(launch + argv[1:], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
