@@ -4,6 +4,7 @@ in a DataLoader worker and Ctrl-C into one line."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
 import signal
@@ -44,6 +45,9 @@ def run_cli(fn: Callable[[], T], whole_process: bool = False) -> T:
     except UserError as err:
         print(f"error: {worker_message(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:  # the reader of the output went away (`| head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     finally:
         if previous is signal.default_int_handler:
             # A process about to end ignores Ctrl-C (the interpreter would restore the default, which kills

@@ -508,7 +508,9 @@ def write_tiny_models(out: str | Path, seed: int = 0, size: str = "tiny") -> Pat
     # BertNormalizer's defaults strip accents, which splits Hangul syllables into jamo.
     tok.normalizer = normalizers.BertNormalizer(strip_accents=False, lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=specials))
+    tok.train_from_iterator(
+        lines, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=specials, show_progress=False)
+    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

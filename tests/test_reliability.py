@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from common.kemdy import read_corpus
 from common.rundir import LOCK
 from common.train import train
 
-from helpers import ctrl_c_at_first_checkpoint, tiny_command
+from helpers import ctrl_c_at_first_checkpoint, launch_two_processes, tiny_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = Cell("multimodal", "total", "concat")
@@ -201,8 +200,7 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     Wav2Vec2FeatureExtractor(return_attention_mask=True, do_normalize=True).save_pretrained(models / "speech")
 
     out = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = launch_two_processes()
     argv = command(corpus, models, out, "--batch_size", "4", "--keep_checkpoint", epochs=2)
     argv[argv.index("--num_fold") + 1] = "2"
     proc = run(launch + argv[1:], tmp_path)
@@ -240,8 +238,7 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
 
 def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus20, tiny_models, tmp_path):
     out = tmp_path / "runs"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = launch_two_processes()
     argv = tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", "--report_to", "tensorboard")
     argv += ["--class_weight", "balanced", "--threshold", "tuned"]
     proc = run(launch + argv[1:], tmp_path)
@@ -264,8 +261,7 @@ def test_two_processes_checkpoint_frozen_encoders_out_and_resume_from_it(corpus2
     from safetensors import safe_open
 
     out = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch = launch_two_processes()
     flags = ["--freeze", "both", "--layers", "weighted", "--keep_checkpoint", "--cache_dir", str(tmp_path / "cache")]
     argv = tiny_command("multimodal_classification_concat", corpus20[0], tiny_models, out, *flags, epochs=2)
     proc = run(launch + argv[1:], tmp_path)
@@ -541,3 +537,14 @@ def test_ctrl_c_after_the_results_are_complete_lets_the_command_finish(
     (result,) = run_cli(lambda: train(TEXT, text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
     assert capsys.readouterr().err == "the results are complete; finishing\n"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result
+
+
+def test_a_reader_that_goes_away_stops_the_run_without_a_traceback(corpus20, tiny_models, tmp_path):
+    """`script.py ... | head -1`: the first write after the reader has gone ends the run quietly."""
+    argv = tiny_command("text_classification", corpus20[0], tiny_models, tmp_path / "run", epochs=1)
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
