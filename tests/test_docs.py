@@ -134,3 +134,23 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
             for path in named_paths(text):
                 assert (work / path).exists(), f"{page.name}: {path} named by {text!r} does not exist afterwards"
     assert len(done) >= 4
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"(?m)^#+ (.*)$", page.read_text())
+    }
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_reaches_a_file_and_heading_of_the_repository(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (page.parent / file) if file else page
+        assert linked.exists(), f"{page.name}: {target} names no file"
+        if anchor:
+            assert anchor in heading_anchors(linked), f"{page.name}: {target} names no heading of {linked.name}"
