@@ -57,3 +57,9 @@ def pytest_collection_modifyitems(items):
         )
         if shared:
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core this process may run on (not the host's count in a container), at most 4
+    (each worker builds the session's corpora and encoders again)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
