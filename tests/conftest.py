@@ -45,20 +45,6 @@ def demo20(tmp_path_factory):
     return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))
 
 
-def pytest_collection_modifyitems(items):
-    """Tests sharing a module-scoped fixture (runs trained once for several tests) run on one worker, so that
-    no worker trains them again (`--dist loadgroup`)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = sorted(
-            name
-            for name, defs in (info.name2fixturedefs.items() if info else ())
-            if defs and defs[-1].scope == "module"
-        )
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
-
-
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core this process may run on (not the host's count in a container), at most 4
     (each worker builds the session's corpora and encoders again)."""

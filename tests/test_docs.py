@@ -123,6 +123,10 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     printed = [line.strip() for line in proc.stdout.splitlines()[-3:]]
     tour = [line for kind, _, text in shell_blocks(ROOT / "README.md") if kind == "run" for line in text.splitlines()]
     assert printed == [tour[0], tour[1], tour[3]], "the README's tour is what the demo prints"
+    excerpt = re.search(r"## Set-up\n.*?```text\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
+    assert [line.strip() for line in excerpt.splitlines()[-4:]] == [
+        line.strip() for line in proc.stdout.splitlines()[-4:]
+    ]
     done = set()
     for page in PAGES:
         for kind, _, text in shell_blocks(page):
