@@ -52,6 +52,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -499,20 +500,23 @@ class Bench:
     def demo(self) -> None:
         """The set-up's first command after the install, as a newcomer runs it: wall and CPU seconds the first
         time (corpus and encoders written) and again (both there)."""
-        root, tree = Path(__file__).resolve().parents[1], self.work / "demo_tree"
-        shutil.rmtree(tree, ignore_errors=True)
+        root = Path(__file__).resolve().parents[1]
+        self.work.mkdir(parents=True, exist_ok=True)
+        tree = Path(tempfile.mkdtemp(prefix="demo_tree-", dir=self.work))  # removed below: only what it made
         shutil.copytree(root / "common", tree / "common", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(root / "multimodal_total_concat.py", tree)
         times = []
-        for _ in range(2):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            start = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "multimodal_total_concat.py", "--demo"], cwd=tree, check=True, capture_output=True
-            )
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-            times.append((time.perf_counter() - start, cpu))
+        try:
+            for _ in range(2):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                command = [sys.executable, "multimodal_total_concat.py", "--demo"]
+                subprocess.run(command, cwd=tree, check=True, capture_output=True)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                times.append((time.perf_counter() - start, cpu))
+        finally:
+            shutil.rmtree(tree)
         (first, first_cpu), (again, again_cpu) = times
         self.record("demo_s", first, cpu_s=first_cpu, again_s=again, again_cpu_s=again_cpu)
 
