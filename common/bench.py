@@ -19,9 +19,11 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
   (the command line imports no torch, transformers or accelerate before training starts);
 - report_grid_s: common.report over a 60-run grid of KEMDy20 size with 1,000 bootstrap resamples;
 - isolated_eval: what batch-independent vectors cost: every layer's pooled states (what evaluation and
-  frozen extraction compute) of fold 1's 2,692 test clips with the "small" wav2vec2 (group norm, whose
-  outputs change with padding), each group of equal-length clips run unpadded, over the same batches padded
-  as training pads them (beside them, every clip alone, as frozen extraction ran such models before);
+  frozen extraction compute) of fold 1's 2,692 test clips, longest first as evaluation orders them, with the
+  "small" wav2vec2 (group norm, whose outputs change with padding), each group of equal-length clips run
+  unpadded, over the same batches padded as training pads them;
+- clip_norm_eval: the same vectors in whole batches, each clip's group norm over its own frames and the
+  sample mask to the transformer (what evaluation runs where the probe finds it exact), over padded batches;
 - whisper_window: a random encoder of whisper-base's size on 5-s clips, its whole 30-s window over its
   positional table cut to 5 s (beside it, how far the pooled vectors of the two differ);
 - fingerprint_warm, fingerprint_cold, cache_checksums: what a run's start-up spends knowing the recordings'
@@ -82,6 +84,11 @@ GOALS = {
         "a test fold's speech vectors, clips of unequal length run apart / padded in batches (group-norm wav2vec2)",
         "<=",
         4.0,
+    ),
+    "clip_norm_eval": (
+        "the same vectors in whole batches, each clip's group norm over its own frames / padded in batches",
+        "<=",
+        1.5,
     ),
     "whisper_window": ("a Whisper-base-sized encoder per 5-s clip: its 30-s window / a 5-s window", ">=", 3.0),
     "demo_s": (
@@ -576,7 +583,8 @@ class Bench:
         self.record("report_grid_s", time.perf_counter() - start, fold_sets=len(SCRIPTS), utterances=13462)
 
     def isolation(self) -> None:
-        """A test fold's speech vectors: equal-length groups unpadded (batch-independent) against padded batches."""
+        """A test fold's speech vectors, batch-independent: equal-length groups unpadded, and whole batches with
+        `clip_norms`, each against padded batches."""
         from dataclasses import replace
 
         from common.data import Collator, KemdyDataset, prepare_inputs
@@ -587,9 +595,11 @@ class Bench:
         effect = padding_effect(encoder, extractor)
         config = ModelConfig("speech", "classification", None)
         isolated = EmotionModel(replace(config, isolate_audio=True), None, encoder).eval()
+        clip_norm = EmotionModel(replace(config, isolate_audio=True, clip_norm=True), None, encoder).eval()
         padded = EmotionModel(config, None, encoder).eval()
         spec = audio_spec(extractor, encoder, config)
         test = make_fold([u.session for u in self.utts], 1).test
+        test = sorted(test, key=lambda i: -min(self.utts[i].duration, 5.0))  # longest first, as evaluation runs
         inputs = prepare_inputs(self.utts, max_seconds=5.0, cache_dir=self.work / "cache", log=lambda m: None)
         dataset = KemdyDataset(self.utts, test, inputs, spec)
         loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=Collator(audio_spec=spec))
@@ -603,9 +613,16 @@ class Bench:
 
             return run
 
-        isolated_s, padded_s = _best_of(1, vectors(isolated), vectors(padded))
+        isolated_s, clip_norm_s, padded_s = _best_of(1, vectors(isolated), vectors(clip_norm), vectors(padded))
         self.record(
             "isolated_eval", isolated_s / padded_s, isolated_s=isolated_s, padded_s=padded_s, padding_effect=effect
+        )
+        self.record(
+            "clip_norm_eval",
+            clip_norm_s / padded_s,
+            clip_norm_s=clip_norm_s,
+            padded_s=padded_s,
+            clip_norm_effect=padding_effect(encoder, extractor, clip_norm=True),
         )
 
     def whisper_window(self) -> None:

@@ -190,6 +190,16 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         "each into its own run directory",
     )
     add(
+        "--test_dataset",
+        choices=DATASETS,
+        help="cross-corpus: train on all of --dataset (its last --valid_ratio part choosing the epoch) and test on "
+        "all of this other corpus; --num_fold does not apply",
+    )
+    add(
+        "--test_dataset_dir",
+        help="the test corpus's root (default: ./KEMDy19 or ./KEMDy20; the demo's with --demo)",
+    )
+    add(
         "--split",
         choices=SPLITS,
         default="contiguous",
@@ -209,7 +219,8 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         "--group_by_length",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="train on batches of similar length (less padding); evaluation order is unchanged",
+        help="train on batches of similar length (less padding); evaluation, where the model reads audio, is "
+        "ordered by length either way",
     )
     add(
         "--num_workers",
@@ -438,11 +449,40 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         args.pad_to_max_length = True
     if not args.demo:
         resolve_dataset_dir(args)
+    args.notes = []  # said when the run starts
+    if args.test_dataset:
+        _cross_corpus(args, argv)
     if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     args.folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
     _check_values(args)
     return args
+
+
+def _cross_corpus(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """A cross-corpus run: one run over the whole test corpus, in place of the folds."""
+    import sys
+
+    if args.test_dataset == args.dataset:
+        raise UserError(
+            f"--test_dataset {args.test_dataset}: the corpus it trains on; a cross-corpus run tests on the other "
+            "one (19 or 20), a within-corpus run uses --num_fold"
+        )
+    if not args.test_dataset_dir and not args.demo:
+        default = Path(f"KEMDy{args.test_dataset}")
+        if not default.is_dir():
+            raise UserError(
+                f"--test_dataset_dir not given and no ./{default} folder here: pass the KEMDy{args.test_dataset} root "
+                "holding annotation/ and wav/"
+            )
+        args.test_dataset_dir = str(default)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a.split("=")[0] == "--num_fold"]
+    if given:
+        args.notes.append(
+            f"--num_fold {args.num_fold}: does not apply to a cross-corpus run (it tests on all of "
+            f"KEMDy{args.test_dataset}); ignored"
+        )
+    args.num_fold = 1  # the one run
 
 
 def _check_values(args: argparse.Namespace) -> None:

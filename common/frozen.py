@@ -91,6 +91,7 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
         size,
         *shaping,
         *([summaries] if layers else []),
+        *(["clip norms"] if modality == "speech" and config.clip_norm else []),
     )
     start = time.perf_counter()
     kind = f"{modality}_vectors"

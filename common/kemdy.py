@@ -413,3 +413,51 @@ def _read_file(corpus: Corpus, reader: _RowReader, path: Path, rows: str, duplic
         corpus.transcript_encodings[encoding] += 1
         if utterance.wav.with_suffix(".txt") in reader.blank_first_line:
             corpus.blank_first_line.append(utterance.segment_id)
+
+
+def label_distribution(corpus: Corpus) -> dict:
+    """Utterances per emotion (a multi-label one in each of its emotions) and each score's mean, deviation
+    and range: what a cross-corpus run prints and records for both corpora."""
+    labels = np.array([u.labels for u in corpus.utterances])
+    scores = {name: np.array([getattr(u, name) for u in corpus.utterances]) for name in ("valence", "arousal")}
+    out_of_scale = sum(e.reason == "invalid_valence_arousal" for e in corpus.excluded)
+    return {
+        "utterances": len(corpus.utterances),
+        "emotions": dict(zip(EMOTIONS, map(int, labels.sum(axis=0)), strict=True)),
+        **{
+            name: {"mean": float(v.mean()), "sd": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+            for name, v in scores.items()
+        },
+        "excluded_invalid_valence_arousal": out_of_scale,
+    }
+
+
+def compare_labels(train: Corpus, test: Corpus) -> tuple[dict, str]:
+    """({corpus: label_distribution}, the two side by side as text) for a cross-corpus run; refuses corpora
+    whose emotion sets differ (an emotion only one of them has would be scored on a model that never saw it,
+    or never tested). Both readers admit valence and arousal only on the 1..5 scale (a row outside is excluded
+    and counted), and KEMDy20's `disqust` is read as KEMDy19's `disgust`."""
+    names = [f"KEMDy{train.dataset} (train)", f"KEMDy{test.dataset} (test)"]
+    found = {f"KEMDy{c.dataset}": label_distribution(c) for c in (train, test)}
+    a, b = found.values()
+    only = {
+        name: [e for e in EMOTIONS if mine["emotions"][e] and not other["emotions"][e]]
+        for name, mine, other in ((names[0], a, b), (names[1], b, a))
+    }
+    if any(only.values()):
+        what = "; ".join(f"only {name} has {', '.join(emotions)}" for name, emotions in only.items() if emotions)
+        raise UserError(
+            f"--dataset_dir {train.root} and --test_dataset_dir {test.root}: the corpora's emotion sets differ ({what}); "
+            "a cross-corpus score needs the same seven emotions on both sides"
+        )
+    lines = ["labels of the two corpora (utterances; a multi-label one counts in each of its emotions):"]
+    lines.append(f"  {'':<10}{names[0]:>22}{names[1]:>22}")
+    for e in EMOTIONS:
+        cells = [f"{d['emotions'][e]} ({100 * d['emotions'][e] / d['utterances']:.1f} %)" for d in (a, b)]
+        lines.append(f"  {e:<10}{cells[0]:>22}{cells[1]:>22}")
+    for score in ("valence", "arousal"):
+        cells = [f"{d[score]['mean']:.2f} ± {d[score]['sd']:.2f} [{d[score]['min']:g}, {d[score]['max']:g}]" for d in (a, b)]
+        lines.append(f"  {score:<10}{cells[0]:>22}{cells[1]:>22}")
+    cells = [str(d["excluded_invalid_valence_arousal"]) for d in (a, b)]
+    lines.append(f"  {'rows off the 1..5 scale (excluded)':<34}{cells[0]:>10}{cells[1]:>22}")
+    return found, "\n".join(lines)

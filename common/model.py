@@ -6,6 +6,7 @@ One model class serves all twelve cells; a cell only decides which encoders exis
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -171,6 +172,9 @@ class ModelConfig:
     # In evaluation, run clips of unequal length apart: the speech encoder's outputs change with padding
     # (see `padding_effect`).
     isolate_audio: bool = False
+    # ... or, where the probe finds it exact, still in one batch: each group norm of the convolutions over its
+    # clip's own frames and the sample mask to the transformer (see `clip_norms`).
+    clip_norm: bool = False
     # A Whisper encoder's window in frames of 20 ms: its positional table is cut to this (0: not Whisper).
     audio_frames: int = 0
     layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
@@ -366,11 +370,14 @@ class EmotionModel(nn.Module):
 
     def _speech_means(self, batch: dict, all_layers: bool) -> torch.Tensor:
         """Masked means over each clip's frames, of the last layer or of every layer. In evaluation, where the
-        encoder's outputs change with padding (`config.isolate_audio`), each group of clips of one length runs
-        as a batch of its own, unpadded: a clip's vector is then the one it has alone."""
+        encoder's outputs change with padding (`config.isolate_audio`), the clips run as one batch with
+        `clip_norms` where that is exact (`config.clip_norm`), else each group of clips of one length as a batch
+        of its own, unpadded: a clip's vector is then the one it has alone."""
         audio, samples, mask = batch["audio"], batch["audio_mask"], self.config.pass_audio_mask
         if not self.config.isolate_audio or self.training:
             return speech_means(self.speech_encoder, audio, samples, mask, all_layers)
+        if self.config.clip_norm:
+            return speech_means(self.speech_encoder, audio, samples, True, all_layers, clip_norm=True)
         lengths, out = samples.sum(dim=-1), None
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero(as_tuple=True)[0]
@@ -531,13 +538,56 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
     return loader(str(part), encoder=False)[0], encoder
 
 
-def speech_means(encoder: nn.Module, audio, samples, pass_mask: bool, all_layers: bool) -> torch.Tensor:
+def speech_means(
+    encoder: nn.Module, audio, samples, pass_mask: bool, all_layers: bool, clip_norm: bool = False
+) -> torch.Tensor:
     """A speech encoder's states averaged over each clip's frames (`samples` marks its audio): the last layer's
-    (utterances x width), or every layer's, embedding output first (utterances x layers x width)."""
-    out = encoder(audio, attention_mask=samples if pass_mask else None, output_hidden_states=all_layers)
+    (utterances x width), or every layer's, embedding output first (utterances x layers x width); with
+    `clip_norm`, the convolutions' group norms over each clip's own frames (`clip_norms`)."""
+    with clip_norms(encoder, samples) if clip_norm else contextlib.nullcontext():
+        out = encoder(audio, attention_mask=samples if pass_mask else None, output_hidden_states=all_layers)
     states = torch.stack(out.hidden_states, dim=1) if all_layers else out.last_hidden_state
     frames = frames_holding_audio(encoder, states.shape[-2], samples)
     return masked_mean(states, frames[:, None, :].expand(-1, states.shape[1], -1) if all_layers else frames)
+
+
+class _ClipGroupNorm(nn.Module):
+    """A per-channel group norm (wav2vec2-base's first convolution's) whose statistics come from each clip's own
+    `frames` only."""
+
+    def __init__(self, norm: nn.GroupNorm, frames: torch.Tensor):
+        super().__init__()
+        self.norm, self.frames = norm, frames.tolist()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.norm
+        var, mean = zip(*(torch.var_mean(x[i, :, :n], dim=-1, correction=0) for i, n in enumerate(self.frames)))
+        scale = torch.rsqrt(torch.stack(var) + norm.eps)
+        scale = scale * norm.weight if norm.affine else scale
+        shift = -torch.stack(mean) * scale + (norm.bias if norm.affine else 0)
+        return torch.addcmul(shift[:, :, None], x, scale[:, :, None])  # one pass over the frames
+
+
+@contextlib.contextmanager
+def clip_norms(encoder: nn.Module, samples: torch.Tensor):
+    """Within the block, each per-channel group norm of the encoder's convolutions (wav2vec2-base's first one,
+    over time) takes its statistics from each clip's own frames, not from the padding after them: the frames
+    that hold a clip's audio then come out as they do for the clip alone (a convolution's leading frames see
+    only the clip's samples). Other norms are left as they are (`padding_effect` finds out whether that is exact)."""
+    convs = getattr(getattr(encoder, "feature_extractor", None), "conv_layers", [])
+    lengths, swapped = samples.sum(dim=-1), []
+    try:
+        for layer in convs:
+            conv = layer.conv
+            lengths = torch.div(lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
+            norm = getattr(layer, "layer_norm", None)
+            if isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels:
+                layer.layer_norm = _ClipGroupNorm(norm, lengths.clamp(min=1))
+                swapped.append((layer, norm))
+        yield
+    finally:
+        for layer, norm in swapped:
+            layer.layer_norm = norm
 
 
 def frames_holding_audio(encoder: nn.Module, n_frames: int, samples: torch.Tensor) -> torch.Tensor:
@@ -549,12 +599,13 @@ def frames_holding_audio(encoder: nn.Module, n_frames: int, samples: torch.Tenso
     return torch.arange(n_frames, device=samples.device)[None, :] < lengths[:, None]
 
 
-def padding_effect(encoder: nn.Module, extractor) -> float:
+def padding_effect(encoder: nn.Module, extractor, clip_norm: bool = False) -> float:
     """How far a clip's pooled states (every layer's) move when it is padded in a batch beside a longer clip,
     in evaluation and with the attention mask where its extractor gives one: float rounding (1e-7) where the
     mask makes padding exact, far more where the model normalises over time (wav2vec2-base's group norm) or
-    its masked computation still sees the padding. Decided by this probe, not by the model's name; a Whisper
-    encoder's clips are all padded to its window, so no clip sees another's padding."""
+    its masked computation still sees the padding. With `clip_norm`, the same with `clip_norms` and the mask
+    (exact for wav2vec2-base). Decided by this probe, not by the model's name; a Whisper encoder's clips are all
+    padded to its window, so no clip sees another's padding."""
     from common.data import Collator, model_audio, to_pcm16
 
     if is_whisper(encoder):
@@ -567,7 +618,7 @@ def padding_effect(encoder: nn.Module, extractor) -> float:
     encoder.eval()
     with torch.no_grad():
         together, alone = (
-            speech_means(encoder, batch["audio"], batch["audio_mask"], spec.pass_mask, all_layers=True)[0]
+            speech_means(encoder, batch["audio"], batch["audio_mask"], spec.pass_mask or clip_norm, True, clip_norm)[0]
             for batch in (collate(items), collate(items[:1]))
         )
     encoder.train(training)
@@ -598,10 +649,12 @@ class Encoders:
             limit = getattr(self.text.config, "max_position_embeddings", None)
             if limit and args.max_text_len > limit:
                 raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
-        self.padding_effect = 0.0
+        self.padding_effect = self.clip_norm_effect = 0.0
         if cell.uses_speech:
             self.extractor, self.speech = load_speech_encoder(args.speech_model)
             self.padding_effect = padding_effect(self.speech, self.extractor)
+            if self.padding_effect > PADDING_EXACT:
+                self.clip_norm_effect = padding_effect(self.speech, self.extractor, clip_norm=True)
         self.references = {}  # of the frozen encoders, taken before a model adapts them (e.g. drops a pooler)
         for modality, name in (("text", args.text_model), ("speech", args.speech_model)):
             encoder = getattr(self, modality)
@@ -642,7 +695,8 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
     # The original's inputs keep the original's batch padding; clips padded to one length see no other padding.
     isolate = encoders.padding_effect > PADDING_EXACT and args.speech_inputs != "original" and not config.pad_to
     frames = whisper_frames(encoders.speech, args.whisper_window, args.max_seq_len) if whisper else 0
-    config = replace(config, isolate_audio=isolate, audio_frames=frames)
+    clip_norm = isolate and encoders.clip_norm_effect <= PADDING_EXACT
+    config = replace(config, isolate_audio=isolate, clip_norm=clip_norm, audio_frames=frames)
     if cell.uses_speech and args.speech_pooling == "cnn_last":
         log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
     seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before

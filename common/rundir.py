@@ -56,6 +56,8 @@ NOT_RESULTS = {
     "gpus",
     "output_dir",
     "dataset_dir",  # the corpus itself is compared by its fingerprint
+    "test_dataset_dir",  # the same for a cross-corpus run's test corpus
+    "notes",  # what the command line said when the run started
     "save_model",
     "cache",
     "cache_dir",
@@ -85,6 +87,7 @@ EARLIER = {
     "layers": "last",
     "whisper_window": "clip",
     "optimizer": "adamw",
+    "test_dataset": None,
 }
 
 

@@ -303,9 +303,10 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     if shared.inputs is None:  # the same for every fold: the first fold prepares them
         shared.inputs = _prepare(cell, args, accelerator, model, shared, collate)
     inputs = shared.inputs
+    order = partial(_eval_order, cell, args, inputs, utts)
     datasets = {
         name: KemdyDataset(utts, idx, inputs, spec)
-        for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", fold.test))
+        for name, idx in (("train", train_idx), ("valid", order(valid_idx)), ("test", order(fold.test)))
     }
     lengths = _lengths(inputs, utts, train_idx, args.max_seq_len) if args.group_by_length else None
     sampler = EpochBatchSampler(len(train_idx), args.batch_size, args.seed, lengths)
@@ -569,6 +570,16 @@ def _lengths(inputs: Inputs, utts, indices: list[int], max_seconds: float) -> li
     if inputs.tokens is not None and inputs.text_vectors is None:
         return [float(len(inputs.tokens[i])) for i in indices]
     return [0.0] * len(indices)  # only cached vectors: every batch has the same size
+
+
+def _eval_order(cell: Cell, args, inputs: Inputs, utts, indices: list[int]) -> list[int]:
+    """The order a split is evaluated in: clips from the longest down where the model reads audio, so that a
+    batch pads little (its outputs are gathered with their indices; predictions.csv keeps corpus order); corpus
+    order for the original's speech inputs, whose batch padding changes what it computes."""
+    if not cell.uses_speech or inputs.speech_vectors is not None or args.speech_inputs == "original":
+        return indices
+    lengths = _lengths(inputs, utts, indices, args.max_seq_len)
+    return [indices[k] for k in np.argsort(-np.asarray(lengths), kind="stable")]
 
 
 def _tracked_config(args) -> dict:

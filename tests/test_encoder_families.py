@@ -3,6 +3,7 @@ gets the pooling that fits it, its vectors do not depend on the batch, and it tr
 with the default flags."""
 
 import csv
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -112,8 +113,10 @@ def speech_families(tmp_path_factory):
 
 
 # What the probe finds: padding in a batch changes a clip's vector, mask or not, except for XLS-R's layer norms
-# (Whisper's clips are all padded to its window).
+# (Whisper's clips are all padded to its window); per-clip group norms and the mask make it exact for the
+# group-norm models, not where the positional convolutions or the conformer's depthwise ones see the padding.
 PADDING_CHANGES = {family: family not in ("xls-r", "whisper") for family in SPEECH_FAMILIES}
+CLIP_NORM_EXACT = {family: family in ("wav2vec2", "hubert", "wavlm") for family in SPEECH_FAMILIES}
 
 
 @pytest.mark.parametrize("family", SPEECH_FAMILIES)
@@ -123,13 +126,18 @@ def test_a_speech_vector_is_the_same_whatever_its_batch(speech_families, corpus2
     extractor, encoder = load_speech_encoder(str(speech_families[family]))
     effect = padding_effect(encoder, extractor)
     assert (effect > PADDING_EXACT) == PADDING_CHANGES[family], effect
+    clip_norm = padding_effect(encoder, extractor, clip_norm=True) <= PADDING_EXACT
+    assert clip_norm == (CLIP_NORM_EXACT[family] or not PADDING_CHANGES[family])
     utterances = read_corpus("20", corpus20[0]).utterances
     durations = [u.duration for u in utterances]
     picks = [durations.index(min(durations)), durations.index(max(durations)), 0, 1, 2, 3]  # 0.1 s to 6 s
-    for layers in ("last", "weighted"):
+    isolation = [{"isolate_audio": effect > PADDING_EXACT}]  # the one the runs use first
+    if effect > PADDING_EXACT and clip_norm:  # ... and each equal-length group alone, which they would without
+        isolation = [{"isolate_audio": True, "clip_norm": True}, {"isolate_audio": True}]
+    for layers, isolate in itertools.product(("last", "weighted"), isolation):
         mask = pass_audio_mask(extractor)
         config = ModelConfig("speech", "classification", None, pass_audio_mask=mask, layers=layers)
-        model = EmotionModel(replace(config, isolate_audio=effect > PADDING_EXACT), None, encoder).eval()
+        model = EmotionModel(replace(config, **isolate), None, encoder).eval()
         spec = audio_spec(extractor, encoder, model.config)
         dataset = KemdyDataset(utterances, picks, prepare_inputs(utterances, max_seconds=5.0), spec)
         collate = Collator(audio_spec=spec)
@@ -145,6 +153,11 @@ def test_each_speech_family_trains_fine_tuned_and_frozen_and_predicts_with_the_d
     speech_families, tiny_models, corpus20, tmp_path, family
 ):
     trains_freezes_and_predicts(tiny_models / "text", speech_families[family], corpus20[0], tmp_path)
+    model = json.loads((tmp_path / "tuned" / "model" / "model.json").read_text())
+    assert (model["isolate_audio"], model["clip_norm"]) == (
+        PADDING_CHANGES[family],
+        PADDING_CHANGES[family] and CLIP_NORM_EXACT[family],
+    )
 
 
 def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20, tiny_models, tmp_path):
