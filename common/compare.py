@@ -53,6 +53,37 @@ def pool(frames: list[tuple[int, list[dict], object]]) -> Pooled:
     return Pooled(ids, stack(labels), stack(decisions), stack(top1), stack(va), stack(va_pred))
 
 
+def occurrences(ids: list) -> list[tuple[str, int]]:
+    """(segment id, its k-th listing) of each utterance, in order: what identifies an utterance across runs
+    that tested it in other folds or orders (KEMDy19 lists every recording twice, in both actors' files)."""
+    seen: dict[str, int] = {}
+    out = []
+    for _, segment in ids:
+        seen[segment] = seen.get(segment, 0) + 1
+        out.append((segment, seen[segment]))
+    return out
+
+
+def aligned(a: Pooled, b: Pooled) -> Pooled | None:
+    """`b`'s utterances in `a`'s order, with `a`'s ids (for `paired_bootstrap`), or None if the two did not test
+    the same utterances with the same true labels."""
+    keys = occurrences(a.ids)
+    where = {key: k for k, key in enumerate(occurrences(b.ids))}
+    if len(where) != len(keys) or any(key not in where for key in keys):
+        return None
+    order = np.array([where[key] for key in keys])
+
+    def take(x):
+        return None if x is None else x[order]
+
+    out = Pooled(list(a.ids), *(take(getattr(b, f)) for f in ("labels", "decisions", "top1", "va", "va_pred")))
+    same = all(
+        (x is None) == (y is None) and (x is None or np.array_equal(x, y))
+        for x, y in ((a.labels, out.labels), (a.va, out.va))
+    )
+    return out if same else None
+
+
 def _statistics(p: Pooled, metric: str) -> np.ndarray:
     """Per-utterance counts whose sums over any resample give `metric` (utterances x columns)."""
     if metric in ("micro_f1", "macro_f1"):

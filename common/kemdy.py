@@ -447,17 +447,20 @@ def compare_labels(train: Corpus, test: Corpus) -> tuple[dict, str]:
     if any(only.values()):
         what = "; ".join(f"only {name} has {', '.join(emotions)}" for name, emotions in only.items() if emotions)
         raise UserError(
-            f"--dataset_dir {train.root} and --test_dataset_dir {test.root}: the corpora's emotion sets differ ({what}); "
-            "a cross-corpus score needs the same seven emotions on both sides"
+            f"--dataset_dir {train.root} and --test_dataset_dir {test.root}: the corpora's emotion sets differ "
+            f"({what}); a cross-corpus score needs the same seven emotions on both sides"
         )
     lines = ["labels of the two corpora (utterances; a multi-label one counts in each of its emotions):"]
-    lines.append(f"  {'':<10}{names[0]:>22}{names[1]:>22}")
+    lines.append(f"  {'':<10}{names[0]:>28}{names[1]:>28}")
     for e in EMOTIONS:
         cells = [f"{d['emotions'][e]} ({100 * d['emotions'][e] / d['utterances']:.1f} %)" for d in (a, b)]
-        lines.append(f"  {e:<10}{cells[0]:>22}{cells[1]:>22}")
+        lines.append(f"  {e:<10}{cells[0]:>28}{cells[1]:>28}")
     for score in ("valence", "arousal"):
-        cells = [f"{d[score]['mean']:.2f} ± {d[score]['sd']:.2f} [{d[score]['min']:g}, {d[score]['max']:g}]" for d in (a, b)]
-        lines.append(f"  {score:<10}{cells[0]:>22}{cells[1]:>22}")
-    cells = [str(d["excluded_invalid_valence_arousal"]) for d in (a, b)]
-    lines.append(f"  {'rows off the 1..5 scale (excluded)':<34}{cells[0]:>10}{cells[1]:>22}")
+        cells = [
+            f"{d[score]['mean']:.2f} ± {d[score]['sd']:.2f} in [{d[score]['min']:g}, {d[score]['max']:g}]"
+            for d in (a, b)
+        ]
+        lines.append(f"  {score:<10}{cells[0]:>28}{cells[1]:>28}")
+    cells = [f"{d['excluded_invalid_valence_arousal']} rows excluded" for d in (a, b)]
+    lines.append(f"  {'off the 1..5 scale':<18}{cells[0]:>20}{cells[1]:>28}")
     return found, "\n".join(lines)

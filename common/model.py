@@ -561,7 +561,8 @@ class _ClipGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
-        var, mean = zip(*(torch.var_mean(x[i, :, :n], dim=-1, correction=0) for i, n in enumerate(self.frames)))
+        pairs = [torch.var_mean(x[i, :, :n], dim=-1, correction=0) for i, n in enumerate(self.frames)]
+        var, mean = zip(*pairs, strict=True)
         scale = torch.rsqrt(torch.stack(var) + norm.eps)
         scale = scale * norm.weight if norm.affine else scale
         shift = -torch.stack(mean) * scale + (norm.bias if norm.affine else 0)

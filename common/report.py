@@ -70,37 +70,44 @@ class FoldSet:
         return "_".join(self.folder.parts) or self.script
 
 
-def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[FoldSet]:
+@dataclass
+class CrossRun:
+    """A finished cross-corpus run: trained on `dataset`, tested on all of `test_dataset`."""
+
+    folder: Path  # the run directory, relative to the report's root
+    run_dir: Path
+    script: str
+    dataset: str
+    test_dataset: str
+    metrics: dict
+    settings: dict
+
+
+def find_fold_sets(
+    root: str | Path, skipped: list[str] | None = None, cross: list[CrossRun] | None = None
+) -> list[FoldSet]:
     """Every finished run under `root` (a folder holding the project's run marker, or a run from before
     markers existed, with its metrics.json), grouped into fold sets, in grid order. Folders that are not this
-    project's runs are left out; a damaged run is left out and described in `skipped`, one line each."""
+    project's runs are left out; a damaged run is left out and described in `skipped`, one line each. Cross-corpus
+    runs go into `cross`, if given."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such folder of run directories")
     skipped = [] if skipped is None else skipped
     sets: dict[tuple, FoldSet] = {}
     for path in sorted(root.rglob("metrics.json")):
-        if "checkpoints" in path.parts:
+        found = None if "checkpoints" in path.parts else _finished_run(path, skipped)
+        if found is None:
             continue
-        try:
-            owner = read_run(path.parent)
-        except UserError as err:
-            skipped.append(str(err).split("; nothing in")[0])
-            continue
-        if owner is None:  # another tool's metrics.json
-            continue
-        try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-            key = (path.parent.parent.relative_to(root), m["script"], m["dataset"], m.get("split", "contiguous"))
-            fold = int(m["fold"])
-            m["test"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
-            continue
-        predictions = path.parent / "predictions.csv"
-        problem = _damaged_predictions(predictions, m["test"].get("n")) if predictions.is_file() else None
-        if problem:
-            skipped.append(f"{predictions}: damaged ({problem}); train that fold again with --overwrite")
+        owner, m = found
+        key = (path.parent.parent.relative_to(root), m["script"], m["dataset"], m.get("split", "contiguous"))
+        fold = None if m.get("test_dataset") else int(m["fold"])
+        if fold is None:
+            if cross is not None:
+                folder = path.parent.relative_to(root)
+                cross.append(
+                    CrossRun(folder, path.parent, m["script"], m["dataset"], m["test_dataset"], m, owner.settings)
+                )
             continue
         settings = owner.settings | {"corpus": owner.corpus.get("listing")}
         key += (json.dumps(settings, sort_keys=True, default=str),)
@@ -118,6 +125,31 @@ def find_fold_sets(root: str | Path, skipped: list[str] | None = None) -> list[F
         return fs.dataset, fs.split, rank, fs.script, str(fs.folder), fs.folds
 
     return sorted(sets.values(), key=order)
+
+
+def _finished_run(path: Path, skipped: list[str]) -> tuple | None:
+    """(marker, metrics.json) of the project's finished run whose metrics.json is `path`; None for another tool's
+    file, and for a damaged run, which is described in `skipped`."""
+    try:
+        owner = read_run(path.parent)
+    except UserError as err:
+        skipped.append(str(err).split("; nothing in")[0])
+        return None
+    if owner is None:  # another tool's metrics.json
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        m["script"], m["dataset"], m["test"]
+        None if m.get("test_dataset") else int(m["fold"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
+        return None
+    predictions = path.parent / "predictions.csv"
+    problem = _damaged_predictions(predictions, m["test"].get("n")) if predictions.is_file() else None
+    if problem:
+        skipped.append(f"{predictions}: damaged ({problem}); train that fold again with --overwrite")
+        return None
+    return owner, m
 
 
 def _damaged_predictions(path: Path, n: int | None) -> str | None:
@@ -306,8 +338,9 @@ def epoch_line(record: dict) -> str:
 
 def run_summary(result: dict, run_dir: Path) -> str:
     """The lines that end a fold: every test metric of the chosen epoch, and where the run is."""
+    where = f"-> {result['test_dataset']} (cross-corpus)" if result.get("test_dataset") else f"fold {result['fold']}"
     lines = [
-        f"{result['script']} {result['dataset']} fold {result['fold']}: test metrics of epoch "
+        f"{result['script']} {result['dataset']} {where}: test metrics of epoch "
         f"{result['chosen_epoch']} (chosen by {result['selection'].replace('_', ' ')})"
     ]
     for key, value in result["test"].items():
@@ -664,8 +697,76 @@ def encoder_tables(sets: list[FoldSet]) -> list[str]:
     return ["## Encoders", "", intro, "", *lines]
 
 
+def _within_partner(run: CrossRun, sets: list[FoldSet], dataset: str) -> FoldSet | None:
+    """The fold set of the same cell and protocol within `dataset` (its folder named as the cross-corpus run's,
+    without the direction: KEMDy20-to-KEMDy19_original -> KEMDy19_original)."""
+    name = run.folder.name.replace(f"{run.dataset}-to-{run.test_dataset}", dataset, 1)
+    found = [fs for fs in sets if fs.script == run.script and fs.dataset == dataset and fs.folder.name == name]
+    found = [fs for fs in found if not fs.duplicates and not fs.mixed]
+    return found[0] if len(found) == 1 else None
+
+
+def cross_corpus(runs: list[CrossRun], sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list, str]:
+    """(Markdown lines, CSV) of every cross-corpus run beside the same cell within each corpus: the within-corpus
+    mean ± std over folds, the cross-corpus score, and cross - within on the test corpus's utterances (all of
+    them, which a complete within-corpus fold set tested once each) with a paired bootstrap interval."""
+    from common.compare import aligned, metrics_of, paired_bootstrap, pool
+
+    if not runs:
+        return [], ""
+    rank = {name: k for k, name in enumerate(SCRIPTS)}
+    runs = sorted(runs, key=lambda r: (rank.get(r.script, len(SCRIPTS)), r.dataset, str(r.folder)))
+    md = [
+        "## Within and across corpora",
+        "",
+        "Each cross-corpus run (trained on all of one corpus, tested on all of the other) beside the same cell "
+        "within each corpus (mean ± sample std over its folds). cross − within: on the test corpus's "
+        f"utterances, pooled over the within-corpus folds, with a 95 % interval from {resamples} paired bootstrap "
+        "resamples of the utterances; n/a where the within-corpus fold set is incomplete or tested other "
+        "utterances.",
+        "",
+        "| script | trained on | tested on | metric | within the training corpus | within the test corpus "
+        "| cross-corpus | cross − within | 95 % interval |",
+        "|" + "---|" * 9,
+    ]
+    rows = []
+    for run in runs:
+        at_home, within = (_within_partner(run, sets, d) for d in (run.dataset, run.test_dataset))
+        with (run.run_dir / "predictions.csv").open(encoding="utf-8", newline="") as f:
+            crossed = pool([(0, list(csv.DictReader(f)), run_threshold(run.run_dir))])
+        paired = aligned(crossed, _pooled(within)) if within is not None and _comparable(within) else None
+        mixed = [] if within is None else differences(within.settings or {}, run.settings)
+        mixed = [d for d in mixed if not d.startswith(("--test_dataset ", "--dataset ")) and d != "another corpus"]
+        for metric in metrics_of(run.metrics["task"]):
+            cells, diff, low, high = [], None, None, None
+            for fs in (at_home, within):
+                stats = aggregate([fs.metrics[k] for k in fs.folds]) if fs is not None else {}
+                stat = stats.get(metric)
+                folds = "" if fs is None else f"fold {fs.folds[0]}" if len(fs.folds) == 1 else f"{len(fs.folds)} folds"
+                cells.append("none" if fs is None else f"{stat} ({folds})" if stat else "n/a")
+            score = flat_metrics(run.metrics["test"]).get(metric)
+            if paired is not None and not mixed:
+                diff, low, high = paired_bootstrap(crossed, paired, metric, resamples, seed)
+            shown = ("n/a", "n/a") if diff is None else (f"{diff:+.4f}", f"[{low:+.4f}, {high:+.4f}]")
+            note = f" (settings differ: {', '.join(mixed[:3])})" if mixed else ""
+            md.append(
+                f"| {run.script} | {run.dataset} | {run.test_dataset} | {metric} | {cells[0]} | {cells[1]} | "
+                f"{_fmt(score)}{note} | {shown[0]} | {shown[1]} |"
+            )
+            rows.append(
+                [run.folder.as_posix(), run.script, run.dataset, run.test_dataset, metric, score, diff, low, high]
+            )
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(
+        ["run", "script", "trained_on", "tested_on", "metric", "cross", "cross_minus_within", "ci_low", "ci_high"]
+    )
+    writer.writerows(rows)
+    return [*md, ""], f.getvalue()
+
+
 REPORT_MARKER = "kemdy_report.json"
-REPORT_FILES = ("results.md", "results.csv", "comparisons.csv", "figures")
+REPORT_FILES = ("results.md", "results.csv", "comparisons.csv", "cross_corpus.csv", "figures")
 
 
 def _claim_report_folder(out: Path) -> None:
@@ -698,26 +799,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap {args.bootstrap}: at least 100 resamples for a 95 % interval")
     skipped: list[str] = []
-    sets = find_fold_sets(args.runs_dir, skipped)
+    cross: list[CrossRun] = []
+    sets = find_fold_sets(args.runs_dir, skipped, cross)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if not sets:
+    if not sets and not cross:
         raise UserError(f"{args.runs_dir}: no finished run directories (metrics.json) found")
     out = Path(args.out or Path(args.runs_dir, "report"))
     _claim_report_folder(out)
     md, table = tables(sets)
     compared, compared_csv = comparisons(sets, args.bootstrap, args.seed)
-    md = "\n".join([md, *compared])
+    crossed, crossed_csv = cross_corpus(cross, sets, args.bootstrap, args.seed)
+    md = "\n".join([md, *compared, *crossed])
     with writing("the report", out):
         atomic.write_text(out / "results.md", md + "\n")
         atomic.write_text(out / "results.csv", table)
         atomic.write_text(out / "comparisons.csv", compared_csv)
+        if crossed_csv:
+            atomic.write_text(out / "cross_corpus.csv", crossed_csv)
         written = [p for fs in sets for p in figures(fs, out / "figures")] if args.figures else []
     print(md)
     incomplete = [fs for fs in sets if not fs.complete]
     print(
-        f"{len(sets)} fold sets ({len(incomplete)} incomplete); wrote {out / 'results.md'}, "
-        f"{out / 'results.csv'} and {len(written)} figures in {out / 'figures'}"
+        f"{len(sets)} fold sets ({len(incomplete)} incomplete), {len(cross)} cross-corpus runs; wrote "
+        f"{out / 'results.md'}, {out / 'results.csv'} and {len(written)} figures in {out / 'figures'}"
     )
 
 

@@ -660,16 +660,19 @@ def _describe_model(name: str, encoder) -> dict:
     }
 
 
-def provenance(cell, args, corpus, fingerprint: dict, accelerator, split, model, frozen: dict | None = None) -> dict:
+def provenance(
+    cell, args, corpus, fingerprint: dict, accelerator, split, model, frozen: dict | None = None, utterances=None
+) -> dict:
     """config.json: every argument, the command, the models, the data and its split, and the environment.
-    `fingerprint`: the corpus's (listing and recordings); `split` is (fold, train indices, valid indices);
-    `frozen`: each frozen encoder's source and weights' fingerprint."""
+    `fingerprint`: the corpus's (listing and recordings); `split` is (fold, train indices, valid indices) into
+    `utterances` (the corpus's, unless given); `frozen`: each frozen encoder's source and weights' fingerprint."""
     import accelerate
     import numpy as np
     import torch
     import transformers
 
     fold, train, valid = split
+    utterances = corpus.utterances if utterances is None else utterances
     return {
         "script": cell.name,
         "cell": asdict(cell),
@@ -685,14 +688,9 @@ def provenance(cell, args, corpus, fingerprint: dict, accelerator, split, model,
             if encoder is not None
         },
         "data": {
-            "dataset_dir": str(Path(args.dataset_dir).resolve()),
-            "annotation_files": len(corpus.annotation_files),
-            "rows": corpus.rows,
-            "used": len(corpus.utterances),
-            "excluded": len(corpus.excluded),
-            "exclusions": [asdict(e) for e in corpus.excluded],
+            **_describe_corpus(args.dataset_dir, corpus),
             "split": {"train": len(train), "valid": len(valid), "test": len(fold.test)},
-            "test_sessions": session_order([corpus.utterances[i].session for i in fold.test]),
+            "test_sessions": session_order([utterances[i].session for i in fold.test]),
             "va_mean": model.va_mean.tolist(),
             "va_std": model.va_std.tolist(),
             "fingerprint": fingerprint["listing"],
@@ -709,6 +707,24 @@ def provenance(cell, args, corpus, fingerprint: dict, accelerator, split, model,
             "mixed_precision": accelerator.mixed_precision,
         },
     }
+
+
+def _describe_corpus(root, corpus) -> dict:
+    """Where a corpus is and what of it was used."""
+    return {
+        "dataset_dir": str(Path(root).resolve()),
+        "annotation_files": len(corpus.annotation_files),
+        "rows": corpus.rows,
+        "used": len(corpus.utterances),
+        "excluded": len(corpus.excluded),
+        "exclusions": [asdict(e) for e in corpus.excluded],
+    }
+
+
+def describe_test_corpus(args, corpus, labels: dict) -> dict:
+    """config.json's data about a cross-corpus run's test corpus, and both corpora's label distributions."""
+    test_corpus = {"dataset": f"KEMDy{args.test_dataset}", **_describe_corpus(args.test_dataset_dir, corpus)}
+    return {"test_corpus": test_corpus, "label_distribution": labels}
 
 
 def record_size(run_dir: Path) -> None:

@@ -21,13 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import rundir
+from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
 from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, corpus_fingerprint, prepare_inputs
 from common.errors import Interrupted, UserError, results_complete, writing
-from common.folds import fold_splits
+from common.folds import cross_corpus_splits, fold_splits
 from common.frozen import frozen_vectors
 from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, Cell, encoder_tags
-from common.kemdy import Corpus, check_root, read_corpus
+from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
@@ -45,20 +46,31 @@ class Shared:
     digests: dict | None = None  # each recording's content digest (the audio cache's key)
     encoders: Encoders | None = None
     inputs: Inputs | None = None
+    test_corpus: Corpus | None = None  # a cross-corpus run's (--test_dataset)
+    labels: dict | None = None  # a cross-corpus run's label distributions of both corpora
 
-    def read(self, args) -> dict:
+    def read(self, args, log=print) -> dict:
         """The corpus and its fingerprints (the first process to read it remembers every recording's digest by
-        file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints."""
+        file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints. A
+        cross-corpus run reads the test corpus too, compares the two corpora's labels, and fingerprints both."""
         if self.corpus is None:
-            self.corpus = read_corpus(
-                args.dataset,
-                args.dataset_dir,
-                rows=args.kemdy19_rows,
-                labels=args.labels,
-                duplicates=args.duplicate_rows,
-            )
-            self.fingerprint, self.digests = corpus_fingerprint(self.corpus, args.cache_dir if args.cache else None)
+            read = partial(read_corpus, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows)
+            cache_dir = args.cache_dir if args.cache else None
+            self.corpus = read(args.dataset, args.dataset_dir)
+            self.fingerprint, self.digests = corpus_fingerprint(self.corpus, cache_dir)
+            if args.test_dataset:
+                self.test_corpus = read(args.test_dataset, args.test_dataset_dir)
+                self.labels, table = compare_labels(self.corpus, self.test_corpus)
+                log(table)
+                tested, digests = corpus_fingerprint(self.test_corpus, cache_dir)
+                self.fingerprint = {k: fingerprint(v, tested[k]) for k, v in self.fingerprint.items()}
+                self.digests |= digests
         return self.fingerprint
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        """What a run's indices refer to: the corpus's utterances, then a cross-corpus run's test corpus's."""
+        return self.corpus.utterances + (self.test_corpus.utterances if self.test_corpus else [])
 
 
 def train(cell: Cell, args) -> list[dict]:
@@ -74,8 +86,8 @@ def train(cell: Cell, args) -> list[dict]:
         return shared.encoders.references
 
     default = partial(_default_run_dir, cell, args, tags=args.encoder_tags)
-    with rundir.claim(cell, args, default, partial(shared.read, args), frozen, accelerator, log) as plan:
-        shared.read(args)  # the main process has read it (and the recordings' digests): the others do now
+    with rundir.claim(cell, args, default, partial(shared.read, args, log=log), frozen, accelerator, log) as plan:
+        shared.read(args, log=lambda _: None)  # the main process has read it (and the digests): the others now
         if plan.todo and shared.encoders is None:
             shared.encoders = Encoders(cell, args)
         results = []
@@ -116,7 +128,11 @@ def _resolve(cell: Cell, args, log) -> None:
     args.encoder_tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
     if args.demo:
         _resolve_demo(cell, args)
-    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folder first, then the models
+    for note in args.notes:
+        log(note)
+    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folders first, then the models
+    if args.test_dataset:
+        check_root(args.test_dataset, Path(args.test_dataset_dir))
     if cell.uses_text and args.text_pooling == "auto":
         args.text_pooling, why = auto_text_pooling(args.text_model)
         log(f"--text_pooling auto: {args.text_pooling} ({why})")
@@ -136,9 +152,14 @@ def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
         inputs += ["--wav", os.path.relpath(first.wav)]
     if cell.uses_text:
         inputs += ["--text", first.text]
+    runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
+    if args.test_dataset:  # the other direction
+        other = [python, f"{cell.name}.py", "--demo", "--dataset", args.test_dataset, "--test_dataset", args.dataset]
+    else:
+        other = [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all", "--resume"]  # keeps this fold
     steps = [
-        [python, "-m", "common.report", str(run_dir.parent.parent.parent)],
-        [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all", "--resume"],  # keeps this fold
+        [python, "-m", "common.report", str(runs)],
+        other,
         [python, "-m", "common.predict", "--run_dir", str(run_dir), *inputs],
     ]
     lines = [f"the run's results are in {run_dir}/; next, try:"]
@@ -155,7 +176,8 @@ class FoldRun:
     args: argparse.Namespace
     accelerator: object
     run_dir: Path
-    corpus: Corpus
+    corpus: Corpus  # the one it trains on
+    utterances: list  # what the indices refer to: the corpus's, then a cross-corpus run's test corpus's
     split: tuple  # (Fold, train indices, valid indices)
     model: torch.nn.Module  # prepared by the accelerator (wrapped when distributed)
     encoders: Encoders  # the pretrained ones (tokenizer, feature extractor, frozen encoders' sources)
@@ -287,9 +309,9 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     fresh run, the latest checkpoint for a resumed one."""
     log = accelerator.print
     seed(args.seed)
-    corpus, utts = shared.corpus, shared.corpus.utterances
-    fold, train_idx, valid_idx = fold_splits([u.session for u in utts], args.num_fold, args.split, args.valid_ratio)
-    log(_fold_line(args, corpus, fold, train_idx, valid_idx))
+    corpus, utts = shared.corpus, shared.utterances
+    fold, train_idx, valid_idx = _splits(args, shared)
+    log(_fold_line(args, shared, fold, train_idx, valid_idx))
 
     model = build_model(cell, args, shared.encoders, last, log)
     labels = np.array([utts[i].labels for i in train_idx])
@@ -323,6 +345,7 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
         accelerator=accelerator,
         run_dir=run_dir,
         corpus=corpus,
+        utterances=utts,
         split=(fold, train_idx, valid_idx),
         model=model,
         encoders=encoders,
@@ -335,8 +358,10 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     )
     if accelerator.is_main_process and not (run_dir / "config.json").is_file():
         config = rundir.provenance(
-            cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references
+            cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references, utts
         )
+        if shared.test_corpus is not None:
+            config["data"] |= rundir.describe_test_corpus(args, shared.test_corpus, shared.labels)
         if pos_weight is not None:
             config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
@@ -397,7 +422,8 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
         "script": run.cell.name,
         "dataset": f"KEMDy{args.dataset}",
         "split": args.split,
-        "fold": args.num_fold,
+        "fold": None if args.test_dataset else args.num_fold,
+        **({"test_dataset": f"KEMDy{args.test_dataset}"} if args.test_dataset else {}),
         "task": run.cell.task,
         "selection": "valid_loss" if run.split[2] else "last_epoch",
         "chosen_epoch": chosen,
@@ -408,7 +434,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     }
     if accelerator.is_main_process:
         with writing("the results", run_dir, "; the checkpoints are kept: then continue with --resume"):
-            rundir.write_predictions(run_dir, run.corpus.utterances, test_outputs)
+            rundir.write_predictions(run_dir, run.utterances, test_outputs)
             if "probs" in test_outputs:
                 rundir.write_confusion(run_dir, test_outputs)
             if args.save_model:
@@ -462,15 +488,18 @@ def _launched_without_accelerator() -> bool:
 
 
 def _default_run_dir(cell: Cell, args, fold: int, tags: list[str] = ()) -> Path:
-    """runs/[demo/]<script>/KEMDy<d>[_session][_original][_freeze-<which>][_layers-weighted][_<encoder>...]/fold<k>:
+    """runs/[demo/]<script>/KEMDy<d>[-to-KEMDy<t>][_session][_original][_freeze-<which>][_layers-weighted]
+    [_<encoder>...]/fold<k> (a cross-corpus run, -to-KEMDy<t>, without fold<k>/):
     the frozen and layer-weighted grids sit beside the fine-tuned one, and a grid with other encoders beside
     the default's (named by `tags`, `encoder_tags`), each a row of its own in the report."""
-    protocol = f"KEMDy{args.dataset}" + ("" if args.split == "contiguous" else f"_{args.split}")
+    protocol = f"KEMDy{args.dataset}" + (f"-to-KEMDy{args.test_dataset}" if args.test_dataset else "")
+    protocol += "" if args.split == "contiguous" else f"_{args.split}"
     protocol += "_original" if args.original else ""
     protocol += f"_freeze-{args.freeze}" if args.freeze != "none" else ""
     protocol += f"_layers-{args.layers}" if args.layers != "last" else ""
     protocol += "".join(f"_{tag}" for tag in tags)
-    return Path("runs", *(["demo"] if args.demo else []), cell.name, protocol, f"fold{fold}")
+    folder = Path("runs", *(["demo"] if args.demo else []), cell.name, protocol)
+    return folder if args.test_dataset else folder / f"fold{fold}"  # a cross-corpus run has no folds
 
 
 def _resolve_demo(cell: Cell, args) -> None:
@@ -478,6 +507,8 @@ def _resolve_demo(cell: Cell, args) -> None:
 
     if not args.dataset_dir:  # the built-in corpus, unless one is given
         args.dataset_dir = str(demo_corpus(args.dataset))
+    if args.test_dataset and not args.test_dataset_dir:
+        args.test_dataset_dir = str(demo_corpus(args.test_dataset))
     models = demo_models()
     if cell.uses_text and args.text_model == DEFAULT_MODELS["text"]:
         args.text_model = str(models / "text")
@@ -485,12 +516,30 @@ def _resolve_demo(cell: Cell, args) -> None:
         args.speech_model = str(models / "speech")
 
 
-def _fold_line(args, corpus: Corpus, fold, train_idx, valid_idx) -> str:
+def _splits(args, shared: Shared) -> tuple:
+    """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's."""
+    sessions = [u.session for u in shared.corpus.utterances]
+    if shared.test_corpus is None:
+        return fold_splits(sessions, args.num_fold, args.split, args.valid_ratio)
+    return cross_corpus_splits(sessions, len(shared.test_corpus.utterances), args)
+
+
+def _fold_line(args, shared: Shared, fold, train_idx, valid_idx) -> str:
+    def excluded(corpus: Corpus) -> str:
+        reasons = f": {dict(Counter(e.reason for e in corpus.excluded))}" if corpus.excluded else ""
+        return f"{len(corpus.excluded)} rows excluded{reasons}"
+
+    if shared.test_corpus is not None:
+        return (
+            f"KEMDy{args.dataset} -> KEMDy{args.test_dataset} (cross-corpus, validation by the {args.split} split's "
+            f"rule): {len(train_idx)} train, {len(valid_idx)} valid utterances of KEMDy{args.dataset} "
+            f"({excluded(shared.corpus)}); {len(fold.test)} test utterances of KEMDy{args.test_dataset} "
+            f"({excluded(shared.test_corpus)})"
+        )
     held = f", test sessions {', '.join(fold.test_sessions)}" if fold.test_sessions else ""
-    excluded = f": {dict(Counter(e.reason for e in corpus.excluded))}" if corpus.excluded else ""
     return (
         f"KEMDy{args.dataset} fold {args.num_fold} ({args.split} split{held}): {len(train_idx)} train, "
-        f"{len(valid_idx)} valid, {len(fold.test)} test utterances ({len(corpus.excluded)} rows excluded{excluded})"
+        f"{len(valid_idx)} valid, {len(fold.test)} test utterances ({excluded(shared.corpus)})"
     )
 
 
@@ -509,7 +558,7 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
     """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders."""
     cache_dir = args.cache_dir if args.cache else None
     log = accelerator.print
-    utts, encoders, digests = shared.corpus.utterances, shared.encoders, shared.digests
+    utts, encoders, digests = shared.utterances, shared.encoders, shared.digests
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
         max_seconds = args.max_seq_len if cell.uses_speech else None
         show = accelerator.is_local_main_process and not args.quiet

@@ -105,9 +105,13 @@ def test_the_shims_refuse_a_bad_flag(tmp_path):
         assert bash(bad, work, env).returncode != 0, bad
 
 
-def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
-    """The set-up's demo in a fresh copy of the tree, then every `run` block in order (the README's tour
-    first): each exits 0 and leaves the paths it names; the demo ends by printing the tour's commands."""
+# The pages whose `run` blocks continue the README's tour (they use the demo's run); the other pages' run on
+# their own, in tests/test_docs_pages.py (another worker).
+TOUR_PAGES = [ROOT / "README.md", ROOT / "README.ko.md", ROOT / "docs" / "results.md"]
+
+
+def fresh_tree(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the scripts and common/ with `.venv` the environment running the suite, and its environment."""
     work = tmp_path / "tree"
     work.mkdir()
     for script in ROOT.glob("*.py"):
@@ -115,7 +119,29 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     shutil.copytree(ROOT / "common", work / "common", ignore=shutil.ignore_patterns("__pycache__"))
     # the environment running the suite, under the name the README uses (the demo prints its own python)
     (work / ".venv").symlink_to(Path(sys.executable).parents[1])
-    env = environment(tmp_path)
+    return work, environment(tmp_path)
+
+
+def run_blocks(pages: list[Path], work: Path, env: dict) -> set[str]:
+    """Every `run` block of `pages` in order, once each: it exits 0 and leaves the paths it names."""
+    done = set()
+    for page in pages:
+        for kind, _, text in shell_blocks(page):
+            if kind != "run" or text in done:
+                continue
+            done.add(text)
+            proc = bash(text, work, env)
+            assert proc.returncode == 0, f"{page.name}:\n{text}\n{proc.stderr[-3000:]}"
+            for path in named_paths(text):
+                assert (work / path).exists(), f"{page.name}: {path} named by {text!r} does not exist afterwards"
+    return done
+
+
+def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
+    """The set-up's demo in a fresh copy of the tree, then every `run` block of the tour's pages in order (the
+    README's tour first): each exits 0 and leaves the paths it names; the demo ends by printing the tour's
+    commands."""
+    work, env = fresh_tree(tmp_path)
     (setup,) = [text for kind, _, text in shell_blocks(ROOT / "README.md") if kind == "setup"]
     demo = setup.splitlines()[0].split("&&")[-1].strip()
     proc = bash(demo, work, env)
@@ -127,17 +153,7 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     assert [line.strip() for line in excerpt.splitlines()[-4:]] == [
         line.strip() for line in proc.stdout.splitlines()[-4:]
     ]
-    done = set()
-    for page in PAGES:
-        for kind, _, text in shell_blocks(page):
-            if kind != "run" or text in done:
-                continue
-            done.add(text)
-            proc = bash(text, work, env)
-            assert proc.returncode == 0, f"{page.name}:\n{text}\n{proc.stderr[-3000:]}"
-            for path in named_paths(text):
-                assert (work / path).exists(), f"{page.name}: {path} named by {text!r} does not exist afterwards"
-    assert len(done) >= 4
+    assert len(run_blocks(TOUR_PAGES, work, env)) >= 4
 
 
 def heading_anchors(page: Path) -> set[str]:
