@@ -382,21 +382,7 @@ class Bench:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        run = FoldRun(  # only what a training epoch uses
-            cell=cell,
-            args=args,
-            accelerator=accelerator,
-            run_dir=self.work,
-            corpus=None,
-            split=None,
-            model=model,
-            encoders=encoders,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_loader=loader,
-            eval_loaders={},
-            checkpoints=None,
-        )
+        run = FoldRun.epochs_only(cell, args, accelerator, self.work, model, encoders, optimizer, scheduler, loader)
         device = accelerator.device
         pre_collated = [{k: v.to(device) for k, v in b.items()} for b in loader]
 

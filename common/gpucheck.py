@@ -191,9 +191,7 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        run = FoldRun(
-            cell, args, accelerator, work, None, None, model, encoders, optimizer, scheduler, loader, {}, None
-        )
+        run = FoldRun.epochs_only(cell, args, accelerator, work, model, encoders, optimizer, scheduler, loader)
         run.train_epoch(1)  # warm-up: workers started, kernels chosen
         _synchronize(accelerator.device)
         start = time.perf_counter()
