@@ -4,11 +4,13 @@ cluster: each checks its command line the way the real command would and does no
     python X.py ARGS            the script's own argument checks (common.cli.parse_args), no folder checks
     python -m common.M ARGS     the module's argument parser
     accelerate launch ...       accelerate's launch parser, then the script as above
-    sbatch [--wrap CMD | FILE]  CMD run through bash; FILE run through bash once per task of its --array
+    sbatch [--wrap CMD | FILE]  CMD run through bash; FILE run through bash once per task of its --array (the
+                                tasks' python command lines are recorded, then checked in one process)
     hf download REPO --local-dir DIR
 """
 
 import argparse
+import json
 import os
 import re
 import runpy
@@ -27,6 +29,11 @@ def fail(message: str) -> None:
 
 
 def python(argv: list[str]) -> None:
+    record = os.environ.get("DOCS_SHIM_RECORD")
+    if record:  # an sbatch task: its command line is checked by sbatch, with the others
+        with open(record, "a") as f:
+            f.write(json.dumps(argv) + "\n")
+        return
     if argv[:1] == ["-m"]:
         original = argparse.ArgumentParser.parse_args
 
@@ -84,10 +91,18 @@ def sbatch(argv: list[str]) -> None:
     else:
         text = Path(script).read_text()
         found = re.search(r"^#SBATCH --array=(\d+)-(\d+)$", text, re.M)
+        record = Path(f"{script}.commands")
+        record.unlink(missing_ok=True)
         for task in range(int(found[1]), int(found[2]) + 1) if found else [None]:
-            env = os.environ | ({"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {})
+            env = os.environ | {"DOCS_SHIM_RECORD": str(record.resolve())}
+            env |= {"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {}
             if subprocess.run(["bash", "-euo", "pipefail", script], env=env).returncode:
                 fail(f"{script}: task {task} failed")
+        commands = [json.loads(line) for line in record.read_text().splitlines()] if record.is_file() else []
+        if not commands:
+            fail(f"{script}: its tasks ran no python command")
+        for argv in commands:
+            python(argv)
     print("4242")
 
 
