@@ -1,4 +1,6 @@
-"""The twelve scripts end to end, each in its own process, on a tiny synthetic corpus with tiny encoders."""
+"""The twelve cells end to end on a tiny synthetic corpus with tiny encoders, each trained as its command line
+starts it (in this process: a process of its own would spend most of its time importing); the scripts' own
+processes answer --help and bad arguments here, and run as printed in the README's tour (test_docs.py)."""
 
 import csv
 import json
@@ -6,8 +8,8 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from common.kemdy import read_corpus
 from common.model import EmotionModel
 from common.predict import Predictor
 from common.synthetic import generate
+
+from helpers import train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION_KEYS = {
@@ -71,38 +75,16 @@ def runs(tmp_path_factory, tiny_models):
     generate("20", corpora["20"], sessions=2, utterances_per_session=20, seed=5)
     generate("19", corpora["19"], sessions=2, utterances_per_session=12, seed=6, odd_audio=True)
 
-    def one(run):
-        script, dataset, extra = run
+    found = {}
+    for script, dataset, extra in RUNS:
         out = base / "runs" / script
         where = [] if script == DEFAULT_DATASET_DIR else ["--dataset_dir", corpora[dataset]]
-        proc = run_script(
-            script,
-            "--dataset",
-            dataset,
-            *where,
-            "--num_fold",
-            "2",
-            "--epochs",
-            "1",
-            "--batch_size",
-            "8",
-            "--max_text_len",
-            "32",
-            "--lr",
-            "1e-3",
-            "--text_model",
-            tiny_models / "text",
-            "--speech_model",
-            tiny_models / "speech",
-            "--output_dir",
-            out,
-            *extra,
-            cwd=base,
-        )
-        return script, (proc, out, corpora[dataset], dataset)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, RUNS))
+        argv = ["--dataset", dataset, *where, "--num_fold", "2", "--epochs", "1", "--batch_size", "8"]
+        argv += ["--max_text_len", "32", "--lr", "1e-3", "--output_dir", out, *extra]
+        argv += ["--text_model", tiny_models / "text", "--speech_model", tiny_models / "speech"]
+        code, printed, error = train_in_process(script, argv, cwd=base)
+        found[script] = (SimpleNamespace(returncode=code, stdout=printed, stderr=error), out, corpora[dataset], dataset)
+    return found
 
 
 @pytest.mark.parametrize("script, dataset, extra", RUNS, ids=[r[0] for r in RUNS])
