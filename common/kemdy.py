@@ -432,11 +432,16 @@ def label_distribution(corpus: Corpus) -> dict:
     }
 
 
+# More rows than this share with a score off the 1..5 scale: the corpus is on another scale, not a few bad rows.
+OFF_SCALE_SHARE = 0.01
+
+
 def compare_labels(train: Corpus, test: Corpus) -> tuple[dict, str]:
     """({corpus: label_distribution}, the two side by side as text) for a cross-corpus run; refuses corpora
     whose emotion sets differ (an emotion only one of them has would be scored on a model that never saw it,
-    or never tested). Both readers admit valence and arousal only on the 1..5 scale (a row outside is excluded
-    and counted), and KEMDy20's `disqust` is read as KEMDy19's `disgust`."""
+    or never tested), and a corpus on another scale: the readers admit valence and arousal only on 1..5 and
+    exclude (and count) a row off it, so more than 1 % of its rows off it is refused. KEMDy20's `disqust` is
+    read as KEMDy19's `disgust`."""
     names = [f"KEMDy{train.dataset} (train)", f"KEMDy{test.dataset} (test)"]
     found = {f"KEMDy{c.dataset}": label_distribution(c) for c in (train, test)}
     a, b = found.values()
@@ -444,6 +449,14 @@ def compare_labels(train: Corpus, test: Corpus) -> tuple[dict, str]:
         name: [e for e in EMOTIONS if mine["emotions"][e] and not other["emotions"][e]]
         for name, mine, other in ((names[0], a, b), (names[1], b, a))
     }
+    for corpus, found_ in ((train, a), (test, b)):
+        off = found_["excluded_invalid_valence_arousal"]
+        if off > OFF_SCALE_SHARE * corpus.rows:
+            raise UserError(
+                f"{corpus.root}: {off} of its {corpus.rows} rows have valence or arousal off the 1..5 scale of "
+                f"KEMDy{train.dataset if corpus is test else test.dataset}: the corpora's scales differ; rescale "
+                "them to 1..5 first"
+            )
     if any(only.values()):
         what = "; ".join(f"only {name} has {', '.join(emotions)}" for name, emotions in only.items() if emotions)
         raise UserError(

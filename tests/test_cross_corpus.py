@@ -144,6 +144,21 @@ def test_the_labels_of_both_corpora_are_compared_and_a_differing_emotion_set_is_
         path.write_text(path.read_text().replace("fear", "neutral"))
     with pytest.raises(UserError, match=r"emotion sets differ \(only KEMDy20 \(train\) has fear\)"):
         compare_labels(train20, read_corpus("19", no_fear))
+    # A KEMDy19 copy scored on 1..7: the rows off 1..5 are excluded by its reader; more than 1 % is refused.
+    seven, changed = tmp_path / "seven", 0
+    shutil.copytree(corpora["19"], seven, symlinks=True)
+    for path in (seven / "annotation").iterdir():
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+        for row in rows[2::2]:  # every other data row: valence 6.5 (KEMDy19's Valence is column 12)
+            if len(row) > 11 and any(cell.strip() for cell in row):
+                row[11], changed = "6.5", changed + 1
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(rows)
+        path.write_text(out.getvalue(), encoding="utf-8")
+    off = read_corpus("19", seven)
+    assert sum(e.reason == "invalid_valence_arousal" for e in off.excluded) == changed > 0
+    with pytest.raises(UserError, match=rf"seven: {changed} of its {off.rows} rows have valence or arousal off"):
+        compare_labels(train20, off)
 
 
 def test_cross_corpus_flags_are_checked_in_one_line(corpora, capsys):
