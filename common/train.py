@@ -152,7 +152,10 @@ def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
         inputs += ["--wav", os.path.relpath(first.wav)]
     if cell.uses_text:
         inputs += ["--text", first.text]
-    runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
+    if args.output_dir:  # the folder beside the run (or beside its fold set)
+        runs = run_dir.parent
+    else:  # runs/demo, above <script>/<protocol>[/fold<k>]
+        runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
     if args.test_dataset:  # the other direction
         other = [python, f"{cell.name}.py", "--demo", "--dataset", args.test_dataset, "--test_dataset", args.dataset]
     else:

@@ -228,3 +228,23 @@ def test_a_cross_corpus_run_predicts_resumes_and_names_its_default_folder(both_d
     cell = cell_of(script)
     args = parse_args(cell, [*argv[:-2], "--split", "session", "--original"])
     assert _default_run_dir(cell, args, 1) == Path("runs", script, "KEMDy20-to-KEMDy19_session_original")
+
+
+def test_two_processes_test_on_the_whole_other_corpus_once(corpora, tiny_models, tmp_path):
+    import subprocess
+
+    from helpers import ROOT, launch_two_processes
+
+    out = tmp_path / "two"
+    argv = command("text_classification", "20", corpora, tiny_models, out)
+    proc = subprocess.run(
+        [*launch_two_processes(), str(ROOT / "text_classification.py"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (out / "predictions.csv").open(newline="") as f:
+        ids = [r["segment_id"] for r in csv.DictReader(f)]
+    assert ids == [u.segment_id for u in read_corpus("19", corpora["19"]).utterances]
+    assert proc.stdout.count("labels of the two corpora") == 1  # the main process reads and prints them
