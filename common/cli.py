@@ -163,15 +163,18 @@ def add_corpus_flags(add) -> None:
 
 def resolve_dataset_dir(args: argparse.Namespace) -> None:
     """--dataset_dir, or ./KEMDy19 / ./KEMDy20 as the original read them."""
-    if args.dataset_dir:
-        return
-    default = Path(f"KEMDy{args.dataset}")
+    args.dataset_dir = args.dataset_dir or _default_root("--dataset_dir", args.dataset, ", or use --demo")
+
+
+def _default_root(flag: str, dataset: str, hint: str = "") -> str:
+    """./KEMDy19 or ./KEMDy20, where the original looked for a corpus not given by `flag`."""
+    default = Path(f"KEMDy{dataset}")
     if not default.is_dir():
         raise UserError(
-            f"--dataset_dir not given and no ./{default} folder here: pass the KEMDy root holding "
-            "annotation/ and wav/, or use --demo"
+            f"{flag} not given and no ./{default} folder here: pass the KEMDy{dataset} root holding annotation/ "
+            f"and wav/{hint}"
         )
-    args.dataset_dir = str(default)
+    return str(default)
 
 
 def build_parser(cell: Cell, description: str | None = None) -> argparse.ArgumentParser:
@@ -469,13 +472,7 @@ def _cross_corpus(args: argparse.Namespace, argv: list[str] | None) -> None:
             "one (19 or 20), a within-corpus run uses --num_fold"
         )
     if not args.test_dataset_dir and not args.demo:
-        default = Path(f"KEMDy{args.test_dataset}")
-        if not default.is_dir():
-            raise UserError(
-                f"--test_dataset_dir not given and no ./{default} folder here: pass the KEMDy{args.test_dataset} root "
-                "holding annotation/ and wav/"
-            )
-        args.test_dataset_dir = str(default)
+        args.test_dataset_dir = _default_root("--test_dataset_dir", args.test_dataset)
     given = [a for a in (sys.argv[1:] if argv is None else argv) if a.split("=")[0] == "--num_fold"]
     if given:
         args.notes.append(

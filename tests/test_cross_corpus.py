@@ -161,11 +161,14 @@ def test_the_labels_of_both_corpora_are_compared_and_a_differing_emotion_set_is_
         compare_labels(train20, off)
 
 
-def test_cross_corpus_flags_are_checked_in_one_line(corpora, capsys):
+def test_cross_corpus_flags_are_checked_in_one_line(corpora, tmp_path, monkeypatch):
     cell = cell_of("text_classification")
     base = ["--dataset", "20", "--dataset_dir", str(corpora["20"])]
     with pytest.raises(UserError, match=r"--test_dataset 20: the corpus it trains on"):
         parse_args(cell, [*base, "--test_dataset", "20"])
+    monkeypatch.chdir(tmp_path)  # no ./KEMDy19 here
+    with pytest.raises(UserError, match=r"^--test_dataset_dir not given and no ./KEMDy19 folder here: pass the "):
+        parse_args(cell, [*base, "--test_dataset", "19"])
     args = parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x", "--num_fold", "all"])
     assert args.folds == [1] and args.notes == [
         "--num_fold all: does not apply to a cross-corpus run (it tests on all of KEMDy19); ignored"

@@ -188,7 +188,7 @@ def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flag
     [
         (
             [],
-            "error: --dataset_dir not given and no ./KEMDy19 folder here: pass the KEMDy root holding annotation/ "
+            "error: --dataset_dir not given and no ./KEMDy19 folder here: pass the KEMDy19 root holding annotation/ "
             "and wav/, or use --demo",
         ),
         (
