@@ -14,18 +14,18 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors import SafetensorError
 
-from common.data import Collator, TokenIds, model_audio, stored_audio
 from common.errors import UserError, run_cli
 from common.grid import DIMENSIONS, EMOTIONS
 from common.kemdy import audio_level
-from common.losses import emotion_probabilities
-from common.metrics import predicted
-from common.model import EmotionModel, EncoderMoved, audio_spec
+
+if TYPE_CHECKING:
+    import torch
+# torch, transformers and the model are imported where a Predictor needs them: --help and a bad argument answer
+# at once.
 
 
 class Predictor:
@@ -33,6 +33,11 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", sources: dict | None = None):
         """`sources`: where a frozen encoder the model refers to is now ({"text": folder}), if it moved."""
+        from safetensors import SafetensorError
+
+        from common.data import Collator
+        from common.model import EmotionModel, EncoderMoved, audio_spec
+
         run_dir = Path(run_dir)
         config_path, model_dir = run_dir / "config.json", run_dir / "model"
         if not config_path.is_file() or not (model_dir / "model.json").is_file():
@@ -66,6 +71,8 @@ class Predictor:
 
     def items(self, wavs: list | None, texts: list | None) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing."""
+        from common.data import TokenIds, model_audio, stored_audio
+
         n = len(wavs if wavs is not None else texts)
         items = [{"index": i} for i in range(n)]
         if self.uses_text:
@@ -88,14 +95,19 @@ class Predictor:
                 items[i]["audio"] = model_audio(pcm, self.spec, level)
         return items
 
-    @torch.no_grad()
     def __call__(self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
+        import torch
+
+        from common.losses import emotion_probabilities
+        from common.metrics import predicted
+
         items, results = self.items(wavs, texts), []
         for start in range(0, len(items), batch_size):
             batch = self.collate(items[start : start + batch_size])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            out = self.model(batch)
+            with torch.no_grad():
+                out = self.model(batch)
             probs = None
             if "emotion_logits" in out:
                 probs = emotion_probabilities(out["emotion_logits"], self.model.config.emotion_output).cpu().numpy()

@@ -219,15 +219,20 @@ def test_bad_arguments_stop_with_one_line(args, message, tmp_path):
 
 
 def test_help_and_bad_arguments_answer_without_loading_torch_or_transformers():
-    for args in (["--help"], ["--num_fold", "6", "--dataset_dir", "/nonexistent"]):
+    script = [str(ROOT / "multimodal_total_concat.py")]
+    predict = ["-m", "common.predict"]
+    for command, args, heavy in (
+        (script, ["--help"], {"numpy"}),
+        (script, ["--num_fold", "6", "--dataset_dir", "/nonexistent"], {"numpy"}),
+        (predict, ["--help"], set()),
+        (predict, ["--run_dir", "x", "--batch_size", "0", "--text", "a"], set()),
+    ):
         proc = subprocess.run(
-            [sys.executable, "-X", "importtime", str(ROOT / "multimodal_total_concat.py"), *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+            [sys.executable, "-X", "importtime", *command, *args], capture_output=True, text=True, cwd=ROOT
         )
         imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
-        assert "common" in imported and not imported & {"torch", "transformers", "accelerate", "numpy"}, args
+        assert "common" in imported and not imported & {"torch", "transformers", "accelerate", *heavy}, args
+        assert proc.returncode == (0 if args == ["--help"] else 2), proc.stderr[-500:]
 
 
 def test_help_groups_the_originals_flags_apart_and_says_each_default_once():
