@@ -26,7 +26,6 @@ from common import atomic
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import EMOTIONS, SCRIPTS
-from common.metrics import confusion, predicted
 from common.rundir import differences, human, read_run, size
 
 CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy", "uar")
@@ -274,6 +273,8 @@ def decisions(run_dir: Path) -> dict[str, int | float] | None:
         rows = list(csv.DictReader(f))
     if not rows or f"prob_{EMOTIONS[0]}" not in rows[0]:
         return None
+    from common.metrics import predicted  # scikit-learn: not for --help
+
     true = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
     chosen = predicted(np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]), run_threshold(run_dir))
     return {
@@ -426,6 +427,8 @@ def _save(fig, path: Path) -> None:
 
 
 def _confusion_figure(plt, preds, label: str):
+    from common.metrics import confusion
+
     counts = confusion(
         preds[[f"true_{e}" for e in EMOTIONS]].to_numpy(), preds[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
     )

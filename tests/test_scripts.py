@@ -220,12 +220,14 @@ def test_bad_arguments_stop_with_one_line(args, message, tmp_path):
 
 def test_help_and_bad_arguments_answer_without_loading_torch_or_transformers():
     script = [str(ROOT / "multimodal_total_concat.py")]
-    predict = ["-m", "common.predict"]
+    predict, report = ["-m", "common.predict"], ["-m", "common.report"]
     for command, args, heavy in (
         (script, ["--help"], {"numpy"}),
         (script, ["--num_fold", "6", "--dataset_dir", "/nonexistent"], {"numpy"}),
-        (predict, ["--help"], set()),
-        (predict, ["--run_dir", "x", "--batch_size", "0", "--text", "a"], set()),
+        (predict, ["--help"], {"sklearn"}),
+        (predict, ["--run_dir", "x", "--batch_size", "0", "--text", "a"], {"sklearn"}),
+        (report, ["--help"], {"sklearn"}),
+        (report, ["/nonexistent"], {"sklearn"}),
     ):
         proc = subprocess.run(
             [sys.executable, "-X", "importtime", *command, *args], capture_output=True, text=True, cwd=ROOT
