@@ -138,8 +138,11 @@ def _finished_run(path: Path, skipped: list[str]) -> tuple | None:
         return None
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
-        m["script"], m["dataset"], m["test"]
-        None if m.get("test_dataset") else int(m["fold"])
+        missing = [key for key in ("script", "dataset", "test") if key not in m]
+        if missing:
+            raise KeyError(", ".join(missing))
+        if not m.get("test_dataset"):  # a fold's run names its fold; a cross-corpus run has none
+            int(m["fold"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
         return None

@@ -51,7 +51,7 @@ def command(script, dataset, corpora, models, out, *flags, epochs=1):
     ]  # fmt: skip
 
 
-def run(script, argv, log=None):
+def run(script, argv):
     """Train in this process; (metrics.json's content, what it printed)."""
     cell = cell_of(script)
     printed = io.StringIO()
