@@ -158,6 +158,8 @@ def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
         runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
     if args.test_dataset:  # the other direction
         other = [python, f"{cell.name}.py", "--demo", "--dataset", args.test_dataset, "--test_dataset", args.dataset]
+    elif cell.uses_speech:  # the task's text cell: its five folds take seconds on a CPU, a speech cell's minutes
+        other = [python, f"text_{cell.task}.py", "--demo", *dataset, "--num_fold", "all"]
     else:
         other = [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all", "--resume"]  # keeps this fold
     steps = [

@@ -5,6 +5,7 @@ tree, after the set-up's demo), `bash parse` needs the real corpus, a GPU, a clu
 for parsing only (tests/docs_shim.py stands in for python, accelerate, sbatch and hf), `bash parse FILE` is
 a file's content written to FILE for the blocks after it, and `bash setup` is the README's set-up."""
 
+import json
 import os
 import re
 import shlex
@@ -14,6 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from common.synthetic import DEMO_DIR
+
+from helpers import constant_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "README.ko.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -153,7 +158,19 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     assert [line.strip() for line in excerpt.splitlines()[-4:]] == [
         line.strip() for line in proc.stdout.splitlines()[-4:]
     ]
+    demo_learns(work)
     assert len(run_blocks(TOUR_PAGES, work, env)) >= 4
+
+
+def demo_learns(work: Path) -> None:
+    """The demo's model beats the best constant predictors by clear margins (test_learning.py's rule for its
+    text and speech models): the README's claim that the demo shows the pipeline learning."""
+    best_f1, best_top1 = constant_baselines(work / DEMO_DIR.relative_to(ROOT) / "KEMDy20")
+    run = work / "runs" / "demo" / "multimodal_total_concat" / "KEMDy20" / "fold1"
+    m = json.loads((run / "metrics.json").read_text())["test"]
+    seen = {k: m[k] for k in ("micro_f1", "top1_accuracy", "valence_ccc", "arousal_ccc")}
+    assert m["micro_f1"] > best_f1 + 0.15 and m["top1_accuracy"] > best_top1 + 0.15, seen
+    assert m["valence_ccc"] > 0.4 and m["arousal_ccc"] > 0.35, seen
 
 
 def heading_anchors(page: Path) -> set[str]:

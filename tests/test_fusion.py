@@ -36,15 +36,15 @@ def fusion_corpus(tmp_path_factory):
 def test_both_branches_of_a_multimodal_model_carry_what_it_learnt(fusion_corpus, tiny_models, tmp_path, fusion):
     """Zeroing one modality's vector at evaluation costs micro-F1, for each fusion.
 
-    Measured on this corpus, fold 1, demo settings, seeds 1234 / 1 / 2: micro-F1 0.85 / 0.83 / 0.82 (concat) and
-    0.85 / 0.81 / 0.89 (add); without speech it falls by 0.45 / 0.33 / 0.37 (concat) and 0.48 / 0.81 / 0.53 (add),
-    without text by 0.18 / 0.17 / 0.27 (concat) and 0.12 / 0.17 / 0.22 (add). The margins are about half the
-    smallest of each. A model that ignores one branch (a text-only model passes every other threshold of this
-    file) loses nothing when that branch is zeroed, and fails.
+    Measured on this corpus, fold 1, demo settings but 3 epochs (half the time), seeds 1234 / 1 / 2: micro-F1
+    0.77 / 0.81 / 0.76 (concat) and 0.82 / 0.85 / 0.77 (add); without speech it falls by 0.42 / 0.81 / 0.76
+    (concat) and 0.65 / 0.85 / 0.76 (add), without text by 0.21 / 0.20 / 0.20 (concat) and 0.17 / 0.21 / 0.16
+    (add). The margins are about half the smallest of each. A model that ignores one branch (a text-only model
+    passes every other threshold of this file) loses nothing when that branch is zeroed, and fails.
     """
     cell = Cell("multimodal", "classification", fusion)
     out = tmp_path / cell.name
-    argv = ["--demo", "--dataset", "20", "--dataset_dir", str(fusion_corpus), "--output_dir", str(out)]
+    argv = ["--demo", "--dataset", "20", "--dataset_dir", str(fusion_corpus), "--output_dir", str(out), "--epochs", "3"]
     argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
     args = parse_args(cell, argv)
     args.demo = False  # the corpus and encoders above, not the ones under demo/
@@ -69,4 +69,4 @@ def test_both_branches_of_a_multimodal_model_carry_what_it_learnt(fusion_corpus,
         setattr(model, f"encode_{branch}", lambda batch, encode=encode: torch.zeros_like(encode(batch)))
         drops[branch] = full - micro_f1()
         setattr(model, f"encode_{branch}", encode)
-    assert full > 0.7 and drops["speech"] > 0.15 and drops["text"] > 0.06, (full, drops)
+    assert full > 0.7 and drops["speech"] > 0.2 and drops["text"] > 0.08, (full, drops)

@@ -17,7 +17,7 @@ from common.kemdy import read_corpus
 from common.predict import Predictor
 from common.synthetic import generate
 
-from helpers import tiny_command
+from helpers import tiny_command, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
@@ -29,8 +29,11 @@ def python(*args, cwd=ROOT):
     )
 
 
-def train_command(script, corpus, tiny_models, out, *flags):
-    return tiny_command(script, corpus, tiny_models, out, *flags)[1:]
+def train_here(script, corpus, tiny_models, out, *flags) -> str:
+    """A script's run in this process (train_in_process): what it printed."""
+    code, printed, error = train_in_process(script, tiny_command(script, corpus, tiny_models, out, *flags)[2:])
+    assert code == 0, error
+    return printed
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +44,13 @@ def grid(tmp_path_factory, tiny_models):
     corpus = base / "KEMDy20"
     generate("20", corpus, sessions=5, utterances_per_session=16, seed=3)
     runs = base / "runs"
-    cmd = train_command("multimodal_total_concat", corpus, tiny_models, runs / "mm", "--split", "session")
-    all_folds = python(*cmd, "--num_fold", "all", "--report_to", "tensorboard")
-    single = python(
-        *train_command(
-            "multimodal_total_concat", corpus, tiny_models, base / "single", "--split", "session", "--num_fold", "3"
-        )
+    mm = "multimodal_total_concat"
+    flags = ["--split", "session"]
+    all_folds = train_here(
+        mm, corpus, tiny_models, runs / "mm", *flags, "--num_fold", "all", "--report_to", "tensorboard"
     )
-    text = python(
-        *train_command("text_classification", corpus, tiny_models, runs / "text" / "fold1", "--num_fold", "1")
-    )
-    for proc in (all_folds, single, text):
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    train_here(mm, corpus, tiny_models, base / "single", *flags, "--num_fold", "3")
+    train_here("text_classification", corpus, tiny_models, runs / "text" / "fold1", "--num_fold", "1")
     return {
         "base": base,
         "corpus": corpus,
@@ -105,7 +103,7 @@ def test_a_fold_of_an_all_folds_run_equals_the_same_fold_run_alone(grid):
 
 def test_an_all_folds_run_ends_with_the_mean_and_std_over_its_folds(grid):
     header = "multimodal_total_concat KEMDy20 (session split), test metrics over folds 1, 2, 3, 4, 5: mean ± sample std"
-    summary = grid["all"].stdout.split(header)[1].splitlines()
+    summary = grid["all"].split(header)[1].splitlines()
     for key in ("top1_accuracy", "valence_ccc", "arousal_mae"):
         values = [metrics(grid["runs"] / "mm" / f"fold{k}")["test"][key] for k in range(1, 6)]
         line = next(x for x in summary if x.split()[:1] == [key])
@@ -114,19 +112,28 @@ def test_an_all_folds_run_ends_with_the_mean_and_std_over_its_folds(grid):
 
 def test_an_all_folds_rerun_is_refused_before_training_and_resume_reports_the_finished_folds(grid, tiny_models):
     before = [metrics(grid["runs"] / "mm" / f"fold{k}") for k in range(1, 6)]
-    cmd = train_command(
-        "multimodal_total_concat", grid["corpus"], tiny_models, grid["runs"] / "mm", "--split", "session"
+    argv = tiny_command("multimodal_total_concat", grid["corpus"], tiny_models, grid["runs"] / "mm")[2:]
+    code, printed, error = train_in_process(
+        "multimodal_total_concat", [*argv, "--split", "session", "--num_fold", "all"]
     )
-    refused = python(*cmd, "--num_fold", "all")
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1] == (
+    assert code == 2 and "epoch 1:" not in printed
+    assert error == (
         f"error: {grid['runs'] / 'mm' / 'fold1'}: holds a finished run (metrics.json); add --overwrite to replace "
         "it, or choose another --output_dir"
     )
-    resumed = python(*cmd, "--num_fold", "all", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert resumed.stdout.count("already finished") == 5 and "epoch 1:" not in resumed.stdout
-    assert "test metrics over folds 1, 2, 3, 4, 5: mean ± sample std" in resumed.stdout
+    resumed = train_here(
+        "multimodal_total_concat",
+        grid["corpus"],
+        tiny_models,
+        grid["runs"] / "mm",
+        "--split",
+        "session",
+        "--num_fold",
+        "all",
+        "--resume",
+    )
+    assert resumed.count("already finished") == 5 and "epoch 1:" not in resumed
+    assert "test metrics over folds 1, 2, 3, 4, 5: mean ± sample std" in resumed
     assert [metrics(grid["runs"] / "mm" / f"fold{k}") for k in range(1, 6)] == before
 
 
@@ -277,10 +284,8 @@ def test_predict_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
 
 def test_session_split_on_too_few_sessions_stops_before_training(corpus20, tiny_models, tmp_path):
     root, _ = corpus20  # three sessions
-    cmd = train_command("text_classification", root, tiny_models, tmp_path / "run", "--split", "session")
-    proc = python(*cmd, "--num_fold", "1")
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.strip().splitlines()[-1] == "error: --split session: the corpus has 3 sessions, fewer than 5 folds"
-    )
+    argv = tiny_command("text_classification", root, tiny_models, tmp_path / "run", "--split", "session")[2:]
+    code, printed, error = train_in_process("text_classification", [*argv, "--num_fold", "1"])
+    assert code == 2 and "epoch 1:" not in printed
+    assert error == "error: --split session: the corpus has 3 sessions, fewer than 5 folds"
     assert not (tmp_path / "run" / "config.json").exists()
