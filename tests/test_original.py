@@ -196,12 +196,13 @@ def test_the_original_scripts_flags_are_accepted_and_values_the_grid_cannot_hono
 
 
 @pytest.fixture(scope="module")
-def original_runs(demo20, tiny_models, tmp_path_factory):
-    """Fold 1 of the demo KEMDy20 corpus with --original, 2 epochs, one cell per modality."""
+def original_runs(corpus20, tiny_models, tmp_path_factory):
+    """Fold 1 of the small KEMDy20 corpus with --original and the demo's settings, 2 epochs, one cell per
+    modality."""
     out = tmp_path_factory.mktemp("original")
     runs = {}
     for cell in (Cell("text", "total"), Cell("speech", "total"), Cell("multimodal", "total", "element_wise_add")):
-        argv = ["--demo", "--original", "--dataset", "20", "--dataset_dir", str(demo20), "--epochs", "2"]
+        argv = ["--demo", "--original", "--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "2"]
         argv += ["--max_seq_len", "1"]  # the original's computation on shorter clips: a faster test
         argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
         args = parse_args(cell, [*argv, "--output_dir", str(out / cell.name)])
@@ -228,9 +229,9 @@ def test_every_modality_trains_with_original_and_reports_the_last_epoch(original
     assert ((probs > 0.5).sum(axis=1) <= 1).all()  # never two emotions
 
 
-def test_a_run_with_original_predicts_new_utterances_as_it_evaluated_them(original_runs, demo20):
+def test_a_run_with_original_predicts_new_utterances_as_it_evaluated_them(original_runs, corpus20):
     result, run_dir = original_runs["multimodal_total_element_wise_add"]
-    utts = {u.segment_id: u for u in read_corpus("20", demo20).utterances}
+    utts = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
     with (run_dir / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     predictor = Predictor(run_dir)
