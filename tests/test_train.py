@@ -25,7 +25,7 @@ from common.model import EmotionModel
 from common.predict import Predictor
 from common.train import train
 
-from helpers import tiny_command
+from helpers import tiny_command, train_in_process
 
 TEXT = Cell("text", "classification")
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -151,8 +151,8 @@ def test_an_all_folds_run_killed_inside_a_fold_resumes_to_the_uninterrupted_numb
     def command(out, *flags):
         return tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", *flags, epochs=3)
 
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=ENV, cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    code, _, error = train_in_process("text_total", command(tmp_path / "whole")[2:], cwd=tmp_path)
+    assert code == 0, error
     out = tmp_path / "killed"
     victim = subprocess.Popen(command(out), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -161,9 +161,9 @@ def test_an_all_folds_run_killed_inside_a_fold_resumes_to_the_uninterrupted_numb
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert (out / "fold2" / "metrics.json").is_file() and not (out / "fold3" / "metrics.json").exists()
-    resumed = subprocess.run(command(out, "--resume"), capture_output=True, text=True, env=ENV, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming" in resumed.stdout and f"{out / 'fold1'}: already finished" in resumed.stdout
+    code, printed, error = train_in_process("text_total", command(out, "--resume")[2:], cwd=tmp_path)
+    assert code == 0, error
+    assert "resuming" in printed and f"{out / 'fold1'}: already finished" in printed
     for k in range(1, 6):
         for name in ("metrics.json", "predictions.csv"):
             assert (out / f"fold{k}" / name).read_bytes() == (tmp_path / "whole" / f"fold{k}" / name).read_bytes()
