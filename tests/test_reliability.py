@@ -42,14 +42,13 @@ def run(argv, cwd):
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(corpus20, tiny_models, tmp_path_factory):
-    """Two uninterrupted runs of the same command (one a process of its own, one in this process: a run
-    depends on neither), and one killed after epoch 1, then refused and resumed (in this process)."""
+    """Two uninterrupted runs of the same command, and one killed after epoch 1 (a process of its own), then
+    refused and resumed. But for the killed one, they run in this process, which a run does not depend on."""
     base = tmp_path_factory.mktemp("reliability")
     runs = {name: base / name for name in ("first", "second", "killed")}
-    proc = run(command(corpus20[0], tiny_models, runs["first"]), base)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    code, _, error = train_in_process(CELL.name, command(corpus20[0], tiny_models, runs["second"])[2:], cwd=base)
-    assert code == 0, error
+    for name in ("first", "second"):
+        code, _, error = train_in_process(CELL.name, command(corpus20[0], tiny_models, runs[name])[2:], cwd=base)
+        assert code == 0, error
 
     victim = subprocess.Popen(
         command(corpus20[0], tiny_models, runs["killed"]),
@@ -164,9 +163,9 @@ def test_bad_utterances_are_skipped_counted_and_reported_and_odd_audio_is_used(c
     sf.write(str(wavs[4]), np.stack([data, data], axis=1), 16000)  # stereo: downmixed
     sf.write(str(wavs[5]), np.interp(np.arange(0, len(data), 16000 / 44100), np.arange(len(data)), data), 44100)
     sf.write(str(wavs[6]), data[:40], 16000)  # 2.5 ms: padded up for the CNN
-    proc = run(command(root, tiny_models, tmp_path / "run", epochs=1), tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "3 rows excluded: {'unreadable_wav': 1, 'missing_transcript': 1, 'undecodable_transcript': 1}" in proc.stdout
+    code, printed, error = train_in_process(CELL.name, command(root, tiny_models, tmp_path / "run", epochs=1)[2:])
+    assert code == 0, error
+    assert "3 rows excluded: {'unreadable_wav': 1, 'missing_transcript': 1, 'undecodable_transcript': 1}" in printed
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert {(e["segment_id"], e["reason"]) for e in config["data"]["exclusions"]} == {
         (wavs[0].stem, "unreadable_wav"),
