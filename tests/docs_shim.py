@@ -1,26 +1,34 @@
 """Stand-ins for the commands of the documentation's `parse` blocks, which need the real corpus, a GPU or a
 cluster: each checks its command line the way the real command would and does no work.
 
-    python X.py ARGS            the script's own argument checks (common.cli.parse_args), no folder checks
-    python -m common.M ARGS     the module's argument parser
+    python ARGS                 recorded (PYTHON_SHIM, a shell script: no process start per command), then
+                                checked in one process by `check_recorded`:
+      python X.py ARGS          the script's own argument checks (common.cli.parse_args), no folder checks
+      python -m common.M ARGS   the module's argument parser
     accelerate launch ...       accelerate's launch parser, then the script as above
-    sbatch [--wrap CMD | FILE]  CMD run through bash; FILE run through bash once per task of its --array (the
-                                tasks' python command lines are recorded, then checked in one process)
+    sbatch [--wrap CMD | FILE]  CMD run through bash; FILE run through bash once per task of its --array
     hf download REPO --local-dir DIR
 """
 
 import argparse
-import json
 import os
 import re
 import runpy
 import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+# `.venv/bin/python` in a shimmed tree: appends its command line to $DOCS_SHIM_RECORD (the number of words,
+# then each word, every one NUL-terminated), for `check_recorded`.
+PYTHON_SHIM = """#!/bin/sh
+{ printf '%s\\0' "$#"; for word in "$@"; do printf '%s\\0' "$word"; done; } >> "$DOCS_SHIM_RECORD"
+"""
 
 
 def fail(message: str) -> None:
@@ -28,34 +36,63 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def recorded(path: Path) -> list[list[str]]:
+    """The command lines PYTHON_SHIM appended to `path`, in order."""
+    words = Path(path).read_bytes().decode().split("\0")[:-1] if Path(path).is_file() else []
+    commands = []
+    while words:
+        n = int(words.pop(0))
+        commands.append(words[:n])
+        del words[:n]
+    return commands
+
+
+def check_recorded(path: Path) -> None:
+    """Each recorded python command line checked as the real command would check it (SystemExit 2 at the
+    first that fails)."""
+    for argv in recorded(path):
+        python(argv)
+
+
 def python(argv: list[str]) -> None:
-    record = os.environ.get("DOCS_SHIM_RECORD")
-    if record:  # an sbatch task: its command line is checked by sbatch, with the others
-        with open(record, "a") as f:
-            f.write(json.dumps(argv) + "\n")
-        return
     if argv[:1] == ["-m"]:
-        original = argparse.ArgumentParser.parse_args
+        parse = argparse.ArgumentParser.parse_args
 
         def parse_only(self, args=None, namespace=None):
-            original(self, args, namespace)
+            parse(self, args, namespace)
             raise SystemExit(0)
 
-        argparse.ArgumentParser.parse_args = parse_only
-        sys.argv = [argv[1], *argv[2:]]
-        runpy.run_module(argv[1], run_name="__main__")
+        argparse.ArgumentParser.parse_args, saved = parse_only, sys.argv
+        try:
+            sys.argv = [argv[1], *argv[2:]]
+            with warnings.catch_warnings():  # checked in a process that imported the module already
+                warnings.filterwarnings("ignore", "'common.", RuntimeWarning)
+                runpy.run_module(argv[1], run_name="__main__")
+        except SystemExit as stop:
+            if stop.code:
+                fail(f"python {shlex.join(argv)}: refused")
+            return
+        finally:
+            argparse.ArgumentParser.parse_args, sys.argv = parse, saved
         fail(f"-m {argv[1]}: never parsed its arguments")
-    if not argv or not argv[0].endswith(".py"):
-        fail(f"python {shlex.join(argv)}: not a script of the repository")
     import common.cli
     from common.errors import UserError
-    from common.grid import cell_of
+    from common.grid import SCRIPTS, cell_of
 
+    if not argv or argv[0] not in [f"{script}.py" for script in SCRIPTS]:
+        fail(f"python {shlex.join(argv)}: not a script of the repository")
+
+    resolve = common.cli.resolve_dataset_dir
     common.cli.resolve_dataset_dir = lambda args: None  # the corpus is not here: flags only
     try:
         common.cli.parse_args(cell_of(Path(argv[0]).stem), argv[1:])
     except (UserError, ValueError) as error:
-        fail(str(error))
+        fail(f"python {shlex.join(argv)}: {error}")
+    except SystemExit as stop:
+        if stop.code:
+            fail(f"python {shlex.join(argv)}: refused")
+    finally:
+        common.cli.resolve_dataset_dir = resolve
 
 
 def accelerate(argv: list[str]) -> None:
@@ -91,18 +128,13 @@ def sbatch(argv: list[str]) -> None:
     else:
         text = Path(script).read_text()
         found = re.search(r"^#SBATCH --array=(\d+)-(\d+)$", text, re.M)
-        record = Path(f"{script}.commands")
-        record.unlink(missing_ok=True)
+        before = len(recorded(os.environ["DOCS_SHIM_RECORD"]))
         for task in range(int(found[1]), int(found[2]) + 1) if found else [None]:
-            env = os.environ | {"DOCS_SHIM_RECORD": str(record.resolve())}
-            env |= {"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {}
+            env = os.environ | ({"SLURM_ARRAY_TASK_ID": str(task)} if task is not None else {})
             if subprocess.run(["bash", "-euo", "pipefail", script], env=env).returncode:
                 fail(f"{script}: task {task} failed")
-        commands = [json.loads(line) for line in record.read_text().splitlines()] if record.is_file() else []
-        if not commands:
+        if len(recorded(os.environ["DOCS_SHIM_RECORD"])) == before:
             fail(f"{script}: its tasks ran no python command")
-        for argv in commands:
-            python(argv)
     print("4242")
 
 
@@ -112,4 +144,4 @@ def hf(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    {"python": python, "accelerate": accelerate, "sbatch": sbatch, "hf": hf}[sys.argv[1]](sys.argv[2:])
+    {"accelerate": accelerate, "sbatch": sbatch, "hf": hf}[sys.argv[1]](sys.argv[2:])

@@ -5,6 +5,8 @@ tree, after the set-up's demo), `bash parse` needs the real corpus, a GPU, a clu
 for parsing only (tests/docs_shim.py stands in for python, accelerate, sbatch and hf), `bash parse FILE` is
 a file's content written to FILE for the blocks after it, and `bash setup` is the README's set-up."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import docs_shim
 import pytest
 
 from common.synthetic import DEMO_DIR
@@ -71,16 +74,30 @@ def shimmed_tree(tmp_path: Path) -> tuple[Path, dict]:
     bin_dir.mkdir()
     for script in ROOT.glob("*.py"):
         (work / script.name).symlink_to(script)
+    (work / ".venv" / "bin" / "python").write_text(docs_shim.PYTHON_SHIM)
     shim = ROOT / "tests" / "docs_shim.py"
-    for name, where in [
-        ("python", work / ".venv" / "bin"),
-        ("accelerate", bin_dir),
-        ("sbatch", bin_dir),
-        ("hf", bin_dir),
-    ]:
-        (where / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "{shim}" {name} "$@"\n')
-        (where / name).chmod(0o755)
-    return work, environment(bin_dir)
+    for name in ("accelerate", "sbatch", "hf"):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "{shim}" {name} "$@"\n')
+    for command in [work / ".venv" / "bin" / "python", *bin_dir.iterdir()]:
+        command.chmod(0o755)
+    return work, environment(bin_dir) | {"DOCS_SHIM_RECORD": str(tmp_path / "commands")}
+
+
+def parse(text: str, work: Path, env: dict) -> str | None:
+    """A parse block run through the shims, its python command lines then checked here: None where all pass,
+    else what the first failure printed."""
+    record = Path(env["DOCS_SHIM_RECORD"])
+    record.unlink(missing_ok=True)
+    proc = bash(text, work, env)
+    if proc.returncode:
+        return proc.stderr[-2000:]
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(io.StringIO()):
+            docs_shim.check_recorded(record)
+    except SystemExit:
+        return printed.getvalue()[-2000:]
+    return None
 
 
 def test_every_parse_block_parses(tmp_path):
@@ -93,21 +110,27 @@ def test_every_parse_block_parses(tmp_path):
             elif kind in ("parse", "setup"):
                 if kind == "setup":  # the install and the suite itself are CI's (test_readme.py)
                     text = "\n".join(line.split("&&")[-1] for line in text.splitlines() if "pytest" not in line)
-                proc = bash(text, work, env)
-                assert proc.returncode == 0, f"{page.name}:\n{text}\n{proc.stderr[-2000:]}"
+                failed = parse(text, work, env)
+                assert failed is None, f"{page.name}:\n{text}\n{failed}"
                 checked += 1
     assert checked >= 10
 
 
 def test_the_shims_refuse_a_bad_flag(tmp_path):
     work, env = shimmed_tree(tmp_path)
-    for bad in [
-        ".venv/bin/python multimodal_total_concat.py --dataset 20 --dataset_dir /data/KEMDy20 --num_fold 6",
-        ".venv/bin/python multimodal_total_concat.py --dataset 20 --mixed_precision bf17",
-        ".venv/bin/python -m common.report runs --no_such_flag",
-        "accelerate launch --num_processes two multimodal_total_concat.py --dataset 20",
+    for bad, message in [
+        (
+            ".venv/bin/python multimodal_total_concat.py --dataset 20 --dataset_dir /data/KEMDy20 --num_fold 6",
+            "--num_fold 6: choose a fold from 1 to 5",
+        ),
+        (".venv/bin/python multimodal_total_concat.py --dataset 20 --mixed_precision bf17", "invalid choice: 'bf17'"),
+        (".venv/bin/python -m common.report runs --no_such_flag", "unrecognized arguments: --no_such_flag"),
+        (".venv/bin/python speech_emotion.py --dataset 20", "not a script of the repository"),
+        ("accelerate launch --num_processes two multimodal_total_concat.py --dataset 20", "invalid int value: 'two'"),
+        ("sbatch --wrap '.venv/bin/python -m common.report runs --no_such_flag'", "unrecognized arguments"),
     ]:
-        assert bash(bad, work, env).returncode != 0, bad
+        failed = parse(bad, work, env)
+        assert failed is not None and message in failed, (bad, failed)
 
 
 # The pages whose `run` blocks continue the README's tour (they use the demo's run); the other pages' run on
