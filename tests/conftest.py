@@ -45,6 +45,30 @@ def demo20(tmp_path_factory):
     return demo_corpus("20", demo_dir=tmp_path_factory.mktemp("demo"))
 
 
+# The files that take longest, longest first: each file runs whole on one worker (--dist loadfile), in this
+# order (--no-loadscope-reorder), so that no worker is left alone with a long file at the end. The others
+# follow in their usual order.
+SLOWEST_FIRST = [
+    "test_docs.py",
+    "test_reliability.py",
+    "test_gpucheck.py",
+    "test_fusion.py",
+    "test_docs_pages.py",
+    "test_cross_corpus.py",
+    "test_workflow.py",
+    "test_encoder_families.py",
+    "test_learning.py",
+    "test_train.py",
+    "test_layers.py",
+    "test_rundir.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core this process may run on (not the host's count in a container), at most 4
     (each worker builds the session's corpora and encoders again)."""

@@ -29,7 +29,7 @@ from common.model import (
 from common.synthetic import SPEECH_FAMILIES, TEXT_FAMILIES, write_tiny_speech_family, write_tiny_text_family
 from common.train import train
 
-from helpers import launch_two_processes, tiny_command
+from helpers import tiny_command
 
 POOLING = {  # what --text_pooling auto gives each family
     "bert": "pooler",
@@ -158,33 +158,6 @@ def test_each_speech_family_trains_fine_tuned_and_frozen_and_predicts_with_the_d
         PADDING_CHANGES[family],
         PADDING_CHANGES[family] and CLIP_NORM_EXACT[family],
     )
-
-
-def test_a_speech_encoder_with_specaugment_off_trains_in_two_processes(corpus20, tiny_models, tmp_path):
-    """A parameter without a gradient would stop DDP ("Expected to have finished reduction ..."): SpecAugment's
-    mask vector is frozen where its masks are off, as fine-tuned checkpoints often ship."""
-    import subprocess
-
-    from transformers import Wav2Vec2Model
-
-    from common.model import load_speech_encoder
-
-    models = tmp_path / "models"
-    (models / "text").parent.mkdir(parents=True)
-    (models / "text").symlink_to(tiny_models / "text")
-    speech = Wav2Vec2Model.from_pretrained(tiny_models / "speech")
-    speech.config.apply_spec_augment = False
-    speech.save_pretrained(models / "speech")
-    load_speech_encoder(str(tiny_models / "speech"))[0].save_pretrained(models / "speech")
-    model = EmotionModel(
-        ModelConfig("speech", "classification", None), None, load_speech_encoder(str(models / "speech"))[1]
-    )
-    assert not model.speech_encoder.masked_spec_embed.requires_grad
-    launch = launch_two_processes()
-    argv = tiny_command("speech_classification", corpus20[0], models, tmp_path / "run", epochs=1)
-    proc = subprocess.run(launch + argv[1:], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["n"] == 24
 
 
 def test_a_whisper_encoder_is_loaded_alone_and_pools_the_frames_of_the_audio(speech_families, corpus20):

@@ -176,14 +176,16 @@ def test_bad_utterances_are_skipped_counted_and_reported_and_odd_audio_is_used(c
 
 
 def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tiny_models):
-    """accelerate launch with 2 CPU processes (gloo); 66 utterances give an uneven 13-utterance test fold."""
+    """accelerate launch with 2 CPU processes (gloo); 66 utterances give an uneven 13-utterance test fold. The
+    speech encoder has SpecAugment off, as fine-tuned checkpoints often ship: its mask vector then gets no
+    gradient, which would stop DDP ("Expected to have finished reduction ...") had the model not frozen it."""
     import torch
     from accelerate import Accelerator
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     from common.data import Collator, KemdyDataset, prepare_inputs
     from common.losses import Objective
-    from common.model import EmotionModel, audio_spec
+    from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder
     from common.synthetic import generate
     from common.train import evaluate, split_metrics
 
@@ -195,9 +197,14 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     shutil.copytree(tiny_models / "text", models / "text")
     config = Wav2Vec2Config.from_pretrained(tiny_models / "speech")
     config.feat_extract_norm, config.do_stable_layer_norm = "layer", True
+    config.apply_spec_augment = False
     torch.manual_seed(0)
     Wav2Vec2Model(config).save_pretrained(models / "speech")
     Wav2Vec2FeatureExtractor(return_attention_mask=True, do_normalize=True).save_pretrained(models / "speech")
+    speech_encoder = EmotionModel(
+        ModelConfig("speech", "classification", None), None, load_speech_encoder(str(models / "speech"))[1]
+    ).speech_encoder
+    assert not speech_encoder.masked_spec_embed.requires_grad
 
     out = tmp_path / "run"
     launch = launch_two_processes()
@@ -471,7 +478,7 @@ def test_a_cache_folder_removed_while_a_run_reads_it_changes_nothing(corpus20, t
     from common import train as training
 
     flags = ["--num_workers", "2"]  # forked workers read through the same open files
-    (expected,) = train(SPEECH, text_args(corpus20[0], tiny_models, tmp_path / "a", *flags, epochs=2, cell=SPEECH))
+    (expected,) = train(SPEECH, text_args(corpus20[0], tiny_models, tmp_path / "a", *flags, epochs=1, cell=SPEECH))
     cache, prepare = tmp_path / "cache", training._prepare
 
     def then_removed(*arguments):
@@ -480,7 +487,7 @@ def test_a_cache_folder_removed_while_a_run_reads_it_changes_nothing(corpus20, t
         return inputs
 
     monkeypatch.setattr(training, "_prepare", then_removed)
-    run = text_args(corpus20[0], tiny_models, tmp_path / "b", *flags, "--cache_dir", str(cache), epochs=2, cell=SPEECH)
+    run = text_args(corpus20[0], tiny_models, tmp_path / "b", *flags, "--cache_dir", str(cache), epochs=1, cell=SPEECH)
     (result,) = train(SPEECH, run)
     assert not cache.exists() and result == expected
 
