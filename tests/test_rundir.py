@@ -23,7 +23,7 @@ from common.report import find_fold_sets, tables
 from common.rundir import LOCK, MARKER, RunLock
 from common.train import train
 
-from helpers import ctrl_c_at_first_checkpoint, tiny_command
+from helpers import ctrl_c_at_first_checkpoint, tiny_command, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Cell("text", "classification")
@@ -73,10 +73,9 @@ def test_overwrite_into_the_current_folder_of_a_checkout_is_refused_and_removes_
     (checkout / "README.md").write_text("# a project")
     (checkout / "common" / "x.py").write_text("x = 1\n")
     before = listing(checkout)
-    cmd = tiny_command("text_classification", corpus20[0], tiny_models, ".", "--overwrite", "--num_fold", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=checkout)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    argv = tiny_command("text_classification", corpus20[0], tiny_models, ".", "--overwrite", "--num_fold", "1")[2:]
+    code, _, error = train_in_process("text_classification", argv, cwd=checkout)
+    assert code == 2 and error == (
         "error: --output_dir .: holds files that are not a run's (README.md, common); give a new or empty folder"
     )
     assert listing(checkout) == before and sorted(p.name for p in checkout.iterdir()) == ["README.md", "common"]
@@ -207,10 +206,9 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_g
 
 
 def test_a_huge_learning_rate_stops_with_one_line(corpus20, tiny_models, tmp_path):
-    cmd = tiny_command("text_regression", corpus20[0], tiny_models, tmp_path / "run", "--lr", "1e30")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    argv = tiny_command("text_regression", corpus20[0], tiny_models, tmp_path / "run", "--lr", "1e30")[2:]
+    code, _, last = train_in_process("text_regression", argv, cwd=tmp_path)
+    assert code == 2
     assert last.startswith("error: training diverged: the training loss is ") and "at epoch 1, step " in last
     assert last.endswith(
         "lower --lr (now 1e+30) or set --max_grad_norm. The run directory holds no finished epoch; "

@@ -179,12 +179,11 @@ def test_report_tables_and_figures_of_real_runs(grid):
     assert not (out / "figures" / "text_va_scatter.png").exists()
 
 
-def test_predict_one_utterance_gives_the_runs_own_probabilities(grid):
+def test_predict_one_utterance_gives_the_runs_own_probabilities(grid, capsys):
     row = predictions(grid["text"])[4]
     utt = next(u for u in read_corpus("20", grid["corpus"]).utterances if u.segment_id == row["segment_id"])
-    proc = python("-m", "common.predict", "--run_dir", grid["text"], "--text", utt.text)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
+    assert predict_main("--run_dir", grid["text"], "--text", utt.text) == 0
+    out = json.loads(capsys.readouterr().out)
     assert list(out["probabilities"]) == list(EMOTIONS)
     assert [out["probabilities"][e] for e in EMOTIONS] == pytest.approx(
         [float(row[f"prob_{e}"]) for e in EMOTIONS], abs=2e-6
@@ -195,7 +194,7 @@ def test_predict_one_utterance_gives_the_runs_own_probabilities(grid):
     assert out["labels"] == [e for e in EMOTIONS if out["probabilities"][e] >= threshold]
 
 
-def test_predict_a_csv_batch_reproduces_a_multimodal_runs_predictions(grid, tmp_path):
+def test_predict_a_csv_batch_reproduces_a_multimodal_runs_predictions(grid, tmp_path, capsys):
     run = grid["runs"] / "mm" / "fold2"
     rows = predictions(run)
     utts = {u.segment_id: u for u in read_corpus("20", grid["corpus"]).utterances}
@@ -206,9 +205,8 @@ def test_predict_a_csv_batch_reproduces_a_multimodal_runs_predictions(grid, tmp_
         for r in rows:  # in test order, batches of the run's size: the same padding as in evaluation
             u = utts[r["segment_id"]]
             writer.writerow([u.segment_id, u.wav, u.text])
-    proc = python("-m", "common.predict", "--run_dir", run, "--csv", batch, "--batch_size", "8")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    outs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert predict_main("--run_dir", run, "--csv", batch, "--batch_size", "8") == 0
+    outs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["segment_id"] for o in outs] == [r["segment_id"] for r in rows]
     for o, r in zip(outs, rows, strict=True):
         assert [o["probabilities"][e] for e in EMOTIONS] == pytest.approx(
@@ -241,7 +239,7 @@ def test_predict_accepts_any_sample_rate_and_channel_count(grid, tmp_path):
 
 
 def predict_main(*args):
-    """(exit code, last stderr line) of `python -m common.predict ARGS`, run in this process."""
+    """The exit code of `python -m common.predict ARGS`, run in this process (what it prints goes to capsys)."""
     from common.errors import run_cli
     from common.predict import main
 
