@@ -247,3 +247,27 @@ def test_help_groups_the_originals_flags_apart_and_says_each_default_once():
     assert "--freeze" not in original + restore
     for entry in re.split(r"\n  (?=--)", text):
         assert entry.count("default") <= 1, entry
+
+
+@pytest.mark.parametrize(
+    "script, suggested",
+    [
+        ("multimodal_total_concat", "text_total.py --demo --num_fold all"),
+        ("speech_regression", "text_regression.py --demo --num_fold all"),
+        ("text_classification", "text_classification.py --demo --num_fold all --resume"),
+    ],
+)
+def test_the_demo_suggests_all_folds_of_the_text_cell_of_its_task(corpus20, script, suggested):
+    """A speech cell's five folds take minutes on a CPU, the text cell's seconds; a text cell keeps its fold."""
+    from common.cli import parse_args
+    from common.grid import cell_of
+    from common.train import _next_steps
+
+    cell = cell_of(script)
+    args = parse_args(cell, ["--demo"])
+    run_dir = Path("runs/demo") / script / "KEMDy20" / "fold1"
+    lines = _next_steps(cell, args, run_dir, read_corpus("20", corpus20[0])).splitlines()
+    python = os.path.relpath(sys.executable)
+    python = python if not python.startswith("..") else sys.executable
+    assert lines[1:3] == [f"  {python} -m common.report runs/demo", f"  {python} {suggested}"]
+    assert lines[3].startswith(f"  {python} -m common.predict --run_dir {run_dir} ")
