@@ -112,6 +112,8 @@ def test_every_parse_block_parses(tmp_path):
                     text = "\n".join(line.split("&&")[-1] for line in text.splitlines() if "pytest" not in line)
                 failed = parse(text, work, env)
                 assert failed is None, f"{page.name}:\n{text}\n{failed}"
+                if ".venv/bin/python" in text:  # its python commands were recorded, so checked
+                    assert docs_shim.recorded(env["DOCS_SHIM_RECORD"]), f"{page.name}: none recorded:\n{text}"
                 checked += 1
     assert checked >= 10
 
