@@ -79,7 +79,7 @@ def python(argv: list[str]) -> None:
     from common.errors import UserError
     from common.grid import SCRIPTS, cell_of
 
-    if not argv or argv[0] not in [f"{script}.py" for script in SCRIPTS]:
+    if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS]:
         fail(f"python {shlex.join(argv)}: not a script of the repository")
 
     resolve = common.cli.resolve_dataset_dir
