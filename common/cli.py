@@ -162,8 +162,13 @@ def add_corpus_flags(add) -> None:
 
 
 def resolve_dataset_dir(args: argparse.Namespace) -> None:
-    """--dataset_dir, or ./KEMDy19 / ./KEMDy20 as the original read them."""
+    """--dataset_dir, or ./KEMDy19 / ./KEMDy20 as the original read them. A folder given that is not there
+    stops the command here, before torch and transformers are loaded (seconds), as a mistaken flag does."""
     args.dataset_dir = args.dataset_dir or _default_root("--dataset_dir", args.dataset, ", or use --demo")
+    for flag in ("--dataset_dir", "--test_dataset_dir"):
+        folder = getattr(args, flag[2:], None)
+        if folder and not Path(folder).is_dir():
+            raise UserError(f"{flag} {folder}: no such directory")
 
 
 def _default_root(flag: str, dataset: str, hint: str = "") -> str:
@@ -450,8 +455,6 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         args = parser.parse_args(argv)
     if args.text_inputs == "original":  # the original attended to every position: its padding length matters
         args.pad_to_max_length = True
-    if not args.demo:
-        resolve_dataset_dir(args)
     args.notes = []  # said when the run starts
     if args.test_dataset:
         _cross_corpus(args, argv)
@@ -459,6 +462,8 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     args.folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
     _check_values(args)
+    if not args.demo:  # after the flags' values: a mistaken flag is said first
+        resolve_dataset_dir(args)
     return args
 
 

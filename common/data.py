@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
 from torch.utils.data import Dataset, Sampler
 
 from common.cache import ArrayStore, file_digests, fingerprint, open_cached
@@ -34,6 +33,8 @@ def load_audio(path, max_seconds: float, sample_rate: int = SAMPLE_RATE) -> np.n
         raise UserError(f"{path}: cannot decode the audio ({err})") from None
     x = x.mean(axis=1)
     if rate != sample_rate:
+        from scipy.signal import resample_poly  # about 0.5 s to import, for files the real corpora do not have
+
         g = gcd(rate, sample_rate)
         x = resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
     return x[: int(max_seconds * sample_rate)]

@@ -54,19 +54,35 @@ def _batch(device, clips: int, seconds: float, tokens: int, vocab: int) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _in_a_process(function: str, *args) -> dict:
-    """common.gpucheck.<function>(*args) in a process of its own: accelerate fixes the precision once per
-    process, and each measurement gets its own peak memory."""
-    code = f"import json, sys; from common.gpucheck import {function}; print(json.dumps({function}(*sys.argv[1:])))"
+def _in_a_process(*calls: tuple) -> list:
+    """What each (function of this module, *args) of `calls` returns, called in turn in one process of its
+    own: accelerate fixes the precision once per process."""
+    code = "import json, sys; from common.gpucheck import _calls; print(json.dumps(_calls(sys.argv[1])))"
     proc = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
+        [sys.executable, "-c", code, json.dumps([[str(a) for a in call] for call in calls])],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
     if proc.returncode != 0:
-        raise UserError(f"{function} failed:\n{proc.stderr[-2000:]}")
+        raise UserError(f"{', '.join(call[0] for call in calls)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _calls(calls: str) -> list:
+    """_in_a_process's side in the process: each measurement gets its own peak memory, what the one before it
+    allocated being freed first."""
+    import gc
+
+    import torch
+
+    out = []
+    for name, *args in json.loads(calls):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        out.append(globals()[name](*args))
+    return out
 
 
 def throughput(cell_name: str, models: str, precision: str, batch_size: str, steps: str) -> dict:
@@ -143,15 +159,15 @@ def device_benchmark(work: Path, size: str = "base", steps: int = 10, batch_size
         "clip_seconds": 5.0,
         "torch": torch.__version__,
     }
-    for precision in ("no", "bf16"):
-        measured = _in_a_process("throughput", CELL, models, precision, batch_size, steps)
-        out[f"{CELL}_{'fp32' if precision == 'no' else precision}"] = measured
-    out["bf16_over_fp32"] = out[f"{CELL}_bf16"]["clips_per_s"] / out[f"{CELL}_fp32"]["clips_per_s"]
-    out["speech_classification_bf16"] = _in_a_process(
-        "throughput", "speech_classification", models, "bf16", batch_size, steps
+    fp32, wait = _in_a_process(
+        ("throughput", CELL, models, "no", batch_size, steps), ("data_wait", work, models, batch_size, steps)
     )
-    out["anchor"] = ANCHOR
-    out["data_wait"] = _in_a_process("data_wait", work, models, batch_size, steps)
+    bf16, speech = _in_a_process(
+        ("throughput", CELL, models, "bf16", batch_size, steps),
+        ("throughput", "speech_classification", models, "bf16", batch_size, steps),
+    )
+    out |= {f"{CELL}_fp32": fp32, f"{CELL}_bf16": bf16, "bf16_over_fp32": bf16["clips_per_s"] / fp32["clips_per_s"]}
+    out |= {"speech_classification_bf16": speech, "anchor": ANCHOR, "data_wait": wait}
     return out
 
 

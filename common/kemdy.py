@@ -332,15 +332,16 @@ def _gender(kemdy19_id: str) -> str:
     return match.group(1).upper() if match else ""
 
 
-def check_root(dataset: str, root: Path) -> list[Path]:
-    """The dataset's annotation files in the original's order, or a UserError saying what is wrong."""
+def check_root(dataset: str, root: Path, flag: str = "--dataset_dir") -> list[Path]:
+    """The dataset's annotation files in the original's order, or a UserError saying what is wrong (with
+    `flag`, the option that named the folder)."""
     if dataset not in LAYOUTS:
         raise UserError(f"--dataset {dataset!r}: choose 19 or 20")
     if not root.is_dir():
-        raise UserError(f"--dataset_dir {root}: no such directory")
+        raise UserError(f"{flag} {root}: no such directory")
     for sub in ("annotation", "wav"):
         if not (root / sub).is_dir():
-            raise UserError(f"--dataset_dir {root}: not a KEMDy{dataset} root (no {sub}/ folder)")
+            raise UserError(f"{flag} {root}: not a KEMDy{dataset} root (no {sub}/ folder)")
     layout = LAYOUTS[dataset]
     names = sorted(p.name for p in (root / "annotation").iterdir() if p.is_file())
     files = [root / "annotation" / n for n in names if layout.file_pattern.match(n)]

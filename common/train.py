@@ -132,7 +132,7 @@ def _resolve(cell: Cell, args, log) -> None:
         log(note)
     check_root(args.dataset, Path(args.dataset_dir))  # the corpus folders first, then the models
     if args.test_dataset:
-        check_root(args.test_dataset, Path(args.test_dataset_dir))
+        check_root(args.test_dataset, Path(args.test_dataset_dir), "--test_dataset_dir")
     if cell.uses_text and args.text_pooling == "auto":
         args.text_pooling, why = auto_text_pooling(args.text_model)
         log(f"--text_pooling auto: {args.text_pooling} ({why})")

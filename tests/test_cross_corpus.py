@@ -169,7 +169,12 @@ def test_cross_corpus_flags_are_checked_in_one_line(corpora, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # no ./KEMDy19 here
     with pytest.raises(UserError, match=r"^--test_dataset_dir not given and no ./KEMDy19 folder here: pass the "):
         parse_args(cell, [*base, "--test_dataset", "19"])
+    with pytest.raises(UserError, match=r"^--test_dataset_dir x: no such directory$"):  # before torch is loaded
+        parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x"])
+    (tmp_path / "x").mkdir()
     args = parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x", "--num_fold", "all"])
+    with pytest.raises(UserError, match=r"^--test_dataset_dir x: not a KEMDy19 root \(no annotation/ folder\)$"):
+        train(cell, args)
     assert args.folds == [1] and args.notes == [
         "--num_fold all: does not apply to a cross-corpus run (it tests on all of KEMDy19); ignored"
     ]

@@ -3,6 +3,7 @@ against an independent computation written here; and every modality trains with 
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from common.predict import Predictor
 from common.train import train
 
 TEXT = Cell("text", "classification")
+FOLDER = str(Path(__file__).parent)  # a --dataset_dir that exists: parsing the flags does not read it
 SPEECH = Cell("speech", "regression")
 
 
@@ -144,7 +146,7 @@ def test_dropout_placement_for_element_wise_add(tiny_models, dropout_on):
 
 
 def test_original_sets_every_restoring_flag_and_flags_given_still_win():
-    argv = ["--dataset_dir", "/nowhere", "--original"]
+    argv = ["--dataset_dir", FOLDER, "--original"]
     args = vars(parse_args(TEXT, argv))
     assert {k: args[k] for k in ORIGINAL} == ORIGINAL
     assert ORIGINAL == {
@@ -166,7 +168,7 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
     assert some["labels"] == "checked" and some["valid_ratio"] == 0.2 and some["va_loss"] == "sum"
     demo = vars(parse_args(TEXT, ["--demo", "--original"]))
     assert demo["lr"] == 2e-3 and demo["group_by_length"] is False and demo["valid_ratio"] == 0.0
-    defaults = vars(parse_args(TEXT, ["--dataset_dir", "/nowhere"]))
+    defaults = vars(parse_args(TEXT, ["--dataset_dir", FOLDER]))
     assert {k: defaults[k] for k in ORIGINAL} == {
         "labels": "checked",
         "duplicate_rows": "all",
@@ -183,16 +185,16 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
         "optimizer": "adamw",
     }
     # Attending to the padding makes its length part of the computation: the original's 256.
-    assert vars(parse_args(TEXT, ["--dataset_dir", "/nowhere", "--text_inputs", "original"]))["pad_to_max_length"]
+    assert vars(parse_args(TEXT, ["--dataset_dir", FOLDER, "--text_inputs", "original"]))["pad_to_max_length"]
 
 
 def test_the_original_scripts_flags_are_accepted_and_values_the_grid_cannot_honour_refused():
-    args = parse_args(TEXT, ["--dataset_dir", "/nowhere", "--ckpt", "3", "--num_labels", "7", "--regress", "1"])
+    args = parse_args(TEXT, ["--dataset_dir", FOLDER, "--ckpt", "3", "--num_labels", "7", "--regress", "1"])
     assert (args.ckpt, args.num_labels, args.regress) == ("3", 7, 1)
     with pytest.raises(UserError, match=r"^--num_labels 5: KEMDy has 7 emotion classes; only 7 works$"):
-        parse_args(TEXT, ["--dataset_dir", "/nowhere", "--num_labels", "5"])
+        parse_args(TEXT, ["--dataset_dir", FOLDER, "--num_labels", "5"])
     with pytest.raises(UserError, match=r"^--regress 2: valence and arousal are one number each; only 1 works$"):
-        parse_args(TEXT, ["--dataset_dir", "/nowhere", "--regress", "2"])
+        parse_args(TEXT, ["--dataset_dir", FOLDER, "--regress", "2"])
 
 
 @pytest.fixture(scope="module")

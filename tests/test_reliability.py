@@ -175,25 +175,16 @@ def test_bad_utterances_are_skipped_counted_and_reported_and_odd_audio_is_used(c
     assert config["data"]["excluded"] == 3 and config["data"]["used"] == 117
 
 
-def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tiny_models):
-    """accelerate launch with 2 CPU processes (gloo); 66 utterances give an uneven 13-utterance test fold. The
-    speech encoder has SpecAugment off, as fine-tuned checkpoints often ship: its mask vector then gets no
+def speech_model_with_attention_mask(tiny_models, models: Path) -> None:
+    """`models`/text, the tiny BERT, and `models`/speech, a tiny wav2vec2 that takes an attention mask (layer
+    norm, as wav2vec2-large: its outputs do not depend on how a batch is padded, so two processes and one
+    must agree) with SpecAugment off, as fine-tuned checkpoints often ship: its mask vector then gets no
     gradient, which would stop DDP ("Expected to have finished reduction ...") had the model not frozen it."""
     import torch
-    from accelerate import Accelerator
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from common.data import Collator, KemdyDataset, prepare_inputs
-    from common.losses import Objective
-    from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder
-    from common.synthetic import generate
-    from common.train import evaluate, split_metrics
+    from common.model import EmotionModel, ModelConfig, load_speech_encoder
 
-    corpus = tmp_path / "KEMDy20"
-    generate("20", corpus, sessions=2, utterances_per_session=33, seed=3)
-    # A speech model that takes an attention mask (layer norm, as wav2vec2-large): its outputs do not
-    # depend on how a batch is padded, so two processes and one must agree (see README, Reliability).
-    models = tmp_path / "models"
     shutil.copytree(tiny_models / "text", models / "text")
     config = Wav2Vec2Config.from_pretrained(tiny_models / "speech")
     config.feat_extract_norm, config.do_stable_layer_norm = "layer", True
@@ -206,27 +197,51 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     ).speech_encoder
     assert not speech_encoder.masked_spec_embed.requires_grad
 
-    out = tmp_path / "run"
-    launch = launch_two_processes()
-    argv = command(corpus, models, out, "--batch_size", "4", "--keep_checkpoint", epochs=2)
-    argv[argv.index("--num_fold") + 1] = "2"
-    proc = run(launch + argv[1:], tmp_path)
+
+def test_two_processes_train_all_folds_and_gather_each_test_fold_exactly_once(tmp_path, tiny_models):
+    """accelerate launch with 2 CPU processes (gloo): the five folds one after the other in one process group,
+    with tensorboard, balanced class weights and tuned thresholds; 66 utterances give uneven test folds of 13
+    and 14."""
+    import torch
+    from accelerate import Accelerator
+
+    from common.data import Collator, KemdyDataset, prepare_inputs
+    from common.losses import Objective
+    from common.model import EmotionModel, audio_spec
+    from common.synthetic import generate
+    from common.train import evaluate, split_metrics
+
+    corpus, models = tmp_path / "KEMDy20", tmp_path / "models"
+    generate("20", corpus, sessions=2, utterances_per_session=33, seed=3)
+    speech_model_with_attention_mask(tiny_models, models)
+    out = tmp_path / "runs"
+    flags = ["--num_fold", "all", "--batch_size", "4", "--keep_checkpoint", "--report_to", "tensorboard"]
+    flags += ["--class_weight", "balanced", "--threshold", "tuned"]
+    argv = tiny_command(CELL.name, corpus, models, out, *flags, epochs=2)
+    proc = run(launch_two_processes() + argv[1:], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("test metrics of epoch") == 1  # only the main process reports and writes
+    assert "test metrics over folds 1, 2, 3, 4, 5" in proc.stdout
+    assert proc.stdout.count("test metrics of epoch") == 5  # only the main process reports and writes
 
     utts = read_corpus("20", corpus).utterances
-    test = make_fold([u.session for u in utts], 2).test
-    metrics = json.loads((out / "metrics.json").read_text())
-    lines = (out / "predictions.csv").read_text().splitlines()[1:]
-    assert len(test) == 13 and [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]
-    assert metrics["test"]["n"] == 13
-    config = json.loads((out / "config.json").read_text())
-    assert config["environment"]["num_processes"] == 2
-    (kept,) = (out / "checkpoints").iterdir()  # --keep_checkpoint: the chosen epoch's only
-    assert kept.name == f"epoch{metrics['chosen_epoch']}"
-    assert sorted(p.name for p in kept.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    sizes = []
+    for k in range(1, 6):
+        test, run_dir = make_fold([u.session for u in utts], k).test, out / f"fold{k}"
+        lines = (run_dir / "predictions.csv").read_text().splitlines()[1:]
+        assert [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]  # each once
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        sizes.append(metrics["test"]["n"])
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["environment"]["num_processes"] == 2
+        assert set(metrics["thresholds"]) == set(EMOTIONS) and set(config["data"]["class_weights"]) == set(EMOTIONS)
+        (kept,) = (run_dir / "checkpoints").iterdir()  # --keep_checkpoint: the chosen epoch's only
+        assert kept.name == f"epoch{metrics['chosen_epoch']}"
+        assert sorted(p.name for p in kept.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert sorted(set(sizes)) == [13, 14] and sum(sizes) == len(utts)
 
-    model, tokenizer, extractor = EmotionModel.load(out / "model")
+    # the last fold's gathered metrics are what one process computes from its saved model
+    model, tokenizer, extractor = EmotionModel.load(run_dir / "model")
     assert model.config.pass_audio_mask
     args = parse_args(CELL, argv[2:])
     spec = audio_spec(extractor, model.speech_encoder)
@@ -234,32 +249,17 @@ def test_two_processes_train_and_gather_exactly_the_test_fold_once(tmp_path, tin
     loader = torch.utils.data.DataLoader(
         KemdyDataset(utts, test, inputs, spec), batch_size=4, collate_fn=Collator(tokenizer, args.max_text_len, spec)
     )
-    single, _ = split_metrics(evaluate(model, loader, Accelerator(cpu=True), Objective()), args.threshold)
+    thresholds, weights = (
+        [table[e] for e in EMOTIONS] for table in (metrics["thresholds"], config["data"]["class_weights"])
+    )
+    objective = Objective(pos_weight=tuple(weights))
+    single, _ = split_metrics(evaluate(model, loader, Accelerator(cpu=True), objective), thresholds)
     differ = {
         key: (value, single[key])
         for key, value in metrics["test"].items()
         if isinstance(value, float) and single[key] != pytest.approx(value, rel=1e-5, abs=1e-6)
     }
     assert not differ
-
-
-def test_two_processes_run_all_folds_one_after_the_other_with_tensorboard(corpus20, tiny_models, tmp_path):
-    out = tmp_path / "runs"
-    launch = launch_two_processes()
-    argv = tiny_command("text_total", corpus20[0], tiny_models, out, "--num_fold", "all", "--report_to", "tensorboard")
-    argv += ["--class_weight", "balanced", "--threshold", "tuned"]
-    proc = run(launch + argv[1:], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test metrics over folds 1, 2, 3, 4, 5" in proc.stdout
-    utts = read_corpus("20", corpus20[0]).utterances
-    for k in range(1, 6):
-        test = make_fold([u.session for u in utts], k).test
-        lines = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()[1:]
-        assert [line.split(",")[0] for line in lines] == [utts[i].segment_id for i in test]  # each once
-        assert list((out / f"fold{k}" / "tensorboard").glob("events.out.tfevents.*"))
-        metrics = json.loads((out / f"fold{k}" / "metrics.json").read_text())
-        config = json.loads((out / f"fold{k}" / "config.json").read_text())
-        assert set(metrics["thresholds"]) == set(EMOTIONS) and set(config["data"]["class_weights"]) == set(EMOTIONS)
 
 
 def test_two_processes_checkpoint_frozen_encoders_out_and_resume_from_it(corpus20, tiny_models, tmp_path):
@@ -537,11 +537,16 @@ def test_ctrl_c_after_the_results_are_complete_lets_the_command_finish(
     end = Accelerator.end_training
 
     def interrupted_there(self):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # on this thread: handled before it returns
         end(self)
 
     monkeypatch.setattr(Accelerator, "end_training", interrupted_there)
-    (result,) = run_cli(lambda: train(TEXT, text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
+    # Ctrl-C as on a terminal: a suite started as a background job (`pytest &`) inherits it ignored
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        (result,) = run_cli(lambda: train(TEXT, text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert capsys.readouterr().err == "the results are complete; finishing\n"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result
 
