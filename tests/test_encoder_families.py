@@ -74,9 +74,11 @@ def test_auto_pooling_fits_the_family_and_a_vector_does_not_depend_on_its_batch(
         assert torch.allclose(vectors["last"][2], by_hand, atol=1e-6)
 
 
-def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Path) -> dict:
+def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Path, seconds: str = "1") -> dict:
     """A multimodal cell with the default flags, fine-tuned and then frozen with weighted layers; the fine-tuned
-    model predicts its first test utterances, in one batch, as the run scored them. Returns config.json's args."""
+    model predicts its first test utterances, in one batch, as the run scored them. The clips are read up to
+    `seconds`: the whole clips ("5") pad the run's batches otherwise than the one batch predicted. Returns
+    config.json's args."""
     from common.predict import Predictor
 
     models = out / "models"
@@ -85,7 +87,7 @@ def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Pat
     (models / "speech").symlink_to(speech)
     cell = Cell("multimodal", "classification", "concat")
     for name, flags in (("tuned", []), ("frozen", ["--freeze", "both", "--layers", "weighted"])):
-        argv = tiny_command(cell.name, corpus, models, out / name, *flags, epochs=1)[2:]
+        argv = tiny_command(cell.name, corpus, models, out / name, *flags, "--max_seq_len", seconds, epochs=1)[2:]
         (result,) = train(cell, parse_args(cell, argv))
         assert result["test"]["n"] == 24
     with (out / "tuned" / "predictions.csv").open(newline="") as f:
@@ -152,7 +154,7 @@ def test_a_speech_vector_is_the_same_whatever_its_batch(speech_families, corpus2
 def test_each_speech_family_trains_fine_tuned_and_frozen_and_predicts_with_the_default_flags(
     speech_families, tiny_models, corpus20, tmp_path, family
 ):
-    trains_freezes_and_predicts(tiny_models / "text", speech_families[family], corpus20[0], tmp_path)
+    trains_freezes_and_predicts(tiny_models / "text", speech_families[family], corpus20[0], tmp_path, seconds="5")
     model = json.loads((tmp_path / "tuned" / "model" / "model.json").read_text())
     assert (model["isolate_audio"], model["clip_norm"]) == (
         PADDING_CHANGES[family],

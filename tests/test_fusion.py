@@ -36,15 +36,19 @@ def fusion_corpus(tmp_path_factory):
 def test_both_branches_of_a_multimodal_model_carry_what_it_learnt(fusion_corpus, tiny_models, tmp_path, fusion):
     """Zeroing one modality's vector at evaluation costs micro-F1, for each fusion.
 
-    Measured on this corpus, fold 1, demo settings but 3 epochs (half the time), seeds 1234 / 1 / 2: micro-F1
-    0.77 / 0.81 / 0.76 (concat) and 0.82 / 0.85 / 0.77 (add); without speech it falls by 0.42 / 0.81 / 0.76
-    (concat) and 0.65 / 0.85 / 0.76 (add), without text by 0.21 / 0.20 / 0.20 (concat) and 0.17 / 0.21 / 0.16
-    (add). The margins are about half the smallest of each. A model that ignores one branch (a text-only model
-    passes every other threshold of this file) loses nothing when that branch is zeroed, and fails.
+    Demo settings but 3 epochs and the first second of each clip (`--max_seq_len 1`: about half of the audio, and
+    half the time; the voice is the same throughout a clip). Measured on this corpus, fold 1, seeds 1234 /
+    1 / 2 / 3 / 4 / 5: micro-F1 0.77 / 0.67 / 0.78 / 0.77 / 0.76 / 0.76 (concat) and 0.73 / 0.76 / 0.70 / 0.78
+    / 0.77 / 0.79 (add); without speech it falls by at least 0.44, without text by 0.22 / 0.14 / 0.18 / 0.18 /
+    0.25 / 0.18 (the smaller of the two fusions'). The drops' margins are about half the smallest of each; the
+    full model's is 0.07 below its smallest, and 0.2 above the best constant label set (about 0.39). A model
+    that ignores one branch (a text-only model passes every other threshold of this file) loses nothing when
+    that branch is zeroed, and fails.
     """
     cell = Cell("multimodal", "classification", fusion)
     out = tmp_path / cell.name
     argv = ["--demo", "--dataset", "20", "--dataset_dir", str(fusion_corpus), "--output_dir", str(out), "--epochs", "3"]
+    argv += ["--max_seq_len", "1"]
     argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
     args = parse_args(cell, argv)
     args.demo = False  # the corpus and encoders above, not the ones under demo/
@@ -69,4 +73,4 @@ def test_both_branches_of_a_multimodal_model_carry_what_it_learnt(fusion_corpus,
         setattr(model, f"encode_{branch}", lambda batch, encode=encode: torch.zeros_like(encode(batch)))
         drops[branch] = full - micro_f1()
         setattr(model, f"encode_{branch}", encode)
-    assert full > 0.7 and drops["speech"] > 0.2 and drops["text"] > 0.08, (full, drops)
+    assert full > 0.6 and drops["speech"] > 0.2 and drops["text"] > 0.08, (full, drops)
