@@ -224,6 +224,7 @@ def test_help_and_bad_arguments_answer_without_loading_torch_or_transformers():
     for command, args, heavy in (
         (script, ["--help"], {"numpy"}),
         (script, ["--num_fold", "6", "--dataset_dir", "/nonexistent"], {"numpy"}),
+        (script, ["--dataset_dir", "/nonexistent/KEMDy20"], {"numpy"}),
         (predict, ["--help"], {"sklearn"}),
         (predict, ["--run_dir", "x", "--batch_size", "0", "--text", "a"], {"sklearn"}),
         (report, ["--help"], {"sklearn"}),
