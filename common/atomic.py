@@ -14,20 +14,25 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")  # the names `_temporary` gives
+# The names `_temporary` gives: `.<target>.tmp-<pid>-<8 hex>`; a pid beyond any system's is not one of ours.
+TEMPORARY = re.compile(r"^\.(.+)\.tmp-(\d{1,7})-[0-9a-f]{8}$")
+PID_MAX = 1 << 22  # the largest process id Linux allows
 
 
 def temporary_target(name: str) -> str | None:
     """The name a temporary of `_temporary`'s naming stands in for (".x.json.tmp-12-ab12cd34" -> "x.json")."""
     match = TEMPORARY.match(name)
-    return name[1 : name.rindex(".tmp-")] if match else None
+    return match.group(1) if match and 0 < int(match.group(2)) <= PID_MAX else None
 
 
 def _temporary(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine."""
+    if not 0 < pid <= PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -37,16 +42,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Remove the temporaries that processes no longer running left in `folder` (killed mid-write)."""
+def remove_stale_temporaries(folder: str | Path, ours: Callable[[str], bool]) -> list[Path]:
+    """Remove the temporaries that processes no longer running left in `folder` (killed mid-write), of the
+    targets `ours` accepts only: the caller owns `folder` and knows which names it writes there."""
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
-        match = TEMPORARY.match(path.name)
-        if match and not _alive(int(match.group(1))):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            removed.append(path)
+        target = temporary_target(path.name)
+        if target is None or not ours(target) or alive(int(TEMPORARY.match(path.name).group(2))):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(path)
     return removed
 
 
@@ -55,8 +62,11 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     tmp = _temporary(path)
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        # A new file of a fresh name, never one found there (nor what a link there points to).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # replaces a link at `path` itself, never what it points to
     finally:
         tmp.unlink(missing_ok=True)
 

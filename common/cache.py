@@ -5,6 +5,10 @@ recordings' content, the tokenizer, the maximum lengths, the sample rate). A cha
 instead of a stale one; folders are built under a temporary name and renamed when complete, so a half-written
 cache is never read; and every file's checksum, taken when it was built, is checked when it is opened, so a
 cache changed since is built again. `rm -rf cache/` is always safe.
+
+A cache folder is the project's by its marker, `kemdy_cache.json`, written into a new or empty folder: only
+there, and only names of the caches' own pattern, are ever removed (a damaged cache, a killed run's
+temporary). A folder holding other files without the marker is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import zlib
 from collections.abc import Callable, Sequence
@@ -19,11 +24,56 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic
+from common import atomic, schema
 from common.atomic import build_folder, remove_stale_temporaries
 from common.errors import UserError, writing
 
 FORMAT = 1  # part of every key: a new on-disk format never reads an old cache
+MARKER = "kemdy_cache.json"
+NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{20}(\.json)?$")  # `<kind>-<key>` folders, `digests-<key>.json`
+MARKER_SPEC = schema.Fields({"format": schema.Choice(1), "kind": schema.Choice("cache")})
+
+
+def is_ours(cache_dir: str | Path) -> bool:
+    """Whether `cache_dir` holds the project's cache marker (a damaged one is one line)."""
+    marker = Path(cache_dir) / MARKER
+    if not (marker.exists() or marker.is_symlink()):
+        return False
+    if marker.is_symlink():
+        raise UserError(f"{marker}: a link, not a marker this project wrote; nothing in {cache_dir} is touched")
+    try:
+        schema.load(marker, MARKER_SPEC, max_bytes=1 << 10)
+    except schema.DamagedFile as err:
+        raise UserError(f"{err}; nothing in {cache_dir} is touched: give another --cache_dir") from None
+    return True
+
+
+def check_folder(cache_dir: str | Path) -> None:
+    """Refuse a --cache_dir that is neither the project's cache nor new or empty, before a run writes anything."""
+    folder = Path(cache_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--cache_dir {folder}: is a file; give a folder for the caches")
+    if is_ours(folder) or not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir() if atomic.temporary_target(p.name) is None)
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise UserError(
+            f"--cache_dir {folder}: holds files that are not the project's caches ({shown}; no {MARKER}); give a "
+            f"new or empty folder (a cache of an earlier version: python -m common.rundir adopt {folder})"
+        )
+
+
+def own_folder(cache_dir: str | Path, adopt: bool = False) -> Path:
+    """`cache_dir`, marked as the project's cache if it is new or empty (refused otherwise; with `adopt`, a
+    cache folder of an earlier version, which `python -m common.rundir adopt` has shown)."""
+    folder = Path(cache_dir)
+    if not adopt:
+        check_folder(folder)
+    if not is_ours(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(folder / MARKER, {"format": 1, "kind": "cache"})
+    return folder
 
 
 def fingerprint(*parts) -> str:
@@ -51,8 +101,8 @@ def file_digests(paths: Sequence[str | Path], cache_dir=None) -> dict[str, str]:
     index: dict[str, list] = {}
     if index_path is not None and index_path.is_file():
         try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            index = schema.load(index_path, DIGESTS, max_bytes=1 << 28)
+        except schema.DamagedFile:
             index = {}  # damaged: every file is read again
     digests, changed = {}, False
     for key, path in zip(given, files, strict=True):
@@ -67,9 +117,13 @@ def file_digests(paths: Sequence[str | Path], cache_dir=None) -> dict[str, str]:
         index[name], changed = [*stamp, digests[key]], True
     if changed and index_path is not None:
         with writing("the recordings' digests", cache_dir, "; or give another --cache_dir, or --no-cache"):
-            index_path.parent.mkdir(parents=True, exist_ok=True)
+            own_folder(cache_dir)
             atomic.write_json(index_path, index)
     return digests
+
+
+# A file's stamp (size, modification and change times, inode) and content digest, by its path.
+DIGESTS = schema.Map(schema.Rule([(int, str)], lambda v: len(v) == 5 and isinstance(v[4], str), "a stamp and digest"))
 
 
 class DamagedCache(ValueError):
@@ -77,6 +131,10 @@ class DamagedCache(ValueError):
 
 
 CHECKSUMS = "checksums.json"
+CHECKSUM_SPEC = schema.Map(
+    schema.Fields({"bytes": schema.count(0), "crc32": [schema.count(0)]}),
+    keys=schema.Rule(str, schema.name_in_folder, "a file name"),
+)
 BLOCK = 1 << 24  # bytes per checksum: blocks are checked in parallel (zlib releases the GIL)
 
 
@@ -110,16 +168,16 @@ def seal(folder: Path) -> None:
 def verify(folder: Path, adopt: bool = True) -> None:
     """Raise DamagedCache unless every file of the folder has the size and checksums it had when sealed. A
     folder sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now)."""
-    try:
-        sums = json.loads((folder / CHECKSUMS).read_text())
-    except FileNotFoundError:
+    if not (folder / CHECKSUMS).is_file():
         if not folder.is_dir():
-            raise DamagedCache(f"{folder}: removed") from None
+            raise DamagedCache(f"{folder}: removed")
         if adopt:
             seal(folder)
         return
-    except (OSError, ValueError) as err:
-        raise DamagedCache(f"{CHECKSUMS}: {type(err).__name__}: {err}") from None
+    try:
+        sums = schema.load(folder / CHECKSUMS, CHECKSUM_SPEC)
+    except schema.DamagedFile as err:
+        raise DamagedCache(f"{CHECKSUMS}: {err.problem}") from None
     for name, expected in sums.items():
         try:
             size = (folder / name).stat().st_size
@@ -146,7 +204,8 @@ def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], N
         seal(tmp)
 
     with writing(f"the {kind} cache", cache_dir, "; or give another --cache_dir, or --no-cache"):
-        for path in remove_stale_temporaries(cache_dir):
+        own_folder(cache_dir)
+        for path in remove_stale_temporaries(cache_dir, lambda target: NAME.match(target) is not None):
             log(f"removed {path}, left half-written by a run that is no longer running")
         return build_folder(folder, build_sealed), not existed
 
@@ -251,11 +310,13 @@ class ArrayStore(_FileRows):
         folder = Path(folder)
         super().__init__(folder / "data.bin")
         try:
-            self.dtype = np.dtype(json.loads((folder / "store.json").read_text())["dtype"])
+            self.dtype = np.dtype(schema.load(folder / "store.json", schema.Fields({"dtype": str}))["dtype"])
             self.starts = np.load(folder / "starts.npy")
             self.lengths = np.load(folder / "lengths.npy")
             expected = int((self.starts + self.lengths).max()) * self.dtype.itemsize if len(self.starts) else 0
             found = self.path.stat().st_size
+        except schema.DamagedFile as err:
+            raise DamagedCache(err.problem) from None
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DamagedCache(f"{type(err).__name__}: {err}") from None
         if len(self.starts) != len(self.lengths) or found != expected:

@@ -22,9 +22,13 @@ from pickle import UnpicklingError
 import numpy as np
 from safetensors import SafetensorError
 
-from common import rundir
+from common import rundir, schema
 from common.cache import DamagedCache, seal, verify
 from common.errors import UserError, writing
+from common.runfiles import EPOCH
+
+# trainer.json: the epochs done with their numbers, and the epoch chosen so far.
+TRAINER = schema.Fields({"epoch": schema.count(1), "history": [EPOCH], "chosen": schema.count(1)})
 
 
 class DamagedCheckpoint(UserError):
@@ -109,7 +113,7 @@ class Checkpoints:
         path = self.path(epoch)
         try:
             verify(path, adopt=False)
-            state = json.loads((path / "trainer.json").read_text())
+            state = schema.load(path / "trainer.json", TRAINER)
             if self.frozen:
                 hook = self.accelerator.register_load_state_pre_hook(self._check_stored)
                 try:
@@ -122,6 +126,8 @@ class Checkpoints:
             raise
         except DamagedCache as err:
             raise DamagedCheckpoint(f"{path}: {err}") from None
+        except schema.DamagedFile as err:
+            raise DamagedCheckpoint(f"{err.path}: {err.problem}") from None
         except (
             OSError,
             ValueError,
@@ -161,11 +167,11 @@ class Checkpoints:
             raise UserError(f"{path}: damaged ({err}); the run must start over: add --overwrite") from None
 
     def prune(self, keep: int) -> None:
-        """Remove every checkpoint but `keep`'s."""
-        if self.accelerator.is_main_process:
-            for epoch in self.epochs():
-                if epoch != keep:
-                    shutil.rmtree(self.path(epoch), ignore_errors=True)
+        """Remove every checkpoint but `keep`'s (and any half-written one)."""
+        if self.accelerator.is_main_process and self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if path != self.path(keep):
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
 
     def remove(self) -> None:
         if self.accelerator.is_main_process:

@@ -10,6 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
+from common import paths
 from common.errors import UserError, run_cli
 from common.folds import NUM_FOLDS, SPLITS
 from common.grid import (
@@ -461,6 +462,8 @@ def parse_args(cell: Cell, argv: list[str] | None = None, description: str | Non
     if args.num_fold != "all" and not 1 <= args.num_fold <= NUM_FOLDS:
         raise UserError(f"--num_fold {args.num_fold}: choose a fold from 1 to {NUM_FOLDS}")
     args.folds = list(range(1, NUM_FOLDS + 1)) if args.num_fold == "all" else [args.num_fold]
+    for flag in ("output_dir", "dataset_dir", "test_dataset_dir", "cache_dir", "text_model", "speech_model"):
+        paths.check(f"--{flag}", getattr(args, flag))
     _check_values(args)
     if not args.demo:  # after the flags' values: a mistaken flag is said first
         resolve_dataset_dir(args)

@@ -94,6 +94,15 @@ class TokenIds:
         return np.asarray(ids, dtype=np.int32)
 
 
+def tokenless(tokenizer, texts: Sequence[str], max_len: int) -> list[int]:
+    """The indices of the transcripts that `tokenizer` turns into no tokens at all (one that adds no begin or end
+    token, given an empty transcript or text it cannot encode): no model can read such an utterance."""
+    distinct = list(dict.fromkeys(texts))
+    ids = tokenizer(distinct, truncation=True, max_length=max_len)["input_ids"] if distinct else []
+    empty = {text for text, row in zip(distinct, ids, strict=True) if len(row) == 0}
+    return [i for i, text in enumerate(texts) if text in empty]
+
+
 @dataclass
 class Inputs:
     """What the model reads for every utterance of the corpus, indexed like the utterances.

@@ -39,6 +39,11 @@ LAYERS = ("last", "weighted")
 FREEZE = ("none", "text", "speech", "both")
 
 
+def is_cell(modality, task, fusion) -> bool:
+    """Whether these name a cell of the grid (a fusion for the multimodal cells only)."""
+    return modality in MODALITIES and task in TASKS and (fusion in FUSIONS) == (modality == "multimodal")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One cell of the grid; its name is the script's name."""
@@ -48,8 +53,7 @@ class Cell:
     fusion: str | None = None
 
     def __post_init__(self):
-        assert self.modality in MODALITIES and self.task in TASKS
-        assert (self.fusion in FUSIONS) == (self.modality == "multimodal")
+        assert is_cell(self.modality, self.task, self.fusion)
 
     @property
     def name(self) -> str:

@@ -21,9 +21,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 
+from common import schema
 from common.data import SAMPLE_RATE, AudioSpec
 from common.errors import UserError
-from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell
+from common.grid import EMOTIONS, ENCODER_PREFIXES, Cell, is_cell
+from common.runfiles import FROZEN
 
 # transformers 4.12, which the original ran, turned an attention mask of zeros into this bias on every
 # attention score: a shift that softmax ignores, so BERT attended to every position, padding included.
@@ -182,6 +184,14 @@ class ModelConfig:
     @property
     def cell(self) -> Cell:
         return Cell(self.modality, self.task, self.fusion)
+
+
+# model.json: a ModelConfig, whose cell must be one of the grid's.
+MODEL_JSON = schema.Rule(
+    schema.of_dataclass(ModelConfig),
+    lambda c: is_cell(c["modality"], c["task"], c["fusion"]),
+    "the configuration of a cell of the grid",
+)
 
 
 def audio_spec(extractor, encoder: nn.Module, config: ModelConfig | None = None) -> AudioSpec:
@@ -493,7 +503,7 @@ class EmotionModel(nn.Module):
     def load(cls, folder: Path, sources: dict | None = None) -> tuple[EmotionModel, object, object]:
         """(model, tokenizer or None, feature extractor or None) from a folder written by `save`; `sources`:
         where a frozen encoder it refers to is now ({"text": folder}), if not where it was trained."""
-        config = ModelConfig(**json.loads((folder / "model.json").read_text()))
+        config = ModelConfig(**schema.load(folder / "model.json", MODEL_JSON))
         tokenizer = text = extractor = speech = None
         sources = sources or {}
         if config.cell.uses_text:
@@ -524,7 +534,7 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
                 "refers to"
             )
         return loader(str(part))
-    reference = json.loads((part / REFERENCE).read_text())
+    reference = schema.load(part / REFERENCE, FROZEN)
     source = source or reference["source"]
     try:
         encoder = loader(source, processor=False)[1]

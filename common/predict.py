@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common import paths
 from common.errors import UserError, run_cli
 from common.grid import DIMENSIONS, EMOTIONS
 from common.kemdy import audio_level
+from common.runfiles import read_config, read_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -46,11 +48,8 @@ class Predictor:
                 "train without --no-save_model"
             )
         try:
-            self.args = json.loads(config_path.read_text(encoding="utf-8"))["args"]
+            self.args = read_config(run_dir)["args"]  # checked: what preparing the inputs needs is there
             self.model, self.tokenizer, extractor = EmotionModel.load(model_dir, sources)
-            missing = {"max_seq_len", "max_text_len", "threshold", "pad_to_max_length"} - set(self.args)
-            if missing:
-                raise KeyError(f"config.json lacks {', '.join(sorted(missing))}")
             self.threshold = _threshold(run_dir, self.args["threshold"])
         except EncoderMoved as err:
             raise UserError(f"--run_dir {run_dir}: {err}") from None
@@ -71,13 +70,19 @@ class Predictor:
 
     def items(self, wavs: list | None, texts: list | None) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing."""
-        from common.data import TokenIds, model_audio, stored_audio
+        from common.data import TokenIds, model_audio, stored_audio, tokenless
 
         n = len(wavs if wavs is not None else texts)
         items = [{"index": i} for i in range(n)]
         if self.uses_text:
             if texts is None:
                 raise UserError("this run reads transcripts: give --text (or a text column in --csv)")
+            empty = tokenless(self.tokenizer, texts, self.args["max_text_len"])
+            if empty:
+                raise UserError(
+                    f"the transcript {texts[empty[0]]!r}: the run's tokenizer turns it into no tokens at all, and the "
+                    "model needs at least one; give a transcript it can encode"
+                )
             tokens = TokenIds(self.tokenizer, texts, self.args["max_text_len"])
             for i in range(n):
                 items[i]["input_ids"] = tokens[i]
@@ -135,7 +140,7 @@ def _threshold(run_dir: Path, threshold):
     """The run's threshold, or with --threshold tuned its per-emotion thresholds from metrics.json."""
     if threshold != "tuned":
         return float(threshold)
-    tuned = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("thresholds")
+    tuned = read_metrics(run_dir).get("thresholds")
     if not tuned:
         raise KeyError("metrics.json lacks the tuned thresholds")
     return np.array([tuned[e] for e in EMOTIONS])
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             "where it was trained; its weights are checked",
         )
     args = parser.parse_args(argv)
+    for flag in ("run_dir", "wav", "csv", "text_model", "speech_model"):
+        paths.check(f"--{flag}", getattr(args, flag))
     if args.csv and (args.wav or args.text is not None):
         raise UserError("give either --csv or --wav/--text, not both")
     if not args.csv and not args.wav and args.text is None:

@@ -14,6 +14,7 @@ import csv
 import io
 import itertools
 import json
+import re
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -22,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic
+from common import atomic, paths, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import EMOTIONS, SCRIPTS
-from common.rundir import differences, human, read_run, size
+from common.rundir import differences, human, read_run, read_set, run_of, size
+from common.runfiles import read_config, read_metrics
+from common.schema import Choice, Fields
 
 CLASSIFICATION = ("micro_f1", "macro_f1", "weighted_f1", "top1_accuracy", "uar")
 REGRESSION = ("valence_ccc", "arousal_ccc", "mean_ccc", "valence_mae", "arousal_mae")
@@ -100,7 +103,7 @@ def find_fold_sets(
             continue
         owner, m = found
         key = (path.parent.parent.relative_to(root), m["script"], m["dataset"], m.get("split", "contiguous"))
-        fold = None if m.get("test_dataset") else int(m["fold"])
+        fold = m["fold"]
         if fold is None:
             if cross is not None:
                 folder = path.parent.relative_to(root)
@@ -128,30 +131,48 @@ def find_fold_sets(
 
 def _finished_run(path: Path, skipped: list[str]) -> tuple | None:
     """(marker, metrics.json) of the project's finished run whose metrics.json is `path`; None for another tool's
-    file, and for a damaged run, which is described in `skipped`."""
+    file, and for a damaged run or one in another fold's place, which is described in `skipped`."""
+    run_dir = path.parent
     try:
-        owner = read_run(path.parent)
+        owner = read_run(run_dir)
     except UserError as err:
         skipped.append(str(err).split("; nothing in")[0])
         return None
-    if owner is None:  # another tool's metrics.json
+    if owner is None or "metrics.json" not in owner.entries:  # another tool's metrics.json
         return None
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-        missing = [key for key in ("script", "dataset", "test") if key not in m]
-        if missing:
-            raise KeyError(", ".join(missing))
-        if not m.get("test_dataset"):  # a fold's run names its fold; a cross-corpus run has none
-            int(m["fold"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        skipped.append(f"{path}: damaged ({type(err).__name__}: {err}); train that fold again with --overwrite")
+        m = read_metrics(run_dir)
+        if (run_dir / "config.json").is_file():  # read for the run's threshold
+            read_config(run_dir)
+    except UserError as err:
+        skipped.append(f"{str(err).split('; the run')[0]}; train that fold again with --overwrite")
         return None
-    predictions = path.parent / "predictions.csv"
+    place = _fold_place(run_dir)
+    if m["fold"] != owner.fold or place not in (None, m["fold"]):
+        where = f"the place of fold {place} in its fold set" if place not in (None, m["fold"]) else "its folder"
+        skipped.append(
+            f"{run_dir}: holds {run_of(m['fold'])} in {where} (its marker says {run_of(owner.fold)}; "
+            "a copy of another fold's folder?); not counted"
+        )
+        return None
+    predictions = run_dir / "predictions.csv"
     problem = _damaged_predictions(predictions, m["test"].get("n")) if predictions.is_file() else None
     if problem:
         skipped.append(f"{predictions}: damaged ({problem}); train that fold again with --overwrite")
         return None
     return owner, m
+
+
+def _fold_place(run_dir: Path) -> int | None:
+    """The fold a run directory stands for in a fold set (its fold<k>/, listed in the set's marker), if any."""
+    match = re.fullmatch(r"fold(\d)", run_dir.name)
+    if match is None:
+        return None
+    try:
+        the_set = read_set(run_dir.parent)
+    except UserError:
+        return None
+    return int(match.group(1)) if the_set is not None and run_dir.name in the_set.entries else None
 
 
 def _damaged_predictions(path: Path, n: int | None) -> str | None:
@@ -257,12 +278,13 @@ def fold_summary(results: list[dict]) -> str:
 
 def run_threshold(run_dir: Path):
     """The threshold a finished run decided with: --threshold, or its tuned per-emotion thresholds."""
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(run_dir)
     if "thresholds" in metrics:
         return np.array([metrics["thresholds"][e] for e in EMOTIONS])
-    config = run_dir / "config.json"
-    args = json.loads(config.read_text(encoding="utf-8")).get("args", {}) if config.is_file() else {}
-    return float(args.get("threshold", 0.5))
+    if not (run_dir / "config.json").is_file():
+        return 0.5
+    threshold = read_config(run_dir)["args"]["threshold"]
+    return 0.5 if threshold == "tuned" else float(threshold)
 
 
 def decisions(run_dir: Path) -> dict[str, int | float] | None:
@@ -773,22 +795,38 @@ def cross_corpus(runs: list[CrossRun], sets: list[FoldSet], resamples: int = 100
 
 REPORT_MARKER = "kemdy_report.json"
 REPORT_FILES = ("results.md", "results.csv", "comparisons.csv", "cross_corpus.csv", "figures")
+REPORT_SPEC = Fields({"format": Choice(1), "kind": Choice("report"), "entries": [Choice(*REPORT_FILES)]})
 
 
 def _claim_report_folder(out: Path) -> None:
-    """The report's folder must be the report's: new or empty, marked by an earlier report, or holding only
-    what a report writes (as before reports were marked); anything else is refused before anything is written."""
+    """The report's folder must be the report's: new or empty, or marked by an earlier report (whatever its
+    files are called otherwise); anything else is refused before anything is written, and no file is written
+    through a link."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the report")
-    names = sorted(p.name for p in out.iterdir() if not atomic.TEMPORARY.match(p.name)) if out.is_dir() else []
-    results = out / "results.md"
-    earlier = set(names) <= set(REPORT_FILES) and results.is_file() and results.read_text().startswith("# Results")
-    if names and REPORT_MARKER not in names and not earlier:
+    names = sorted(p.name for p in out.iterdir() if atomic.temporary_target(p.name) is None) if out.is_dir() else []
+    marker = out / REPORT_MARKER
+    if names and REPORT_MARKER not in names:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        raise UserError(f"--out {out}: holds files that are not a report's ({shown}); give a new or empty folder")
+        raise UserError(
+            f"--out {out}: holds files that are not a report's ({shown}; no {REPORT_MARKER}, so not this project's "
+            "whatever the names); give a new or empty folder"
+        )
+    try:
+        if marker.is_symlink():
+            raise schema.DamagedFile(marker, "a link, not a file this project wrote")
+        if names:
+            schema.load(marker, REPORT_SPEC, max_bytes=1 << 16)
+    except schema.DamagedFile as err:
+        raise UserError(f"{err}; nothing in {out} is touched: give another --out") from None
+    links = [n for n in REPORT_FILES if (out / n).is_symlink()]
+    if links:
+        raise UserError(
+            f"{out / links[0]}: a link; the report never writes through links: remove it, or give another --out"
+        )
     with writing("the report", out):
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(out / REPORT_MARKER, {"format": 1, "kind": "report", "entries": list(REPORT_FILES)})
+        atomic.write_json(marker, {"format": 1, "kind": "report", "entries": list(REPORT_FILES)})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -802,6 +840,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples per comparison")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args(argv)
+    paths.check("RUNS_DIR", args.runs_dir)
+    paths.check("--out", args.out)
     if args.bootstrap < 100:
         raise UserError(f"--bootstrap {args.bootstrap}: at least 100 resamples for a 95 % interval")
     skipped: list[str] = []

@@ -1,20 +1,22 @@
 """Run directories: which folders are this project's, what a command may do with them, and the files a run
 writes there.
 
-A folder is a run directory only if it holds the project's marker, `kemdy_run.json`, and a `--num_fold all`
-folder a fold set only if it holds `kemdy_fold_set.json` (or nothing but runs, see `read_set`); runs written
-before markers existed are recognised by their config.json (`_legacy_run`). A marker is the first file
-written into its folder and lists every entry the project writes there before writing it, so that
-`--overwrite` removes exactly those. `claim` is the one place that decides, before anything is written,
+A folder is a run directory only if it holds the project's marker, `kemdy_run.json`, valid in every field, and
+the folder above a run's fold1/ .. fold5/ a fold set only if it holds `kemdy_fold_set.json`: nothing else makes
+a folder the project's, whatever its files are called. A marker is the first file written into its folder and
+lists every entry the project writes there before writing it, so that `--overwrite` removes exactly those; a
+run's marker records its fold, compared like every setting. Runs written before markers existed are brought in
+only by `python -m common.rundir adopt DIR`. `claim` is the one place that decides, before anything is written,
 whether a command may start, continue or replace the runs it aims at.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import fcntl
 import io
-import json
 import os
 import platform
 import shutil
@@ -26,26 +28,48 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from common import atomic
-from common.errors import UserError, writing
+from common import atomic, cache, paths, schema
+from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
 from common.grid import DIMENSIONS, EMOTIONS, SCRIPTS, SPEECH_ONLY, TEXT_ONLY, Cell, cell_of
+from common.runfiles import CELL, FOLD, FROZEN, read_config, read_metrics
+from common.schema import ANY, Choice, Fields, Map, Rule
 
 MARKER = "kemdy_run.json"  # a run directory
-SET_MARKER = "kemdy_fold_set.json"  # a --num_fold all folder
+SET_MARKER = "kemdy_fold_set.json"  # the folder of a run's folds
 LOCK = ".kemdy_run.lock"
-MARKER_FORMAT = 1
-# What a run wrote before markers existed: a run recognised by its config.json owns these names.
-LEGACY_RUN_FILES = (
-    "config.json",
-    "metrics.json",
-    "predictions.csv",
-    "confusion.csv",
-    "model",
-    "checkpoints",
-    "tensorboard",
-)
+MARKER_FORMAT = 2  # 2: a run's marker records its fold
+# Every name a run writes into its directory, and a fold set into its folder: a marker lists no other.
+RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "confusion.csv", "model", "checkpoints", "tensorboard")
 SUMMARY_FILES = ("summary.json", "summary.md")  # a fold set's, beside its fold<k>/
+SET_FILES = (*(f"fold{k}" for k in range(1, NUM_FOLDS + 1)), *SUMMARY_FILES)
+UNKNOWN = "unknown"  # the fold of a format-1 run that stopped before writing its config.json
+
+
+def _marker_spec(kind: str) -> Fields:
+    readable = f"a format this version reads (1..{MARKER_FORMAT}; a newer version wrote it?)"
+    return Fields(
+        {
+            "format": Rule(int, lambda n: 1 <= n <= MARKER_FORMAT, readable),
+            "kind": Choice(kind),
+            "script": Choice(*SCRIPTS),
+            "settings": Map(ANY),
+            "corpus": Fields({"listing": str}, {"recordings": (str, None)}),
+            "demo": bool,
+            "entries": [Choice(*(RUN_FILES if kind == "run" else SET_FILES))],
+        },
+        {
+            "frozen": Map(FROZEN, keys=("text", "speech")),
+            "cell": CELL,
+            "encoders": [str],
+            "fold": FOLD,
+        },
+    )
+
+
+MARKER_SPECS = {"run": _marker_spec("run"), "fold_set": _marker_spec("fold_set")}
+MARKER_BYTES = 1 << 20
+LOCK_SPEC = Fields({"pid": schema.count(1), "host": str, "started": str})
 
 # Arguments that do not change the numbers a run produces: they may differ when resuming, and runs
 # that differ only in them belong to one fold set.
@@ -109,33 +133,31 @@ def differences(a: dict, b: dict, cell: Cell | None = None) -> list[str]:
 
 @dataclass
 class Owner:
-    """What the project wrote into a folder, as its marker says (for a run written before markers existed,
-    as its config.json says)."""
+    """What the project wrote into a folder, as its marker says."""
 
     folder: Path
     kind: str  # "run" or "fold_set"
     script: str
     settings: dict  # the arguments that change results
-    corpus: dict  # the corpus's fingerprints: "listing" and (runs with markers) "recordings"
+    corpus: dict  # the corpus's fingerprints: "listing" and "recordings" (None for a run adopted from before)
     demo: bool
     entries: list[str]  # every file and folder the project has written into `folder`, the marker aside
     frozen: dict = field(default_factory=dict)  # frozen encoders: modality -> source and weights' fingerprint
     cell: dict = field(default_factory=dict)  # modality, task, fusion
     encoders: list[str] = field(default_factory=list)  # names of its encoders that are not the defaults
-    legacy: bool = False  # recognised without a marker
+    fold: int | str | None = None  # a run's fold; None for a cross-corpus run (and for a fold set)
 
     @property
     def marker(self) -> Path:
         return self.folder / (MARKER if self.kind == "run" else SET_MARKER)
 
-    @property
-    def where(self) -> Path:
-        """The file that says what the folder holds (for messages)."""
-        return self.folder / "config.json" if self.legacy and self.kind == "run" else self.marker
-
     def write(self) -> None:
         """The marker, replaced in one step."""
-        data = {"format": MARKER_FORMAT} | {k: v for k, v in asdict(self).items() if k not in ("folder", "legacy")}
+        assert self.fold != UNKNOWN, "a run of an unknown fold is never marked again"
+        data = {"format": MARKER_FORMAT} | {k: v for k, v in asdict(self).items() if k != "folder"}
+        data["cell"] = self.cell or asdict(cell_of(self.script))
+        if self.kind != "run":
+            del data["fold"]
         atomic.write_json(self.marker, data)
 
 
@@ -144,102 +166,81 @@ class DamagedMarker(UserError):
 
 
 def _read_marker(path: Path, kind: str) -> Owner:
+    """The owner a marker describes, every field checked; a damaged or edited marker is refused."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        owner = Owner(
-            folder=path.parent,
-            kind=kind,
-            script=str(data["script"]),
-            settings=dict(data["settings"]),
-            corpus=dict(data["corpus"]),
-            demo=bool(data["demo"]),
-            entries=[str(name) for name in data["entries"]],
-            frozen=dict(data.get("frozen") or {}),
-            cell=dict(data.get("cell") or {}),
-            encoders=[str(tag) for tag in data.get("encoders") or []],
-        )
-        if data.get("kind") != kind:
-            raise ValueError(f"kind {data.get('kind')!r}, expected {kind!r}")
-        if int(data["format"]) > MARKER_FORMAT:
-            raise ValueError(f"format {data['format']}, written by a newer version of this project")
-        odd = [n for n in owner.entries if n in ("", ".", "..", MARKER, SET_MARKER, LOCK) or Path(n).name != n]
-        if odd:  # only names inside the folder: an edited marker must never aim a removal elsewhere
-            raise ValueError(f"entry {odd[0]!r} is not a name inside the folder")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        if path.is_symlink():
+            raise schema.DamagedFile(path, "a link, not a file this project wrote")
+        data = schema.load(path, MARKER_SPECS[kind], MARKER_BYTES)
+        cell = asdict(cell_of(data["script"]))
+        if data.get("cell", cell) != cell:
+            raise schema.DamagedFile(path, f"cell {data['cell']} is not {data['script']}'s")
+        if kind == "run" and data["format"] >= 2 and "fold" not in data:
+            raise schema.DamagedFile(path, "fold: missing")
+        fold = data.get("fold") if data["format"] >= 2 or kind != "run" else _earlier_fold(path.parent)
+    except schema.DamagedFile as err:
         raise DamagedMarker(
-            f"{path}: damaged ({type(err).__name__}: {err}); nothing in {path.parent} is touched: remove that "
-            "folder yourself if you no longer need it, or choose another --output_dir"
+            f"{err}; nothing in {path.parent} is touched: remove that folder yourself if you no longer need it, or "
+            "choose another --output_dir"
         ) from None
-    return owner
+    return Owner(
+        path.parent,
+        kind,
+        data["script"],
+        data["settings"],
+        {"recordings": None} | data["corpus"],
+        data["demo"],
+        list(dict.fromkeys(data["entries"])),
+        data.get("frozen", {}),
+        cell,
+        data.get("encoders", []),
+        fold,
+    )
 
 
-def _legacy_run(folder: Path) -> Owner | None:
-    """A run written before markers existed: config.json with the project's own keys."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        args, data, script = config["args"], config["data"], config["script"]
-        known = script in SCRIPTS and isinstance(config["cell"], dict) and "environment" in config
-        listing = data["fingerprint"]
-        models = config.get("models", {})
-        frozen = {m: d["frozen"] for m, d in models.items() if isinstance(d, dict) and "frozen" in d}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not (known and isinstance(args, dict) and isinstance(listing, str)):
-        return None
-    entries = [name for name in LEGACY_RUN_FILES if (folder / name).exists() or (folder / name).is_symlink()]
-    corpus = {"listing": listing}
-    demo = bool(args.get("demo"))
-    cell = cell_of(script)
-    return Owner(folder, "run", script, settings(args, cell), corpus, demo, entries, frozen, asdict(cell), legacy=True)
+def _earlier_fold(folder: Path) -> int | str | None:
+    """The fold of a run whose marker is older than folds in markers: its config.json's."""
+    if not (folder / "config.json").is_file():
+        return UNKNOWN
+    args = read_config(folder)["args"]
+    return None if args.get("test_dataset") else args["num_fold"]
 
 
 def read_run(folder: Path) -> Owner | None:
     """The project's run in `folder`; None where there is none (no folder, an empty one, someone else's)."""
-    if (folder / MARKER).exists():
-        return _read_marker(folder / MARKER, "run")
-    return _legacy_run(folder)
+    marker = Path(folder) / MARKER
+    return _read_marker(marker, "run") if marker.exists() or marker.is_symlink() else None
 
 
 def read_set(folder: Path) -> Owner | None:
-    """The project's fold set in `folder`: its marker, or for a folder without one, the runs in its fold<k>/
-    (single-fold runs side by side, or a set written before markers existed) and the summaries of such a set."""
-    if (folder / SET_MARKER).exists():
-        return _read_marker(folder / SET_MARKER, "fold_set")
-    runs = [run for k in range(1, NUM_FOLDS + 1) if (run := read_run(folder / f"fold{k}")) is not None]
-    if not runs:
-        return None
-    entries = [run.folder.name for run in runs] + [n for n in SUMMARY_FILES if _is_set_summary(folder / n)]
-    first = runs[0]
-    demo = all(run.demo for run in runs)
-    return Owner(folder, "fold_set", first.script, first.settings, first.corpus, demo, entries, legacy=True)
+    """The project's fold set in `folder`; None where there is none."""
+    marker = Path(folder) / SET_MARKER
+    return _read_marker(marker, "fold_set") if marker.exists() or marker.is_symlink() else None
 
 
-def _is_set_summary(path: Path) -> bool:
-    """A summary.json / summary.md that a --num_fold all run wrote before fold sets had markers."""
-    if not path.is_file():
-        return False
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".md":
-        return "test metrics over folds" in text.split("\n", 1)[0]
-    try:
-        return {"script", "folds", "settings", "test"} <= set(json.loads(text))
-    except (ValueError, TypeError):
-        return False
+def run_of(fold: int | str | None) -> str:
+    """A run named by its fold, for messages."""
+    if fold is None:
+        return "a cross-corpus run"
+    return "a run whose fold is not recorded" if fold == UNKNOWN else f"the run of fold {fold}"
 
 
 def _contents(folder: Path) -> list[str]:
     """The entries of `folder` other than the project's lock and half-written temporaries."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and not atomic.TEMPORARY.match(p.name))
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK and atomic.temporary_target(p.name) is None)
 
 
-def _refuse_foreign(folder: Path, names: list[str]) -> None:
+def _refuse_foreign(folder: Path, names: list[str], kind: str) -> None:
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-    familiar = [n for n in names if n in (*LEGACY_RUN_FILES, *SUMMARY_FILES, ".lock")]
-    why = f"; no {MARKER}, so another tool's, whatever the names" if familiar else ""
+    what, marker = ("a run's", MARKER) if kind == "run" else ("a fold set's", SET_MARKER)
+    familiar = [n for n in names if n in (*RUN_FILES, *SET_FILES, ".lock")]
+    why = f"; no {marker}, so another tool's, whatever the names" if familiar else ""
+    earlier = "config.json" in names or any(n in SET_FILES[:NUM_FOLDS] for n in names)
+    hint = f" (a run or fold set of this project from before markers: python -m common.rundir adopt {folder})"
     raise UserError(
-        f"--output_dir {folder}: holds files that are not a run's ({shown}{why}); give a new or empty folder"
+        f"--output_dir {folder}: holds files that are not {what} ({shown}{why}); give a new or empty folder"
+        + (hint if earlier else "")
     )
 
 
@@ -247,7 +248,7 @@ def _check_ours(folder: Path, kind: str) -> Owner | None:
     """The project's run (or fold set) in `folder`, None for a new or empty folder; anything else is refused."""
     owner = read_run(folder) if kind == "run" else read_set(folder)
     if owner is None and _contents(folder):
-        _refuse_foreign(folder, _contents(folder))
+        _refuse_foreign(folder, _contents(folder), kind)
     return owner
 
 
@@ -267,11 +268,12 @@ class Plan:
 
 def _aim(args, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Path | None]:
     """Each fold's run directory (--output_dir, its fold<k>/ for all folds or for a fold set, else default(k)),
-    and the fold set's folder, if any."""
+    and the fold set's folder, if any (the default folder of a fold, runs/.../fold<k>, is in one)."""
     folds = args.folds
-    if not args.output_dir:
+    if args.output_dir is None:
         dirs = {k: Path(default(k)) for k in folds}
-        return dirs, dirs[folds[0]].parent
+        first = dirs[folds[0]]
+        return dirs, first.parent if first.name == f"fold{folds[0]}" else None
     out = Path(args.output_dir)
     if len(folds) > 1:
         if read_run(out) is not None:
@@ -284,7 +286,7 @@ def _aim(args, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Pa
     return {k: out}, None
 
 
-def _mode(owner: Owner | None, cell, args) -> str:
+def _mode(owner: Owner | None, cell, args, fold: int) -> str:
     """What to do with a fold's run directory; refuses what its flags do not allow."""
     if owner is None:
         return "fresh"
@@ -310,21 +312,51 @@ def _mode(owner: Owner | None, cell, args) -> str:
             f"{owner.folder}: holds a run of {owner.script}.py; --resume continues a run with the script that "
             f"started it: run {owner.script}.py, or give {cell.name}.py another --output_dir"
         )
+    expected = None if args.test_dataset else fold
+    if owner.fold != expected:
+        raise UserError(
+            f"{owner.folder}: holds {run_of(owner.fold)}, not {run_of(expected)} (a copy or link "
+            "of another fold's folder?); --resume continues a run on its own fold: aim at that fold's folder, or "
+            "start over with --overwrite"
+        )
     changed = differences(owner.settings, vars(args), cell)
     if changed:
         raise UserError(
-            f"{owner.where}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
+            f"{owner.marker}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
             "use the same flags, or --overwrite to start over"
         )
     return "finished" if finished else "resume"
 
 
-def _check_inputs(owner: Owner, args, corpus: dict, frozen: Callable[[], dict]) -> None:
-    """A run continued or counted again must read the corpus and frozen encoders it started with."""
-    same = all(owner.corpus[k] == corpus[k] for k in ("listing", "recordings") if k in owner.corpus)
+def _check_continued(owner: Owner, mode: str, args, corpus: dict, frozen: Callable[[], dict]) -> None:
+    """A run continued or counted again must have whole files of its own fold, no link among them, and read
+    the corpus and frozen encoders it started with."""
+    links = [name for name in owner.entries if (owner.folder / name).is_symlink()]
+    if links:
+        raise UserError(
+            f"{owner.folder / links[0]}: a link where the run wrote its {links[0]}; the project never writes "
+            "through links: put what it points to in its place, or start over with --overwrite"
+        )
+    if (owner.folder / "config.json").is_file() or mode == "finished":
+        try:
+            args_then = read_config(owner.folder)["args"]
+        except schema.DamagedFile as err:
+            raise UserError(f"{err}; the run cannot continue: start it over with --overwrite") from None
+        then = None if args_then.get("test_dataset") else args_then["num_fold"]
+        if then != owner.fold:
+            raise UserError(
+                f"{owner.folder}: its config.json describes {run_of(then)}, its marker {run_of(owner.fold)}; "
+                "the run cannot continue: start it over with --overwrite"
+            )
+    if mode == "finished" and read_metrics(owner.folder)["fold"] != owner.fold:
+        raise UserError(
+            f"{owner.folder}: its metrics.json holds the results of another run than its marker's "
+            f"({run_of(owner.fold)}); train it again with --overwrite"
+        )
+    same = all(owner.corpus[k] == corpus[k] for k in ("listing", "recordings") if owner.corpus.get(k) is not None)
     if not same:
         raise UserError(
-            f"{owner.where}: the corpus under --dataset_dir {args.dataset_dir} is not the one this run started "
+            f"{owner.marker}: the corpus under --dataset_dir {args.dataset_dir} is not the one this run started "
             "on (its utterances, labels, transcripts or recordings changed); use that corpus, or --overwrite to "
             "start over"
         )
@@ -334,9 +366,58 @@ def _check_inputs(owner: Owner, args, corpus: dict, frozen: Callable[[], dict]) 
         started = owner.frozen.get(modality, reference)["weights"]
         if started != reference["weights"]:
             raise UserError(
-                f"{owner.where}: the frozen {modality} encoder {reference['source']} holds other weights than "
+                f"{owner.marker}: the frozen {modality} encoder {reference['source']} holds other weights than "
                 "when this run started; use those weights, or --overwrite to start over"
             )
+
+
+def _check_set(folder: Path, dirs: dict[int, Path], args) -> Owner | None:
+    """The fold set the folds go into: the project's or new, its folds folders of their own, a demo's for a demo."""
+    owner = _check_ours(folder, "fold_set")
+    links = [d for d in dirs.values() if d.is_symlink()]
+    if links:
+        raise UserError(
+            f"{links[0]}: a link inside the fold set {folder}; each fold of a set is a folder of its own: remove "
+            "the link, or choose another --output_dir"
+        )
+    if owner is not None and args.demo and not owner.demo:
+        raise UserError(f"{folder}: holds a fold set that is not a demo's; --demo replaces only its own")
+    unlisted = [n for n in SUMMARY_FILES if len(dirs) > 1 and (folder / n).exists() and n not in owner.entries]
+    if unlisted:
+        raise UserError(
+            f"{folder}: holds {', '.join(unlisted)}, not written by this project; --num_fold all writes its "
+            "summary there: move them away, or choose another --output_dir"
+        )
+    return owner
+
+
+def _other_folds(owner: Owner | None, dirs: dict[int, Path]) -> list[str]:
+    """The folds a set holds beside those a command runs."""
+    ours = {d.name for d in dirs.values()}
+    if owner is None:
+        return []
+    return [n for n in owner.entries if n.startswith("fold") and n not in ours and (owner.folder / n).is_dir()]
+
+
+def _check_joins(owner: Owner | None, dirs: dict[int, Path], cell, args, corpus: dict) -> None:
+    """A fold joins a set whose other folds were run by the same script with the same settings on the same corpus."""
+    others = _other_folds(owner, dirs)
+    if not others:
+        return
+    if owner.script != cell.name:
+        raise UserError(
+            f"{owner.folder}: holds the folds of {owner.script}.py ({', '.join(others)}); give {cell.name}.py "
+            "another --output_dir"
+        )
+    changed = differences(owner.settings, vars(args), cell)
+    if owner.corpus["listing"] != corpus["listing"]:
+        changed.append("another corpus")
+    if changed:
+        raise UserError(
+            f"{owner.marker}: the set's other folds ({', '.join(others)}) were run with other settings "
+            f"({', '.join(changed[:4])}); a fold joins its set with the same flags: use them, give this run another "
+            "--output_dir, or run every fold again with --num_fold all --overwrite"
+        )
 
 
 def _remove(owner: Owner, log) -> None:
@@ -354,6 +435,14 @@ def _remove(owner: Owner, log) -> None:
     log(f"{owner.folder}: replaced the {'fold set' if owner.kind == 'fold_set' else 'run'} there (--overwrite)")
 
 
+def _remove_temporaries(owner: Owner, log) -> None:
+    """The half-written files a killed process left of the entries a run lists (its marker's included)."""
+    listed = set(owner.entries) | {owner.marker.name}
+    with writing("over the run", owner.folder):
+        for path in atomic.remove_stale_temporaries(owner.folder, lambda target: target in listed):
+            log(f"removed {path}, left half-written by a run that is no longer running")
+
+
 @contextmanager
 def claim(
     cell,
@@ -365,9 +454,9 @@ def claim(
     log=print,
 ):
     """The run directories of `args.folds`, held for the block: where each goes, and whether it starts,
-    continues or replaces a run, decided under each directory's lock before anything is written; then the
-    runs replaced are removed, the summary of a fold set whose folds change is removed, and the markers are
-    written.
+    continues or replaces a run, decided under each directory's lock (and its fold set's) before anything is
+    written; then the runs replaced are removed, the summary of a fold set whose folds change is removed, and
+    the markers are written.
 
     `corpus()` reads the corpus and returns its fingerprints, `frozen()` the frozen encoders' references: both
     are called once the folders are known to be usable. The main process decides; every process gets the
@@ -392,65 +481,61 @@ def claim(
 
 
 def _decide(cell, args, default, corpus, frozen, locks: list, log) -> Plan:
-    """`claim`'s decisions and writes, in the main process; the locks taken go into `locks`."""
+    """`claim`'s decisions and writes, in the main process; the locks taken go into `locks`. A fold set's lock
+    is held while its folds are decided (folds of one set started together decide one after the other)."""
     dirs, set_folder = _aim(args, default, log)
-    for folder in dirs.values():  # refused before any lock is taken: nothing there is created
+    set_lock = None
+    if set_folder is not None:  # refused before any lock is taken: nothing there is created
+        _check_set(set_folder, dirs, args)
+        set_lock = RunLock(set_folder).acquire(log, wait=True)
+        locks.append(set_lock)
+    set_owner = _check_set(set_folder, dirs, args) if set_folder is not None else None
+    for folder in dirs.values():
         _check_ours(folder, "run")
-    many = len(dirs) > 1
-    set_owner = _check_ours(set_folder, "fold_set") if many else None
-    if many and args.demo and set_owner is not None and not set_owner.demo:
-        raise UserError(f"{set_folder}: holds a fold set that is not a demo's; --demo replaces only its own")
-    unlisted = [n for n in SUMMARY_FILES if many and (set_folder / n).exists() and n not in set_owner.entries]
-    if unlisted:
-        raise UserError(
-            f"{set_folder}: holds {', '.join(unlisted)}, not written by this project; --num_fold all writes its "
-            "summary there: move them away, or choose another --output_dir"
-        )
     for folder in dirs.values():
         locks.append(RunLock(folder).acquire(log))
     owners = {k: _check_ours(folder, "run") for k, folder in dirs.items()}  # again, now under the locks
-    modes = {k: _mode(owners[k], cell, args) for k in dirs}
+    modes = {k: _mode(owners[k], cell, args, k) for k in dirs}
     fingerprints = corpus()
+    _check_joins(set_owner, dirs, cell, args, fingerprints)
     for k, owner in owners.items():
         if modes[k] != "fresh":
-            _check_inputs(owner, args, fingerprints, frozen)
-    plan = Plan(dirs, modes, set_folder if many or set_folder is None else _set_of(set_folder))
+            _check_continued(owner, modes[k], args, fingerprints, frozen)
+    plan = Plan(dirs, modes, set_folder)
     _carry_out(plan, owners, cell, args, fingerprints, frozen, log)
+    if set_lock is not None:
+        locks.remove(set_lock)
+        set_lock.release()
     return plan
-
-
-def _set_of(folder: Path) -> Path | None:
-    """The fold set a single fold's default directory belongs to, if its parent holds one."""
-    try:
-        return folder if read_set(folder) is not None else None
-    except DamagedMarker:
-        return None
 
 
 def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Callable[[], dict], log) -> None:
     """The plan's writes, in an order that leaves every folder marked whatever happens: the runs replaced
-    are removed, the fold set's marker is written, then each fold's."""
+    are removed (and a killed run's temporaries in those continued), the fold set's marker is written, then
+    each fold's."""
     references = frozen() if plan.todo else {}
-    for k in plan.todo:
-        if plan.modes[k] == "fresh" and owners[k] is not None:
-            _remove(owners[k], log)
+    for k, owner in owners.items():
+        if owner is not None and plan.modes[k] == "fresh":
+            _remove(owner, log)
+        elif owner is not None:
+            _remove_temporaries(owner, log)
     if plan.set_folder is not None and (plan.todo or len(plan.dirs) > 1):
         _update_set(plan, cell, args, corpus, log)
     for k in plan.todo:
-        owner = owners[k]
+        if plan.modes[k] != "fresh":
+            continue
+        fold = None if args.test_dataset else k
+        owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args), cell), corpus, bool(args.demo), [])
+        owner.frozen, owner.cell, owner.fold = references, asdict(cell), fold
+        owner.encoders = list(getattr(args, "encoder_tags", []))
         with writing(MARKER, plan.dirs[k]):
-            if plan.modes[k] == "fresh":
-                owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args), cell), corpus, bool(args.demo), [])
-                owner.frozen, owner.cell = references, asdict(cell)
-                owner.encoders = list(getattr(args, "encoder_tags", []))
-                plan.dirs[k].mkdir(parents=True, exist_ok=True)
-                owner.write()
-            elif owner.legacy:  # a run from before markers, continued: marked now, with what it wrote then
-                replace(owner, legacy=False).write()
+            plan.dirs[k].mkdir(parents=True, exist_ok=True)
+            owner.write()
 
 
 def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
-    """A fold set whose folds change loses its summary; with --num_fold all its marker lists its folds."""
+    """A fold set whose folds change loses its summary; its marker lists its folds, and takes the settings of
+    the folds run now where no other fold is kept."""
     folder = plan.set_folder
     owner = read_set(folder)
     listed = owner.entries if owner is not None and plan.todo else []
@@ -459,31 +544,44 @@ def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
         (folder / name).unlink()
     if gone:
         log(f"{folder}: removed the fold set's summary (its folds change); a --num_fold all run writes it again")
-    if len(plan.dirs) == 1 and (owner is None or owner.legacy):
-        return  # a single fold beside others: nothing to mark
     entries = [n for n in (owner.entries if owner else []) if n not in gone]
     entries += [d.name for d in plan.dirs.values() if d.name not in entries]
-    marked = Owner(
-        folder, "fold_set", cell.name, settings(vars(args), cell), corpus, bool(args.demo), entries, cell=asdict(cell)
-    )
-    if owner is not None and len(plan.dirs) == 1:
-        marked = replace(owner, entries=entries, legacy=False)
+    if owner is None or not _other_folds(owner, plan.dirs):
+        marked = Owner(
+            folder,
+            "fold_set",
+            cell.name,
+            settings(vars(args), cell),
+            corpus,
+            bool(args.demo),
+            entries,
+            cell=asdict(cell),
+        )
+    else:
+        marked = replace(owner, entries=entries)
     with writing(SET_MARKER, folder):
         folder.mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale_temporaries(folder, lambda target: target in (SET_MARKER, *SUMMARY_FILES))
         marked.write()
 
 
 def own(folder: Path, *names: str, kind: str = "run") -> None:
     """Record in the folder's marker that the project writes `names` there, before it writes them (a crash
     can leave a name listed that was never written, never one written that is not listed). A name that is
-    not listed and already there is someone else's: refused."""
+    not listed and already there is someone else's, and a link is never written through: both refused."""
     marker = folder / (MARKER if kind == "run" else SET_MARKER)
     if not marker.is_file():
         raise UserError(f"{marker}: gone while the run was writing {folder}; start the run again")
     owner = _read_marker(marker, kind)
+    for name in names:
+        if (folder / name).is_symlink():
+            raise UserError(
+                f"{folder / name}: a link; the project never writes through links: put what it points to in its "
+                "place (or remove it), then continue with --resume"
+            )
     new = [n for n in names if n not in owner.entries]
     for name in new:
-        if (folder / name).exists() or (folder / name).is_symlink():
+        if (folder / name).exists():
             raise UserError(
                 f"{folder / name}: not written by this run (not in {marker.name}); move it out of {folder}, then "
                 "continue with --resume"
@@ -511,18 +609,6 @@ def build_folder(folder: Path, name: str, build: Callable[[Path], None]) -> None
     atomic.build_folder(folder / name, build)
 
 
-def read_metrics(run_dir: Path) -> dict:
-    """A finished run's metrics.json; a damaged one is one line."""
-    path = run_dir / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"{path}: damaged ({type(err).__name__}: {err}); the run's results are lost: train it again with "
-            "--overwrite"
-        ) from None
-
-
 def write_set_summary(folder: Path, summary: dict, text: str) -> None:
     """summary.json and summary.md of a --num_fold all run, beside its folds."""
     with writing("the fold set's summary", folder):
@@ -540,14 +626,15 @@ class RunLock:
     def __init__(self, folder: Path):
         self.folder, self.path, self.fd, self.created = Path(folder), Path(folder) / LOCK, None, False
 
-    def acquire(self, log=print) -> RunLock:
+    def acquire(self, log=print, wait: bool = False) -> RunLock:
+        """Take the lock; a run holding it is refused, or with `wait` waited for."""
         self.created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except BlockingIOError:
                     holder = _describe(os.read(fd, 4096))
                     os.close(fd)
@@ -563,13 +650,18 @@ class RunLock:
                     break
                 os.close(fd)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UserError(
+                    f"{self.path}: a link, not this project's lock file; the project never writes through links: "
+                    "remove it"
+                ) from None
             raise UserError(f"--output_dir {self.folder}: cannot write there ({err.strerror or err})") from None
         left = os.read(fd, 4096)
         if left.strip():
-            log(f"{self.folder}: took over the lock of a run that is no longer running ({_describe(left)})")
+            log(f"{self.folder}: {_taken_over(left)}")
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(mine).encode(), 0)
+        os.pwrite(fd, atomic.json_text(mine).encode(), 0)
         self.fd = fd
         return self
 
@@ -586,12 +678,29 @@ class RunLock:
                 pass
 
 
-def _describe(raw: bytes) -> str:
+def _holder(raw: bytes) -> dict | None:
     try:
-        info = json.loads(raw.decode())
-        return f"process {info['pid']} on {info['host']}, started {info['started']}"
-    except (ValueError, KeyError, UnicodeDecodeError):
-        return "unknown process"
+        return schema.parse(raw.decode("utf-8"), LOCK_SPEC)
+    except ValueError:  # UnicodeDecodeError and Invalid among them
+        return None
+
+
+def _describe(raw: bytes) -> str:
+    info = _holder(raw)
+    return "unknown process" if info is None else f"process {info['pid']} on {info['host']}, started {info['started']}"
+
+
+def _taken_over(raw: bytes) -> str:
+    """What a lock file left behind says: a run that ended, or one that runs elsewhere (the folder was copied)."""
+    info = _holder(raw)
+    if info is None:
+        return "took over a lock file whose holder cannot be told (damaged)"
+    if info["host"] == socket.gethostname() and info["pid"] != os.getpid() and atomic.alive(info["pid"]):
+        return (
+            f"took over the lock file left by {_describe(raw)}: that process still runs, but does not hold this "
+            "folder (the folder is a copy, or was moved, while it ran)"
+        )
+    return f"took over the lock of a run that is no longer running ({_describe(raw)})"
 
 
 def size(folder: Path) -> int:
@@ -729,7 +838,114 @@ def describe_test_corpus(args, corpus, labels: dict) -> dict:
 
 def record_size(run_dir: Path) -> None:
     """The finished run directory's size, in config.json (its `disk_bytes`)."""
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = schema.load(run_dir / "config.json", max_bytes=64 << 20)  # checked when the run was claimed
     config["disk_bytes"] = size(run_dir)
     with writing("config.json", run_dir):
         write_json(run_dir, "config.json", config)
+
+
+def _earlier_run(folder: Path) -> Owner:
+    """The owner of a run written before markers existed: its config.json (checked) and the names runs wrote."""
+    try:
+        config = read_config(folder)
+    except schema.DamagedFile as err:
+        raise UserError(f"{err}; {folder} is not adopted") from None
+    links = [n for n in RUN_FILES if (folder / n).is_symlink()]
+    if links:
+        raise UserError(f"{folder / links[0]}: a link, not what a run wrote; {folder} is not adopted")
+    args, cell = config["args"], cell_of(config["script"])
+    models = config.get("models", {})
+    return Owner(
+        folder,
+        "run",
+        config["script"],
+        settings(args, cell),
+        {"listing": config["data"]["fingerprint"], "recordings": config["data"].get("recordings")},
+        bool(args.get("demo", False)),
+        [n for n in RUN_FILES if (folder / n).exists()],
+        {m: d["frozen"] for m, d in models.items() if "frozen" in d},
+        asdict(cell),
+        list(args.get("encoder_tags", [])),
+        None if args.get("test_dataset") else args["num_fold"],
+    )
+
+
+def _earlier_set(folder: Path) -> list[Owner]:
+    """The owners to write for a fold set from before markers: each fold not yet marked, then the set."""
+    folds = []
+    for name in SET_FILES[:NUM_FOLDS]:
+        run = folder / name
+        if run.is_symlink():
+            raise UserError(f"{run}: a link, not a fold of its own; {folder} is not adopted")
+        if run.is_dir():
+            owner = read_run(run) or _earlier_run(run)
+            if owner.fold != int(name[4:]):
+                raise UserError(f"{run}: holds {run_of(owner.fold)}; {folder} is not adopted")
+            folds.append(owner)
+    first = folds[0]
+    for owner in folds[1:]:
+        changed = differences(first.settings, owner.settings) + (
+            ["another corpus"] if owner.corpus["listing"] != first.corpus["listing"] else []
+        )
+        if owner.script != first.script or changed:
+            why = f"{owner.script}.py" if owner.script != first.script else ", ".join(changed[:3])
+            raise UserError(
+                f"{owner.folder}: not run as {first.folder.name} was ({why}); {folder} is not adopted as one set"
+            )
+    entries = [o.folder.name for o in folds] + [n for n in SUMMARY_FILES if (folder / n).is_file()]
+    demo = all(o.demo for o in folds)
+    the_set = Owner(folder, "fold_set", first.script, first.settings, first.corpus, demo, entries, cell=first.cell)
+    return [o for o in folds if not (o.folder / MARKER).exists()] + [the_set]
+
+
+def adopt(folder: Path, dry_run: bool = False, log=print) -> None:
+    """Bring a run, a fold set or a cache folder this project wrote before markers existed under its ownership:
+    show what it will own (the names such a run, set or cache writes that are there), write the marker, and
+    touch nothing else."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
+    for name in (MARKER, SET_MARKER, cache.MARKER):
+        if (folder / name).exists() or (folder / name).is_symlink():
+            raise UserError(f"{folder}: already holds {name}; nothing to adopt")
+    names = _contents(folder)
+    if "config.json" in names:
+        owners = [_earlier_run(folder)]
+    elif any(n in SET_FILES[:NUM_FOLDS] for n in names):
+        owners = _earlier_set(folder)
+    elif names and all(cache.NAME.match(n) for n in names):
+        log(f"{folder}: {'would own' if dry_run else 'owns'} {len(names)} caches ({', '.join(names[:3])}, ...)")
+        if not dry_run:
+            with writing(cache.MARKER, folder):
+                cache.own_folder(folder, adopt=True)
+        return
+    else:
+        raise UserError(
+            f"{folder}: neither a run (config.json), a fold set (fold1/ .. fold5/) nor a cache of this project; "
+            "nothing adopted"
+        )
+    for owner in owners:
+        kept = [n for n in _contents(owner.folder) if n not in owner.entries]
+        what = "run" if owner.kind == "run" else "fold set"
+        line = f"{owner.folder}: {'would own' if dry_run else 'owns'}, as a {what}, {', '.join(owner.entries)}"
+        log(line + (f"; leaves alone {', '.join(kept)}" if kept else ""))
+        if not dry_run:
+            with writing(owner.marker.name, owner.folder):
+                owner.write()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.rundir",
+        description="Bring a run, a fold set or a cache folder written by a version of this project from before "
+        "markers under the project's ownership (until then every command refuses it).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    adopting = commands.add_parser("adopt", help="write the marker of an earlier run, fold set or cache folder")
+    adopting.add_argument("folder", help="the run directory, the folder of fold1/ .. fold5/, or the cache folder")
+    adopting.add_argument("--dry_run", action="store_true", help="only show what it would own")
+    args = parser.parse_args(argv)
+    adopt(Path(paths.check("folder", args.folder)), args.dry_run)
+
+
+if __name__ == "__main__":
+    run_cli(main)

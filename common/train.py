@@ -21,9 +21,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from common import rundir
+from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
-from common.data import Collator, EpochBatchSampler, Inputs, KemdyDataset, corpus_fingerprint, prepare_inputs
+from common.data import (
+    Collator,
+    EpochBatchSampler,
+    Inputs,
+    KemdyDataset,
+    corpus_fingerprint,
+    prepare_inputs,
+    tokenless,
+)
 from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import cross_corpus_splits, fold_splits
 from common.frozen import frozen_vectors
@@ -35,6 +44,7 @@ from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, 
 from common.optim import adamw
 from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
+from common.runfiles import read_config, read_metrics
 
 
 @dataclass
@@ -67,6 +77,25 @@ class Shared:
                 self.digests |= digests
         return self.fingerprint
 
+    def load_encoders(self, cell: Cell, args) -> None:
+        """The pretrained encoders, once; a tokenizer that leaves a transcript of the corpus without a single
+        token is refused here, before anything is written (the model would fail on it mid-training)."""
+        if self.encoders is not None:
+            return
+        encoders = Encoders(cell, args)
+        if encoders.tokenizer is not None:
+            texts = [u.text for u in self.utterances]
+            empty = tokenless(encoders.tokenizer, texts, args.max_text_len)
+            if empty:
+                first = self.utterances[empty[0]]
+                raise UserError(
+                    f"--text_model {args.text_model}: its tokenizer turns {len(empty)} of the corpus's {len(texts)} "
+                    f"transcripts into no tokens at all (e.g. {first.segment_id}: {first.text!r}); the model needs "
+                    "at least one token per utterance: use a text model whose tokenizer adds a begin or end token, "
+                    "or that encodes this text"
+                )
+        self.encoders = encoders
+
     @property
     def utterances(self) -> list[Utterance]:
         """What a run's indices refer to: the corpus's utterances, then a cross-corpus run's test corpus's."""
@@ -82,14 +111,14 @@ def train(cell: Cell, args) -> list[dict]:
     shared = Shared()
 
     def frozen() -> dict:  # the frozen encoders' references: recorded with a run, compared when it continues
-        shared.encoders = shared.encoders or Encoders(cell, args)
+        shared.load_encoders(cell, args)
         return shared.encoders.references
 
     default = partial(_default_run_dir, cell, args, tags=args.encoder_tags)
     with rundir.claim(cell, args, default, partial(shared.read, args, log=log), frozen, accelerator, log) as plan:
         shared.read(args, log=lambda _: None)  # the main process has read it (and the digests): the others now
-        if plan.todo and shared.encoders is None:
-            shared.encoders = Encoders(cell, args)
+        if plan.todo:
+            shared.load_encoders(cell, args)
         results = []
         # What is loaded by now (libraries, the encoders) lives as long as the run: the collection after
         # each fold skips it (0.6 s a fold, which would dominate a frozen cell's folds).
@@ -98,7 +127,8 @@ def train(cell: Cell, args) -> list[dict]:
             for k in args.folds:
                 run_dir = plan.dirs[k]
                 if plan.modes[k] == "finished":
-                    result = rundir.read_metrics(run_dir)
+                    result = read_metrics(run_dir)
+                    finish_again(run_dir, result, args, accelerator)
                     log(f"{run_dir}: already finished\n" + run_summary(result, run_dir))
                 else:
                     fold_args = argparse.Namespace(**{**vars(args), "num_fold": k})
@@ -130,6 +160,8 @@ def _resolve(cell: Cell, args, log) -> None:
         _resolve_demo(cell, args)
     for note in args.notes:
         log(note)
+    if args.cache:
+        check_cache_folder(args.cache_dir)
     check_root(args.dataset, Path(args.dataset_dir))  # the corpus folders first, then the models
     if args.test_dataset:
         check_root(args.test_dataset, Path(args.test_dataset_dir), "--test_dataset_dir")
@@ -470,6 +502,19 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     accelerator.trackers = []
     accelerator.free_memory()  # the next fold's model, optimizer and loaders replace these
     return result
+
+
+def finish_again(run_dir: Path, result: dict, args, accelerator) -> None:
+    """What finishing does after metrics.json, done for a run killed before it was complete (its size is not
+    recorded yet): the checkpoints go, unless kept, and the size is recorded."""
+    if not accelerator.is_main_process or "disk_bytes" in read_config(run_dir):
+        return
+    checkpoints = Checkpoints(run_dir, accelerator)
+    if args.keep_checkpoint and "chosen_epoch" in result:
+        checkpoints.prune(keep=result["chosen_epoch"])
+    else:
+        checkpoints.remove()
+    rundir.record_size(run_dir)
 
 
 def _accelerator(args):

@@ -38,11 +38,15 @@ def tiny_command(script, corpus, tiny_models, out, *flags, dataset="20", epochs=
 
 
 def mark_run(folder, script, settings=None, encoders=()):
-    """Mark a run directory written by hand as the project's, as a run's own marker would."""
+    """Mark a run directory written by hand as the project's, as a run's own marker would (of the fold its
+    metrics.json names)."""
+    import json
+
     from common.rundir import Owner
 
     entries = ["metrics.json", "predictions.csv"]
-    owner = Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, entries)
+    fold = json.loads((Path(folder) / "metrics.json").read_text())["fold"]
+    owner = Owner(Path(folder), "run", script, settings or {}, {"listing": "corpus"}, False, entries, fold=fold)
     owner.encoders = list(encoders)
     owner.write()
 

@@ -130,7 +130,8 @@ def test_resume_with_other_settings_is_refused(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     settings = rundir.settings(vars(args_for(corpus20[0], tiny_models, out)) | {"text_pooling": "pooler"})
-    rundir.Owner(out, "run", CELL.name, settings, {"listing": "corpus"}, False, []).write()  # an unfinished run
+    owner = rundir.Owner(out, "run", CELL.name, settings, {"listing": "corpus"}, False, [], fold=3)
+    owner.write()  # an unfinished run of fold 3
     with pytest.raises(
         UserError, match=r"--resume with other settings than the run started with \(--lr 0.001 -> 0.002\)"
     ):
@@ -383,9 +384,7 @@ def test_a_finished_runs_damaged_files_are_one_line_for_resume_report_and_predic
     run = Path(shutil.copytree(cut.parent / "whole", tmp_path / "runs" / "whole"))
     metrics = run / "metrics.json"
     _cut_short(metrics)
-    with pytest.raises(
-        UserError, match=rf"^{metrics}: damaged \(JSONDecodeError: .*\); the run's results are lost: tr"
-    ):
+    with pytest.raises(UserError, match=rf"^{metrics}: damaged \(not JSON: .*\); the run's results are lost: tr"):
         train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
     skipped = []
     assert find_fold_sets(tmp_path / "runs", skipped) == [] and skipped[0].startswith(f"{metrics}: damaged (")
@@ -399,7 +398,7 @@ def test_a_finished_runs_damaged_files_are_one_line_for_resume_report_and_predic
         skipped[0],
     )
     (run / "model" / "model.json").write_text("{")
-    with pytest.raises(UserError, match=rf"^--run_dir {run}: damaged run directory \(JSONDecodeError"):
+    with pytest.raises(UserError, match=rf"^--run_dir {run}: damaged run directory \(.*model.json: damaged \(not JSON"):
         Predictor(run)
 
 

@@ -38,6 +38,14 @@ def write_run(folder, fold, micro, *, script="text_classification", dataset="KEM
     mark_run(folder, script)
 
 
+def write_config(folder, fold, threshold, script="text_classification"):
+    """The fields of a run's config.json the project reads back."""
+    args = {"num_fold": fold, "max_text_len": 32, "max_seq_len": 1.0, "threshold": threshold}
+    config = {"script": script, "cell": {"modality": "text", "task": "classification", "fusion": None}}
+    config |= {"args": args | {"pad_to_max_length": False}, "data": {"fingerprint": "corpus"}, "environment": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 @pytest.fixture
 def runs(tmp_path):
     for k, micro in zip(range(1, 6), (0.5, 0.6, 0.7, 0.8, 0.9), strict=True):
@@ -111,7 +119,7 @@ def test_the_command_writes_its_files_and_skips_a_damaged_run_with_one_line(runs
     sets = find_fold_sets(runs, skipped)
     assert [fs.folds for fs in sets if fs.dataset == "KEMDy20"] == [[1, 2, 4, 5]]
     path = runs / "a" / "KEMDy20" / "fold3" / "metrics.json"
-    assert len(skipped) == 1 and skipped[0].startswith(f"{path}: damaged (JSONDecodeError: ")
+    assert len(skipped) == 1 and skipped[0].startswith(f"{path}: damaged (not JSON: Expecting property name")
     assert skipped[0].endswith("); train that fold again with --overwrite")
     main([str(runs), "--no-figures"])
     assert capsys.readouterr().err == f"skipped {skipped[0]}\n"
@@ -141,7 +149,7 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
         m["test"]["hamming_accuracy"] = 0.8
         m["test"]["n"] = len(table)  # the rows of its predictions.csv
         (folder / "metrics.json").write_text(json.dumps(m))
-        (folder / "config.json").write_text(json.dumps({"args": {"threshold": 0.3}}))  # the runs' own, not 0.5
+        write_config(folder, fold, threshold=0.3)  # the runs' own, not 0.5
         lines = [",".join(header)] + [",".join([sid, *map(str, t), *map(str, p)]) for sid, t, p in table]
         (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
     md, _ = tables(find_fold_sets(tmp_path))
@@ -154,18 +162,45 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
 
 def test_the_report_writes_only_into_a_folder_of_its_own(runs, tmp_path):
     mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "results.md").write_text("my own results\n")
-    with pytest.raises(UserError, match=rf"^--out {mine}: holds files that are not a report's \(results.md\); give"):
+    (mine / "figures").mkdir(parents=True)
+    (mine / "figures" / "a.png").write_bytes(b"my figure")
+    (mine / "results.md").write_text("# Results of my own\n", encoding="utf-16")  # a report's names, another encoding
+    before = {p: p.read_bytes() if p.is_file() else None for p in mine.rglob("*")}
+    with pytest.raises(
+        UserError,
+        match=rf"^--out {mine}: holds files that are not a report's \(figures, results.md; no kemdy_report.json, so "
+        r"not this project's whatever the names\); give a new or empty folder$",
+    ):
         main([str(runs), "--out", str(mine), "--no-figures"])
-    assert [p.name for p in mine.iterdir()] == ["results.md"] and (
-        mine / "results.md"
-    ).read_text() == "my own results\n"
+    assert {p: p.read_bytes() if p.is_file() else None for p in mine.rglob("*")} == before
     main([str(runs), "--no-figures"])
     main([str(runs), "--no-figures"])  # its own folder, written again
-    (runs / "report" / "kemdy_report.json").unlink()  # as reports were written before they were marked
+    report = runs / "report"
+    assert json.loads((report / "kemdy_report.json").read_text())["kind"] == "report"
+    for marker, problem in (
+        ('{"format": 1, "kind": "report", "entries": ["../results.md"]}', r'entries\[0\]: "../results.md", expected'),
+        ('{"format": 1, "kind": "run", "entries": []}', r'kind: "run", expected one of "report"'),
+        ("[" * 5000 + "]" * 5000, r"nested more than 24 levels deep"),
+    ):
+        (report / "kemdy_report.json").write_text(marker)
+        with pytest.raises(
+            UserError, match=rf"kemdy_report.json: damaged \({problem}.*; nothing in {report} is touched"
+        ):
+            main([str(runs), "--no-figures"])
+    (report / "kemdy_report.json").unlink()  # a report's files without the marker are no longer the project's
+    with pytest.raises(UserError, match=r"holds files that are not a report's \(comparisons.csv, results.csv, results"):
+        main([str(runs), "--no-figures"])
+
+
+def test_the_report_never_writes_through_a_link(runs, tmp_path):
     main([str(runs), "--no-figures"])
-    assert json.loads((runs / "report" / "kemdy_report.json").read_text())["kind"] == "report"
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text("the user's file")
+    (runs / "report" / "results.csv").unlink()
+    (runs / "report" / "results.csv").symlink_to(theirs)
+    with pytest.raises(UserError, match=r"report/results.csv: a link; the report never writes through links"):
+        main([str(runs), "--no-figures"])
+    assert theirs.read_text() == "the user's file"
 
 
 def test_a_full_disk_while_writing_the_report_is_one_line(runs, monkeypatch):

@@ -104,13 +104,23 @@ def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_other
     with pytest.raises(UserError, match=rf"^{a_set / 'fold3'}: holds a finished run \(metrics.json\)"):
         train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3"))
     assert f"fold 3 goes to {a_set / 'fold3'}" in capsys.readouterr().out
-    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite", "--lr", "2e-3"))
+    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite"))
     assert {k: listing(a_set / f"fold{k}") for k in (1, 2, 4, 5)} == others
-    assert json.loads((a_set / "fold3" / "config.json").read_text())["args"]["lr"] == 2e-3
     assert not (a_set / "summary.json").exists()  # no longer the summary of these five folds
     with pytest.raises(UserError, match=r"fold3: holds a single fold's run; give --num_fold all a folder of its own"):
         train(TEXT, args(corpus20[0], tiny_models, a_set / "fold3", "--num_fold", "all"))
-    # The report does not count the five as one set: fold 3 has another learning rate.
+    # A fold with other settings never joins the set.
+    before = everything(a_set)
+    with pytest.raises(
+        UserError,
+        match=r"text/kemdy_fold_set.json: the set's other folds \(fold1, fold2, fold4, fold5\) were run with other "
+        r"settings \(--lr 0.001 -> 0.002\); a fold joins its set with the same flags",
+    ):
+        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite", "--lr", "2e-3"))
+    assert everything(a_set) == before
+    # Where an earlier version let one in, the report does not count the five as one set.
+    owner = rundir.read_run(a_set / "fold3")
+    rundir.replace(owner, settings=owner.settings | {"lr": 2e-3}).write()
     sets = [fs for fs in find_fold_sets(a_set.parent) if fs.script == "text_classification"]
     assert sorted(fs.folds for fs in sets) == [[1, 2, 4, 5], [3]] and not any(fs.complete for fs in sets)
     md, _ = tables(sets)
@@ -343,7 +353,7 @@ def test_predict_on_a_damaged_run_directory_is_one_line(corpus20, tiny_models, t
     with pytest.raises(UserError, match=rf"^--run_dir {out}: damaged run directory \(.*\); train the run again$"):
         Predictor(out)
     (out / "config.json").write_text("{not json")
-    with pytest.raises(UserError, match=r"damaged run directory \(JSONDecodeError"):
+    with pytest.raises(UserError, match=r"damaged run directory \(.*config.json: damaged \(not JSON: Expecting"):
         Predictor(out)
 
 
@@ -356,7 +366,10 @@ def test_report_out_on_a_file_is_one_line(fold_set, tmp_path):
 
 
 def test_a_summary_file_the_project_did_not_write_is_kept_when_a_fold_is_retrained(a_set, corpus20, tiny_models):
-    (a_set / "kemdy_fold_set.json").unlink()  # folds side by side, as single-fold runs leave them
+    for name in ("summary.json", "summary.md"):  # the user's own files, beside the set's folds
+        (a_set / name).unlink()
+        owner = rundir.read_set(a_set)
+        rundir.replace(owner, entries=[n for n in owner.entries if n != name]).write()
     (a_set / "summary.json").write_text('{"my": "own notes"}')
     (a_set / "summary.md").write_text("# my own summary\n")
     train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "2", "--overwrite"))
@@ -424,7 +437,8 @@ def test_all_folds_into_a_folder_with_the_users_own_summary_are_refused_and_unto
     (out / "summary.json").write_text('{"folds": "mine"}')
     before = everything(out)
     with pytest.raises(
-        UserError, match=r"holds files that are not a run's \(summary.json, summary.md; no kemdy_run.json, so another"
+        UserError,
+        match=r"holds files that are not a fold set's \(summary.json, summary.md; no kemdy_fold_set.json, so another",
     ):
         train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all", "--overwrite"))
     assert everything(out) == before
@@ -515,8 +529,8 @@ def test_a_damaged_or_edited_marker_is_refused_and_nothing_is_removed(corpus20, 
     (tmp_path / "outside.txt").write_text("not the run's")
     marker = json.loads((out / MARKER).read_text())
     for text, problem in (
-        ("{not json", r"JSONDecodeError"),
-        (json.dumps(marker | {"entries": [*marker["entries"], "../outside.txt"]}), r"entry '../outside.txt' is not a"),
+        ("{not json", r"not JSON: Expecting property name"),
+        (json.dumps(marker | {"entries": [*marker["entries"], "../outside.txt"]}), r'entries\[6\]: "../outside.txt", '),
     ):
         (out / MARKER).write_text(text)
         before = everything(tmp_path)
@@ -536,7 +550,9 @@ def legacy(run: Path) -> None:
         sums.unlink()
 
 
-def test_a_run_written_before_markers_is_recognised_continued_and_replaced(corpus20, tiny_models, tmp_path):
+def test_a_run_written_before_markers_is_refused_until_adopted_then_continued_and_replaced(
+    corpus20, tiny_models, tmp_path, capsys
+):
     from common.report import find_fold_sets
 
     out = tmp_path / "runs" / "old"
@@ -547,13 +563,29 @@ def test_a_run_written_before_markers_is_recognised_continued_and_replaced(corpu
     shutil.rmtree(out / "model")
     (out / "notes.md").write_text("mine")
     (out / ".lock").write_text("left by a killed run of an earlier version")
-    assert rundir.read_run(out).legacy
-    with pytest.raises(UserError, match=r"old: holds an unfinished run; add --resume"):
-        train(TEXT, args(corpus20[0], tiny_models, out, epochs=2))
+    before = everything(out)
+    for flags in ([], ["--resume"], ["--overwrite"]):  # its config.json's keys make no folder the project's
+        with pytest.raises(
+            UserError,
+            match=r"old: holds files that are not a run's \(\.lock, checkpoints, config.json, notes.md; no kemdy_run"
+            rf".json, so another tool's, whatever the names\); give a new or empty folder \(a run or fold set of "
+            rf"this project from before markers: python -m common.rundir adopt {out}\)$",
+        ):
+            train(TEXT, args(corpus20[0], tiny_models, out, *flags, epochs=2))
+        assert everything(out) == before
+    rundir.main(["adopt", str(out), "--dry_run"])
+    assert everything(out) == before
+    rundir.main(["adopt", str(out)])
+    shown = "as a run, config.json, checkpoints; leaves alone .lock, notes.md"
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"{out}: would own, {shown}", f"{out}: owns, {shown}"]
+    marker = json.loads((out / MARKER).read_text())
+    assert (marker["format"], marker["fold"], marker["entries"]) == (2, 5, ["config.json", "checkpoints"])
+    assert marker["corpus"]["recordings"] is None and marker["settings"]["lr"] == 1e-3
+    assert {n: b for n, b in everything(out).items() if n != MARKER} == before  # the marker is all it wrote
+    with pytest.raises(UserError, match=rf"^{out}: already holds kemdy_run.json; nothing to adopt$"):
+        rundir.main(["adopt", str(out)])
     (resumed,) = train(TEXT, args(corpus20[0], tiny_models, out, "--resume", epochs=2))
     assert resumed == done  # from the checkpoint it left
-    assert set(json.loads((out / MARKER).read_text())["entries"]) >= {"config.json", "checkpoints", "metrics.json"}
-    legacy(out)
     (fs,) = find_fold_sets(tmp_path / "runs")
     assert fs.folds == [5] and fs.settings["lr"] == 1e-3
     train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model", epochs=1))
@@ -574,15 +606,41 @@ def test_resuming_after_a_recording_changed_in_place_is_refused(corpus20, tiny_m
         train(TEXT, args(corpus, tiny_models, out, "--resume"))
 
 
-def test_a_fold_set_written_before_markers_is_reported_again_with_resume(a_set, corpus20, tiny_models):
+def test_a_fold_set_written_before_markers_is_adopted_and_reported_again_with_resume(a_set, corpus20, tiny_models):
     for k in range(1, 6):
         legacy(a_set / f"fold{k}")
     (a_set / "kemdy_fold_set.json").unlink()
     summary = json.loads((a_set / "summary.json").read_text())
-    assert rundir.read_set(a_set).legacy
+    before = everything(a_set)
+    with pytest.raises(UserError, match=rf"not a fold set's \(fold1, .*python -m common.rundir adopt {a_set}\)$"):
+        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+    assert everything(a_set) == before
+    rundir.main(["adopt", str(a_set)])
+    folds = [json.loads((a_set / f"fold{k}" / MARKER).read_text()) for k in range(1, 6)]
+    assert [m["fold"] for m in folds] == [1, 2, 3, 4, 5]
     results = train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
     assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
     assert json.loads((a_set / "summary.json").read_text()) == summary  # the same five folds
     marker = json.loads((a_set / "kemdy_fold_set.json").read_text())
     assert set(marker["entries"]) == {"fold1", "fold2", "fold3", "fold4", "fold5", "summary.json", "summary.md"}
-    assert not (a_set / "fold1" / MARKER).exists()  # a finished run is only read, never rewritten
+    assert [json.loads((a_set / f"fold{k}" / MARKER).read_text()) for k in range(1, 6)] == folds  # only read
+
+
+def test_adopt_refuses_what_is_not_a_runs_and_a_fold_in_another_folds_place(a_set, tmp_path):
+    for k in range(1, 6):
+        legacy(a_set / f"fold{k}")
+    (a_set / "kemdy_fold_set.json").unlink()
+    shutil.rmtree(a_set / "fold2")
+    shutil.copytree(a_set / "fold1", a_set / "fold2")
+    before = everything(a_set)
+    with pytest.raises(UserError, match=rf"^{a_set / 'fold2'}: holds the run of fold 1; {a_set} is not adopted$"):
+        rundir.main(["adopt", str(a_set)])
+    assert everything(a_set) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("mine")
+    with pytest.raises(UserError, match=r"mine: neither a run \(config.json\), a fold set \(fold1/ .. fold5/\) nor a"):
+        rundir.main(["adopt", str(tmp_path / "mine")])
+    (tmp_path / "mine" / "config.json").write_text('{"script": "mine"}')
+    with pytest.raises(UserError, match=r'config.json: damaged \(script: "mine", expected one of .*; .* not adopted$'):
+        rundir.main(["adopt", str(tmp_path / "mine")])
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.json", "notes.md"]
