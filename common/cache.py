@@ -42,7 +42,7 @@ def is_ours(cache_dir: str | Path) -> bool:
     if marker.is_symlink():
         raise UserError(f"{marker}: a link, not a marker this project wrote; nothing in {cache_dir} is touched")
     try:
-        schema.load(marker, MARKER_SPEC, max_bytes=1 << 10)
+        schema.load(marker, MARKER_SPEC, max_bytes=1 << 16)
     except schema.DamagedFile as err:
         raise UserError(f"{err}; nothing in {cache_dir} is touched: give another --cache_dir") from None
     return True

@@ -231,7 +231,7 @@ def _contents(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != LOCK and atomic.temporary_target(p.name) is None)
 
 
-def _refuse_foreign(folder: Path, names: list[str], kind: str) -> None:
+def _refuse_foreign(folder: Path, names: list[str], kind: str, given: bool) -> None:
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     what, marker = ("a run's", MARKER) if kind == "run" else ("a fold set's", SET_MARKER)
     familiar = [n for n in names if n in (*RUN_FILES, *SET_FILES, ".lock")]
@@ -239,16 +239,17 @@ def _refuse_foreign(folder: Path, names: list[str], kind: str) -> None:
     earlier = "config.json" in names or any(n in SET_FILES[:NUM_FOLDS] for n in names)
     hint = f" (a run or fold set of this project from before markers: python -m common.rundir adopt {folder})"
     raise UserError(
-        f"--output_dir {folder}: holds files that are not {what} ({shown}{why}); give a new or empty folder"
-        + (hint if earlier else "")
+        f"{'--output_dir ' if given else ''}{folder}: holds files that are not {what} ({shown}{why}); give a new or "
+        "empty folder" + (hint if earlier else "")
     )
 
 
-def _check_ours(folder: Path, kind: str) -> Owner | None:
-    """The project's run (or fold set) in `folder`, None for a new or empty folder; anything else is refused."""
+def _check_ours(folder: Path, kind: str, given: bool = True) -> Owner | None:
+    """The project's run (or fold set) in `folder`, None for a new or empty folder; anything else is refused
+    (`given`: the folder is named by --output_dir, or lies under it)."""
     owner = read_run(folder) if kind == "run" else read_set(folder)
     if owner is None and _contents(folder):
-        _refuse_foreign(folder, _contents(folder), kind)
+        _refuse_foreign(folder, _contents(folder), kind, given)
     return owner
 
 
@@ -373,7 +374,7 @@ def _check_continued(owner: Owner, mode: str, args, corpus: dict, frozen: Callab
 
 def _check_set(folder: Path, dirs: dict[int, Path], args) -> Owner | None:
     """The fold set the folds go into: the project's or new, its folds folders of their own, a demo's for a demo."""
-    owner = _check_ours(folder, "fold_set")
+    owner = _check_ours(folder, "fold_set", args.output_dir is not None)
     links = [d for d in dirs.values() if d.is_symlink()]
     if links:
         raise UserError(
@@ -490,11 +491,12 @@ def _decide(cell, args, default, corpus, frozen, locks: list, log) -> Plan:
         set_lock = RunLock(set_folder).acquire(log, wait=True)
         locks.append(set_lock)
     set_owner = _check_set(set_folder, dirs, args) if set_folder is not None else None
+    given = args.output_dir is not None
     for folder in dirs.values():
-        _check_ours(folder, "run")
+        _check_ours(folder, "run", given)
     for folder in dirs.values():
         locks.append(RunLock(folder).acquire(log))
-    owners = {k: _check_ours(folder, "run") for k, folder in dirs.items()}  # again, now under the locks
+    owners = {k: _check_ours(folder, "run", given) for k, folder in dirs.items()}  # again, now under the locks
     modes = {k: _mode(owners[k], cell, args, k) for k in dirs}
     fingerprints = corpus()
     _check_joins(set_owner, dirs, cell, args, fingerprints)

@@ -108,7 +108,10 @@ class Rule(Spec):
         self.spec, self.test, self.says = spec, test, says
 
     def check(self, value, where: str) -> None:
-        check(value, self.spec, where)
+        if isinstance(self.spec, type):  # a value of a plain type is told what the rule expects of it
+            _expect(_is(value, self.spec), value, self, where)
+        else:
+            check(value, self.spec, where)
         _expect(self.test(value), value, self, where)
 
 

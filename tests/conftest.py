@@ -61,6 +61,7 @@ SLOWEST_FIRST = [
     "test_train.py",
     "test_layers.py",
     "test_rundir.py",
+    "test_ownership.py",
 ]
 
 

@@ -181,6 +181,9 @@ def test_the_report_writes_only_into_a_folder_of_its_own(runs, tmp_path):
         ('{"format": 1, "kind": "report", "entries": ["../results.md"]}', r'entries\[0\]: "../results.md", expected'),
         ('{"format": 1, "kind": "run", "entries": []}', r'kind: "run", expected one of "report"'),
         ("[" * 5000 + "]" * 5000, r"nested more than 24 levels deep"),
+        ('{"format": 1, "kind": "report"}', r"entries: missing"),
+        ('{"format": Infinity, "kind": "report", "entries": []}', r"Infinity is not a number this project writes"),
+        ("{" + " " * 70000 + "}", r"70002 bytes, more than the 65536 this file may hold"),
     ):
         (report / "kemdy_report.json").write_text(marker)
         with pytest.raises(

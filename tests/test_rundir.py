@@ -644,3 +644,38 @@ def test_adopt_refuses_what_is_not_a_runs_and_a_fold_in_another_folds_place(a_se
     with pytest.raises(UserError, match=r'config.json: damaged \(script: "mine", expected one of .*; .* not adopted$'):
         rundir.main(["adopt", str(tmp_path / "mine")])
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["config.json", "notes.md"]
+
+
+def test_single_folds_of_a_version_without_folds_in_markers_are_continued_and_adopted_as_a_set(
+    corpus20, tiny_models, tmp_path, monkeypatch, capsys
+):
+    """Runs whose markers predate folds in markers (format 1) take their fold from config.json; the folder of
+    single folds that version left side by side, without a set marker, is a fold set once adopted."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--batch_size", "8"]
+    argv += ["--max_text_len", "32", "--text_model", str(tiny_models / "text")]
+    for k in (1, 2):
+        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", str(k)]))
+    folder = tmp_path / "runs" / "text_classification" / "KEMDy20_text"  # named by its encoder, not the default
+    (folder / rundir.SET_MARKER).unlink()
+    for k in (1, 2):
+        marker = json.loads((folder / f"fold{k}" / MARKER).read_text())
+        del marker["fold"]
+        (folder / f"fold{k}" / MARKER).write_text(json.dumps(marker | {"format": 1}))
+    assert [rundir.read_run(folder / f"fold{k}").fold for k in (1, 2)] == [1, 2]
+    before = everything(folder)
+    relative = "runs/text_classification/KEMDy20_text"
+    with pytest.raises(
+        UserError, match=rf"^{relative}: holds files that are not a fold set's \(fold1, fold2; .* adopt {relative}\)$"
+    ):
+        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "3"]))
+    with pytest.raises(UserError, match=r"fold1: holds the run of fold 1, not the run of fold 2"):
+        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "2", "--resume", "--output_dir", str(folder / "fold1")]))
+    assert everything(folder) == before
+    rundir.main(["adopt", str(folder)])
+    assert capsys.readouterr().out.splitlines()[-1] == f"{folder}: owns, as a fold set, fold1, fold2"
+    assert [json.loads((folder / f"fold{k}" / MARKER).read_text())["format"] for k in (1, 2)] == [1, 1]  # only read
+    train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "3"]))
+    results = train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "all", "--resume"]))
+    assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
+    assert json.loads((folder / rundir.SET_MARKER).read_text())["entries"][:3] == ["fold1", "fold2", "fold3"]
