@@ -37,6 +37,18 @@ def tiny_command(script, corpus, tiny_models, out, *flags, dataset="20", epochs=
     ]
 
 
+def everything(folder) -> dict:
+    """Every file, folder and link under `folder`, hidden ones included, with the files' bytes and where the
+    links point: what a command that must change nothing there is compared by."""
+    import os
+
+    found = {}
+    for p in sorted(Path(folder).rglob("*")):
+        key = str(p.relative_to(folder))
+        found[key] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+    return found
+
+
 def mark_run(folder, script, settings=None, encoders=()):
     """Mark a run directory written by hand as the project's, as a run's own marker would (of the fold its
     metrics.json names)."""

@@ -330,3 +330,44 @@ def test_a_cache_file_changed_in_place_is_caught_by_its_checksum_and_rebuilt(cop
     assert log[0] == f"{folder}: damaged (data.bin: content changed (checksum)); building it again"
     fresh = prepare_inputs(utts, tok, 32)
     assert all(np.array_equal(inputs.tokens[i], fresh.tokens[i]) for i in range(len(utts)))
+
+
+DAMAGED_JSON = {
+    "wrong type": '{"a.wav": {"size": 1}}',
+    "a name outside the folder": '{"../a.wav": {"bytes": 1, "crc32": [1]}}',
+    "Infinity": '{"a.wav": [1, 2, 3, Infinity, "x"]}',
+    "deep nesting": "[" * 5000 + "]" * 5000,
+    "not JSON": '{"a.wav": [1, 2',
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_JSON))
+def test_a_damaged_digest_index_or_checksum_file_is_read_again_never_trusted(tmp_path, damage):
+    import hashlib
+
+    from common.cache import CHECKSUMS, file_digests, open_cached, own_folder
+
+    wavs = [tmp_path / "corpus" / name for name in ("a.wav", "b.wav")]
+    wavs[0].parent.mkdir()
+    for k, wav in enumerate(wavs):
+        wav.write_bytes(bytes([k]) * 100)
+    truth = {str(w): hashlib.sha256(w.read_bytes()).hexdigest() for w in wavs}
+    folder = own_folder(tmp_path / "cache")
+    assert file_digests(wavs, folder) == truth
+    (index,) = folder.glob("digests-*.json")
+    index.write_text(DAMAGED_JSON[damage])
+    assert file_digests(wavs, folder) == truth  # every file read again, the index written anew
+    assert file_digests(wavs, folder) == truth and len(index.read_text()) > 100
+
+    def build(tmp):
+        tmp.mkdir()
+        (tmp / "a.wav").write_bytes(b"cached")
+
+    log = []
+    built, _ = cached(folder, "audio", "0123456789abcdef0123", build)
+    (built / CHECKSUMS).write_text(DAMAGED_JSON[damage])
+    value, _, rebuilt = open_cached(
+        folder, "audio", "0123456789abcdef0123", build, lambda f: (f / "a.wav").read_bytes(), log.append
+    )
+    assert (value, rebuilt) == (b"cached", True)
+    assert len(log) == 1 and log[0].startswith(f"{built}: damaged (checksums.json: ") and "building it again" in log[0]

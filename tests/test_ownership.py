@@ -21,22 +21,13 @@ from common.report import find_fold_sets
 from common.rundir import LOCK, MARKER, SET_MARKER
 from common.train import train
 
-from helpers import tiny_command, train_in_process
+from helpers import everything, tiny_command, train_in_process
 
 TEXT = Cell("text", "classification")
 
 
 def args(corpus, tiny_models, out, *flags, epochs=2):
     return parse_args(TEXT, tiny_command("text_classification", corpus, tiny_models, out, *flags, epochs=epochs)[2:])
-
-
-def everything(folder: Path) -> dict[str, bytes | str | None]:
-    """Every file, folder and link under `folder`, with the files' bytes and where the links point."""
-    found = {}
-    for p in sorted(folder.rglob("*")):
-        key = str(p.relative_to(folder))
-        found[key] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
-    return found
 
 
 def dead_pid() -> int:

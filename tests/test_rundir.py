@@ -23,7 +23,7 @@ from common.report import find_fold_sets, tables
 from common.rundir import LOCK, MARKER, RunLock
 from common.train import train
 
-from helpers import ctrl_c_at_first_checkpoint, tiny_command, train_in_process
+from helpers import ctrl_c_at_first_checkpoint, everything, tiny_command, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = Cell("text", "classification")
@@ -410,11 +410,6 @@ FOREIGN = {
     "own_model_and_predictions": _own_model_and_predictions,
     "another_tools_lock": _another_tools_lock,
 }
-
-
-def everything(folder: Path) -> dict[str, bytes | None]:
-    """Every file and folder under `folder`, hidden ones included, with the files' bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"], []], ids=["overwrite", "resume", "plain"])
