@@ -188,9 +188,10 @@ def compute_floor(corpus: str, models: str, script: str, steps: str, eval_batche
     layer cache's, with no data reading, loop bookkeeping or start-up: what the cell costs at the least as
     its model computes it."""
     from common.cli import parse_args
+    from common.encoders import Encoders
     from common.grid import cell_of
     from common.losses import Objective
-    from common.model import Encoders, build_model
+    from common.model import build_model
 
     cell = cell_of(script)
     argv = ["--dataset", "20", "--dataset_dir", corpus, "--freeze", "both", "--layers", "weighted"]
@@ -355,9 +356,10 @@ class Bench:
 
         from common.cli import parse_args
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
+        from common.encoders import Encoders, audio_spec
         from common.grid import Cell
         from common.losses import Objective
-        from common.model import Encoders, audio_spec, build_model
+        from common.model import build_model
         from common.train import FoldRun, make_loader
 
         cell = Cell("multimodal", "total", "concat")
@@ -446,7 +448,8 @@ class Bench:
 
     def text_padding(self) -> None:
         from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
-        from common.model import EmotionModel, ModelConfig, load_text_encoder
+        from common.encoders import load_text_encoder
+        from common.model import EmotionModel, ModelConfig
 
         subset = self.subset(128)
         tokenizer, encoder = load_text_encoder(str(self.models / "text"))
@@ -574,8 +577,9 @@ class Bench:
         from dataclasses import replace
 
         from common.data import Collator, KemdyDataset, prepare_inputs
+        from common.encoders import audio_spec, load_speech_encoder, padding_effect
         from common.folds import make_fold
-        from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, padding_effect
+        from common.model import EmotionModel, ModelConfig
 
         extractor, encoder = load_speech_encoder(str(self.models / "speech"))
         effect = padding_effect(encoder, extractor)
@@ -617,7 +621,8 @@ class Bench:
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         from common.data import Collator, model_audio, stored_audio
-        from common.model import EmotionModel, ModelConfig, audio_spec, whisper_frames
+        from common.encoders import audio_spec, whisper_frames
+        from common.model import EmotionModel, ModelConfig
 
         torch.manual_seed(0)
         base = {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048}

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from common import rundir, schema
 from common.cache import DamagedCache, seal, verify
 from common.errors import UserError, writing
+from common.model import present_name
 from common.runfiles import EPOCH
 
 # trainer.json: the epochs done with their numbers, and the epoch chosen so far.
@@ -179,5 +180,5 @@ class Checkpoints:
 
 
 def _name(key: str) -> str:
-    """A weight's name in the model itself (DDP's wrapper prefixes `module.`)."""
-    return key.removeprefix("module.")
+    """A weight's name in the model itself (DDP's wrapper prefixes `module.`), as the model has it now."""
+    return present_name(key.removeprefix("module."))

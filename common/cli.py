@@ -22,6 +22,9 @@ from common.grid import (
     EMOTION_OUTPUTS,
     EMOTIONS,
     FREEZE,
+    FUSION_PARAMS,
+    FUSION_SCRIPTS,
+    FUSIONS,
     KEMDY19_ROWS,
     LABEL_READINGS,
     LAYERS,
@@ -32,6 +35,7 @@ from common.grid import (
     VA_LOSSES,
     VA_TARGETS,
     Cell,
+    cell_of,
 )
 
 # The demo trains tiny random encoders on a small synthetic corpus: it needs far larger learning rates
@@ -183,10 +187,13 @@ def _default_root(flag: str, dataset: str, hint: str = "") -> str:
     return str(default)
 
 
-def build_parser(cell: Cell, description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(cell: Cell, description: str | None = None, chooses_fusion: bool = False) -> argparse.ArgumentParser:
+    """The parser of a cell's script; `chooses_fusion`: a multimodal_<task>.py script, whose --fusion picks the
+    cell's fusion from the registry (`cell` carries the default)."""
+    name = f"multimodal_{cell.task}" if chooses_fusion else cell.name
     p = argparse.ArgumentParser(
-        prog=f"python {cell.name}.py",
-        description=description or f"Train and evaluate {cell.name} on one KEMDy fold.",
+        prog=f"python {name}.py",
+        description=description or f"Train and evaluate {name} on one KEMDy fold.",
         formatter_class=_Formatter,
     )
     add = _Sections(p)
@@ -263,10 +270,24 @@ def build_parser(cell: Cell, description: str | None = None) -> argparse.Argumen
         help="compute what the original code computed: " + _flags(ORIGINAL) + "; flags given still win "
         "(default run directory: runs/<script>/KEMDy<dataset>_original/)",
     )
+    add.topic = "fusion"
+    _add_fusion_flags(add, cell.fusion if chooses_fusion else None)
     for topic, flags in (("model", _add_model_flags), ("training", _add_training_flags), ("output", _add_output_flags)):
         add.topic = topic
         flags(add)
     return p
+
+
+def _add_fusion_flags(add, default: str | None) -> None:
+    """The fusions' hyper-parameters (every script takes them; a cell whose fusion does not read one ignores it),
+    and, for a multimodal_<task>.py script (`default` given), --fusion: its choices and their descriptions from the
+    registry."""
+    if default is not None:
+        described = "; ".join(f"{name}: {info.summary} ({info.source})" for name, info in FUSIONS.items())
+        add("--fusion", choices=list(FUSIONS), default=default, help=f"how text and speech are joined: {described}")
+    for name, (value, text) in FUSION_PARAMS.items():
+        readers = ", ".join(f for f, info in FUSIONS.items() if name in info.params)
+        add(f"--fusion_{name}", type=int, default=value, help=f"{text}; read by {readers}")
 
 
 def _add_model_flags(add) -> None:
@@ -332,7 +353,7 @@ def _add_model_flags(add) -> None:
         choices=DROPOUT_ON,
         default="modalities",
         help="modalities: on each modality's vector before fusion (the original); fused: once on the fused "
-        "vector (differs only for element_wise_add)",
+        "vector (the same for concat and the one-modality cells)",
     )
     add(
         "--emotion_output",
@@ -442,9 +463,12 @@ def _flags(values: dict) -> str:
     return ", ".join(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}" for k, v in values.items())
 
 
-def parse_args(cell: Cell, argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
-    """Parsed and checked arguments, presets resolved; a bad value raises UserError naming the flag."""
-    parser = build_parser(cell, description)
+def parse_args(
+    cell: Cell, argv: list[str] | None = None, description: str | None = None, chooses_fusion: bool = False
+) -> argparse.Namespace:
+    """Parsed and checked arguments, presets resolved; a bad value raises UserError naming the flag. With
+    `chooses_fusion` (a multimodal_<task>.py script) `args.fusion` names the cell's fusion."""
+    parser = build_parser(cell, description, chooses_fusion)
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite: choose one (continue the run, or start it over)")
@@ -518,21 +542,36 @@ def _check_values(args: argparse.Namespace) -> None:
         ("threshold", args.threshold == "tuned" or 0 < args.threshold < 1, "in (0, 1), or tuned"),
         ("cls_weight", args.cls_weight >= 0, "0 or more"),
         ("reg_weight", args.reg_weight >= 0, "0 or more"),
+        ("fusion_width", args.fusion_width >= 0, "0 or more"),
+        ("fusion_heads", args.fusion_heads >= 1, "at least 1"),
+        ("fusion_layers", args.fusion_layers >= 1, "at least 1"),
+        ("fusion_rank", args.fusion_rank >= 1, "at least 1"),
     ]:
         if not ok:
             raise UserError(f"--{name} {getattr(args, name)}: must be {rule}")
 
 
+def parse_script(script: str, argv: list[str] | None = None) -> tuple[Cell, argparse.Namespace]:
+    """(cell, arguments) of a script's command line: one of the twelve, or multimodal_<task> with its --fusion."""
+    if script in FUSION_SCRIPTS:
+        args = parse_args(Cell("multimodal", script.split("_")[1], "concat"), argv, chooses_fusion=True)
+        return Cell("multimodal", script.split("_")[1], args.fusion), args
+    cell = cell_of(script)
+    return cell, parse_args(cell, argv)
+
+
 def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | None = None) -> None:
-    """Entry point of the twelve scripts: arguments first (fast, for --help and mistakes), then training."""
+    """Entry point of the scripts: arguments first (fast, for --help and mistakes), then training. A multimodal
+    script without a fusion (multimodal_<task>.py) takes it from --fusion (default: concatenation)."""
     import sys
 
-    cell = Cell(modality, task, fusion)
+    chooses = modality == "multimodal" and fusion is None
+    cell = Cell(modality, task, "concat" if chooses else fusion)
 
     def run():
-        args = parse_args(cell, argv, sys.modules["__main__"].__doc__)
+        args = parse_args(cell, argv, sys.modules["__main__"].__doc__, chooses_fusion=chooses)
         from common.train import train  # torch, transformers and accelerate: only once there is work
 
-        train(cell, args)
+        train(Cell(modality, task, args.fusion) if chooses else cell, args)
 
     run_cli(run, whole_process=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.grid import EMOTIONS, TASKS
+from common.grid import EMOTIONS, FUSIONS, TASKS
 
 # The metrics compared, by what a fold set predicts.
 EMOTION_METRICS = ("micro_f1", "macro_f1", "uar")
@@ -138,17 +138,20 @@ def paired_bootstrap(
 
 
 def pairs(names: set[str]) -> list[tuple[str, str, str]]:
-    """(A, B, what) for the scripts present: each multimodal cell against each unimodal cell of its task
-    (the better one is picked by the caller), and concatenation against element-wise addition."""
+    """(A, B, what) for the cells present: each multimodal cell against each unimodal cell of its task (the better
+    one is picked by the caller), and concatenation against every other fusion of the registry."""
     out = []
     for task in TASKS:
-        for fusion in ("concat", "element_wise_add"):
+        for fusion in FUSIONS:
             mm = f"multimodal_{task}_{fusion}"
             if mm in names:
                 out += [(mm, f"{m}_{task}", "unimodal") for m in ("text", "speech") if f"{m}_{task}" in names]
-        concat, add = f"multimodal_{task}_concat", f"multimodal_{task}_element_wise_add"
-        if concat in names and add in names:
-            out.append((concat, add, "fusion"))
+        concat = f"multimodal_{task}_concat"
+        out += [
+            (concat, f"multimodal_{task}_{fusion}", "fusion")
+            for fusion in FUSIONS
+            if fusion != "concat" and concat in names and f"multimodal_{task}_{fusion}" in names
+        ]
     return out
 
 

@@ -2,7 +2,7 @@
 
 The heads then train on these vectors instead of running the encoder at every step. Vectors are computed
 in evaluation mode (no dropout), where a speech encoder whose outputs change with padding runs clips of
-unequal length apart (`EmotionModel._speech_means`), so that a clip's vector never depends on its batch.
+unequal length apart (`EmotionModel.speech_states`), so that a clip's vector never depends on its batch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from common.cache import DamagedCache, VectorRows, fingerprint, open_cached
 from common.data import Collator, Inputs, KemdyDataset
-from common.model import module_fingerprint
+from common.encoders import module_fingerprint
 from common.progress import Progress
 
 

@@ -91,9 +91,10 @@ def throughput(cell_name: str, models: str, precision: str, batch_size: str, ste
     from accelerate import Accelerator
 
     from common.cli import parse_args
+    from common.encoders import Encoders
     from common.grid import cell_of
     from common.losses import Objective
-    from common.model import Encoders, build_model
+    from common.model import build_model
 
     cell, models, batch_size, steps = cell_of(cell_name), Path(models), int(batch_size), int(steps)
     argv = ["--dataset", "20", "--dataset_dir", ".", "--text_model", str(models / "text")]
@@ -179,9 +180,10 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
 
     from common.cli import parse_args
     from common.data import Collator, EpochBatchSampler, KemdyDataset, prepare_inputs
+    from common.encoders import Encoders, audio_spec
     from common.grid import cell_of
     from common.kemdy import read_corpus
-    from common.model import Encoders, audio_spec, build_model
+    from common.model import build_model
     from common.synthetic import generate
     from common.train import FoldRun, make_loader
 

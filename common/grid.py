@@ -14,11 +14,62 @@ DIMENSIONS = ("valence", "arousal")
 
 MODALITIES = ("text", "speech", "multimodal")
 TASKS = ("classification", "regression", "total")
-FUSIONS = ("concat", "element_wise_add")
+
+
+@dataclass(frozen=True)
+class FusionInfo:
+    """A fusion of the registry: its class in `common.fusion`, what it does, where it comes from, and whether it
+    reads each modality's pooled vector ("vectors") or its states of every token and frame ("sequences")."""
+
+    cls: str
+    summary: str
+    source: str
+    reads: str = "vectors"
+    params: tuple[str, ...] = ()  # the hyper-parameters it reads: --fusion_<param>
+
+
+# The fusion registry. Adding a fusion is a class in common/fusion.py and a line here.
+FUSIONS = {
+    "concat": FusionInfo("Concat", "the two pooled vectors side by side", "the original code"),
+    "element_wise_add": FusionInfo(
+        "ElementWiseAdd", "the text vector plus a learnt linear map of the speech vector", "the original code"
+    ),
+    "gated": FusionInfo(
+        "Gated",
+        "a gated multimodal unit: a learnt gate mixes each vector's tanh projection",
+        "Arevalo et al. 2017 (GMU)",
+        params=("width",),
+    ),
+    "low_rank_tensor": FusionInfo(
+        "LowRankTensor",
+        "the outer product of the two vectors (each with a 1 appended), through low-rank factors",
+        "Liu et al. 2018 (LMF), after Zadeh et al. 2017 (TFN)",
+        params=("width", "rank"),
+    ),
+    "cross_attention": FusionInfo(
+        "CrossAttention",
+        "text tokens attend to speech frames and frames to tokens; each side averaged, then joined",
+        "Tsai et al. 2019 (MulT's cross-modal blocks)",
+        reads="sequences",
+        params=("width", "heads", "layers"),
+    ),
+}
+# Each hyper-parameter a fusion may read: its default and what it is (flag --fusion_<name>).
+FUSION_PARAMS = {
+    "width": (0, "width of the fusion's output and inner layers (0: the text encoder's)"),
+    "heads": (4, "attention heads of a fusion that attends"),
+    "layers": (1, "cross-modal blocks of a fusion that attends"),
+    "rank": (4, "rank of a low-rank tensor fusion's factors"),
+}
+ORIGINAL_FUSIONS = ("concat", "element_wise_add")  # a script each, as the original had
 # The twelve scripts in the README's order; tables list fold sets in this order within a dataset and split.
 SCRIPTS = [f"{m}_{t}" for m in ("text", "speech") for t in TASKS] + [
-    f"multimodal_{t}_{f}" for f in FUSIONS for t in TASKS
+    f"multimodal_{t}_{f}" for f in ORIGINAL_FUSIONS for t in TASKS
 ]
+# The scripts whose --fusion picks the fusion from the registry, one per task.
+FUSION_SCRIPTS = [f"multimodal_{t}" for t in TASKS]
+# Every cell: the twelve, then each other fusion's three (run with multimodal_<task>.py --fusion <name>).
+CELLS = SCRIPTS + [f"multimodal_{t}_{f}" for f in FUSIONS if f not in ORIGINAL_FUSIONS for t in TASKS]
 # Parameter-name prefixes of the two encoders inside the model; everything else is trained from scratch.
 ENCODER_PREFIXES = ("text_encoder.", "speech_encoder.")
 
@@ -97,8 +148,17 @@ TEXT_ONLY = ("text_model", "text_pooling", "text_inputs", "max_text_len", "pad_t
 SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window")
 
 
+def command_of(name: str) -> str:
+    """How a cell is run: its script, or multimodal_<task>.py with its --fusion."""
+    if name in SCRIPTS:
+        return f"{name}.py"
+    cell = cell_of(name)
+    return f"multimodal_{cell.task}.py --fusion {cell.fusion}"
+
+
 def cell_of(script: str) -> Cell:
-    """The cell a script name stands for ("multimodal_total_concat" -> Cell("multimodal", "total", "concat"))."""
+    """The cell a name stands for ("multimodal_total_concat" -> Cell("multimodal", "total", "concat")); a ValueError
+    for a name of no cell."""
     modality, task, *fusion = script.split("_", 2)
     cell = Cell(modality, task, fusion[0] if fusion else None)
     if cell.name != script:

@@ -38,7 +38,8 @@ class Predictor:
         from safetensors import SafetensorError
 
         from common.data import Collator
-        from common.model import EmotionModel, EncoderMoved, audio_spec
+        from common.encoders import audio_spec
+        from common.model import EmotionModel, EncoderMoved
 
         run_dir = Path(run_dir)
         config_path, model_dir = run_dir / "config.json", run_dir / "model"

@@ -26,7 +26,7 @@ import numpy as np
 from common import atomic, paths, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
-from common.grid import EMOTIONS, SCRIPTS
+from common.grid import CELLS, EMOTIONS
 from common.rundir import differences, human, read_run, read_set, run_of, size
 from common.runfiles import read_config, read_metrics
 from common.schema import Choice, Fields
@@ -123,7 +123,7 @@ def find_fold_sets(
     _mark_mixed(list(sets.values()))
 
     def order(fs: FoldSet):
-        rank = SCRIPTS.index(fs.script) if fs.script in SCRIPTS else len(SCRIPTS)
+        rank = CELLS.index(fs.script) if fs.script in CELLS else len(CELLS)
         return fs.dataset, fs.split, rank, fs.script, str(fs.folder), fs.folds
 
     return sorted(sets.values(), key=order)
@@ -602,7 +602,7 @@ def _comparison_groups(sets: list[FoldSet]) -> list[tuple[str, str, dict[str, Fo
 
 def _chosen_pairs(by_name: dict[str, FoldSet]) -> list[tuple[str, str, str]]:
     """(A, B, task): each multimodal cell against the better of its unimodal cells by the task's headline
-    (fold mean), and concatenation against element-wise addition."""
+    (fold mean), and concatenation against every other fusion."""
     from common.compare import metrics_of, pairs
 
     def mean(name: str, metric: str) -> float:
@@ -647,8 +647,8 @@ def _row_line(row: list) -> str:
 
 def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
     """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
-    protocol folder: each multimodal cell against the better of its unimodal cells, and the two fusions; and
-    between the encoders a cell was run with (see `encoder_sets`)."""
+    protocol folder: each multimodal cell against the better of its unimodal cells, concatenation against every
+    other fusion, and between the encoders a cell was run with (see `encoder_sets`)."""
     rows, pooled = [], {}
     for _, _, by_name in _comparison_groups(sets):
         for a, b, _ in _chosen_pairs(by_name):
@@ -657,7 +657,7 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
             rows += _paired(la, fa, lb, fb, pooled, resamples, seed)
     encoder_rows = []
     for _, by_label in encoder_sets(sets).items():
-        for script in SCRIPTS:
+        for script in CELLS:
             found = [(label, sets_[script]) for label, sets_ in by_label.items() if script in sets_]
             for (la, fa), (lb, fb) in itertools.combinations(found, 2):
                 if _comparable(fa) and _comparable(fb):
@@ -704,7 +704,7 @@ def encoder_tables(sets: list[FoldSet]) -> list[str]:
     """Markdown: each cell's headline test metric (mean ± std over its folds) with each encoder choice."""
     lines = []
     for (dataset, split, protocol), by_label in encoder_sets(sets).items():
-        scripts = [script for script in SCRIPTS if any(script in found for found in by_label.values())]
+        scripts = [script for script in CELLS if any(script in found for found in by_label.values())]
         lines += [f"### {dataset}, {split} split, `{protocol}`", ""]
         lines += ["| encoders | " + " | ".join(scripts) + " |", "|" + "---|" * (len(scripts) + 1)]
         for label, found in by_label.items():
@@ -742,8 +742,8 @@ def cross_corpus(runs: list[CrossRun], sets: list[FoldSet], resamples: int = 100
 
     if not runs:
         return [], ""
-    rank = {name: k for k, name in enumerate(SCRIPTS)}
-    runs = sorted(runs, key=lambda r: (rank.get(r.script, len(SCRIPTS)), r.dataset, str(r.folder)))
+    rank = {name: k for k, name in enumerate(CELLS)}
+    runs = sorted(runs, key=lambda r: (rank.get(r.script, len(CELLS)), r.dataset, str(r.folder)))
     md = [
         "## Within and across corpora",
         "",

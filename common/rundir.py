@@ -31,7 +31,18 @@ from pathlib import Path
 from common import atomic, cache, paths, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
-from common.grid import DIMENSIONS, EMOTIONS, SCRIPTS, SPEECH_ONLY, TEXT_ONLY, Cell, cell_of
+from common.grid import (
+    CELLS,
+    DIMENSIONS,
+    EMOTIONS,
+    FUSION_PARAMS,
+    FUSIONS,
+    SPEECH_ONLY,
+    TEXT_ONLY,
+    Cell,
+    cell_of,
+    command_of,
+)
 from common.runfiles import CELL, FOLD, FROZEN, read_config, read_metrics
 from common.schema import ANY, Choice, Fields, Map, Rule
 
@@ -52,7 +63,7 @@ def _marker_spec(kind: str) -> Fields:
         {
             "format": Rule(int, lambda n: 1 <= n <= MARKER_FORMAT, readable),
             "kind": Choice(kind),
-            "script": Choice(*SCRIPTS),
+            "script": Choice(*CELLS),
             "settings": Map(ANY),
             "corpus": Fields({"listing": str}, {"recordings": (str, None)}),
             "demo": bool,
@@ -118,9 +129,11 @@ EARLIER = {
 def settings(args: dict, cell: Cell | None = None) -> dict:
     """The arguments that change a run's numbers (settings added later at their earlier value); for a `cell`,
     without the flags of an encoder it does not have."""
-    ignored = NOT_RESULTS | {"num_fold"}
+    ignored = NOT_RESULTS | {"num_fold", "fusion"}  # the fusion is part of the cell
     if cell is not None:
         ignored |= set(() if cell.uses_text else TEXT_ONLY) | set(() if cell.uses_speech else SPEECH_ONLY)
+        reads = FUSIONS[cell.fusion].params if cell.fusion else ()
+        ignored |= {f"fusion_{name}" for name in FUSION_PARAMS if name not in reads}
     return {k: v for k, v in (EARLIER | args).items() if k not in ignored}
 
 
@@ -310,8 +323,8 @@ def _mode(owner: Owner | None, cell, args, fold: int) -> str:
         )
     if owner.script != cell.name:
         raise UserError(
-            f"{owner.folder}: holds a run of {owner.script}.py; --resume continues a run with the script that "
-            f"started it: run {owner.script}.py, or give {cell.name}.py another --output_dir"
+            f"{owner.folder}: holds a run of {command_of(owner.script)}; --resume continues a run with the cell that "
+            f"started it: run {command_of(owner.script)}, or give {command_of(cell.name)} another --output_dir"
         )
     expected = None if args.test_dataset else fold
     if owner.fold != expected:
@@ -407,8 +420,8 @@ def _check_joins(owner: Owner | None, dirs: dict[int, Path], cell, args, corpus:
         return
     if owner.script != cell.name:
         raise UserError(
-            f"{owner.folder}: holds the folds of {owner.script}.py ({', '.join(others)}); give {cell.name}.py "
-            "another --output_dir"
+            f"{owner.folder}: holds the folds of {command_of(owner.script)} ({', '.join(others)}); give "
+            f"{command_of(cell.name)} another --output_dir"
         )
     changed = differences(owner.settings, vars(args), cell)
     if owner.corpus["listing"] != corpus["listing"]:
@@ -890,7 +903,7 @@ def _earlier_set(folder: Path) -> list[Owner]:
             ["another corpus"] if owner.corpus["listing"] != first.corpus["listing"] else []
         )
         if owner.script != first.script or changed:
-            why = f"{owner.script}.py" if owner.script != first.script else ", ".join(changed[:3])
+            why = command_of(owner.script) if owner.script != first.script else ", ".join(changed[:3])
             raise UserError(
                 f"{owner.folder}: not run as {first.folder.name} was ({why}); {folder} is not adopted as one set"
             )

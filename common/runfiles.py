@@ -8,7 +8,7 @@ from pathlib import Path
 from common import schema
 from common.errors import UserError
 from common.folds import NUM_FOLDS
-from common.grid import EMOTIONS, SCRIPTS, TASKS, Cell, is_cell
+from common.grid import CELLS, EMOTIONS, TASKS, Cell, is_cell
 from common.schema import ANY, Choice, Fields, Map, Rule, count
 
 FOLD = (count(1, NUM_FOLDS), None)  # a fold of the five, or none (a cross-corpus run)
@@ -31,7 +31,7 @@ EPOCH = Fields(
 METRICS = Rule(
     Fields(
         {
-            "script": Choice(*SCRIPTS),
+            "script": Choice(*CELLS),
             "dataset": Choice("KEMDy19", "KEMDy20"),
             "fold": FOLD,
             "test": SPLIT,
@@ -64,7 +64,7 @@ ARGS = Fields(
 FROZEN = Fields({"source": str, "weights": str})  # where a frozen encoder is, and its weights' fingerprint
 CONFIG = Fields(
     {
-        "script": Choice(*SCRIPTS),
+        "script": Choice(*CELLS),
         "cell": CELL,
         "args": ARGS,
         "data": Fields({"fingerprint": str}, {"recordings": str}),

@@ -33,14 +33,15 @@ from common.data import (
     prepare_inputs,
     tokenless,
 )
+from common.encoders import Encoders, audio_spec, auto_text_pooling
 from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import cross_corpus_splits, fold_splits
 from common.frozen import frozen_vectors
-from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, Cell, encoder_tags
+from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cell, command_of, encoder_tags
 from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
-from common.model import EmotionModel, Encoders, audio_spec, auto_text_pooling, build_model, seed
+from common.model import EmotionModel, build_model, seed
 from common.optim import adamw
 from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
@@ -189,7 +190,8 @@ def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
     else:  # runs/demo, above <script>/<protocol>[/fold<k>]
         runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
     if args.test_dataset:  # the other direction
-        other = [python, f"{cell.name}.py", "--demo", "--dataset", args.test_dataset, "--test_dataset", args.dataset]
+        other = [python, *command_of(cell.name).split(), "--demo", "--dataset", args.test_dataset]
+        other += ["--test_dataset", args.dataset]
     elif cell.uses_speech:  # the task's text cell: its five folds take seconds on a CPU, a speech cell's minutes
         other = [python, f"text_{cell.task}.py", "--demo", *dataset, "--num_fold", "all"]
     else:
@@ -621,7 +623,8 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
         show = accelerator.is_local_main_process and not args.quiet
         inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests, show)
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
-            if encoder is not None and args.freeze in (modality, "both"):
+            # A fusion that reads sequences runs the frozen encoder at every step: no pooled vector serves it.
+            if encoder is not None and args.freeze in (modality, "both") and _reads_vectors(cell):
                 vectors = frozen_vectors(
                     modality,
                     model,
@@ -637,6 +640,11 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
                 )
                 setattr(inputs, f"{modality}_vectors", vectors)
     return inputs
+
+
+def _reads_vectors(cell: Cell) -> bool:
+    """Whether the cell's model reads pooled vectors (a unimodal cell, or a fusion of vectors)."""
+    return cell.fusion is None or FUSIONS[cell.fusion].reads == "vectors"
 
 
 def _optimizer(model: EmotionModel, args, steps: int):

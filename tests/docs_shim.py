@@ -77,15 +77,15 @@ def python(argv: list[str]) -> None:
         fail(f"-m {argv[1]}: never parsed its arguments")
     import common.cli
     from common.errors import UserError
-    from common.grid import SCRIPTS, cell_of
+    from common.grid import FUSION_SCRIPTS, SCRIPTS
 
-    if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS]:
+    if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS + FUSION_SCRIPTS]:
         fail(f"python {shlex.join(argv)}: not a script of the repository")
 
     resolve = common.cli.resolve_dataset_dir
     common.cli.resolve_dataset_dir = lambda args: None  # the corpus is not here: flags only
     try:
-        common.cli.parse_args(cell_of(Path(argv[0]).stem), argv[1:])
+        common.cli.parse_script(Path(argv[0]).stem, argv[1:])
     except (UserError, ValueError) as error:
         fail(f"python {shlex.join(argv)}: {error}")
     except SystemExit as stop:

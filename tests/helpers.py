@@ -118,16 +118,15 @@ def train_in_process(script, argv, cwd=None):
     import io
     import os
 
-    from common.cli import parse_args
+    from common.cli import parse_script
     from common.errors import UserError
-    from common.grid import cell_of
     from common.train import train
 
-    cell, printed, where = cell_of(script), io.StringIO(), os.getcwd()
+    printed, where = io.StringIO(), os.getcwd()
     try:
         os.chdir(cwd or where)
         with contextlib.redirect_stdout(printed):
-            train(cell, parse_args(cell, [str(a) for a in argv]))
+            train(*parse_script(script, [str(a) for a in argv]))
     except UserError as err:
         return 2, printed.getvalue(), f"error: {err}"
     finally:

@@ -14,10 +14,11 @@ import torch
 
 from common.cache import ArrayStore, cached
 from common.data import Collator, Inputs, KemdyDataset, Pcm16Audio, TokenIds, prepare_inputs
+from common.encoders import audio_spec, load_speech_encoder, load_text_encoder
 from common.errors import UserError
 from common.frozen import frozen_vectors
 from common.kemdy import read_corpus
-from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, load_text_encoder
+from common.model import EmotionModel, ModelConfig
 
 
 class Log(list):

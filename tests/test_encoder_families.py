@@ -13,12 +13,8 @@ import torch
 
 from common.cli import parse_args
 from common.data import Collator, TokenIds
-from common.grid import EMOTIONS, Cell
-from common.kemdy import read_corpus
-from common.model import (
+from common.encoders import (
     PADDING_EXACT,
-    EmotionModel,
-    ModelConfig,
     audio_spec,
     auto_text_pooling,
     load_speech_encoder,
@@ -26,6 +22,9 @@ from common.model import (
     padding_effect,
     pass_audio_mask,
 )
+from common.grid import EMOTIONS, Cell
+from common.kemdy import read_corpus
+from common.model import EmotionModel, ModelConfig
 from common.synthetic import SPEECH_FAMILIES, TEXT_FAMILIES, write_tiny_speech_family, write_tiny_text_family
 from common.train import train
 
@@ -164,7 +163,7 @@ def test_each_speech_family_trains_fine_tuned_and_frozen_and_predicts_with_the_d
 
 def test_a_whisper_encoder_is_loaded_alone_and_pools_the_frames_of_the_audio(speech_families, corpus20):
     from common.data import Collator, KemdyDataset, prepare_inputs
-    from common.model import whisper_frames
+    from common.encoders import whisper_frames
 
     extractor, encoder = load_speech_encoder(str(speech_families["whisper"]))
     assert type(encoder).__name__ == "WhisperEncoder" and not any("decoder" in n for n, _ in encoder.named_parameters())

@@ -10,10 +10,11 @@ import torch
 
 from common.cli import parse_args
 from common.data import Collator, KemdyDataset, prepare_inputs
+from common.encoders import audio_spec, load_speech_encoder, load_text_encoder
 from common.errors import UserError
 from common.grid import Cell
 from common.kemdy import read_corpus
-from common.model import EmotionModel, ModelConfig, audio_spec, load_speech_encoder, load_text_encoder
+from common.model import EmotionModel, ModelConfig
 from common.predict import Predictor
 from common.report import main as report
 from common.train import train

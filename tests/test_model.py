@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from common.data import Collator, KemdyDataset, prepare_inputs
-from common.errors import UserError
-from common.grid import FUSIONS, TASKS, Cell
-from common.kemdy import read_corpus
-from common.model import (
-    EmotionModel,
-    ModelConfig,
+from common.encoders import (
     audio_padding,
     audio_spec,
     load_speech_encoder,
@@ -19,6 +14,10 @@ from common.model import (
     masked_mean,
     pass_audio_mask,
 )
+from common.errors import UserError
+from common.grid import FUSIONS, TASKS, Cell
+from common.kemdy import read_corpus
+from common.model import EmotionModel, ModelConfig
 
 CELLS = [Cell(m, t) for m, t in itertools.product(("text", "speech"), TASKS)] + [
     Cell("multimodal", t, f) for t, f in itertools.product(TASKS, FUSIONS)
@@ -78,7 +77,7 @@ def test_every_trainable_parameter_of_every_cell_gets_a_gradient(tiny_models, co
 
 def test_element_wise_add_projects_speech_into_the_text_width(tiny_models):
     model, *_ = build(tiny_models, Cell("multimodal", "classification", "element_wise_add"))
-    assert model.speech_projection.in_features == model.speech_encoder.config.hidden_size
+    assert model.fusion.speech_projection.in_features == model.speech_encoder.config.hidden_size
     assert model.emotion_head.in_features == model.text_encoder.config.hidden_size
     concat, *_ = build(tiny_models, Cell("multimodal", "classification", "concat"))
     width = concat.text_encoder.config.hidden_size + concat.speech_encoder.config.hidden_size

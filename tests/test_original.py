@@ -13,10 +13,11 @@ from transformers import BertConfig, BertModel
 
 from common.cli import ORIGINAL, parse_args
 from common.data import Collator, KemdyDataset, prepare_inputs
+from common.encoders import audio_padding, audio_spec, load_speech_encoder, load_text_encoder
 from common.errors import UserError
 from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
-from common.model import EmotionModel, ModelConfig, audio_padding, audio_spec, load_speech_encoder, load_text_encoder
+from common.model import EmotionModel, ModelConfig
 from common.predict import Predictor
 from common.train import train
 
@@ -139,9 +140,9 @@ def test_dropout_placement_for_element_wise_add(tiny_models, dropout_on):
     drop = torch.nn.functional.dropout
     if dropout_on == "modalities":  # the original: head(W·dropout(speech) + dropout(text))
         t, s = drop(text, 0.5), drop(speech, 0.5)
-        fused = t + model.speech_projection(s)
+        fused = t + model.fusion.speech_projection(s)
     else:
-        fused = drop(text + model.speech_projection(speech), 0.5)
+        fused = drop(text + model.fusion.speech_projection(speech), 0.5)
     assert torch.allclose(got, model.emotion_head(fused), atol=1e-6)
 
 

@@ -184,7 +184,8 @@ def speech_model_with_attention_mask(tiny_models, models: Path) -> None:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
-    from common.model import EmotionModel, ModelConfig, load_speech_encoder
+    from common.encoders import load_speech_encoder
+    from common.model import EmotionModel, ModelConfig
 
     shutil.copytree(tiny_models / "text", models / "text")
     config = Wav2Vec2Config.from_pretrained(tiny_models / "speech")
@@ -207,8 +208,9 @@ def test_two_processes_train_all_folds_and_gather_each_test_fold_exactly_once(tm
     from accelerate import Accelerator
 
     from common.data import Collator, KemdyDataset, prepare_inputs
+    from common.encoders import audio_spec
     from common.losses import Objective
-    from common.model import EmotionModel, audio_spec
+    from common.model import EmotionModel
     from common.synthetic import generate
     from common.train import evaluate, split_metrics
 

@@ -471,7 +471,7 @@ def test_resume_with_another_script_is_refused_naming_both(a_set, corpus20, tiny
         argv = tiny_command("text_regression", corpus20[0], tiny_models, target, "--resume", "--num_fold", fold)
         with pytest.raises(
             UserError,
-            match=r"fold\d: holds a run of text_classification.py; --resume continues a run with the script that "
+            match=r"fold\d: holds a run of text_classification.py; --resume continues a run with the cell that "
             r"started it: run text_classification.py, or give text_regression.py another --output_dir$",
         ):
             train(regression, parse_args(regression, argv[2:]))

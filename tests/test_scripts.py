@@ -164,7 +164,7 @@ def test_a_saved_model_reproduces_its_predictions(runs):
 
 
 def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flags():
-    proc = run_script("multimodal_total_element_wise_add", "--help")
+    proc = run_script("multimodal_total", "--help")  # every flag: a twelve's, and --fusion
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     in_help = set(re.findall(r"\[(--[a-z_]+)", text)) - {"--help"}
@@ -173,7 +173,7 @@ def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flag
     in_page = {re.sub(r"^--no-", "--", f) for f in re.findall(r"`(--[a-z_-]+)", flags)}
     assert in_help == in_page, (sorted(in_help - in_page), sorted(in_page - in_help))
     assert len(in_help) >= 45
-    parser = build_parser(Cell("multimodal", "total", "element_wise_add"))
+    parser = build_parser(Cell("multimodal", "total", "element_wise_add"), chooses_fusion=True)
     assert all(len(action.help or "") > 10 for action in parser._actions), "a flag without its help text"
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text

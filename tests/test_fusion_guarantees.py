@@ -1,0 +1,189 @@
+"""Every fusion of the registry keeps each guarantee the original two have: it trains every parameter it has (so
+several processes work), predicts alike in any batch and as its run scored, with the default encoders and another
+family, in every task, fine-tuned and frozen; resumes exactly; runs in bf16; and a model saved before fusions were
+modules of their own still loads."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.checkpoints import Checkpoints
+from common.cli import parse_script
+from common.data import Collator, KemdyDataset, prepare_inputs
+from common.encoders import Encoders, audio_spec
+from common.errors import Interrupted
+from common.grid import EMOTIONS, FUSIONS
+from common.kemdy import read_corpus
+from common.model import EmotionModel, build_model
+from common.predict import Predictor
+from common.synthetic import write_tiny_speech_family, write_tiny_text_family
+from common.train import train
+
+from helpers import ROOT, launch_two_processes, tiny_command
+
+NEW = [name for name in FUSIONS if name not in ("concat", "element_wise_add")]
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture(scope="module")
+def families(tiny_models, tmp_path_factory):
+    """Another text and speech family than the tiny BERT and wav2vec2: ELECTRA and WavLM (whose attention mask
+    makes padding exact, where wav2vec2-base's group norm needs its clips run apart)."""
+    root = tmp_path_factory.mktemp("families")
+    text = write_tiny_text_family(root / "electra", "electra", tiny_models)
+    return {"text": text, "speech": write_tiny_speech_family(root / "wavlm", "wavlm")}
+
+
+@pytest.mark.parametrize(
+    "fusion, layers, freeze",
+    [(f, layers, freeze) for f in FUSIONS for layers in ("last", "weighted") for freeze in ("none", "both")],
+)
+def test_every_fusion_trains_every_parameter_it_has(corpus20, tiny_models, fusion, layers, freeze):
+    """A parameter without a gradient stops training in several processes (DDP): after one backward pass every
+    trainable parameter has one, fine-tuned or frozen, with the last layer or every layer's weighted mix."""
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, "unused", "--fusion", fusion)[2:]
+    cell, args = parse_script("multimodal_total", [*argv, "--layers", layers, "--freeze", freeze])
+    encoders = Encoders(cell, args)
+    model = build_model(cell, args, encoders)
+    model.freeze(args.freeze)
+    utts = read_corpus("20", corpus20[0]).utterances[:6]
+    spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)
+    inputs = prepare_inputs(utts, encoders.tokenizer, 32, 1.0)
+    batch = Collator(encoders.tokenizer, 32, spec)([KemdyDataset(utts, range(6), inputs, spec)[i] for i in range(6)])
+    out = model.train()(batch)
+    (out["emotion_logits"].sum() + out["va_z"].sum()).backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == [] and any(p.requires_grad for p in model.fusion.parameters()) == (fusion != "concat")
+
+
+# (fusion, task, flags): every new fusion in every task, fine-tuned and frozen, with the default encoders and with
+# another family, on two seconds of each clip (clips of unequal length: padding in most batches). The original
+# two are held to the same in test_scripts.py and test_encoder_families.py.
+RUNS = [
+    ("gated", "classification", []),
+    ("gated", "total", ["--freeze", "both", "family"]),
+    ("gated", "regression", ["--layers", "weighted"]),
+    ("low_rank_tensor", "regression", ["--freeze", "speech"]),
+    ("low_rank_tensor", "total", ["--layers", "weighted", "family"]),
+    ("low_rank_tensor", "classification", ["--freeze", "both", "--fusion_rank", "2"]),
+    ("cross_attention", "classification", ["--freeze", "both"]),
+    ("cross_attention", "total", ["family", "--fusion_heads", "2", "--fusion_layers", "2"]),
+    ("cross_attention", "regression", ["--layers", "weighted", "--freeze", "both"]),
+]
+
+
+def _run(corpus, tiny_models, families, out, fusion, task, flags, *more):
+    script = f"multimodal_{task}"
+    argv = tiny_command(script, corpus, tiny_models, out, "--fusion", fusion, "--max_seq_len", "2", epochs=1)[2:]
+    argv += [f for f in flags if f != "family"] + list(more)
+    if "family" in flags:
+        argv += ["--text_model", str(families["text"]), "--speech_model", str(families["speech"])]
+    return train(*parse_script(script, argv))
+
+
+@pytest.mark.parametrize("fusion, task, flags", RUNS, ids=[f"{f}-{t}-{'-'.join(x)}" for f, t, x in RUNS])
+def test_every_fusion_predicts_alike_in_any_batch_and_as_its_run_scored(
+    corpus20, tiny_models, families, tmp_path, fusion, task, flags
+):
+    out = tmp_path / "run"
+    (result,) = _run(corpus20[0], tiny_models, families, out, fusion, task, flags)
+    assert result["script"] == f"multimodal_{task}_{fusion}"
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    utts = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
+    wavs, texts = [utts[r["segment_id"]].wav for r in table], [utts[r["segment_id"]].text for r in table]
+    predictor = Predictor(out)
+    assert predictor.model.config.cell.fusion == fusion
+    batched, alone = predictor(wavs, texts, batch_size=8), predictor(wavs, texts, batch_size=1)
+    columns = [f"prob_{e}" for e in EMOTIONS] if task != "regression" else []
+    columns += ["pred_valence", "pred_arousal"] if task != "classification" else []
+    for row, a, b in zip(table, batched, alone, strict=True):
+        scored = [float(row[c]) for c in columns]
+        got = [a["probabilities"][c[5:]] if c.startswith("prob_") else a[c[5:]] for c in columns]
+        got_alone = [b["probabilities"][c[5:]] if c.startswith("prob_") else b[c[5:]] for c in columns]
+        assert got == pytest.approx(scored, abs=1e-5) and got_alone == pytest.approx(got, abs=1e-5)
+
+
+@pytest.mark.parametrize("fusion", NEW)
+def test_every_fusion_resumes_to_exactly_the_uninterrupted_run(corpus20, tiny_models, families, tmp_path, fusion):
+    flags = ["--freeze", "both"] if FUSIONS[fusion].reads == "sequences" else []
+    (whole,) = _run(corpus20[0], tiny_models, families, tmp_path / "whole", fusion, "total", flags, "--epochs", "2")
+    save = Checkpoints.save
+
+    def killed_after_epoch_1(self, epoch, state, test_outputs):
+        save(self, epoch, state, test_outputs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpoints, "save", killed_after_epoch_1)
+        with pytest.raises(Interrupted, match="interrupted after epoch 1"):
+            _run(corpus20[0], tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2")
+    (resumed,) = _run(
+        corpus20[0], tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2", "--resume"
+    )
+    assert resumed == whole
+
+
+# One process trains each new fusion in bf16 (a process keeps the precision it started with).
+BF16 = """
+import sys
+from common.cli import parse_script
+from common.train import train
+
+out, fusions, argv = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+for fusion in fusions:
+    train(*parse_script("multimodal_total", [*argv, "--output_dir", f"{out}/{fusion}", "--fusion", fusion]))
+"""
+
+
+@pytest.fixture(scope="module")
+def bf16_runs(corpus20, tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bf16")
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, "unused", epochs=1)[2:]
+    argv = [*argv[: argv.index("--output_dir")], *argv[argv.index("--output_dir") + 2 :], "--mixed_precision", "bf16"]
+    command = [sys.executable, "-c", BF16, str(out), ",".join(NEW), *argv]
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("fusion", NEW)
+def test_every_fusion_runs_in_bf16_close_to_fp32(corpus20, tiny_models, tmp_path, bf16_runs, fusion):
+    (fp32,) = _run(corpus20[0], tiny_models, None, tmp_path / "fp32", fusion, "total", [], "--max_seq_len", "1")
+    bf16 = json.loads((bf16_runs / fusion / "metrics.json").read_text())
+    config = json.loads((bf16_runs / fusion / "config.json").read_text())
+    assert config["environment"]["mixed_precision"] == "bf16" and config["args"]["max_seq_len"] == 1.0
+    a, b = fp32["epochs"][0]["train_loss"], bf16["epochs"][0]["train_loss"]
+    assert a != b and b == pytest.approx(a, rel=0.05)  # autocast is on, and bf16 keeps the numbers close
+
+
+def test_a_sequence_fusion_trains_in_two_processes(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "run"
+    cmd = tiny_command("multimodal_total", corpus20[0], tiny_models, out, "--fusion", "cross_attention", epochs=1)
+    proc = subprocess.run([*launch_two_processes(), *cmd[1:]], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["environment"]["num_processes"] == 2 and metrics["script"] == "multimodal_total_cross_attention"
+
+
+def test_the_old_name_of_element_wise_additions_projection_still_loads(corpus20, tiny_models, tmp_path):
+    """A model/ or checkpoint saved before fusions were modules of their own names the projection
+    `speech_projection.`: it loads into `fusion.speech_projection.`."""
+    out = tmp_path / "run"
+    _run(corpus20[0], tiny_models, None, out, "element_wise_add", "total", [])
+    from safetensors.torch import load_file, save_file
+
+    layers = load_file(str(out / "model" / "layers.safetensors"))
+    old = {k.removeprefix("fusion."): v for k, v in layers.items()}
+    assert "speech_projection.weight" in old
+    save_file(old, str(out / "model" / "layers.safetensors"))
+    model, _, _ = EmotionModel.load(out / "model")
+    assert torch.equal(model.fusion.speech_projection.weight, layers["fusion.speech_projection.weight"])
+    assert Path(out / "model" / "model.json").is_file()
