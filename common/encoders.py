@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ def _encoder_only(name: str) -> nn.Module:
 
     config = AutoConfig.from_pretrained(name)
     if config.model_type != "whisper":
-        return AutoModel.from_pretrained(name)
+        return AutoModel.from_pretrained(name, **({"add_pooling_layer": False} if _saved_without_pooler(name) else {}))
     from transformers import WhisperForAudioClassification
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
     from transformers.utils import logging as hf_logging
@@ -110,6 +111,23 @@ def _encoder_only(name: str) -> nn.Module:
         return WhisperForAudioClassification.from_pretrained(name).encoder
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _saved_without_pooler(name: str) -> bool:
+    """Whether `name` is a folder whose weights leave out the pooler its model class would build (a trained run's
+    text encoder that pooled otherwise dropped it): it is then built without one, not with a random one."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    weights = Path(name) / "model.safetensors"
+    if not weights.is_file():
+        return False
+    model_class = MODEL_MAPPING.get(type(AutoConfig.from_pretrained(name)), None)
+    if model_class is None or "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+        return False
+    with safe_open(str(weights), "pt") as f:
+        return not any(key.startswith("pooler.") for key in f.keys())
 
 
 def load_text_encoder(name: str, processor: bool = True, encoder: bool = True) -> tuple[object, nn.Module]:
@@ -228,14 +246,15 @@ def fit_text_encoder(config, text_encoder: nn.Module, pooled: bool = True) -> in
     if config.text_inputs == "original":  # transformers 4.12 ran BERT's attention eagerly, not through SDPA
         text_encoder.set_attn_implementation("eager")
     pooler = getattr(text_encoder, "pooler", None)
-    if config.text_pooling == "pooler" and pooler is None:
+    uses_pooler = pooled and config.text_pooling == "pooler"
+    if uses_pooler and pooler is None:
         raise UserError("--text_pooling pooler: this text model has no pooler; use auto, cls, mean or last")
-    if config.text_pooling == "pooler" and config.layers == "weighted" and not _split_pooler(pooler):
+    if uses_pooler and config.layers == "weighted" and not _split_pooler(pooler):
         raise UserError(
             f"--layers weighted --text_pooling pooler: weighs layers under a BERT-style pooler (a dense layer "
             f"and an activation); this model's is {type(pooler).__name__}: use cls or mean"
         )
-    if (config.text_pooling != "pooler" or not pooled) and getattr(text_encoder, "pooler", None) is not None:
+    if not uses_pooler and pooler is not None:
         text_encoder.pooler = None  # unused parameters would break multi-process training
     return text_encoder.config.hidden_size
 

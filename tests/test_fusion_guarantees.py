@@ -187,3 +187,21 @@ def test_the_old_name_of_element_wise_additions_projection_still_loads(corpus20,
     model, _, _ = EmotionModel.load(out / "model")
     assert torch.equal(model.fusion.speech_projection.weight, layers["fusion.speech_projection.weight"])
     assert Path(out / "model" / "model.json").is_file()
+
+
+def test_a_saved_text_encoder_without_its_pooler_loads_without_one(corpus20, tiny_models, tmp_path, capfd):
+    """A model that did not pool with the pooler (a fusion of sequences) saved its text encoder without it: it is
+    built without one again, not with a random one announced as missing weights."""
+    from transformers.utils import logging as hf_logging
+
+    out = tmp_path / "run"
+    _run(corpus20[0], tiny_models, None, out, "cross_attention", "classification", [])
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        capfd.readouterr()
+        model, _, _ = EmotionModel.load(out / "model")
+        said = capfd.readouterr()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    assert model.text_encoder.pooler is None and "MISSING" not in said.out + said.err and "pooler" not in said.err
