@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from common.compare import Pooled, metrics_of, paired_bootstrap, pool
+from common.compare import Pooled, metrics_of, paired_bootstrap, pairs, pool
 from common.grid import EMOTIONS
 from common.metrics import classification_metrics, regression_metrics
 from common.report import main
@@ -184,3 +184,21 @@ def test_the_report_puts_encoders_side_by_side_and_compares_them_on_the_same_cel
 def arrays(rows):
     labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
     return labels, np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
+
+
+def test_concatenation_is_compared_with_every_other_fusion_run_and_each_fusion_with_the_unimodal_cells():
+    names = {"text_total", "speech_total", "multimodal_total_concat", "multimodal_total_gated"}
+    names |= {"multimodal_total_cross_attention", "multimodal_classification_gated", "text_classification"}
+    assert sorted(pairs(names)) == sorted(
+        [
+            ("multimodal_total_concat", "text_total", "unimodal"),
+            ("multimodal_total_concat", "speech_total", "unimodal"),
+            ("multimodal_total_gated", "text_total", "unimodal"),
+            ("multimodal_total_gated", "speech_total", "unimodal"),
+            ("multimodal_total_cross_attention", "text_total", "unimodal"),
+            ("multimodal_total_cross_attention", "speech_total", "unimodal"),
+            ("multimodal_total_concat", "multimodal_total_gated", "fusion"),
+            ("multimodal_total_concat", "multimodal_total_cross_attention", "fusion"),
+            ("multimodal_classification_gated", "text_classification", "unimodal"),
+        ]
+    )
