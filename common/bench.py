@@ -1,6 +1,6 @@
 """Speed and memory benchmark: every figure is a ratio of two measurements taken side by side in one run.
 
-    python -m common.bench [--out bench.json] [--work cache/bench]
+    python -m common.bench [--out bench.json] [--work bench]
 
 On a synthetic KEMDy20 corpus of the real size (13,462 utterances) and "small" random encoders (BERT and
 wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
@@ -699,7 +699,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m common.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="write the ratios to this JSON file")
-    parser.add_argument("--work", default="cache/bench", help="folder for the corpus, encoders and caches")
+    parser.add_argument("--work", default="bench", help="folder for the corpus, encoders and caches")
     parser.add_argument(
         "--base_layers",
         action="store_true",

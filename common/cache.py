@@ -351,3 +351,39 @@ class ArrayStore(_FileRows):
         np.save(folder / "starts.npy", starts)
         np.save(folder / "lengths.npy", lengths)
         (folder / "store.json").write_text(json.dumps({"dtype": np.dtype(dtype).str, "rows": n}))
+
+
+class SequenceStore:
+    """Each utterance's sequence of rows of one width (a frozen encoder's states: positions x width), stored flat
+    as an ArrayStore and read one utterance at a time."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        try:
+            self.width = schema.load(folder / "sequences.json", schema.Fields({"width": schema.count(1)}))["width"]
+        except schema.DamagedFile as err:
+            raise DamagedCache(err.problem) from None
+        self.rows = ArrayStore(folder)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.rows[i].reshape(-1, self.width)
+
+    @staticmethod
+    def write(folder: Path, sequences, n: int, dtype) -> None:
+        """Store `sequences`, (utterance index, positions x width) pairs in any order, for `n` utterances, one at a
+        time: a corpus's states never sit in memory together."""
+        folder.mkdir(parents=True, exist_ok=True)
+        starts, lengths, offset, width = np.zeros(n, np.int64), np.zeros(n, np.int64), 0, None
+        with open(folder / "data.bin", "wb") as f:
+            for index, rows in sequences:
+                width = rows.shape[-1] if width is None else width
+                flat = np.ascontiguousarray(rows, dtype=dtype).reshape(-1)
+                f.write(flat.tobytes())
+                starts[index], lengths[index], offset = offset, len(flat), offset + len(flat)
+        np.save(folder / "starts.npy", starts)
+        np.save(folder / "lengths.npy", lengths)
+        (folder / "store.json").write_text(json.dumps({"dtype": np.dtype(dtype).str, "rows": n}))
+        (folder / "sequences.json").write_text(json.dumps({"width": width or 1}))

@@ -108,13 +108,16 @@ class Inputs:
     """What the model reads for every utterance of the corpus, indexed like the utterances.
 
     `tokens` and `audio` are sources (cached arrays or decoded on access); `text_vectors` and
-    `speech_vectors`, when an encoder is frozen, replace them with its pooled output.
+    `speech_vectors`, when an encoder is frozen, replace them with its pooled output, and for a fusion of
+    sequences `text_sequences` and `speech_sequences` with its states of every token or frame.
     """
 
     tokens: Sequence | None = None
     audio: Sequence | None = None
     text_vectors: np.ndarray | None = None
     speech_vectors: np.ndarray | None = None
+    text_sequences: Sequence | None = None
+    speech_sequences: Sequence | None = None
 
 
 def model_audio(pcm16: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
@@ -158,14 +161,29 @@ class KemdyDataset(Dataset):
             }
             if text is not None:
                 item["text_vec"] = text[n]
+            elif inputs.text_sequences is not None:
+                item["text_seq"] = inputs.text_sequences[k]
             elif inputs.tokens is not None:
                 item["input_ids"] = inputs.tokens[k]
             if speech is not None:
                 item["speech_vec"] = speech[n]
+            elif inputs.speech_sequences is not None:
+                item["speech_seq"] = inputs.speech_sequences[k]
             elif inputs.audio is not None:
                 item["audio"] = model_audio(inputs.audio[k], self.audio_spec, u.level)
             items.append(item)
         return items
+
+
+def _padded(sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(utterances x positions x width) float32 of sequences of rows, zeros past each one's end, and the mask of the
+    positions each holds."""
+    longest = max(len(rows) for rows in sequences)
+    out = np.zeros((len(sequences), longest, sequences[0].shape[-1]), np.float32)
+    mask = np.zeros((len(sequences), longest), np.int64)
+    for k, rows in enumerate(sequences):
+        out[k, : len(rows)], mask[k, : len(rows)] = rows, 1
+    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 class Collator:
@@ -193,6 +211,9 @@ class Collator:
         for key in ("text_vec", "speech_vec"):
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32, copy=False))
+        for key in ("text_seq", "speech_seq"):  # a frozen encoder's states: padded with zeros, their mask beside
+            if key in items[0]:
+                batch[key], batch[f"{key}_mask"] = _padded([it[key] for it in items])
         if "input_ids" in items[0]:
             batch |= self._text([it["input_ids"] for it in items])
         if "audio" in items[0]:

@@ -1,6 +1,7 @@
-"""Frozen encoders (`--freeze`): their pooled vectors, computed once per corpus and model and cached.
+"""Frozen encoders (`--freeze`): their pooled vectors (or, for a fusion of sequences, their states of every token
+and frame), computed once per corpus and model and cached.
 
-The heads then train on these vectors instead of running the encoder at every step. Vectors are computed
+The heads then train on these instead of running the encoder at every step. Vectors are computed
 in evaluation mode (no dropout), where a speech encoder whose outputs change with padding runs clips of
 unequal length apart (`EmotionModel.speech_states`), so that a clip's vector never depends on its batch.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common.cache import DamagedCache, VectorRows, fingerprint, open_cached
+from common.cache import DamagedCache, SequenceStore, VectorRows, fingerprint, open_cached
 from common.data import Collator, Inputs, KemdyDataset
 from common.encoders import module_fingerprint
 from common.progress import Progress
@@ -45,62 +46,138 @@ def frozen_vectors(  # noqa: PLR0913 (keyword-only after the first five)
     `weights`: the encoder's weights' fingerprint, if already taken (it is part of the cache key). They stay float32:
     the layer weights' gradients are differences between layers, which float16 rounding of each layer
     moved by 4e-3 after two epochs (float32 rounding: 1e-6)."""
-    spec = collate.audio_spec
     layers = model.config.layers == "weighted"
-    source = inputs.tokens if modality == "text" else inputs.audio
-    # Clips whose vectors would change with padding the model does not isolate (the original's inputs) run alone.
-    one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to or model.config.isolate_audio)
-    size = 1 if one_by_one else batch_size
+    run = _Run(modality, model, utterances, inputs, collate, batch_size, accelerator, show_progress)
+    encode = getattr(model, f"{modality}_layers" if layers else f"encode_{modality}")
 
     def compute() -> np.ndarray:
-        restricted = Inputs(tokens=inputs.tokens) if modality == "text" else Inputs(audio=inputs.audio)
-        order = _by_length(utterances, source, modality)
-        loader = DataLoader(KemdyDataset(utterances, order, restricted, spec), batch_size=size, collate_fn=collate)
-        encode = getattr(model, f"{modality}_layers" if layers else f"encode_{modality}")
         out = None
-        was_training = model.training
-        model.eval()
-        # Computing the vectors (a DataLoader draws a seed) must not move the random stream that training
-        # then uses: a cold cache and a warm one give the same run.
-        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
-            for batch in Progress(loader, f"{modality} vectors", show=show_progress):
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                vectors = encode(batch).float().cpu().numpy()
-                if out is None:
-                    out = np.zeros((len(utterances), *vectors.shape[1:]), np.float32)
-                out[batch["index"].cpu().numpy()] = vectors
-        model.train(was_training)
+        for batch in run.batches("vectors"):
+            vectors = encode(batch).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(utterances), *vectors.shape[1:]), np.float32)
+            out[batch["index"].cpu().numpy()] = vectors
         return out
 
-    encoder = model.text_encoder if modality == "text" else model.speech_encoder
-    if cache_dir is None or not _source_key(source):
+    if cache_dir is None or not _source_key(run.source):
         return compute()
-    config = model.config
-    pooling = config.text_pooling if modality == "text" else config.speech_pooling
-    # Only what shapes this encoder's inputs: every script's text vectors are one cache, whatever the audio.
-    shaping = (collate.max_text_len, collate.pad_to_max_length) if modality == "text" else (spec,)
+    pooling = model.config.text_pooling if modality == "text" else model.config.speech_pooling
     summaries = "every layer" + (" through the pooler's dense layer" if pooling == "pooler" else "")
-    key = fingerprint(
-        modality,
-        encoder.config.to_json_string(),
-        weights or module_fingerprint(encoder, config=False),
-        pooling,
-        config.text_inputs if modality == "text" else config.speech_inputs,
-        _source_key(source),
-        size,
-        *shaping,
-        *([summaries] if layers else []),
-        *(["clip norms"] if modality == "speech" and config.clip_norm else []),
-    )
+    key = run.key(weights, pooling, *([summaries] if layers else []))
     start = time.perf_counter()
-    kind = f"{modality}_vectors"
     vectors, folder, built = open_cached(
-        cache_dir, kind, key, lambda tmp: _save(tmp, compute()), lambda folder: _load(folder, len(utterances)), log
+        cache_dir,
+        f"{modality}_vectors",
+        key,
+        lambda tmp: _save(tmp, compute()),
+        lambda folder: _load(folder, len(utterances)),
+        log,
     )
     action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{modality} vectors {folder}: {action} ({' x '.join(map(str, vectors.shape))})")
     return vectors
+
+
+def frozen_sequences(  # noqa: PLR0913 (keyword-only after the first five)
+    modality: str,
+    model,
+    utterances: list,
+    inputs: Inputs,
+    collate: Collator,
+    *,
+    batch_size: int,
+    accelerator,
+    cache_dir=None,
+    weights: str | None = None,
+    log=print,
+    show_progress: bool = True,
+) -> Sequence[np.ndarray]:
+    """Each utterance's last-layer states of the `modality` encoder over its own tokens or frames (positions x
+    width, float32), for a fusion of sequences: computed once in evaluation as the vectors are, and with
+    `cache_dir` cached (read one utterance at a time), so that training never runs the frozen encoder. They stay
+    float32, as the vectors do: the model then reads exactly what the encoder gives `common.predict`."""
+    run = _Run(modality, model, utterances, inputs, collate, batch_size, accelerator, show_progress)
+    states_of = getattr(model, f"{modality}_states")
+
+    def rows():
+        for batch in run.batches("sequences"):
+            states, mask = states_of(batch).padded()
+            states, mask = states.float().cpu().numpy(), mask.bool().cpu().numpy()
+            for row, index in enumerate(batch["index"].tolist()):
+                yield index, states[row, mask[row]]
+
+    if cache_dir is None or not _source_key(run.source):
+        found = [None] * len(utterances)
+        for index, sequence in rows():
+            found[index] = sequence
+        return found
+    start = time.perf_counter()
+    store, folder, built = open_cached(
+        cache_dir,
+        f"{modality}_sequences",
+        run.key(weights, "the last layer's states of every position"),
+        lambda tmp: SequenceStore.write(tmp, rows(), len(utterances), np.float32),
+        SequenceStore,
+        log,
+    )
+    if len(store) != len(utterances):
+        raise DamagedCache(f"{folder}: holds {len(store)} sequences, expected {len(utterances)}")
+    action = f"computed in {time.perf_counter() - start:.1f} s" if built else "reused"
+    log(f"{modality} sequences {folder}: {action} ({len(store)} utterances x {store.width} wide)")
+    return store
+
+
+class _Run:
+    """A frozen encoder run once over every utterance, in evaluation and batches of similar length."""
+
+    def __init__(self, modality, model, utterances, inputs, collate, batch_size, accelerator, show_progress):
+        self.modality, self.model, self.utterances, self.collate = modality, model, utterances, collate
+        self.accelerator, self.show_progress = accelerator, show_progress
+        self.inputs = Inputs(tokens=inputs.tokens) if modality == "text" else Inputs(audio=inputs.audio)
+        self.source = inputs.tokens if modality == "text" else inputs.audio
+        spec = collate.audio_spec
+        # Clips whose outputs would change with padding the model does not isolate (the original's inputs) run alone.
+        one_by_one = modality == "speech" and not (spec.pass_mask or spec.pad_to or model.config.isolate_audio)
+        self.size = 1 if one_by_one else batch_size
+
+    def batches(self, what: str):
+        """The batches on the accelerator's device, the model in evaluation without gradients; computing them (a
+        DataLoader draws a seed) does not move the random stream that training then uses: a cold cache and a warm
+        one give the same run."""
+        order = _by_length(self.utterances, self.source, self.modality)
+        dataset = KemdyDataset(self.utterances, order, self.inputs, self.collate.audio_spec)
+        loader = DataLoader(dataset, batch_size=self.size, collate_fn=self.collate)
+        model, accelerator = self.model, self.accelerator
+        was_training = model.training
+        model.eval()
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
+                for batch in Progress(loader, f"{self.modality} {what}", show=self.show_progress):
+                    yield {k: v.to(accelerator.device) for k, v in batch.items()}
+        finally:
+            model.train(was_training)
+
+    def key(self, weights: str | None, *what) -> str:
+        """The cache key: the encoder, its weights and inputs, how they are batched, and `what` is computed of
+        them (only what shapes this encoder's inputs: every script's text vectors are one cache, whatever the
+        audio)."""
+        config, modality = self.model.config, self.modality
+        encoder = self.model.text_encoder if modality == "text" else self.model.speech_encoder
+        spec = self.collate.audio_spec
+        shaping = (self.collate.max_text_len, self.collate.pad_to_max_length) if modality == "text" else (spec,)
+        return fingerprint(
+            modality,
+            encoder.config.to_json_string(),
+            weights or module_fingerprint(encoder, config=False),
+            what[0],
+            config.text_inputs if modality == "text" else config.speech_inputs,
+            _source_key(self.source),
+            self.size,
+            *shaping,
+            *what[1:],
+            *(["clip norms"] if modality == "speech" and config.clip_norm else []),
+        )
 
 
 def _by_length(utterances: list, source: Sequence, modality: str) -> list[int]:

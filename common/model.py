@@ -7,6 +7,7 @@ One model class serves every cell; a cell only decides which encoders exist, how
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from dataclasses import asdict, dataclass, replace
@@ -168,7 +169,7 @@ class EmotionModel(nn.Module):
             self.config.pass_audio_mask,
             self.speech_encoder,
         )
-        if not self.config.isolate_audio or self.training:
+        if not self.config.isolate_audio or encoder.training:
             return States.whole(*run_speech(encoder, audio, samples, mask, all_layers))
         if self.config.clip_norm:
             return States.whole(*run_speech(encoder, audio, samples, True, all_layers, clip_norm=True))
@@ -225,9 +226,16 @@ class EmotionModel(nn.Module):
 
     def sequence(self, modality: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(states, mask) of every token or frame of the batch, as a fusion that reads sequences gets them: the
-        last layer's, or with --layers weighted the learnt softmax-weighted sum of every layer's."""
+        last layer's, or with --layers weighted the learnt softmax-weighted sum of every layer's. A frozen
+        encoder's may come precomputed in the batch; one that does not runs as it would to compute them: in
+        evaluation, without gradients."""
+        if f"{modality}_seq" in batch:
+            return batch[f"{modality}_seq"], batch[f"{modality}_seq_mask"]
         weighted = self.config.layers == "weighted"
-        states = getattr(self, f"{modality}_states")(batch, all_layers=weighted)
+        encoder = getattr(self, f"{modality}_encoder")
+        frozen = not any(p.requires_grad for p in encoder.parameters())
+        with _evaluating(encoder) if frozen else contextlib.nullcontext():
+            states = getattr(self, f"{modality}_states")(batch, all_layers=weighted)
         hidden, mask = states.padded()
         if weighted:
             weights = torch.softmax(getattr(self, f"{modality}_layer_weights"), dim=0).to(hidden.dtype)
@@ -370,6 +378,18 @@ def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=pri
         log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
     seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before
     return EmotionModel(config, text_encoder, speech_encoder)
+
+
+@contextlib.contextmanager
+def _evaluating(encoder: nn.Module):
+    """A frozen encoder run as in evaluation (no dropout) and without gradients, whatever the model's mode."""
+    training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        encoder.train(training)
 
 
 def present_name(key: str) -> str:

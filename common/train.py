@@ -36,7 +36,7 @@ from common.data import (
 from common.encoders import Encoders, audio_spec, auto_text_pooling
 from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import cross_corpus_splits, fold_splits
-from common.frozen import frozen_vectors
+from common.frozen import frozen_sequences, frozen_vectors
 from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cell, command_of, encoder_tags
 from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
@@ -614,7 +614,8 @@ def _set_va_scaling(model: EmotionModel, args, train_utts) -> None:
 
 
 def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared, collate: Collator) -> Inputs:
-    """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders."""
+    """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders (for a fusion of
+    sequences, their states)."""
     cache_dir = args.cache_dir if args.cache else None
     log = accelerator.print
     utts, encoders, digests = shared.utterances, shared.encoders, shared.digests
@@ -623,22 +624,27 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
         show = accelerator.is_local_main_process and not args.quiet
         inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests, show)
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
-            # A fusion that reads sequences runs the frozen encoder at every step: no pooled vector serves it.
-            if encoder is not None and args.freeze in (modality, "both") and _reads_vectors(cell):
-                vectors = frozen_vectors(
-                    modality,
-                    model,
-                    utts,
-                    inputs,
-                    collate,
-                    batch_size=args.batch_size,
-                    accelerator=accelerator,
-                    cache_dir=cache_dir,
-                    weights=encoders.references[modality]["weights"],
-                    log=log,
-                    show_progress=show,
-                )
-                setattr(inputs, f"{modality}_vectors", vectors)
+            if encoder is None or args.freeze not in (modality, "both"):
+                continue
+            # A fusion of sequences gets the frozen encoder's last-layer states; every layer's would be too large to
+            # keep (docs/fusions.md), so with --layers weighted it runs the frozen encoder at every step.
+            compute = frozen_vectors if _reads_vectors(cell) else frozen_sequences if args.layers == "last" else None
+            if compute is None:
+                continue
+            computed = compute(
+                modality,
+                model,
+                utts,
+                inputs,
+                collate,
+                batch_size=args.batch_size,
+                accelerator=accelerator,
+                cache_dir=cache_dir,
+                weights=encoders.references[modality]["weights"],
+                log=log,
+                show_progress=show,
+            )
+            setattr(inputs, f"{modality}_{'vectors' if _reads_vectors(cell) else 'sequences'}", computed)
     return inputs
 
 

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 from common.checkpoints import Checkpoints
 from common.cli import parse_script
@@ -205,3 +207,56 @@ def test_a_saved_text_encoder_without_its_pooler_loads_without_one(corpus20, tin
     finally:
         hf_logging.set_verbosity(verbosity)
     assert model.text_encoder.pooler is None and "MISSING" not in said.out + said.err and "pooler" not in said.err
+
+
+@pytest.mark.parametrize("modality", ["text", "speech"])
+def test_frozen_sequences_are_each_utterances_own_states_and_are_cached(corpus20, tiny_models, tmp_path, modality):
+    from common.frozen import frozen_sequences
+
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, "unused", "--fusion", "cross_attention")[2:]
+    cell, args = parse_script("multimodal_total", [*argv, "--freeze", "both", "--max_seq_len", "2"])
+    encoders = Encoders(cell, args)
+    model = build_model(cell, args, encoders)
+    model.freeze("both")
+    utts = read_corpus("20", corpus20[0]).utterances[:20]
+    spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)
+    log = []
+    inputs = prepare_inputs(utts, encoders.tokenizer, 32, 2.0, tmp_path / "cache", log.append)
+    collate = Collator(encoders.tokenizer, 32, spec)
+    kwargs = {"batch_size": 8, "accelerator": Accelerator(cpu=True), "log": log.append, "show_progress": False}
+    fresh = frozen_sequences(modality, model, utts, inputs, collate, **kwargs)  # no cache: kept in memory
+    cached = frozen_sequences(modality, model, utts, inputs, collate, cache_dir=tmp_path / "cache", **kwargs)
+    again = frozen_sequences(modality, model, utts, inputs, collate, cache_dir=tmp_path / "cache", **kwargs)
+    assert "computed" in log[-2] and "reused" in log[-1] and f"{modality}_sequences-" in log[-1]
+    model.eval()
+    for i in range(len(utts)):
+        with torch.no_grad():
+            alone = _own(getattr(model, f"{modality}_states")(collate([KemdyDataset(utts, [i], inputs, spec)[0]])))
+        assert fresh[i].shape == alone.shape and np.allclose(fresh[i], alone, atol=1e-5), i
+        assert np.array_equal(cached[i], fresh[i]) and np.array_equal(again[i], fresh[i])
+
+
+def _own(states) -> np.ndarray:
+    """The one utterance's states over its own positions."""
+    hidden, mask = states.padded()
+    return hidden[0, mask[0].bool()].numpy()
+
+
+def test_a_frozen_sequence_fusion_never_runs_its_encoders_once_their_states_are_cached(
+    corpus20, tiny_models, tmp_path, monkeypatch
+):
+    def run(out, *flags):
+        argv = tiny_command("multimodal_total", corpus20[0], tiny_models, out, "--fusion", "cross_attention")[2:]
+        return train(*parse_script("multimodal_total", [*argv, "--freeze", "both", *flags]))[0]
+
+    first = run(tmp_path / "first", "--cache_dir", str(tmp_path / "cache"))
+
+    def ran(self, *args, **kwargs):
+        raise AssertionError("a frozen encoder ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EmotionModel, "text_states", ran)
+        patch.setattr(EmotionModel, "speech_states", ran)
+        second = run(tmp_path / "second", "--cache_dir", str(tmp_path / "cache"))
+    in_memory = run(tmp_path / "third", "--no-cache")
+    assert second["epochs"] == first["epochs"] and in_memory["epochs"] == first["epochs"]
