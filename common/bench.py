@@ -37,6 +37,13 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
   whole peak is recorded beside it). Beside them, the cell's compute floor: the same number of training
   steps and evaluation batches on random tensors, model work only. With --base_layers, only these, with
   encoders of klue/bert-base's and wav2vec2-base's sizes (random weights).
+- fusion_step_<fusion> (with --fusions, only these two kinds, encoders of the real sizes): each fusion's
+  fine-tuned training step over concatenation's, on the same two batches of 8 five-second clips and their
+  transcripts;
+- frozen_sequence_epoch: a fine-tuned cross-attention epoch on those 16 clips over one on the frozen
+  encoders' cached states (sequence_cache); beside it the cache's size per clip and for KEMDy20's 13,462 clips
+  of 5 s (the last layer; every layer of wav2vec2-base would take 13 times the speech part), and its read time
+  per clip.
 
 Timings alternate the two sides and keep each side's fastest repetition, which cancels most of the
 noise of a shared machine. The corpus and encoders are built once under --work and reused.
@@ -63,6 +70,7 @@ import torch
 
 from common.atomic import build_folder, write_text
 from common.errors import run_cli
+from common.grid import FUSIONS
 
 GOALS = {
     "loop_overhead": ("training-loop step / bare forward+backward+step on pre-collated tensors", "<=", 1.10),
@@ -99,6 +107,16 @@ GOALS = {
     ),
     "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
     "layers_rss_gib": ("that cell's peak RSS above its libraries and encoders: the data side (GiB)", "<", 1.0),
+    **{
+        f"fusion_step_{name}": (f"a fine-tuned training step with {name} / with concat (real sizes)", "<=", 1.10)
+        for name in FUSIONS
+        if name != "concat"
+    },
+    "frozen_sequence_epoch": (
+        "a fine-tuned cross_attention epoch / a frozen one on its cached states (real sizes)",
+        ">=",
+        10.0,
+    ),
 }
 
 
@@ -115,6 +133,21 @@ def _best_of(repeats: int, *sides):
             side()
             best[k] = min(best[k], time.perf_counter() - start)
     return best
+
+
+def _train_pass(model, optimizer, collate, dataset, device) -> None:
+    """One pass of training steps over `dataset` in batches of 8, as the loop trains (for the fusions' timings)."""
+    from common.losses import Objective
+
+    model.train()
+    for start in range(0, len(dataset), 8):
+        items = [dataset[i] for i in range(start, min(start + 8, len(dataset)))]
+        batch = {k: v.to(device) for k, v in collate(items).items()}
+        out = model(batch)
+        Objective().per_sample(out, batch, model.va_mean, model.va_std).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -686,6 +719,89 @@ class Bench:
         self.record("cache_checksums", checks / listing, checks_s=checks, cache_gb=cache_bytes / 1e9)
         shutil.rmtree(cache, ignore_errors=True)
 
+    def fusions(self) -> None:
+        """Each fusion's fine-tuned training step against concatenation's, on the same two batches of 8 five-second
+        clips and their transcripts; then a frozen cross-attention epoch on cached states against a fine-tuned one,
+        and the size and read time of those states."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        subset = [self.utts[i] for i in self.train_idx if self.utts[i].duration >= 5.0][:16]  # whole 5-s clips
+        runs = {name: self._fusion_run(name, subset, accelerator) for name in FUSIONS}
+        best = dict(zip(runs, _best_of(3, *(run["step"] for run in runs.values())), strict=True))
+        for name in list(runs)[1:]:
+            self.record(f"fusion_step_{name}", best[name] / best["concat"], step_s=best[name] / 2)
+        self._frozen_sequence_epoch(runs["cross_attention"], best["cross_attention"], subset, accelerator)
+
+    def _fusion_run(self, name: str, subset: list, accelerator) -> dict:
+        """A fine-tuned multimodal_total model with fusion `name`, its inputs, and a timed pass over the subset."""
+        from common.cli import parse_script
+        from common.data import Collator, KemdyDataset, prepare_inputs
+        from common.encoders import Encoders, audio_spec
+        from common.model import build_model
+
+        quiet = lambda message: None  # noqa: E731
+        argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_workers", "0", "--batch_size", "8"]
+        argv += ["--text_model", str(self.models / "text"), "--speech_model", str(self.models / "speech")]
+        cell, args = parse_script("multimodal_total", [*argv, "--fusion", name])
+        encoders = Encoders(cell, args)
+        model = build_model(cell, args, encoders, log=quiet).to(accelerator.device)
+        spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)
+        inputs = prepare_inputs(subset, encoders.tokenizer, 256, 5.0, self.work / "cache", quiet)
+        collate = Collator(encoders.tokenizer, 256, spec)
+        dataset = KemdyDataset(subset, range(len(subset)), inputs, spec)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            _train_pass(model, optimizer, collate, dataset, accelerator.device)
+
+        return {"model": model, "encoders": encoders, "inputs": inputs, "collate": collate, "step": step}
+
+    def _frozen_sequence_epoch(self, run: dict, fine_tune_s: float, subset: list, accelerator) -> None:
+        from common.cache import SequenceStore
+        from common.data import KemdyDataset
+        from common.frozen import frozen_sequences
+
+        model, inputs, collate = run["model"], run["inputs"], run["collate"]
+        model.freeze("both")
+        cache = self.work / "sequence_cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        start = time.perf_counter()
+        for modality in ("text", "speech"):
+            store = frozen_sequences(
+                modality, model, subset, inputs, collate, batch_size=8, accelerator=accelerator, cache_dir=cache
+            )
+            setattr(inputs, f"{modality}_sequences", store)
+        extraction_s = time.perf_counter() - start
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        dataset = KemdyDataset(subset, range(len(subset)), inputs, collate.audio_spec)
+
+        def frozen_epoch():
+            _train_pass(model, optimizer, collate, dataset, accelerator.device)
+
+        def read_all():
+            for i in range(len(dataset)):
+                dataset[i]
+
+        frozen_s, read_s = _best_of(3, frozen_epoch, read_all)
+        folders = {m: next(cache.glob(f"{m}_sequences-*")) for m in ("text", "speech")}
+        per_clip = {m: sum(f.stat().st_size for f in folders[m].iterdir()) / len(subset) for m in folders}
+        assert len(SequenceStore(folders["speech"])) == len(subset)
+        speech_gb = len(self.utts) * per_clip["speech"] / 1e9  # KEMDy20's clips, each 5 s
+        self.record(
+            "frozen_sequence_epoch",
+            fine_tune_s / frozen_s,
+            fine_tune_epoch_s=fine_tune_s,
+            frozen_epoch_s=frozen_s,
+            extraction_s=extraction_s,
+            read_s_per_clip=read_s / len(subset),
+            text_kb_per_clip=per_clip["text"] / 1e3,
+            speech_kb_per_5s_clip=per_clip["speech"] / 1e3,
+            kemdy20_text_gb_last_layer=len(self.utts) * per_clip["text"] / 1e9,
+            kemdy20_speech_gb_last_layer=speech_gb,
+            kemdy20_speech_gb_every_layer=speech_gb * (run["encoders"].speech.config.num_hidden_layers + 1),
+        )
+
     def table(self) -> str:
         lines = ["| ratio | measured | goal | met |", "|---|---|---|---|"]
         for key, (description, op, goal) in GOALS.items():
@@ -707,6 +823,13 @@ def main(argv: list[str] | None = None) -> None:
         "hour on 2 CPU cores, most of it the extraction",
     )
     parser.add_argument(
+        "--fusions",
+        action="store_true",
+        help="only the fusions' figures, with encoders of the real sizes (random weights): each fusion's training "
+        "step against concatenation's, a frozen cross-attention epoch against a fine-tuned one, and the size and "
+        "read time of the cached states",
+    )
+    parser.add_argument(
         "--gpu",
         action="store_true",
         help="only the device benchmark (common.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
@@ -723,8 +846,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             write_text(args.out, json.dumps(results, indent=1) + "\n")
         return
-    bench = Bench(Path(args.work), size="base" if args.base_layers else "small")
-    if not args.base_layers:
+    bench = Bench(Path(args.work), size="base" if args.base_layers or args.fusions else "small")
+    if args.fusions:
+        bench.fusions()
+    elif not args.base_layers:
         bench.data_side()
         bench.audio_padding()
         bench.training()
@@ -735,7 +860,8 @@ def main(argv: list[str] | None = None) -> None:
         bench.isolation()
         bench.whisper_window()
         bench.demo()
-    bench.layers()
+    if not args.fusions:
+        bench.layers()
     print(bench.table())
     print(f"({time.perf_counter() - start:.0f} s, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     if args.out:

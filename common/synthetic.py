@@ -23,6 +23,13 @@ Generative rule, per recording (utterance index i, all draws from the seed):
   Syllable rate always follows the latent arousal (1 + 0.9 * (arousal - 1) per second).
 Text alone reveals the label of ~70 % of utterances, speech alone of ~70 % (and arousal always),
 together of ~91 %: each modality beats chance and their combination beats both.
+
+With `interaction` (--interaction P; 0, the default, draws nothing more), a share P of the utterances is told only
+by the two modalities together, as sarcasm is: the transcript holds one happy or one sad word among fillers, and
+the voice is happy's or sad's; a word and a voice that agree mean that emotion, and that disagree (a happy word
+said in a sad voice, or the reverse) mean disgust. Each word and each voice is learnt from the other utterances,
+but neither alone tells disgust (each stands for it half the time): a model that adds a text score to a speech
+score can tell at most three of the four combinations, one whose fusion multiplies or attends all four.
 """
 
 from __future__ import annotations
@@ -132,6 +139,7 @@ VOICES = {
     "sad": Voice(90, -0.30, 0.00, 0.05),
     "surprise": Voice(500, 0.50, 0.00, 0.00),
 }
+INTERACTION = ("happy", "sad")  # the interaction utterances' two emotions, of word and of voice
 SPEAKER_PITCH = {"F": 1.05, "M": 0.95}
 TEXT_CUE, SPEECH_CUE = 0.7, 0.7
 N_EVALUATORS = 10
@@ -158,6 +166,9 @@ class Recording:
     encoding: str  # transcript encoding: cp949, utf-8 or utf-8-bom
     missing: str  # "", "wav", "transcript" or "both"
     scores: tuple[tuple[float, float], ...]  # (valence, arousal) per annotation file, in file order
+    # An utterance told only by its word and voice together (generate's `interaction`): (the emotion of its word,
+    # of its voice); else None.
+    told: tuple[str, str] | None = None
 
 
 def synthesize(
@@ -195,6 +206,13 @@ def _sentence(rng: np.random.Generator, labels: tuple[str, ...], cue: bool) -> s
     return " ".join(words)
 
 
+def _told_sentence(rng: np.random.Generator, emotion: str) -> str:
+    """An interaction utterance's transcript: fillers and one word of `emotion`."""
+    words = list(rng.choice(FILLERS, size=int(rng.integers(3, 10))))
+    words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(EMOTION_WORDS[emotion])))
+    return " ".join(words)
+
+
 def _panel(rng: np.random.Generator, labels: tuple[str, ...], latent: tuple[float, float]):
     """Ten evaluators' (emotion, valence, arousal) and the total evaluation's V/A (their mean)."""
     scores = np.clip(np.rint(np.asarray(latent) + rng.normal(0, 0.6, size=(N_EVALUATORS, 2))), 1, 5)
@@ -223,8 +241,11 @@ def _sizes(sessions: int, total: int) -> list[int]:
 class _Writer:
     """Shared state of one corpus: random streams, the label draws and file writing."""
 
-    def __init__(self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float], label_mix: str):
+    def __init__(
+        self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float], label_mix: str, interaction: float = 0
+    ):
         self.out, self.seed, self.odd_audio, self.cues, self.label_mix = out, seed, odd_audio, cues, label_mix
+        self.interaction = interaction
         self.rng = np.random.default_rng(seed)
         self.index = 0
 
@@ -247,10 +268,17 @@ class _Writer:
             others = [e for e in prior if e != primary]
             weights = np.array([prior[e] for e in others])
             labels = (primary, str(rng.choice(others, p=weights / weights.sum())))
+        told = None  # an interaction utterance's (emotion of its word, of its voice)
+        if self.interaction and rng.random() < self.interaction:
+            told = (str(rng.choice(INTERACTION)), str(rng.choice(INTERACTION)))
+            labels = (told[0],) if told[0] == told[1] else ("disgust",)
+            primary = labels[0]
         means = np.mean([VA_MEAN[label] for label in labels], axis=0)
         latent = tuple(float(np.clip(m + rng.normal(0, 0.35), 1, 5)) for m in means)
         text_cue, speech_cue = bool(rng.random() < self.cues[0]), bool(rng.random() < self.cues[1])
         voice = VOICES[primary if speech_cue else str(rng.choice(EMOTIONS))]
+        if told is not None:
+            voice = VOICES[told[1]]
         if i % 50 == 17:
             seconds = float(rng.uniform(0.08, 0.24))
         elif i % 50 == 33:
@@ -262,7 +290,7 @@ class _Writer:
             sample_rate = {5: 44100, 6: 48000}.get(i % 10, 16000)
             channels = 2 if i % 10 == 8 else 1
         encoding = {3: "utf-8", 7: "utf-8-bom"}.get(i % 10, "cp949")
-        text = _sentence(rng, labels, text_cue)
+        text = _sentence(rng, labels, text_cue) if told is None else _told_sentence(rng, told[0])
         panels = [_panel(rng, labels, latent) for _ in range(n_panels)]
         audio_rng = np.random.default_rng([self.seed, i])
         x = synthesize(audio_rng, seconds, voice, latent[1], sample_rate, f0_scale=speaker_shift)
@@ -283,6 +311,7 @@ class _Writer:
             encoding=encoding,
             missing=missing,
             scores=tuple(p[2] for p in panels),
+            told=told,
         )
         return rec, panels, x
 
@@ -409,23 +438,26 @@ def _generate_19(w: _Writer, sizes: list[int]) -> list[Recording]:
     return recordings
 
 
-def generate(
+def generate(  # noqa: PLR0913 (keyword-only after the first five)
     dataset: str,
     out: str | Path,
     sessions: int = 4,
     utterances_per_session: int = 60,
     seed: int = 0,
+    *,
     odd_audio: bool = False,
     full_size: bool = False,
     cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE),
     label_mix: str = "demo",
+    interaction: float = 0.0,
 ) -> list[Recording]:
     """Write a synthetic KEMDy corpus to `out` (which must not hold one already); return its ground truth.
 
     KEMDy19's utterances_per_session counts recordings; each appears in both annotation files.
     full_size reproduces the real session and utterance counts. `cues` are the chances that the text
     and that the voice reveal an utterance's emotion; `label_mix` "kemdy20" draws the labels in the real
-    KEMDy20's proportions (87 % neutral) instead of the demo's balanced-ish ones.
+    KEMDy20's proportions (87 % neutral) instead of the demo's balanced-ish ones. `interaction`: the share of
+    utterances told only by their word and voice together (see the module's docstring).
     """
     dataset, out = str(dataset), Path(out)
     if dataset not in FULL_SIZE:
@@ -440,7 +472,9 @@ def generate(
         raise UserError(f"--out {out}: already holds a corpus (annotation/ exists); choose an empty folder")
     if label_mix not in LABEL_MIXES:
         raise UserError(f"--label_mix {label_mix!r}: choose {' or '.join(LABEL_MIXES)}")
-    w = _Writer(out, seed, odd_audio, cues, label_mix)
+    if not 0 <= interaction <= 1:
+        raise UserError(f"--interaction {interaction}: a share, from 0 to 1")
+    w = _Writer(out, seed, odd_audio, cues, label_mix, interaction)
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 
@@ -718,6 +752,12 @@ def main(argv: list[str] | None = None) -> None:
         help="emotion proportions: the demo's, or the real KEMDy20's (87 %% neutral, 0.5 %% fear)",
     )
     parser.add_argument(
+        "--interaction",
+        type=float,
+        default=0.0,
+        help="share of utterances told only by a word and a voice together, as sarcasm is (see above)",
+    )
+    parser.add_argument(
         "--full_size",
         action="store_true",
         help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
@@ -745,9 +785,10 @@ def main(argv: list[str] | None = None) -> None:
         args.sessions,
         args.utterances_per_session,
         args.seed,
-        args.odd_audio,
-        args.full_size,
+        odd_audio=args.odd_audio,
+        full_size=args.full_size,
         label_mix=args.label_mix,
+        interaction=args.interaction,
     )
     print(f"wrote a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings to {os.fspath(args.out)}")
 

@@ -234,3 +234,28 @@ def test_a_resumed_demo_continues_its_run_and_resume_with_overwrite_is_refused()
     assert (resumed.resume, resumed.overwrite) == (True, False)
     with pytest.raises(UserError, match=r"^--resume and --overwrite: choose one"):
         parse_args(cell, ["--resume", "--overwrite"])
+
+
+def test_the_interaction_option_tells_an_emotion_only_by_word_and_voice_together(tmp_path, corpus20):
+    root = tmp_path / "KEMDy20"
+    truth = generate("20", root, sessions=4, utterances_per_session=100, seed=2, interaction=0.5)
+    told = [r for r in truth if r.told is not None]
+    assert 0.4 < len(told) / len(truth) < 0.6 and all(r.told is None for r in corpus20[1])  # off by default
+    words = {w: e for e, ws in EMOTION_WORDS.items() for w in ws}
+    for r in told:
+        word, voice = r.told
+        said = [e for w, e in words.items() if w in r.text]
+        assert said == [word], r.text  # one emotion word, of its word's emotion
+        assert r.labels == ((word,) if word == voice else ("disgust",))
+    # Neither modality alone tells disgust: each word and each voice stands for it about half the time.
+    for side in (0, 1):
+        for emotion in ("happy", "sad"):
+            share = np.mean([r.labels == ("disgust",) for r in told if r.told[side] == emotion])
+            assert 0.35 < share < 0.65, (side, emotion, share)
+    checked = 0  # the voice: its emotion's pitch, as a speech cue's
+    for r in (r for r in told if r.duration > 1.0 and r.told[1] == "sad"):
+        x, rate = sf.read(str(root / "wav" / f"Session{r.session:02d}" / f"{r.segment_id}.wav"), dtype="float32")
+        shift = SPEAKER_PITCH[r.speaker[-1]]
+        assert dominant_pitch(x[: rate // 2 * 2], rate) == pytest.approx(VOICES["sad"].f0 * shift, rel=0.2)
+        checked += 1
+    assert checked >= 10
