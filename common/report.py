@@ -624,8 +624,8 @@ def _difference(a: float | None, b: float | None) -> str:
 
 
 def _paired(a: str, fa: FoldSet, b: str, fb: FoldSet, pooled: dict, resamples: int, seed: int) -> list[list]:
-    """CSV rows [a, b, dataset, split, metric, A - B, interval low, high, per-fold differences] of two complete
-    fold sets that tested the same utterances, for each metric of their task."""
+    """CSV rows [a, b, dataset, split, protocol folder, metric, A - B, interval low, high, per-fold differences] of
+    two complete fold sets that tested the same utterances, for each metric of their task."""
     from common.compare import metrics_of, paired_bootstrap
 
     for fs in (fa, fb):
@@ -636,13 +636,16 @@ def _paired(a: str, fa: FoldSet, b: str, fb: FoldSet, pooled: dict, resamples: i
         diff, low, high = paired_bootstrap(pooled[fa.name], pooled[fb.name], metric, resamples, seed)
         tests = [[fs.metrics[k]["test"] for k in fs.folds] for fs in (fa, fb)]
         per_fold = " ".join(_difference(x.get(metric), y.get(metric)) for x, y in zip(*tests, strict=True))
-        rows.append([a, b, fa.dataset, fa.split, metric, diff, low, high, per_fold])
+        rows.append([a, b, fa.dataset, fa.split, fa.folder.name, metric, diff, low, high, per_fold])
     return rows
 
 
 def _row_line(row: list) -> str:
-    a, b, dataset, split, metric, diff, low, high, per_fold = row
-    return f"| {a} | {b} | {dataset} | {split} | {metric} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | {per_fold} |"
+    a, b, dataset, split, protocol, metric, diff, low, high, per_fold = row
+    return (
+        f"| {a} | {b} | {dataset} | {split} | `{protocol}` | {metric} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+        f"{per_fold} |"
+    )
 
 
 def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
@@ -664,10 +667,10 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
                     encoder_rows += _paired(f"{script} [{la}]", fa, f"{script} [{lb}]", fb, pooled, resamples, seed)
     f = io.StringIO(newline="")
     writer = csv.writer(f)
-    writer.writerow(["a", "b", "dataset", "split", "metric", "difference", "ci_low", "ci_high", "per_fold"])
+    writer.writerow(["a", "b", "dataset", "split", "protocol", "metric", "difference", "ci_low", "ci_high", "per_fold"])
     writer.writerows(rows + encoder_rows)
     lines = []
-    head = ["| A | B | dataset | split | metric | A - B | 95 % interval | per fold |", "|" + "---|" * 8]
+    head = ["| A | B | dataset | split | protocol | metric | A - B | 95 % interval | per fold |", "|" + "---|" * 9]
     what = (
         f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
         "bootstrap resamples of the utterances (the same resample for both), and each fold's difference."
