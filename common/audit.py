@@ -168,10 +168,12 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from common.cli import add_corpus_flags, resolve_dataset_dir
+    from common.cli import HelpFormatter, add_corpus_flags, resolve_dataset_dir
 
     parser = argparse.ArgumentParser(
-        prog="python -m common.audit", description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip."
+        formatter_class=HelpFormatter,
+        prog="python -m common.audit",
+        description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip.",
     )
     add_corpus_flags(parser.add_argument_group("data").add_argument)
     parser.add_argument("--demo", action="store_true", help="audit the built-in synthetic demo corpus instead")

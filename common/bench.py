@@ -813,7 +813,11 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.bench", description=__doc__.split("\n\n")[0])
+    from common.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m common.bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", help="write the ratios to this JSON file")
     parser.add_argument("--work", default="bench", help="folder for the corpus, encoders and caches")
     parser.add_argument(

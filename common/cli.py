@@ -125,12 +125,14 @@ class _Sections:
         return self.groups[title].add_argument(*names, **kwargs)
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Each default said once: where the help does not say it already."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Each default said once, in every command's --help: where the help does not say it already. A switch
+    (--x, --no-x alone) and a flag without a default say none; a default of 0 is said like any other."""
 
     def _get_help_string(self, action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if "default" in text or switch or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
             return text
         return text + " (default: %(default)s)"
 
@@ -194,7 +196,7 @@ def build_parser(cell: Cell, description: str | None = None, chooses_fusion: boo
     p = argparse.ArgumentParser(
         prog=f"python {name}.py",
         description=description or f"Train and evaluate {name} on one KEMDy fold.",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     add = _Sections(p)
     add_corpus_flags(add)
@@ -569,6 +571,8 @@ def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | 
     cell = Cell(modality, task, "concat" if chooses else fusion)
 
     def run():
+        if sys.platform == "win32":  # the run folders' locks are POSIX file locks (fcntl)
+            raise UserError("training runs on Linux or macOS; on Windows, run the scripts under WSL")
         args = parse_args(cell, argv, sys.modules["__main__"].__doc__, chooses_fusion=chooses)
         from common.train import train  # torch, transformers and accelerate: only once there is work
 

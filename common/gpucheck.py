@@ -311,7 +311,11 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.gpucheck", description=__doc__.split("\n\n")[0])
+    from common.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m common.gpucheck", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", default="gpucheck", help="folder for gpucheck.json, gpucheck.md and its runs")
     parser.add_argument("--tiny", action="store_true", help="tiny encoders, one epoch on a tiny corpus: a dry run")
     args = parser.parse_args(argv)

@@ -56,7 +56,10 @@ FUSIONS = {
 }
 # Each hyper-parameter a fusion may read: its default and what it is (flag --fusion_<name>).
 FUSION_PARAMS = {
-    "width": (0, "width of the fusion's output and inner layers (0: the text encoder's)"),
+    "width": (
+        256,
+        "width of the fusion's output and inner layers, never wider than the text encoder (0: the text encoder's)",
+    ),
     "heads": (4, "attention heads of a fusion that attends"),
     "layers": (1, "cross-modal blocks of a fusion that attends"),
     "rank": (4, "rank of a low-rank tensor fusion's factors"),

@@ -72,10 +72,10 @@ class ModelConfig:
     audio_frames: int = 0
     layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
     # The fusion's hyper-parameters (`grid.FUSION_PARAMS`; a fusion reads those its registry line names).
-    fusion_width: int = 0
-    fusion_heads: int = 4
-    fusion_layers: int = 1
-    fusion_rank: int = 4
+    fusion_width: int = FUSION_PARAMS["width"][0]
+    fusion_heads: int = FUSION_PARAMS["heads"][0]
+    fusion_layers: int = FUSION_PARAMS["layers"][0]
+    fusion_rank: int = FUSION_PARAMS["rank"][0]
 
     @property
     def cell(self) -> Cell:

@@ -163,7 +163,10 @@ def read_csv(path: Path) -> tuple[list[dict], list | None, list | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from common.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m common.predict",
         description="Predict emotions (probabilities, labels at the run's threshold) and valence/arousal with a "
         "trained run; prints JSON.",

@@ -833,7 +833,10 @@ def _claim_report_folder(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from common.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m common.report",
         description="Tables (mean ± std over folds) and figures of every finished run under RUNS_DIR.",
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
-import fcntl
 import io
 import os
 import platform
@@ -27,6 +26,11 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+try:
+    import fcntl
+except ModuleNotFoundError:  # Windows: no POSIX locks (the scripts refuse to start there, see cli.main)
+    fcntl = None
 
 from common import atomic, cache, paths, schema
 from common.errors import UserError, run_cli, writing
@@ -643,6 +647,8 @@ class RunLock:
 
     def acquire(self, log=print, wait: bool = False) -> RunLock:
         """Take the lock; a run holding it is refused, or with `wait` waited for."""
+        if fcntl is None:
+            raise UserError(f"{self.folder}: locking a folder needs Linux or macOS; on Windows, run under WSL")
         self.created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -949,7 +955,10 @@ def adopt(folder: Path, dry_run: bool = False, log=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from common.cli import HelpFormatter
+
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m common.rundir",
         description="Bring a run, a fold set or a cache folder written by a version of this project from before "
         "markers under the project's ownership (until then every command refuses it).",

@@ -725,7 +725,11 @@ def demo_models(demo_dir: Path = DEMO_DIR) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m common.synthetic", description=__doc__.split("\n\n")[0])
+    from common.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="python -m common.synthetic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--dataset", choices=("19", "20"), default="20", help="which layout to write")
     parser.add_argument("--out", help="folder to create the corpus in")
     parser.add_argument(

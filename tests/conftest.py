@@ -54,6 +54,7 @@ SLOWEST_FIRST = [
     "test_gpucheck.py",
     "test_fusion.py",
     "test_fusion_guarantees.py",
+    "test_unmoved.py",
     "test_docs_pages.py",
     "test_cross_corpus.py",
     "test_workflow.py",

@@ -7,7 +7,7 @@ cluster: each checks its command line the way the real command would and does no
       python -m common.M ARGS   the module's argument parser
     accelerate launch ...       accelerate's launch parser, then the script as above
     sbatch [--wrap CMD | FILE]  CMD run through bash; FILE run through bash once per task of its --array
-    hf download REPO --local-dir DIR
+    hf download REPO [--local-dir DIR]
 """
 
 import argparse
@@ -139,8 +139,8 @@ def sbatch(argv: list[str]) -> None:
 
 
 def hf(argv: list[str]) -> None:
-    if len(argv) != 4 or argv[0] != "download" or argv[2] != "--local-dir":
-        fail(f"hf {shlex.join(argv)}: not 'hf download REPO --local-dir DIR'")
+    if argv[:1] != ["download"] or len(argv) not in (2, 4) or (len(argv) == 4 and argv[2] != "--local-dir"):
+        fail(f"hf {shlex.join(argv)}: not 'hf download REPO [--local-dir DIR]'")
 
 
 if __name__ == "__main__":

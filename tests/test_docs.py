@@ -185,6 +185,10 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     ]
     demo_learns(work)
     assert len(run_blocks(TOUR_PAGES, work, env)) >= 4
+    # As the tour says: the demo's single fold shows its value and which folds are missing, text_total five folds'
+    results = (work / "runs" / "demo" / "report" / "results.md").read_text(encoding="utf-8")
+    assert re.search(r"^\| multimodal_total_concat .*\| 1/5 \(missing 2, 3, 4, 5\) \| \d\.\d{4} \|", results, re.M)
+    assert re.search(r"^\| text_total .*\| 5/5 \| \d\.\d{4} ± \d\.\d{4} \|", results, re.M)
 
 
 def demo_learns(work: Path) -> None:
@@ -216,3 +220,10 @@ def test_every_link_reaches_a_file_and_heading_of_the_repository(page):
         assert linked.exists(), f"{page.name}: {target} names no file"
         if anchor:
             assert anchor in heading_anchors(linked), f"{page.name}: {target} names no heading of {linked.name}"
+
+
+def test_the_layout_page_names_every_module_of_the_package():
+    page = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^common/(\w+)\.py ", page, re.M))
+    modules = {p.stem for p in (ROOT / "common").glob("*.py")} - {"__init__"}
+    assert listed == modules, (sorted(modules - listed), sorted(listed - modules))

@@ -128,7 +128,7 @@ def test_the_registry_the_classes_the_flags_and_the_docs_agree():
     for name, info in FUSIONS.items():
         assert info.summary in rows[name] and info.source in rows[name] and info.reads in rows[name], name
     cell, args = parse_script("multimodal_total", ["--dataset_dir", str(ROOT), "--fusion", "gated"])
-    assert cell == Cell("multimodal", "total", "gated") and args.fusion_width == 0
+    assert cell == Cell("multimodal", "total", "gated") and args.fusion_width == 256
     proc = subprocess.run(
         [sys.executable, str(ROOT / "multimodal_total.py"), "--fusion", "tensor"], capture_output=True, text=True
     )
@@ -137,3 +137,13 @@ def test_the_registry_the_classes_the_flags_and_the_docs_agree():
         "argument --fusion: invalid choice: 'tensor' (choose from 'concat', "
         "'element_wise_add', 'gated', 'low_rank_tensor', 'cross_attention')"
     )
+
+
+def test_a_fusions_width_is_the_flags_never_wider_than_the_text_encoder():
+    """--fusion_width 256 (the default) gives 256 at the real sizes and the encoder's width below them, so the demo's
+    tiny encoders (64 wide) keep the width they had when 0, the text encoder's width, was the default."""
+    for name in ("gated", "low_rank_tensor", "cross_attention"):
+        sides = 2 if name == "cross_attention" else 1  # its two averaged sides, side by side
+        for flag, text_width, expected in ((256, 768, 256), (256, 64, 64), (0, 768, 768), (16, 64, 16)):
+            built = fusions.build(name, text_width, 32, fusions.FusionSettings(width=flag))
+            assert built.width == sides * expected, (name, flag, text_width)

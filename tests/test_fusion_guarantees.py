@@ -19,7 +19,7 @@ from common.checkpoints import Checkpoints
 from common.cli import parse_script
 from common.data import Collator, KemdyDataset, prepare_inputs
 from common.encoders import Encoders, audio_spec
-from common.errors import Interrupted
+from common.errors import Interrupted, UserError
 from common.grid import EMOTIONS, FUSIONS
 from common.kemdy import read_corpus
 from common.model import EmotionModel, build_model
@@ -64,26 +64,48 @@ def test_every_fusion_trains_every_parameter_it_has(corpus20, tiny_models, fusio
     assert unused == [] and any(p.requires_grad for p in model.fusion.parameters()) == (fusion != "concat")
 
 
-# (fusion, task, flags): every new fusion in every task, fine-tuned and frozen, with the default encoders and with
-# another family, on two seconds of each clip (clips of unequal length: padding in most batches). The original
-# two are held to the same in test_scripts.py and test_encoder_families.py.
+# (fusion, task, flags): every new fusion in every task, fine-tuned and with both encoders frozen, on both corpora's
+# layouts ("19": the KEMDy19 fixture), with the default encoders and with another family ("family"), on two seconds
+# of each clip (clips of unequal length: padding in most batches). The original two are held to the same in
+# test_scripts.py and test_encoder_families.py.
 RUNS = [
     ("gated", "classification", []),
-    ("gated", "total", ["--freeze", "both", "family"]),
+    ("gated", "classification", ["--freeze", "both", "19"]),
     ("gated", "regression", ["--layers", "weighted"]),
-    ("low_rank_tensor", "regression", ["--freeze", "speech"]),
-    ("low_rank_tensor", "total", ["--layers", "weighted", "family"]),
+    ("gated", "regression", ["--freeze", "both", "family"]),
+    ("gated", "total", ["family", "19"]),
+    ("gated", "total", ["--freeze", "both", "--layers", "weighted"]),
+    ("low_rank_tensor", "classification", ["family"]),
     ("low_rank_tensor", "classification", ["--freeze", "both", "--fusion_rank", "2"]),
-    ("cross_attention", "classification", ["--freeze", "both"]),
+    ("low_rank_tensor", "regression", ["--freeze", "speech", "19"]),
+    ("low_rank_tensor", "regression", ["--freeze", "both", "--layers", "weighted", "family"]),
+    ("low_rank_tensor", "total", ["--layers", "weighted"]),
+    ("low_rank_tensor", "total", ["--freeze", "both", "19"]),
+    ("cross_attention", "classification", ["--layers", "weighted"]),
+    ("cross_attention", "classification", ["--freeze", "both", "family"]),
+    ("cross_attention", "regression", ["family", "19"]),
+    ("cross_attention", "regression", ["--freeze", "both", "--layers", "weighted"]),
     ("cross_attention", "total", ["family", "--fusion_heads", "2", "--fusion_layers", "2"]),
-    ("cross_attention", "regression", ["--layers", "weighted", "--freeze", "both"]),
+    ("cross_attention", "total", ["--freeze", "both", "19"]),
 ]
 
 
-def _run(corpus, tiny_models, families, out, fusion, task, flags, *more):
+def test_the_runs_below_hold_every_new_fusion_in_every_task_fine_tuned_and_frozen_on_both_layouts():
+    frozen = lambda flags: "--freeze" in flags and flags[flags.index("--freeze") + 1] == "both"  # noqa: E731
+    assert {(f, t, frozen(x)) for f, t, x in RUNS} == {
+        (f, t, z) for f in NEW for t in ("classification", "regression", "total") for z in (False, True)
+    }
+    for fusion in NEW:
+        assert {("19" in x, "family" in x) for f, _, x in RUNS if f == fusion} >= {(True, False), (False, True)}
+
+
+def _run(corpora, tiny_models, families, out, fusion, task, flags, *more):
     script = f"multimodal_{task}"
-    argv = tiny_command(script, corpus, tiny_models, out, "--fusion", fusion, "--max_seq_len", "2", epochs=1)[2:]
-    argv += [f for f in flags if f != "family"] + list(more)
+    dataset = "19" if "19" in flags else "20"
+    argv = tiny_command(
+        script, corpora[dataset], tiny_models, out, "--fusion", fusion, "--max_seq_len", "2", dataset=dataset, epochs=1
+    )[2:]
+    argv += [f for f in flags if f not in ("family", "19")] + list(more)
     if "family" in flags:
         argv += ["--text_model", str(families["text"]), "--speech_model", str(families["speech"])]
     return train(*parse_script(script, argv))
@@ -91,14 +113,16 @@ def _run(corpus, tiny_models, families, out, fusion, task, flags, *more):
 
 @pytest.mark.parametrize("fusion, task, flags", RUNS, ids=[f"{f}-{t}-{'-'.join(x)}" for f, t, x in RUNS])
 def test_every_fusion_predicts_alike_in_any_batch_and_as_its_run_scored(
-    corpus20, tiny_models, families, tmp_path, fusion, task, flags
+    corpus20, corpus19, tiny_models, families, tmp_path, fusion, task, flags
 ):
     out = tmp_path / "run"
-    (result,) = _run(corpus20[0], tiny_models, families, out, fusion, task, flags)
+    corpora = {"20": corpus20[0], "19": corpus19[0]}
+    (result,) = _run(corpora, tiny_models, families, out, fusion, task, flags)
     assert result["script"] == f"multimodal_{task}_{fusion}"
     with (out / "predictions.csv").open(encoding="utf-8") as f:
         table = list(csv.DictReader(f))
-    utts = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
+    dataset = "19" if "19" in flags else "20"
+    utts = {u.segment_id: u for u in read_corpus(dataset, corpora[dataset]).utterances}
     wavs, texts = [utts[r["segment_id"]].wav for r in table], [utts[r["segment_id"]].text for r in table]
     predictor = Predictor(out)
     assert predictor.model.config.cell.fusion == fusion
@@ -115,7 +139,8 @@ def test_every_fusion_predicts_alike_in_any_batch_and_as_its_run_scored(
 @pytest.mark.parametrize("fusion", NEW)
 def test_every_fusion_resumes_to_exactly_the_uninterrupted_run(corpus20, tiny_models, families, tmp_path, fusion):
     flags = ["--freeze", "both"] if FUSIONS[fusion].reads == "sequences" else []
-    (whole,) = _run(corpus20[0], tiny_models, families, tmp_path / "whole", fusion, "total", flags, "--epochs", "2")
+    corpora = {"20": corpus20[0]}
+    (whole,) = _run(corpora, tiny_models, families, tmp_path / "whole", fusion, "total", flags, "--epochs", "2")
     save = Checkpoints.save
 
     def killed_after_epoch_1(self, epoch, state, test_outputs):
@@ -125,9 +150,9 @@ def test_every_fusion_resumes_to_exactly_the_uninterrupted_run(corpus20, tiny_mo
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Checkpoints, "save", killed_after_epoch_1)
         with pytest.raises(Interrupted, match="interrupted after epoch 1"):
-            _run(corpus20[0], tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2")
+            _run(corpora, tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2")
     (resumed,) = _run(
-        corpus20[0], tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2", "--resume"
+        corpora, tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2", "--resume"
     )
     assert resumed == whole
 
@@ -157,7 +182,7 @@ def bf16_runs(corpus20, tiny_models, tmp_path_factory):
 
 @pytest.mark.parametrize("fusion", NEW)
 def test_every_fusion_runs_in_bf16_close_to_fp32(corpus20, tiny_models, tmp_path, bf16_runs, fusion):
-    (fp32,) = _run(corpus20[0], tiny_models, None, tmp_path / "fp32", fusion, "total", [], "--max_seq_len", "1")
+    (fp32,) = _run({"20": corpus20[0]}, tiny_models, None, tmp_path / "fp32", fusion, "total", [], "--max_seq_len", "1")
     bf16 = json.loads((bf16_runs / fusion / "metrics.json").read_text())
     config = json.loads((bf16_runs / fusion / "config.json").read_text())
     assert config["environment"]["mixed_precision"] == "bf16" and config["args"]["max_seq_len"] == 1.0
@@ -179,7 +204,7 @@ def test_the_old_name_of_element_wise_additions_projection_still_loads(corpus20,
     """A model/ or checkpoint saved before fusions were modules of their own names the projection
     `speech_projection.`: it loads into `fusion.speech_projection.`."""
     out = tmp_path / "run"
-    _run(corpus20[0], tiny_models, None, out, "element_wise_add", "total", [])
+    _run({"20": corpus20[0]}, tiny_models, None, out, "element_wise_add", "total", [])
     from safetensors.torch import load_file, save_file
 
     layers = load_file(str(out / "model" / "layers.safetensors"))
@@ -197,7 +222,7 @@ def test_a_saved_text_encoder_without_its_pooler_loads_without_one(corpus20, tin
     from transformers.utils import logging as hf_logging
 
     out = tmp_path / "run"
-    _run(corpus20[0], tiny_models, None, out, "cross_attention", "classification", [])
+    _run({"20": corpus20[0]}, tiny_models, None, out, "cross_attention", "classification", [])
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_warning()
     try:
@@ -260,3 +285,14 @@ def test_a_frozen_sequence_fusion_never_runs_its_encoders_once_their_states_are_
         second = run(tmp_path / "second", "--cache_dir", str(tmp_path / "cache"))
     in_memory = run(tmp_path / "third", "--no-cache")
     assert second["epochs"] == first["epochs"] and in_memory["epochs"] == first["epochs"]
+
+
+def test_a_run_made_with_the_text_encoders_width_is_resumed_only_with_it(corpus20, tiny_models, families, tmp_path):
+    """--fusion_width 0 (the text encoder's width, the default before 256) is a setting of the run: resumed
+    without it, the run is refused, even where the two widths would be equal, rather than continued as another."""
+    corpora, out = {"20": corpus20[0]}, tmp_path / "run"
+    (first,) = _run(corpora, tiny_models, families, out, "gated", "classification", ["--fusion_width", "0"])
+    with pytest.raises(UserError, match=r"other settings than the run started with \(--fusion_width 0 -> 256\)"):
+        _run(corpora, tiny_models, families, out, "gated", "classification", [], "--resume")
+    (again,) = _run(corpora, tiny_models, families, out, "gated", "classification", ["--fusion_width", "0"], "--resume")
+    assert again == first

@@ -674,3 +674,10 @@ def test_single_folds_of_a_version_without_folds_in_markers_are_continued_and_ad
     results = train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "all", "--resume"]))
     assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
     assert json.loads((folder / rundir.SET_MARKER).read_text())["entries"][:3] == ["fold1", "fold2", "fold3"]
+
+
+def test_without_posix_locks_a_folder_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "fcntl", None)
+    with pytest.raises(UserError, match=r"^\S+/run: locking a folder needs Linux or macOS; on Windows, run under WSL$"):
+        rundir.RunLock(tmp_path / "run").acquire()
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,9 @@
 starts it (in this process: a process of its own would spend most of its time importing); the scripts' own
 processes answer --help and bad arguments here, and run as printed in the README's tour (test_docs.py)."""
 
+import argparse
 import csv
+import importlib
 import json
 import os
 import re
@@ -181,6 +183,126 @@ def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flag
     assert "settings for tiny models: --dataset 20, --num_fold 1, --lr 0.002" in text
     assert "compute what the original code computed: --labels original, --text_inputs original" in text
     assert "--valid_ratio 0.0, --no-" in text and "group_by_length, --optimizer original; flags given still win" in text
+
+
+def test_the_flags_page_lists_every_preset_of_demo_and_original():
+    """docs/flags.md's rows of --demo and --original name exactly the flags each sets, as --help does."""
+    from common.cli import DEMO_DEFAULTS, ORIGINAL, _flags
+
+    page = (ROOT / "docs" / "flags.md").read_text(encoding="utf-8")
+    for flag, presets in (("--demo", DEMO_DEFAULTS), ("--original", ORIGINAL)):
+        row = re.search(rf"^\| `{flag}` \|.*$", page, re.M).group(0)
+        assert f"`{_flags(presets)}`" in row, (flag, row)
+
+
+def _parsers(parser):
+    """A parser and those of its subcommands."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+@pytest.mark.parametrize(
+    "command", ["script", "audit", "bench", "gpucheck", "predict", "report", "rundir", "synthetic"]
+)
+def test_every_commands_help_says_each_default_once(command, monkeypatch):
+    """A flag that takes a value and has a default says it once, 0 included (as for --weight_decay and the report's
+    --seed); a switch says none; a default resolved later (--dataset_dir) is said at most once, in words."""
+    if command == "script":
+        parser = build_parser(Cell("multimodal", "total", "concat"), chooses_fusion=True)
+    else:
+        built = []
+
+        def parse_args(self, *args, **kwargs):
+            built.append(self)
+            raise StopIteration  # before the command does anything
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+        with pytest.raises(StopIteration):
+            importlib.import_module(f"common.{command}").main([])
+        (parser,) = built
+    checked = 0
+    for each in _parsers(parser):
+        formatter = each._get_formatter()
+        for action in each._actions:
+            if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+                continue
+            said = formatter._expand_help(action)
+            switch = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+            if switch:  # its help may say in words what happens without it, never "(default: False)"
+                assert f"(default: {action.default})" not in said, (command, action.dest, said)
+            elif action.default is None:  # resolved later: the help may say how, once
+                assert said.count("default") <= 1, (command, action.dest, said)
+            else:
+                assert said.count("default") == 1, (command, action.dest, said)
+                checked += 1
+                if "(default: " in said and not isinstance(action, argparse.BooleanOptionalAction):
+                    assert f"(default: {action.default})" in said, (command, action.dest, said)
+    assert checked >= (40 if command == "script" else 0)
+
+
+def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
+    """Each part of the documented pattern, [optional] or repeated (…), is met by a run's default folder, and every
+    default folder fits the pattern."""
+    from common.cli import parse_script
+    from common.grid import encoder_tags
+    from common.train import _default_run_dir
+
+    page = (ROOT / "docs" / "flags.md").read_text(encoding="utf-8")
+    pattern = re.search(r"^\| `--output_dir` \| `([^`]+)`, without `fold<k>` across corpora", page, re.M).group(1)
+    regex = re.escape(pattern).replace(r"\[_<encoder>…\]", r"(_[A-Za-z0-9._-]+)*")
+    regex = re.sub(r"\\\[(.*?)\\\]", r"(?:\1)?", regex)
+    kinds = {"script": "[a-z_]+", "which": "[a-z]+"}  # <dataset>, <test_dataset>, <k>: numbers
+    regex = re.sub(r"<(\w+)>", lambda m: kinds.get(m.group(1), r"\d+"), regex)
+    runs = [
+        ("text_total", []),
+        ("multimodal_total", ["--fusion", "gated", "--split", "session", "--original", "--freeze", "both"]),
+        ("speech_regression", ["--layers", "weighted", "--speech_model", "kresnik/wav2vec2-large-xlsr-korean"]),
+        ("text_classification", ["--demo", "--text_model", "models/klue-roberta", "--test_dataset", "19"]),
+    ]
+    seen = set()
+    for script, flags in runs:
+        cell, args = parse_script(script, ["--dataset", "20", "--dataset_dir", str(tmp_path), *flags])
+        tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
+        folder = _default_run_dir(cell, args, 3, tags).as_posix()
+        if args.test_dataset:
+            assert re.fullmatch(regex.removesuffix(r"/fold\d+"), folder), (folder, regex)
+        else:
+            assert re.fullmatch(regex, folder) and folder.endswith("/fold3"), (folder, regex)
+        seen |= {
+            part
+            for part in ("demo/", "-to-", "_session", "_original", "_freeze-", "_layers-", "-xlsr-")
+            if part in folder
+        }
+    assert seen == {"demo/", "-to-", "_session", "_original", "_freeze-", "_layers-", "-xlsr-"}
+
+
+# A script started where there is no fcntl (Windows), as far as Python can pretend to be there.
+WINDOWS = """
+import runpy, sys
+class NoFcntl:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fcntl":
+            raise ModuleNotFoundError("No module named 'fcntl'")
+sys.meta_path.insert(0, NoFcntl())
+sys.modules.pop("fcntl", None)
+sys.platform = "win32"
+sys.argv = sys.argv[1:]
+sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])  # as `python <script>.py` puts the script's folder first
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_on_windows_a_script_refuses_to_start_in_one_line_saying_to_use_wsl(tmp_path):
+    script = str(ROOT / "multimodal_total_concat.py")
+    proc = subprocess.run(
+        [sys.executable, "-c", WINDOWS, script, "--demo"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: training runs on Linux or macOS; on Windows, run the scripts under WSL\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
