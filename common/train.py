@@ -228,13 +228,6 @@ class FoldRun:
     pos_weight: tuple[float, ...] | None = None  # per emotion, with --class_weight balanced
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
 
-    @classmethod
-    def epochs_only(cls, cell: Cell, args, accelerator, work: Path, model, encoders, optimizer, scheduler, loader):
-        """A run that only trains epochs (the benchmarks time them): no corpus, evaluation or checkpoints."""
-        return cls(
-            cell, args, accelerator, work, None, [], None, model, encoders, optimizer, scheduler, loader, {}, None
-        )
-
     @cached_property
     def core(self) -> EmotionModel:
         """The model itself (unwrapping walks every module: once per fold, not once per step)."""

@@ -66,7 +66,7 @@ def python(argv: list[str]) -> None:
         try:
             sys.argv = [argv[1], *argv[2:]]
             with warnings.catch_warnings():  # checked in a process that imported the module already
-                warnings.filterwarnings("ignore", "'common.", RuntimeWarning)
+                warnings.filterwarnings("ignore", "'(common|tools)\\.", RuntimeWarning)
                 runpy.run_module(argv[1], run_name="__main__")
         except SystemExit as stop:
             if stop.code:

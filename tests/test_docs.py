@@ -65,6 +65,12 @@ def test_the_korean_quickstart_runs_the_same_commands_as_the_readme():
     english, korean = (shell_blocks(ROOT / name) for name in ("README.md", "README.ko.md"))
     assert [b for b in korean if b[0] != "parse"] == [b for b in english if b[0] != "parse"]
     assert {b[2] for b in korean if b[0] == "parse"} <= {b[2] for b in english if b[0] == "parse"}
+    # the demo's output as the English shows it, and a line for each page of the English list
+    pages = [(ROOT / name).read_text(encoding="utf-8") for name in ("README.md", "README.ko.md")]
+    outputs = [re.findall(r"```text\n(.*?)```", page, re.S) for page in pages]
+    assert outputs[1] == outputs[0] and len(outputs[0]) == 1
+    listed = [re.findall(r"^- \[[^]]+\]\((docs/\w+\.md)\)", page, re.M) for page in pages]
+    assert listed[1] == listed[0] and len(listed[0]) >= 10
 
 
 def shimmed_tree(tmp_path: Path) -> tuple[Path, dict]:
@@ -222,8 +228,14 @@ def test_every_link_reaches_a_file_and_heading_of_the_repository(page):
             assert anchor in heading_anchors(linked), f"{page.name}: {target} names no heading of {linked.name}"
 
 
-def test_the_layout_page_names_every_module_of_the_package():
+def test_the_layout_page_names_every_module_of_the_package_and_the_tools():
     page = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
-    listed = set(re.findall(r"^common/(\w+)\.py ", page, re.M))
-    modules = {p.stem for p in (ROOT / "common").glob("*.py")} - {"__init__"}
+    listed = set(re.findall(r"^((?:common|tools)/\w+\.py) ", page, re.M))
+    modules = {str(p.relative_to(ROOT)) for d in ("common", "tools") for p in (ROOT / d).glob("*.py")}
+    modules -= {"common/__init__.py", "tools/__init__.py"}
     assert listed == modules, (sorted(modules - listed), sorted(listed - modules))
+
+
+def test_nothing_in_the_package_imports_the_tools():
+    for module in (ROOT / "common").glob("*.py"):
+        assert not re.search(r"^\s*(from|import) tools\b", module.read_text(encoding="utf-8"), re.M), module.name

@@ -3,7 +3,7 @@ checks, the device benchmark, and its two summary files."""
 
 import json
 
-from common.gpucheck import BF16_TOLERANCE, CELL, check
+from tools.gpucheck import BF16_TOLERANCE, CELL, check
 
 
 def test_the_gpu_check_runs_end_to_end_and_writes_its_summary(tmp_path):

@@ -190,7 +190,7 @@ def test_the_benchmarks_layer_probes_count_the_steps_and_batches_the_cell_ran(
 ):
     """The benchmark's extraction time, the steps and evaluation batches it hands to the compute floor, and
     the floor itself, against counts taken from the optimizer and the model while they run."""
-    from common.bench import compute_floor, layers_probe
+    from tools.bench import compute_floor, layers_probe
 
     steps, batches = [], []
     step, forward = torch.optim.AdamW.step, EmotionModel.forward

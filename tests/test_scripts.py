@@ -221,7 +221,8 @@ def test_every_commands_help_says_each_default_once(command, monkeypatch):
 
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
         with pytest.raises(StopIteration):
-            importlib.import_module(f"common.{command}").main([])
+            package = "tools" if command in ("bench", "gpucheck") else "common"
+            importlib.import_module(f"{package}.{command}").main([])
         (parser,) = built
     checked = 0
     for each in _parsers(parser):

@@ -1,7 +1,7 @@
 """The GPU check: one command that says whether this code trains correctly and how fast on a CUDA machine.
 
-    python -m common.gpucheck --out gpucheck            # on a machine with one CUDA GPU: under 8 minutes
-    python -m common.gpucheck --out gpucheck --tiny     # the same, end to end on tiny sizes (the suite runs it on CPU)
+    python -m tools.gpucheck --out gpucheck            # on a machine with one CUDA GPU: under 8 minutes
+    python -m tools.gpucheck --out gpucheck --tiny     # the same, end to end on tiny sizes (the suite runs it on CPU)
 
 It runs a demo cell in fp32 and in bf16 (their metrics within a stated tolerance of each other, no NaN), the
 same fp32 command twice (identical metrics: determinism on this device), and the device benchmark
@@ -57,7 +57,7 @@ def _batch(device, clips: int, seconds: float, tokens: int, vocab: int) -> dict:
 def _in_a_process(*calls: tuple) -> list:
     """What each (function of this module, *args) of `calls` returns, called in turn in one process of its
     own: accelerate fixes the precision once per process."""
-    code = "import json, sys; from common.gpucheck import _calls; print(json.dumps(_calls(sys.argv[1])))"
+    code = "import json, sys; from tools.gpucheck import _calls; print(json.dumps(_calls(sys.argv[1])))"
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps([[str(a) for a in call] for call in calls])],
         capture_output=True,
@@ -185,7 +185,8 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
     from common.kemdy import read_corpus
     from common.model import build_model
     from common.synthetic import generate
-    from common.train import FoldRun, make_loader
+    from common.train import make_loader
+    from tools.bench import epochs_only
 
     work, models, batch_size, steps = Path(work), Path(models), int(batch_size), int(steps)
     corpus = build_folder(work / "KEMDy20-device", lambda tmp: generate("20", tmp, 2, 4 * batch_size))
@@ -209,7 +210,7 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        run = FoldRun.epochs_only(cell, args, accelerator, work, model, encoders, optimizer, scheduler, loader)
+        run = epochs_only(cell, args, accelerator, work, model, encoders, optimizer, scheduler, loader)
         run.train_epoch(1)  # warm-up: workers started, kernels chosen
         _synchronize(accelerator.device)
         start = time.perf_counter()
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     from common.cli import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        formatter_class=HelpFormatter, prog="python -m common.gpucheck", description=__doc__.split("\n\n")[0]
+        formatter_class=HelpFormatter, prog="python -m tools.gpucheck", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", default="gpucheck", help="folder for gpucheck.json, gpucheck.md and its runs")
     parser.add_argument("--tiny", action="store_true", help="tiny encoders, one epoch on a tiny corpus: a dry run")

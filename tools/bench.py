@@ -1,6 +1,6 @@
 """Speed and memory benchmark: every figure is a ratio of two measurements taken side by side in one run.
 
-    python -m common.bench [--out bench.json] [--work bench]
+    python -m tools.bench [--out bench.json] [--work bench]
 
 On a synthetic KEMDy20 corpus of the real size (13,462 utterances) and "small" random encoders (BERT and
 wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import re
@@ -148,6 +149,16 @@ def _train_pass(model, optimizer, collate, dataset, device) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     _sync(device)
+
+
+def epochs_only(cell, args, accelerator, work: Path, model, encoders, optimizer, scheduler, loader):
+    """The loop's own FoldRun, holding only what training an epoch reads (the benchmarks time its epochs): no
+    corpus, evaluation or checkpoints."""
+    from common.train import FoldRun
+
+    return FoldRun(
+        cell, args, accelerator, work, None, [], None, model, encoders, optimizer, scheduler, loader, {}, None
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -316,9 +327,9 @@ def _status_bytes(field: str) -> int:
 
 
 def _probe(function: str, *args: str) -> dict:
-    """common.bench.<function>(*args) in a process of its own (its own memory high-water mark); what it
+    """tools.bench.<function>(*args) in a process of its own (its own memory high-water mark); what it
     returns, and the process's wall time from start to exit as "process_s"."""
-    code = f"import json, sys; from common.bench import {function}; print(json.dumps({function}(*sys.argv[1:])))"
+    code = f"import json, sys; from tools.bench import {function}; print(json.dumps({function}(*sys.argv[1:])))"
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
@@ -393,7 +404,7 @@ class Bench:
         from common.grid import Cell
         from common.losses import Objective
         from common.model import build_model
-        from common.train import FoldRun, make_loader
+        from common.train import make_loader
 
         cell = Cell("multimodal", "total", "concat")
         argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_fold", "1", "--batch_size", "8"]
@@ -417,7 +428,7 @@ class Bench:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        run = FoldRun.epochs_only(cell, args, accelerator, self.work, model, encoders, optimizer, scheduler, loader)
+        run = epochs_only(cell, args, accelerator, self.work, model, encoders, optimizer, scheduler, loader)
         device = accelerator.device
         pre_collated = [{k: v.to(device) for k, v in b.items()} for b in loader]
 
@@ -467,10 +478,11 @@ class Bench:
                 log=lambda message: None,
             )
             setattr(inputs, f"{modality}_vectors", vectors)
-        run.optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=1e-4, eps=1e-8)
-        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
+        optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=1e-4, eps=1e-8)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         dataset = KemdyDataset(subset, range(len(subset)), inputs, collate.audio_spec)
-        run.train_loader = accelerator.prepare(make_loader(dataset, collate, run.args, False, sampler))
+        loader = accelerator.prepare(make_loader(dataset, collate, run.args, False, sampler))
+        run = dataclasses.replace(run, optimizer=optimizer, scheduler=scheduler, train_loader=loader)
 
         def frozen_epoch():
             run.train_epoch(1)
@@ -816,7 +828,7 @@ def main(argv: list[str] | None = None) -> None:
     from common.cli import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        formatter_class=HelpFormatter, prog="python -m common.bench", description=__doc__.split("\n\n")[0]
+        formatter_class=HelpFormatter, prog="python -m tools.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", help="write the ratios to this JSON file")
     parser.add_argument("--work", default="bench", help="folder for the corpus, encoders and caches")
@@ -836,14 +848,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--gpu",
         action="store_true",
-        help="only the device benchmark (common.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
+        help="only the device benchmark (tools.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
         "peak memory, extraction clips/s and the share of a step waiting for data, with encoders of the real sizes",
     )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     start = time.perf_counter()
     if args.gpu:
-        from common.gpucheck import device_benchmark
+        from tools.gpucheck import device_benchmark
 
         results = device_benchmark(Path(args.work))
         print(json.dumps(results, indent=1))
