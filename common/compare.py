@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.grid import EMOTIONS, FUSIONS, TASKS
+from common.predictions import Predictions
 
 # The metrics compared, by what a fold set predicts.
 EMOTION_METRICS = ("micro_f1", "macro_f1", "uar")
@@ -32,20 +33,19 @@ class Pooled:
     va_pred: np.ndarray | None = None
 
 
-def pool(frames: list[tuple[int, list[dict], object]]) -> Pooled:
-    """Pool predictions.csv rows of each fold: [(fold, rows, threshold)], the threshold a scalar or one per
+def pool(frames: list[tuple[int, Predictions, object]]) -> Pooled:
+    """Pool each fold's predictions.csv: [(fold, its predictions, threshold)], the threshold a scalar or one per
     emotion."""
     ids, labels, decisions, top1, va, va_pred = [], [], [], [], [], []
-    for fold, rows, threshold in frames:
-        ids += [(fold, r["segment_id"]) for r in rows]
-        if f"prob_{EMOTIONS[0]}" in rows[0]:
-            probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
-            labels.append(np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows]))
-            decisions.append((probs > np.asarray(threshold)).astype(np.int8))
-            top1.append(probs.argmax(axis=1))
-        if "pred_valence" in rows[0]:
-            va.append(np.array([[float(r["true_valence"]), float(r["true_arousal"])] for r in rows]))
-            va_pred.append(np.array([[float(r["pred_valence"]), float(r["pred_arousal"])] for r in rows]))
+    for fold, p, threshold in frames:
+        ids += [(fold, segment) for segment in p.segment_ids]
+        if p.probs is not None:
+            labels.append(p.labels)
+            decisions.append((p.probs > np.asarray(threshold)).astype(np.int8))
+            top1.append(p.probs.argmax(axis=1))
+        if p.va_pred is not None:
+            va.append(p.va)
+            va_pred.append(p.va_pred)
 
     def stack(parts):
         return np.concatenate(parts) if parts else None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic, paths, schema
+from common import atomic, paths, predictions, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import CELLS, EMOTIONS
@@ -155,11 +155,12 @@ def _finished_run(path: Path, skipped: list[str]) -> tuple | None:
             "a copy of another fold's folder?); not counted"
         )
         return None
-    predictions = run_dir / "predictions.csv"
-    problem = _damaged_predictions(predictions, m["test"].get("n")) if predictions.is_file() else None
-    if problem:
-        skipped.append(f"{predictions}: damaged ({problem}); train that fold again with --overwrite")
-        return None
+    if (run_dir / predictions.FILE).is_file():
+        try:
+            predictions.read(run_dir / predictions.FILE, m["test"].get("n"))
+        except UserError as err:
+            skipped.append(f"{err}; train that fold again with --overwrite")
+            return None
     return owner, m
 
 
@@ -173,26 +174,6 @@ def _fold_place(run_dir: Path) -> int | None:
     except UserError:
         return None
     return int(match.group(1)) if the_set is not None and run_dir.name in the_set.entries else None
-
-
-def _damaged_predictions(path: Path, n: int | None) -> str | None:
-    """What is wrong with a run's predictions.csv, if anything (tables, figures and comparisons read every
-    row of it)."""
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            header, *rows = list(csv.reader(f)) or [[]]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        return f"{type(err).__name__}: {err}"
-    for k, row in enumerate(rows, 1):
-        if len(row) != len(header) or "" in row:
-            return f"row {k} of {len(rows)} is cut short"
-        try:
-            [float(cell) for cell in row[1:]]
-        except ValueError:
-            return f"row {k} holds a value that is not a number"
-    if not header or (n is not None and len(rows) != n):
-        return f"holds {len(rows)} rows, the run tested {n} utterances"
-    return None
 
 
 def _mark_mixed(sets: list[FoldSet]) -> None:
@@ -291,19 +272,17 @@ def decisions(run_dir: Path) -> dict[str, int | float] | None:
     """How a run's emotion decisions spread over its test utterances (from predictions.csv, at the run's
     --threshold): utterances with two or more emotions predicted, with none, with two or more true, and
     the Hamming accuracy of predicting no emotion at all, the floor its hamming_accuracy should clear."""
-    path = run_dir / "predictions.csv"
+    path = run_dir / predictions.FILE
     if not path.is_file():
         return None
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or f"prob_{EMOTIONS[0]}" not in rows[0]:
+    p = predictions.read(path)
+    if not len(p) or p.probs is None:
         return None
     from common.metrics import predicted  # scikit-learn: not for --help
 
-    true = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
-    chosen = predicted(np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]), run_threshold(run_dir))
+    true, chosen = p.labels, predicted(p.probs, run_threshold(run_dir))
     return {
-        "n": len(rows),
+        "n": len(p),
         "two_or_more_predicted": int((chosen.sum(axis=1) >= 2).sum()),
         "none_predicted": int((chosen.sum(axis=1) == 0).sum()),
         "two_or_more_true": int((true.sum(axis=1) >= 2).sum()),
@@ -433,16 +412,13 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
     return "\n".join(md), f.getvalue()
 
 
-def read_predictions(fs: FoldSet):
-    """The test predictions of every fold of the set, one table with a fold column."""
-    import pandas as pd
-
-    frames = []
-    for k in fs.folds:
-        path = fs.runs[k] / "predictions.csv"
-        if path.is_file():
-            frames.append(pd.read_csv(path).assign(fold=k))
-    return pd.concat(frames, ignore_index=True) if frames else None
+def read_predictions(fs: FoldSet) -> list[tuple[int, predictions.Predictions]]:
+    """The test predictions of every fold of the set that has them: [(fold, its predictions)]."""
+    return [
+        (k, predictions.read(fs.runs[k] / predictions.FILE))
+        for k in fs.folds
+        if (fs.runs[k] / predictions.FILE).is_file()
+    ]
 
 
 def _save(fig, path: Path) -> None:
@@ -451,12 +427,10 @@ def _save(fig, path: Path) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def _confusion_figure(plt, preds, label: str):
+def _confusion_figure(plt, parts: list, label: str):
     from common.metrics import confusion
 
-    counts = confusion(
-        preds[[f"true_{e}" for e in EMOTIONS]].to_numpy(), preds[[f"prob_{e}" for e in EMOTIONS]].to_numpy()
-    )
+    counts = confusion(np.concatenate([p.labels for _, p in parts]), np.concatenate([p.probs for _, p in parts]))
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -514,11 +488,13 @@ def _curves_figure(plt, fs: FoldSet, stats: dict, label: str):
     return fig
 
 
-def _va_scatter_figure(plt, preds, stats: dict, label: str, folds: list[int]):
+def _va_scatter_figure(plt, parts: list, stats: dict, label: str, folds: list[int]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-    for ax, dim in zip(axes, ("valence", "arousal"), strict=True):
-        colours = {"c": preds["fold"], "cmap": "tab10", "vmin": 0.5, "vmax": 10.5}
-        ax.scatter(preds[f"true_{dim}"], preds[f"pred_{dim}"], s=8, alpha=0.35, **colours)
+    fold = np.concatenate([np.full(len(p), k) for k, p in parts])
+    true, pred = np.concatenate([p.va for _, p in parts]), np.concatenate([p.va_pred for _, p in parts])
+    for d, (ax, dim) in enumerate(zip(axes, ("valence", "arousal"), strict=True)):
+        colours = {"c": fold, "cmap": "tab10", "vmin": 0.5, "vmax": 10.5}
+        ax.scatter(true[:, d], pred[:, d], s=8, alpha=0.35, **colours)
         ax.plot([1, 5], [1, 5], color="gray", lw=1, label="prediction = truth")
         ax.set(xlim=(0.8, 5.2), ylim=(0.8, 5.2), xlabel=f"true {dim}", ylabel=f"predicted {dim}", aspect="equal")
         ax.set_title(f"{dim}: CCC {stats[f'{dim}_ccc']} ({over(folds)})", fontsize=9)
@@ -555,15 +531,15 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     which = f"fold {fs.folds[0]}" if len(fs.folds) == 1 else f"{len(fs.folds)} folds ({','.join(map(str, fs.folds))})"
     label = f"{fs.script}, {fs.dataset}, {fs.split} split, {which}"
-    preds = read_predictions(fs)
+    parts = read_predictions(fs)
     stats = aggregate([fs.metrics[k] for k in fs.folds])
     made = {}
-    if preds is not None and f"prob_{EMOTIONS[0]}" in preds:
-        made["confusion"] = _confusion_figure(plt, preds, label)
+    if parts and parts[0][1].probs is not None:
+        made["confusion"] = _confusion_figure(plt, parts, label)
         made["per_class_f1"] = _per_class_f1_figure(plt, stats, label, fs.folds)
     made["curves"] = _curves_figure(plt, fs, stats, label)
-    if preds is not None and "pred_valence" in preds:
-        made["va_scatter"] = _va_scatter_figure(plt, preds, stats, label, fs.folds)
+    if parts and parts[0][1].va_pred is not None:
+        made["va_scatter"] = _va_scatter_figure(plt, parts, stats, label, fs.folds)
     if any("layer_weights" in fs.metrics[k] for k in fs.folds):
         made["layer_weights"] = _layer_weights_figure(plt, fs, label)
     written = []
@@ -578,11 +554,7 @@ def figures(fs: FoldSet, out: Path) -> list[Path]:
 def _pooled(fs: FoldSet):
     from common.compare import pool
 
-    frames = []
-    for k in fs.folds:
-        with (fs.runs[k] / "predictions.csv").open(encoding="utf-8", newline="") as f:
-            frames.append((k, list(csv.DictReader(f)), run_threshold(fs.runs[k])))
-    return pool(frames)
+    return pool([(k, predictions.read(fs.runs[k] / predictions.FILE), run_threshold(fs.runs[k])) for k in fs.folds])
 
 
 def _comparison_groups(sets: list[FoldSet]) -> list[tuple[str, str, dict[str, FoldSet]]]:
@@ -684,7 +656,7 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
 
 
 def _comparable(fs: FoldSet) -> bool:
-    return fs.complete and all((fs.runs[k] / "predictions.csv").is_file() for k in fs.folds)
+    return fs.complete and all((fs.runs[k] / predictions.FILE).is_file() for k in fs.folds)
 
 
 def encoder_label(fs: FoldSet) -> str:
@@ -763,8 +735,7 @@ def cross_corpus(runs: list[CrossRun], sets: list[FoldSet], resamples: int = 100
     rows = []
     for run in runs:
         at_home, within = (_within_partner(run, sets, d) for d in (run.dataset, run.test_dataset))
-        with (run.run_dir / "predictions.csv").open(encoding="utf-8", newline="") as f:
-            crossed = pool([(0, list(csv.DictReader(f)), run_threshold(run.run_dir))])
+        crossed = pool([(0, predictions.read(run.run_dir / predictions.FILE), run_threshold(run.run_dir))])
         paired = aligned(crossed, _pooled(within)) if within is not None and _comparable(within) else None
         mixed = [] if within is None else differences(within.settings or {}, run.settings)
         mixed = [d for d in mixed if not d.startswith(("--test_dataset ", "--dataset ")) and d != "another corpus"]

@@ -37,7 +37,6 @@ from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
 from common.grid import (
     CELLS,
-    DIMENSIONS,
     EMOTIONS,
     FUSION_PARAMS,
     FUSIONS,
@@ -736,32 +735,6 @@ def human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-def write_predictions(run_dir: Path, utterances, out: dict) -> None:
-    """predictions.csv: one row per test utterance in corpus order, true labels and scores beside the outputs."""
-    import numpy as np
-
-    order = np.argsort(out["index"], kind="stable")
-    header = ["segment_id", *[f"true_{e}" for e in EMOTIONS]]
-    if "probs" in out:
-        header += [f"prob_{e}" for e in EMOTIONS]
-    header += [f"true_{d}" for d in DIMENSIONS]
-    if "va_pred" in out:
-        header += [f"pred_{d}" for d in DIMENSIONS]
-    f = io.StringIO(newline="")
-    writer = csv.writer(f)
-    writer.writerow(header)
-    for k in order:
-        u = utterances[int(out["index"][k])]
-        row = [u.segment_id, *u.labels]
-        if "probs" in out:
-            row += [f"{p:.6f}" for p in out["probs"][k]]
-        row += [u.valence, u.arousal]
-        if "va_pred" in out:
-            row += [f"{v:.6f}" for v in out["va_pred"][k]]
-        writer.writerow(row)
-    write_file(run_dir, "predictions.csv", f.getvalue())
 
 
 def write_confusion(run_dir: Path, out: dict) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import rundir
+from common import predictions, rundir
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -473,7 +473,9 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     }
     if accelerator.is_main_process:
         with writing("the results", run_dir, "; the checkpoints are kept: then continue with --resume"):
-            rundir.write_predictions(run_dir, run.utterances, test_outputs)
+            rundir.write_file(
+                run_dir, predictions.FILE, predictions.text(predictions.of_outputs(run.utterances, test_outputs))
+            )
             if "probs" in test_outputs:
                 rundir.write_confusion(run_dir, test_outputs)
             if args.save_model:

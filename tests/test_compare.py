@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 from common.compare import Pooled, metrics_of, paired_bootstrap, pairs, pool
 from common.grid import EMOTIONS
 from common.metrics import classification_metrics, regression_metrics
+from common.predictions import Predictions
 from common.report import main
 
 from helpers import mark_run
@@ -41,6 +42,21 @@ def rows_of(true, probs, va, va_pred, fold):
     ]
 
 
+def pooled(frames):
+    """compare.pool over folds of rows as rows_of makes them, each fold's rows as the arrays of its predictions."""
+    as_arrays = [
+        Predictions(
+            [r["segment_id"] for r in rows],
+            np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows]),
+            np.array([[float(r["true_valence"]), float(r["true_arousal"])] for r in rows]),
+            np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows]),
+            np.array([[float(r["pred_valence"]), float(r["pred_arousal"])] for r in rows]),
+        )
+        for _, rows, _ in frames
+    ]
+    return pool([(fold, p, threshold) for (fold, _, threshold), p in zip(frames, as_arrays, strict=True)])
+
+
 def two_sets(better: float, worse: float, seed: int = 0, n: int = 200):
     """Two fold sets over the same 5 x n utterances; A right where its draw < better, B where < worse (the
     same draw: B is right on a subset of A's rows)."""
@@ -59,7 +75,7 @@ def two_sets(better: float, worse: float, seed: int = 0, n: int = 200):
 
 def test_pooled_metrics_are_those_of_scikit_learn_and_scipy_on_all_utterances():
     a, _ = two_sets(0.8, 0.6)
-    p = pool(a)
+    p = pooled(a)
     rows = [r for _, fold_rows, _ in a for r in fold_rows]
     labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
     probs = np.array([[float(r[f"prob_{e}"]) for e in EMOTIONS] for r in rows])
@@ -77,7 +93,7 @@ def test_pooled_metrics_are_those_of_scikit_learn_and_scipy_on_all_utterances():
 
 def test_a_known_difference_is_covered_and_zero_is_not():
     a, b = two_sets(0.85, 0.65)
-    pa, pb = pool(a), pool(b)
+    pa, pb = pooled(a), pooled(b)
     decisions = {name: p.decisions for name, p in (("a", pa), ("b", pb))}
     known = f1_score(pa.labels, decisions["a"], average="micro") - f1_score(pb.labels, decisions["b"], average="micro")
     diff, low, high = paired_bootstrap(pa, pb, "micro_f1", resamples=1000, seed=1)
@@ -102,7 +118,7 @@ def test_no_difference_gives_an_interval_around_zero():
         probs[np.arange(len(rows)), np.where(right, true, (true + 1) % 7)] = 0.9
         b[fold - 1] = (fold, rows_of(true, probs, va, va + rng.normal(0, 0.4, va.shape), fold), 0.5)
     for metric in ("micro_f1", "uar", "mean_ccc"):
-        diff, low, high = paired_bootstrap(pool(a), pool(b), metric, resamples=1000)
+        diff, low, high = paired_bootstrap(pooled(a), pooled(b), metric, resamples=1000)
         assert low < 0 < high, (metric, diff, low, high)
 
 
@@ -110,7 +126,7 @@ def test_different_utterances_are_not_compared():
     a, _ = two_sets(0.8, 0.6, n=50)
     c, _ = two_sets(0.8, 0.6, n=60)
     with pytest.raises(ValueError, match="do not hold the same test utterances"):
-        paired_bootstrap(pool(a), pool(c), "micro_f1", resamples=100)
+        paired_bootstrap(pooled(a), pooled(c), "micro_f1", resamples=100)
 
 
 def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=()) -> None:
@@ -126,6 +142,7 @@ def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=()) ->
         (run / "metrics.json").write_text(json.dumps(metrics))
         mark_run(run, script, encoders=list(encoders))
         columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
+        columns += ["true_valence", "true_arousal"]  # a classification run's file, as the loop writes it
         with (run / "predictions.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, columns, extrasaction="ignore")
             writer.writeheader()
@@ -175,7 +192,7 @@ def test_the_report_puts_encoders_side_by_side_and_compares_them_on_the_same_cel
     with (tmp_path / "report" / "comparisons.csv").open() as f:
         (row,) = [r for r in csv.DictReader(f) if r["metric"] == "micro_f1"]
     assert (row["a"], row["b"]) == ("speech_classification [default encoders]", "speech_classification [wavlm]")
-    pa, pb = pool(worse), pool(better)
+    pa, pb = pooled(worse), pooled(better)
     known = f1_score(pa.labels, pa.decisions, average="micro") - f1_score(pb.labels, pb.decisions, average="micro")
     assert float(row["difference"]) == pytest.approx(known) and float(row["ci_high"]) < 0
     assert "## Paired comparisons of encoders" in md

@@ -130,7 +130,9 @@ def test_the_command_writes_its_files_and_skips_a_damaged_run_with_one_line(runs
 def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(tmp_path):
     from common.grid import EMOTIONS
 
+    # a classification run's predictions.csv, as the loop writes it (true valence/arousal last)
     header = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
+    header += ["true_valence", "true_arousal"]
     tables_by_fold = {
         1: [  # threshold 0.3: 2 predicted / 1 (0.4) / 2 (0.5 and 0.6); true sets of 2, 1, 1
             ("a", [1, 0, 0, 1, 0, 0, 0], [0.9, 0.1, 0.1, 0.7, 0.1, 0.1, 0.1]),
@@ -150,7 +152,7 @@ def test_emotion_decisions_are_counted_from_predictions_at_each_runs_threshold(t
         m["test"]["n"] = len(table)  # the rows of its predictions.csv
         (folder / "metrics.json").write_text(json.dumps(m))
         write_config(folder, fold, threshold=0.3)  # the runs' own, not 0.5
-        lines = [",".join(header)] + [",".join([sid, *map(str, t), *map(str, p)]) for sid, t, p in table]
+        lines = [",".join(header)] + [",".join([sid, *map(str, t), *map(str, p), "3.0", "3.0"]) for sid, t, p in table]
         (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
     md, _ = tables(find_fold_sets(tmp_path))
     # predicting nothing: fold 1 gets 17 of 21 bits right, fold 2 6 of 14 -> mean 0.6905, sample std 0.3030

@@ -168,29 +168,24 @@ def _sync(device: torch.device) -> None:
 
 def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, probs, va, va_pred) -> None:
     """A finished run's metrics.json and predictions.csv, from given outputs (for timing the report)."""
-    from common.grid import EMOTIONS
+    from common import predictions
     from common.metrics import classification_metrics, regression_metrics
     from common.rundir import Owner
 
     folder.mkdir(parents=True)
-    test, columns = {}, ["segment_id", *[f"true_{e}" for e in EMOTIONS]]
-    if task != "regression":
-        test |= classification_metrics(labels, probs, 0.5)[0]
-        columns += [f"prob_{e}" for e in EMOTIONS]
-    columns += ["true_valence", "true_arousal"]
-    if task != "classification":
-        test |= regression_metrics(va, va_pred)[0]
-        columns += ["pred_valence", "pred_arousal"]
+    test = classification_metrics(labels, probs, 0.5)[0] if task != "regression" else {}
+    test |= regression_metrics(va, va_pred)[0] if task != "classification" else {}
     metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold, "task": task}
     (folder / "metrics.json").write_text(json.dumps(metrics | {"chosen_epoch": 1, "test": test, "epochs": []}))
-    table = np.concatenate([labels, probs, va, va_pred], axis=1)
-    names = [f"true_{e}" for e in EMOTIONS] + [f"prob_{e}" for e in EMOTIONS]
-    names += ["true_valence", "true_arousal", "pred_valence", "pred_arousal"]
-    keep = [names.index(c) for c in columns[1:]]
-    lines = [",".join(columns)]
-    lines += [f"u{fold}_{i}," + ",".join(f"{x:.6g}" for x in row[keep]) for i, row in enumerate(table)]
-    (folder / "predictions.csv").write_text("\n".join(lines) + "\n")
-    Owner(folder, "run", script, {}, {"listing": "synthetic"}, False, ["metrics.json", "predictions.csv"]).write()
+    rows = predictions.Predictions(
+        [f"u{fold}_{i}" for i in range(len(labels))],
+        labels,
+        va,
+        probs if task != "regression" else None,
+        va_pred if task != "classification" else None,
+    )
+    (folder / predictions.FILE).write_text(predictions.text(rows))
+    Owner(folder, "run", script, {}, {"listing": "synthetic"}, False, ["metrics.json", predictions.FILE]).write()
 
 
 def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
