@@ -1,8 +1,10 @@
-"""predictions.csv, a run's test predictions: one row per test utterance in corpus order, its true labels and
-valence/arousal beside the model's emotion probabilities and predicted valence/arousal (a cell writes the
-outputs it has). Its writer and its reader side by side: the loop and the benchmark write it with `text`; the
-report, its figures and the paired comparisons read it with `read`, which checks every row, so that a damaged
-file is set aside with one line naming it, never averaged in."""
+"""The files of a run's test predictions. predictions.csv: one row per test utterance in corpus order, its true
+labels and valence/arousal beside the model's emotion probabilities and predicted valence/arousal (a cell
+writes the outputs it has). Its writer and its reader side by side: the loop and the benchmark write it with
+`text`; the report, its figures and the paired comparisons read it with `read`, which checks every row, so
+that a damaged file is set aside with one line naming it, never averaged in. confusion.csv (`confusion_text`):
+the same utterances counted by true and top-1 predicted emotion, for a reader of the run folder (the report
+computes its own from predictions.csv)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from common.errors import UserError
 from common.grid import DIMENSIONS, EMOTIONS
 
 FILE = "predictions.csv"
+CONFUSION = "confusion.csv"
 
 
 @dataclass
@@ -111,3 +114,15 @@ def read(path: Path, n: int | None = None) -> Predictions:
         probs,
         table[:, at + 2 : at + 4] if va else None,
     )
+
+
+def confusion_text(labels: np.ndarray, probs: np.ndarray) -> str:
+    """confusion.csv: test utterances counted by true emotion (rows; a multi-label utterance in each of its
+    rows) and top-1 predicted emotion (columns)."""
+    from common.metrics import confusion  # scikit-learn: not for --help
+
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["true", *[f"top1_{e}" for e in EMOTIONS]])
+    writer.writerows([e, *map(int, row)] for e, row in zip(EMOTIONS, confusion(labels, probs), strict=True))
+    return f.getvalue()

@@ -13,9 +13,7 @@ whether a command may start, continue or replace the runs it aims at.
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
-import io
 import os
 import platform
 import shutil
@@ -37,7 +35,6 @@ from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
 from common.grid import (
     CELLS,
-    EMOTIONS,
     FUSION_PARAMS,
     FUSIONS,
     SPEECH_ONLY,
@@ -735,19 +732,6 @@ def human(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-def write_confusion(run_dir: Path, out: dict) -> None:
-    """confusion.csv: test utterances counted by true emotion (rows; a multi-label utterance in each of its
-    rows) and top-1 predicted emotion (columns)."""
-    from common.metrics import confusion
-
-    counts = confusion(out["labels"], out["probs"])
-    f = io.StringIO(newline="")
-    writer = csv.writer(f)
-    writer.writerow(["true", *[f"top1_{e}" for e in EMOTIONS]])
-    writer.writerows([emotion, *map(int, row)] for emotion, row in zip(EMOTIONS, counts, strict=True))
-    write_file(run_dir, "confusion.csv", f.getvalue())
 
 
 def _describe_model(name: str, encoder) -> dict:

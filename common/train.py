@@ -477,7 +477,8 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
                 run_dir, predictions.FILE, predictions.text(predictions.of_outputs(run.utterances, test_outputs))
             )
             if "probs" in test_outputs:
-                rundir.write_confusion(run_dir, test_outputs)
+                confusion = predictions.confusion_text(test_outputs["labels"], test_outputs["probs"])
+                rundir.write_file(run_dir, predictions.CONFUSION, confusion)
             if args.save_model:
                 enc = run.encoders
                 save = partial(
