@@ -30,7 +30,7 @@ try:
 except ModuleNotFoundError:  # Windows: no POSIX locks (the scripts refuse to start there, see cli.main)
     fcntl = None
 
-from common import atomic, cache, paths, schema
+from common import atomic, cache, paths, runfiles, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
 from common.grid import (
@@ -819,7 +819,7 @@ def record_size(run_dir: Path) -> None:
     config = schema.load(run_dir / "config.json", max_bytes=64 << 20)  # checked when the run was claimed
     config["disk_bytes"] = size(run_dir)
     with writing("config.json", run_dir):
-        write_json(run_dir, "config.json", config)
+        write_file(run_dir, "config.json", runfiles.config_text(config))
 
 
 def _earlier_run(folder: Path) -> Owner:

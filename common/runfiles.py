@@ -1,11 +1,12 @@
-"""What a run's config.json and metrics.json hold, and reading them back: every field the project uses is
-checked for its type (`common.schema`) before a resumed run, the report or `common.predict` acts on it."""
+"""What a run's config.json and metrics.json hold, their text as written and reading them back: every field the
+project uses is checked for its type (`common.schema`) before a resumed run, the report or `common.predict` acts
+on it, and what is written is checked the same way first, so that it reads back."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from common import schema
+from common import atomic, schema
 from common.errors import UserError
 from common.folds import NUM_FOLDS
 from common.grid import CELLS, EMOTIONS, TASKS, Cell, is_cell
@@ -73,6 +74,18 @@ CONFIG = Fields(
     {"disk_bytes": count(0), "models": Map(Fields({}, {"frozen": FROZEN}), keys=("text", "speech"))},
 )
 CONFIG_BYTES = 64 << 20  # a corpus's excluded rows are listed in it
+
+
+def config_text(config: dict) -> str:
+    """config.json's text (a value the reader would refuse is a bug here, never written)."""
+    schema.check(config, CONFIG)
+    return atomic.json_text(config)
+
+
+def metrics_text(result: dict) -> str:
+    """metrics.json's text, ASCII only (a value the reader would refuse is a bug here, never written)."""
+    schema.check(result, METRICS)
+    return atomic.json_text(result, ensure_ascii=True)
 
 
 def read_config(run_dir: Path) -> dict:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import predictions, rundir
+from common import predictions, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -404,7 +404,7 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
         if pos_weight is not None:
             config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
-            rundir.write_json(run_dir, "config.json", config)
+            rundir.write_file(run_dir, "config.json", runfiles.config_text(config))
     if args.report_to != "none":  # events in <run_dir>/tensorboard/
         if accelerator.is_main_process:
             with writing("the TensorBoard events", run_dir):
@@ -485,7 +485,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
                     run.core.save, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references
                 )
                 rundir.build_folder(run_dir, "model", save)
-            rundir.write_json(run_dir, "metrics.json", result, ensure_ascii=True)
+            rundir.write_file(run_dir, "metrics.json", runfiles.metrics_text(result))
     accelerator.wait_for_everyone()
     if args.keep_checkpoint:
         run.checkpoints.prune(keep=chosen)

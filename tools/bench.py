@@ -168,7 +168,7 @@ def _sync(device: torch.device) -> None:
 
 def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, probs, va, va_pred) -> None:
     """A finished run's metrics.json and predictions.csv, from given outputs (for timing the report)."""
-    from common import predictions
+    from common import predictions, runfiles
     from common.metrics import classification_metrics, regression_metrics
     from common.rundir import Owner
 
@@ -176,7 +176,8 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
     test = classification_metrics(labels, probs, 0.5)[0] if task != "regression" else {}
     test |= regression_metrics(va, va_pred)[0] if task != "classification" else {}
     metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold, "task": task}
-    (folder / "metrics.json").write_text(json.dumps(metrics | {"chosen_epoch": 1, "test": test, "epochs": []}))
+    result = metrics | {"selection": "last_epoch", "chosen_epoch": 1, "test": test, "epochs": []}
+    (folder / "metrics.json").write_text(runfiles.metrics_text(result))
     rows = predictions.Predictions(
         [f"u{fold}_{i}" for i in range(len(labels))],
         labels,
