@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.grid import EMOTIONS, FUSIONS, TASKS
+from common.grid import FUSIONS, TASKS
+from common.metrics import from_counts, utterance_counts
 from common.predictions import Predictions
 
 # The metrics compared, by what a fold set predicts.
@@ -84,46 +85,15 @@ def aligned(a: Pooled, b: Pooled) -> Pooled | None:
     return out if same else None
 
 
-def _statistics(p: Pooled, metric: str) -> np.ndarray:
-    """Per-utterance counts whose sums over any resample give `metric` (utterances x columns)."""
-    if metric in ("micro_f1", "macro_f1"):
-        tp = p.labels * p.decisions
-        fp, fn = (1 - p.labels) * p.decisions, p.labels * (1 - p.decisions)
-        return np.concatenate([tp, fp, fn], axis=1).astype(np.float64)  # 3 x emotions columns
-    if metric == "uar":
-        hits = p.labels * (np.eye(len(EMOTIONS))[p.top1])
-        return np.concatenate([hits, p.labels], axis=1).astype(np.float64)
-    t, q = p.va, p.va_pred  # mean_ccc: sums of t, q, t^2, q^2, t*q per dimension
-    return np.concatenate([t, q, t * t, q * q, t * q], axis=1)
-
-
-def _metric(sums: np.ndarray, n: np.ndarray, metric: str) -> np.ndarray:
-    """`metric` from column sums (resamples x columns) over n utterances per resample; nan where undefined."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if metric in ("micro_f1", "macro_f1"):
-            tp, fp, fn = np.split(sums, 3, axis=1)
-            if metric == "micro_f1":
-                tp, fp, fn = tp.sum(1), fp.sum(1), fn.sum(1)
-                return np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-            f1 = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-            return np.nanmean(f1, axis=1)  # a class with no true and no predicted positive is left out
-        if metric == "uar":
-            hits, support = np.split(sums, 2, axis=1)
-            return np.nanmean(np.where(support > 0, hits / support, np.nan), axis=1)
-        t, q, tt, qq, tq = np.split(sums / n[:, None], 5, axis=1)
-        cov, vt, vq = tq - t * q, tt - t * t, qq - q * q
-        return np.mean(2 * cov / (vt + vq + (t - q) ** 2), axis=1)
-
-
 def paired_bootstrap(
     a: Pooled, b: Pooled, metric: str, resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
     """(difference A - B on all pooled utterances, 2.5th and 97.5th percentiles over paired resamples)."""
     if a.ids != b.ids:
         raise ValueError("the two fold sets do not hold the same test utterances in the same order")
-    sa, sb = _statistics(a, metric), _statistics(b, metric)
+    sa, sb = (utterance_counts(p.labels, p.decisions, p.top1, p.va, p.va_pred, metric) for p in (a, b))
     n = len(a.ids)
-    point = _metric(sa.sum(0, keepdims=True), np.array([n]), metric) - _metric(
+    point = from_counts(sa.sum(0, keepdims=True), np.array([n]), metric) - from_counts(
         sb.sum(0, keepdims=True), np.array([n]), metric
     )
     rng = np.random.default_rng(seed)
@@ -132,7 +102,7 @@ def paired_bootstrap(
         k = min(100, resamples - start)
         weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)]).astype(np.float64)
         counts = np.full(k, float(n))
-        diffs.append(_metric(weights @ sa, counts, metric) - _metric(weights @ sb, counts, metric))
+        diffs.append(from_counts(weights @ sa, counts, metric) - from_counts(weights @ sb, counts, metric))
     low, high = np.nanpercentile(np.concatenate(diffs), [2.5, 97.5])
     return float(point[0]), float(low), float(high)
 

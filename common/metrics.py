@@ -141,3 +141,41 @@ def regression_metrics(true: np.ndarray, pred: np.ndarray) -> tuple[dict, list[s
     cccs = [metrics[f"{d}_ccc"] for d in DIMENSIONS]
     metrics["mean_ccc"] = None if None in cccs else float(np.mean(cccs))
     return metrics, notes
+
+
+# The paired bootstrap of the report (common.compare) resamples utterances thousands of times: each metric it
+# compares as per-utterance counts whose sums over any resample give the metric, then the metric from the sums.
+
+
+def utterance_counts(labels, decisions, top1, va, va_pred, metric: str) -> np.ndarray:
+    """Per-utterance counts (utterances x columns) whose sums over any resample give `metric` (micro_f1,
+    macro_f1: true/false positives and false negatives per emotion; uar: top-1 hits and support per emotion;
+    mean_ccc: sums of t, q, t^2, q^2, t*q per dimension)."""
+    if metric in ("micro_f1", "macro_f1"):
+        tp = labels * decisions
+        fp, fn = (1 - labels) * decisions, labels * (1 - decisions)
+        return np.concatenate([tp, fp, fn], axis=1).astype(np.float64)
+    if metric == "uar":
+        hits = labels * (np.eye(len(EMOTIONS))[top1])
+        return np.concatenate([hits, labels], axis=1).astype(np.float64)
+    t, q = va, va_pred
+    return np.concatenate([t, q, t * t, q * q, t * q], axis=1)
+
+
+def from_counts(sums: np.ndarray, n: np.ndarray, metric: str) -> np.ndarray:
+    """`metric` from column sums of `utterance_counts` (resamples x columns) over n utterances per resample; nan
+    where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric in ("micro_f1", "macro_f1"):
+            tp, fp, fn = np.split(sums, 3, axis=1)
+            if metric == "micro_f1":
+                tp, fp, fn = tp.sum(1), fp.sum(1), fn.sum(1)
+                return np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+            f1 = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+            return np.nanmean(f1, axis=1)  # a class with no true and no predicted positive is left out
+        if metric == "uar":
+            hits, support = np.split(sums, 2, axis=1)
+            return np.nanmean(np.where(support > 0, hits / support, np.nan), axis=1)
+        t, q, tt, qq, tq = np.split(sums / n[:, None], 5, axis=1)
+        cov, vt, vq = tq - t * q, tt - t * t, qq - q * q
+        return np.mean(2 * cov / (vt + vq + (t - q) ** 2), axis=1)
