@@ -10,6 +10,7 @@ import json
 import statistics
 from collections import Counter
 
+from common import raters
 from common.errors import UserError, run_cli
 from common.folds import SPLITS, fold_sizes
 from common.grid import EMOTIONS
@@ -90,6 +91,7 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
             "blank_first_line": len(corpus.blank_first_line),
         },
         "folds": _fold_sizes([u.session for u in utts]),
+        "raters": raters.summary(corpus),
     }
 
 
@@ -156,6 +158,7 @@ def format_summary(s: dict) -> str:
         f"transcripts: encodings {t['encodings']}  empty {t['empty']}  first line blank {t['blank_first_line']} "
         "(the first line is the utterance, as the original read it)"
     )
+    out += _raters_lines(s["raters"], used)
     out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
     for split, rows in s["folds"].items():
         for r in rows:
@@ -165,6 +168,30 @@ def format_summary(s: dict) -> str:
                 + (f"   test sessions {' .. '.join(dict.fromkeys([held[0], held[-1]]))}" if held else "")
             )
     return "\n".join(out)
+
+
+def _raters_lines(r: dict, used: int) -> list[str]:
+    out = ["evaluators (read by position; names as each file's header writes them):"]
+    out += [f"  {' '.join(n['evaluators'])}  ({n['files']} files)" for n in r["names"]]
+    high = next(k for k in r if k.startswith("at_least_"))
+    out.append(
+        f"  utterances with all ten ratings read: {r['complete']} of {used}; rater cells missing "
+        f"{r['cells_missing']}, unreadable {r['cells_unreadable']}"
+    )
+    if r["not_fully_read"]:
+        shown = r["not_fully_read"][:20]
+        more = len(r["not_fully_read"]) - len(shown)
+        out.append(f"  not fully read: {'; '.join(shown)}" + (f"; ... ({more} more)" if more else ""))
+    out.append(
+        f"  {high.replace('_', ' ')} on one emotion: {r[high]} of {r['complete']} "
+        f"(evaluators choosing the most chosen emotion: {r['votes_for_the_top_emotion']})"
+    )
+    out.append(
+        "  total evaluation differs from its evaluators: emotion not their plurality "
+        f"{r['emotion_not_their_plurality']}, valence/arousal not their mean (by more than 0.05) "
+        f"{r['scores_not_their_mean']}"
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,8 +13,9 @@ import io
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +28,44 @@ _LABEL_INDEX = {name: i for i, name in enumerate(EMOTIONS)} | {"disqust": EMOTIO
 # The original's dictionary: exact names, with KEMDy20's spelling only (KEMDy19 writes "disgust").
 ORIGINAL_LABELS = {"angry": 0, "disqust": 1, "fear": 2, "happy": 3, "neutral": 4, "sad": 5, "surprise": 6}
 ALL_SEVEN = (1,) * len(EMOTIONS)
+# The ten evaluators' columns follow the total evaluation: three each (Emotion, Valence, Arousal).
+N_RATERS = 10
+
+
+class Rating(NamedTuple):
+    """One evaluator's judgement of an utterance: one emotion (its index in EMOTIONS), valence and arousal on
+    1-5; None where the cell is empty or cannot be read (counted by the audit, never a reason to drop a row).
+    A named tuple: tens of thousands of rows make ten each when a corpus is read."""
+
+    emotion: int | None
+    valence: float | None
+    arousal: float | None
+
+
+def _score(text: str) -> float | None:
+    """A rater's valence or arousal: a number on 1-5, else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 1.0 <= value <= 5.0 else None
+
+
+def read_ratings(row: list[str], first: int) -> tuple[tuple[Rating, ...], int, int]:
+    """The ten evaluators' ratings of a row whose first evaluator's Emotion cell is column `first`, and how many
+    of their cells were missing (empty or absent) and unreadable."""
+    cells = [c.strip() for c in row[first : first + 3 * N_RATERS]]
+    cells += [""] * (3 * N_RATERS - len(cells))
+    ratings, missing, unreadable = [], 0, 0
+    for k in range(0, 3 * N_RATERS, 3):
+        emotion, valence, arousal = cells[k], cells[k + 1], cells[k + 2]
+        rating = Rating(_LABEL_INDEX.get(emotion.lower()), _score(valence), _score(arousal))
+        if None in rating:
+            for text, value in zip((emotion, valence, arousal), rating, strict=True):
+                if value is None:
+                    missing, unreadable = (missing + 1, unreadable) if not text else (missing, unreadable + 1)
+        ratings.append(rating)
+    return tuple(ratings), missing, unreadable
 
 
 @dataclass(frozen=True)
@@ -65,6 +104,7 @@ class Utterance:
     sample_rate: int
     channels: int
     level: float = 1.0  # a float recording's peak where it exceeds 1 (see `audio_level`), else 1
+    ratings: tuple = ()  # the ten evaluators' Ratings, in the file's column order
 
 
 @dataclass(frozen=True)
@@ -91,6 +131,9 @@ class Corpus:
     labels: str = "checked"  # how Emotion cells were read (LABEL_READINGS)
     duplicates: list[Exclusion] = field(default_factory=list)  # rows repeating a segment id of their file
     blank_first_line: list[str] = field(default_factory=list)  # utterances whose transcript starts blank
+    rater_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per file, as its header writes them
+    rater_cells: Counter = field(default_factory=Counter)  # the used rows' rater cells: "missing", "unreadable"
+    unreadable_ratings: list[str] = field(default_factory=list)  # "<segment id>: evaluator k" of those cells
 
     def fingerprint(self) -> str:
         """A hash of the listing (utterances in order, their files, labels, scores and transcripts): runs
@@ -173,8 +216,9 @@ def _parse_score(cell: str, name: str) -> float:
     return value
 
 
-def _read_annotation(path: Path, layout: Layout) -> tuple[list[list[str]], int]:
-    """(data rows, cells of the header row) of one annotation file, after checking its two header rows."""
+def _read_annotation(path: Path, layout: Layout) -> tuple[list[list[str]], int, list[str]]:
+    """(data rows, cells of the header row, the first header row) of one annotation file, after checking its two
+    header rows."""
     decoded = decode_text(path.read_bytes())
     if decoded is None:
         raise UserError(f"{path}: annotation file is neither UTF-8 nor cp949 text")
@@ -206,7 +250,7 @@ def _read_annotation(path: Path, layout: Layout) -> tuple[list[list[str]], int]:
             f"{path}: expected Emotion, Valence, Arousal in columns {col + 2}-{col + 4} of the second "
             f"header row, found {', '.join(repr(f) for f in found)} (missing columns?)"
         )
-    return rows[2:], len(second)
+    return rows[2:], len(second), first
 
 
 class _Skip(Exception):
@@ -388,7 +432,11 @@ def _read_file(corpus: Corpus, reader: _RowReader, path: Path, rows: str, duplic
     """The rows of one annotation file, into the corpus's utterances or exclusions."""
     layout = reader.layout
     file_match = layout.file_pattern.match(path.name)
-    data, width = _read_annotation(path, layout)
+    data, width, first = _read_annotation(path, layout)
+    raters = layout.segment_col + 4
+    corpus.rater_names[path.name] = tuple(
+        first[raters + 3 * k].strip() if raters + 3 * k < len(first) else "" for k in range(N_RATERS)
+    )
     seen: set[str] = set()
     for line, row in enumerate(data, start=3):
         if not any(c.strip() for c in row):
@@ -410,6 +458,13 @@ def _read_file(corpus: Corpus, reader: _RowReader, path: Path, rows: str, duplic
             ident = row[layout.segment_col].strip() if len(row) > layout.segment_col else ""
             corpus.excluded.append(Exclusion(ident or f"{path.name}:{line}", skip.reason, path.name, line, skip.detail))
             continue
+        ratings, missing, unreadable = read_ratings(row, raters)
+        utterance = replace(utterance, ratings=ratings)
+        corpus.rater_cells["missing"] += missing
+        corpus.rater_cells["unreadable"] += unreadable
+        if unreadable:
+            bad = [str(k + 1) for k, r in enumerate(ratings) if None in (r.emotion, r.valence, r.arousal)]
+            corpus.unreadable_ratings.append(f"{utterance.segment_id}: evaluator {', '.join(bad)}")
         corpus.utterances.append(utterance)
         corpus.transcript_encodings[encoding] += 1
         if utterance.wav.with_suffix(".txt") in reader.blank_first_line:

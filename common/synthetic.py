@@ -225,7 +225,8 @@ def _panel(rng: np.random.Generator, labels: tuple[str, ...], latent: tuple[floa
 
 
 def _spell20(label: str) -> str:
-    """KEMDy20's files spell disgust "disqust"; KEMDy19's write "disgust"."""
+    """KEMDy20's total evaluation spells disgust "disqust"; KEMDy19's writes "disgust", as do both corpora's
+    evaluators."""
     return "disqust" if label == "disgust" else label
 
 
@@ -331,11 +332,13 @@ def _write_csv(path: Path, header: list[list[str]], rows: list[list[str]], crlf:
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
-def _eval_cells(panel, spell=str) -> list[str]:
+def _eval_cells(panel) -> list[str]:
+    """The ten evaluators' cells: one emotion each, always spelled `disgust` (KEMDy20's `disqust` is its total
+    evaluation's spelling only), integer valence and arousal."""
     names, scores, total = panel
     cells = []
     for name, (v, a) in zip(names, scores, strict=False):
-        cells += [spell(name), str(v), str(a)]
+        cells += [name, str(v), str(a)]
     return cells
 
 
@@ -373,7 +376,7 @@ def _generate_20(w: _Writer, sizes: list[int]) -> list[Recording]:
                     _fmt(v),
                     _fmt(a),
                 ]
-                + _eval_cells(panels[0], _spell20)
+                + _eval_cells(panels[0])
             )
             clock += rec.duration + 0.5
             recordings.append(rec)

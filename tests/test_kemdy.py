@@ -1,6 +1,7 @@
 """KEMDy19/20 readers: order, labels, quirks, exclusions and errors, against the generator's ground truth
 and against small hand-written corpora."""
 
+import csv
 import json
 import re
 import subprocess
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common.audit import summarize
+from common.audit import format_summary, summarize
 from common.errors import UserError
 from common.grid import EMOTIONS
-from common.kemdy import decode_text, original_emotions, parse_emotions, read_corpus
+from common.kemdy import LAYOUTS, N_RATERS, Rating, decode_text, original_emotions, parse_emotions, read_corpus
+from common.synthetic import generate
 
 HEADER20 = (
     "Numb,Wav,,Segment ID,Total Evaluation,,,Eval01F,,\n,start,end,,Emotion,Valence,Arousal,Emotion,Valence,Arousal\n"
@@ -214,10 +216,14 @@ def test_the_synthetic_corpora_spell_disgust_as_the_real_ones(tmp_path):
         root = tmp_path / dataset
         truth = generate(dataset, root, sessions=2, utterances_per_session=40, seed=3)
         assert any("disgust" in r.labels for r in truth)
-        cells = set()
+        emotion = LAYOUTS[dataset].segment_col + 1  # the total evaluation's Emotion; the evaluators' follow it
+        cells, raters = set(), set()
         for path in (root / "annotation").iterdir():
-            cells |= {c for line in path.read_text().splitlines()[2:] for c in line.split(",") if "dis" in c}
+            for row in list(csv.reader(path.open(encoding="utf-8")))[2:]:
+                cells |= {row[emotion]} if "dis" in row[emotion] else set()
+                raters |= {c for c in row[emotion + 3 :: 3] if "dis" in c}
         assert cells and all(spelling in c and c.count("dis") == c.count(spelling) for c in cells)
+        assert raters == {"disgust"}  # both corpora's evaluators write disgust
         seven = summarize(read_corpus(dataset, root))["original_all_seven"]["rows"]
         # KEMDy19 lists every recording in both actors' files; recordings without files are excluded.
         used = [r for r in truth if not r.missing]
@@ -524,3 +530,59 @@ def test_a_float_wav_beyond_full_scale_is_kept_at_its_level(tmp_path):
     corpus = read_corpus("20", tmp_path)
     assert [u.level for u in corpus.utterances] == [pytest.approx(2.5 * np.abs(x).max()), 1.0, 1.0]  # 3rd: PCM
     assert summarize(corpus)["audio"]["beyond_full_scale"] == 1
+
+
+@pytest.mark.parametrize("dataset", ["19", "20"])
+def test_the_ten_evaluators_are_read_by_position_as_the_annotation_files_write_them(tmp_path, dataset):
+    """Each utterance's ratings are its row's thirty cells after the total evaluation, read here with the csv
+    module by the positions ../shared/KEMDY_FORMAT.md gives; the names are each file's first header row's."""
+    root = tmp_path / dataset
+    generate(dataset, root, sessions=2, utterances_per_session=30, seed=5)
+    corpus = read_corpus(dataset, root)
+    first = {"19": 13, "20": 7}[dataset]  # the first evaluator's Emotion column
+    tables = {p.name: list(csv.reader(p.open(encoding="utf-8"))) for p in (root / "annotation").iterdir()}
+    for u in corpus.utterances:
+        row = tables[u.annotation][u.line - 1]
+        expected = [
+            Rating(EMOTIONS.index(row[c].replace("disqust", "disgust")), float(row[c + 1]), float(row[c + 2]))
+            for c in range(first, first + 3 * N_RATERS, 3)
+        ]
+        assert list(u.ratings) == expected, u.segment_id
+    for name, table in tables.items():
+        assert corpus.rater_names[name] == tuple(table[0][first : first + 3 * N_RATERS : 3])
+    assert corpus.rater_cells == Counter() and len(corpus.utterances) == len(
+        {(u.annotation, u.line) for u in corpus.utterances}
+    )
+
+
+def test_a_missing_or_unreadable_rater_cell_is_counted_never_a_reason_to_drop_a_row(tmp_path):
+    root = tmp_path / "20"
+    generate("20", root, sessions=2, utterances_per_session=20, seed=6)
+    before = [(u.segment_id, u.labels, u.valence, u.arousal) for u in read_corpus("20", root).utterances]
+    path = root / "annotation" / "Sess01_eval.csv"
+    rows = list(csv.reader(path.open(encoding="utf-8")))
+    rows[2][7], rows[2][8] = "", "7"  # evaluator 1 of the first utterance: no emotion, valence off the scale
+    rows[3][10] = "angy"  # evaluator 2 of the second: an emotion the corpora do not have
+    rows[4] = rows[4][:28]  # the third row stops before evaluator 8 (columns 28-30)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    corpus = read_corpus("20", root)
+    assert [(u.segment_id, u.labels, u.valence, u.arousal) for u in corpus.utterances] == before
+    first, second, third = corpus.utterances[:3]
+    assert first.ratings[0].emotion is None and first.ratings[0].valence is None and first.ratings[0].arousal
+    assert second.ratings[1].emotion is None and second.ratings[1].valence is not None
+    assert [r.emotion is None for r in third.ratings] == [False] * 7 + [True] * 3
+    # missing: the first's emotion and the third's 9 cells (evaluators 8 to 10); unreadable: 2
+    assert corpus.rater_cells == Counter({"missing": 1 + 9, "unreadable": 2})
+    text = format_summary(summarize(corpus))
+    assert f"utterances with all ten ratings read: {len(before) - 3} of {len(before)}" in text
+    assert "rater cells missing 10, unreadable 2" in text
+    assert f"  not fully read: {first.segment_id}: evaluator 1; {second.segment_id}: evaluator 2" in text.splitlines()
+
+
+def test_the_data_page_shows_the_audits_evaluators_of_the_demo_corpus_as_printed(demo20):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
+    shown = re.search(r"```text\n(evaluators .*?)```", page, re.S).group(1).splitlines()
+    printed = format_summary(summarize(read_corpus("20", demo20))).splitlines()
+    start = printed.index(shown[0])
+    assert printed[start : start + len(shown)] == shown

@@ -1,0 +1,61 @@
+"""The ten evaluators of each utterance (read by `common.kemdy` into `Utterance.ratings`): what they agree on.
+KEMDy's total evaluation is, by its documentation, the emotions chosen by the most evaluators (ties joined)
+and the mean of their valence and arousal; these functions compute the same from the ratings, so that a copy
+of the corpus can be checked against its own documentation and agreement can be measured."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from common.grid import EMOTIONS
+
+# An utterance on which at least this many of the ten evaluators chose one emotion: "high agreement".
+HIGH_AGREEMENT = 7
+
+
+def complete(ratings) -> bool:
+    """Every evaluator's emotion, valence and arousal read."""
+    return bool(ratings) and all(None not in (r.emotion, r.valence, r.arousal) for r in ratings)
+
+
+def votes(ratings) -> Counter:
+    """Evaluators per emotion index (those whose emotion was read)."""
+    return Counter(r.emotion for r in ratings if r.emotion is not None)
+
+
+def plurality(ratings) -> tuple[int, ...]:
+    """The emotions chosen by the most evaluators, multi-hot over EMOTIONS (ties all set)."""
+    counts = votes(ratings)
+    top = max(counts.values(), default=0)
+    return tuple(int(top > 0 and counts[i] == top) for i in range(len(EMOTIONS)))
+
+
+def mean_scores(ratings) -> tuple[float, float]:
+    """Mean valence and arousal over the evaluators (of a complete panel)."""
+    return (
+        sum(r.valence for r in ratings) / len(ratings),
+        sum(r.arousal for r in ratings) / len(ratings),
+    )
+
+
+def summary(corpus) -> dict:
+    """The audit's account of the evaluators: their names per file, the rater cells that could not be used,
+    agreement, and how often the total evaluation differs from what its evaluators' ratings give."""
+    utts = corpus.utterances
+    full = [u for u in utts if complete(u.ratings)]
+    names = Counter(corpus.rater_names.values())
+    top = [max(votes(u.ratings).values()) for u in full]
+    return {
+        "names": [{"evaluators": list(n), "files": k} for n, k in names.most_common()],
+        "complete": len(full),
+        "cells_missing": corpus.rater_cells["missing"],
+        "cells_unreadable": corpus.rater_cells["unreadable"],
+        "not_fully_read": corpus.unreadable_ratings,
+        f"at_least_{HIGH_AGREEMENT}_agree": sum(t >= HIGH_AGREEMENT for t in top),
+        "votes_for_the_top_emotion": {str(k): n for k, n in sorted(Counter(top).items())},
+        "emotion_not_their_plurality": sum(tuple(u.labels) != plurality(u.ratings) for u in full),
+        "scores_not_their_mean": sum(
+            max(abs(a - b) for a, b in zip((u.valence, u.arousal), mean_scores(u.ratings), strict=True)) > 0.05
+            for u in full
+        ),
+    }
