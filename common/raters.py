@@ -23,6 +23,19 @@ def votes(ratings) -> Counter:
     return Counter(r.emotion for r in ratings if r.emotion is not None)
 
 
+def top_votes(ratings) -> int:
+    """How many evaluators chose the most chosen emotion (0 where none was read)."""
+    return max(votes(ratings).values(), default=0)
+
+
+def high_agreement(utterances) -> list[bool] | None:
+    """Whether at least HIGH_AGREEMENT of each utterance's evaluators chose one emotion; None where the corpus
+    carries no ratings (a copy without the evaluators' columns)."""
+    if not any(u.ratings for u in utterances):
+        return None
+    return [top_votes(u.ratings) >= HIGH_AGREEMENT for u in utterances]
+
+
 def plurality(ratings) -> tuple[int, ...]:
     """The emotions chosen by the most evaluators, multi-hot over EMOTIONS (ties all set)."""
     counts = votes(ratings)

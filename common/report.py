@@ -325,6 +325,41 @@ def _decision_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
     ]
 
 
+AGREEMENT_METRICS = ("micro_f1", "macro_f1", "top1_accuracy", "uar")
+
+
+def agreement_rows(sets: list[FoldSet]) -> list[str]:
+    """Each fold set's emotion metrics on the test utterances where at least 7 of the 10 evaluators chose one
+    emotion and on the rest (metrics.json's test_by_agreement), mean ± std over the folds that have them."""
+    lines = []
+    for fs in sets:
+        found = [fs.metrics[k]["test_by_agreement"] for k in fs.folds if "test_by_agreement" in fs.metrics[k]]
+        if not found:
+            continue
+        for name, what in (("high", "7+ of 10 agree"), ("rest", "fewer agree")):
+            st = aggregate([{"test": f[name]} for f in found])
+            n = sum(f[name]["n"] for f in found)
+            cells = [str(st[k]) if k in st else "n/a" for k in AGREEMENT_METRICS]
+            lines.append(
+                f"| {fs.script} | {fs.dataset} | {fs.split} | `{fs.folder.as_posix()}` | {what} | {n} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if not lines:
+        return []
+    return [
+        "## By the evaluators' agreement",
+        "",
+        "Test metrics of each fold's chosen epoch on the utterances where at least 7 of the 10 evaluators chose one "
+        "emotion, and on the others (utterances: over all folds), mean ± sample std over the folds.",
+        "",
+        "| script | dataset | split | folder | utterances | n | " + " | ".join(AGREEMENT_METRICS) + " |",
+        "|" + "---|" * (6 + len(AGREEMENT_METRICS)),
+        *lines,
+        "",
+    ]
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -388,6 +423,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     md += _decision_rows(sets, stats)
+    md += agreement_rows(sets)
     md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():

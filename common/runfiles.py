@@ -46,6 +46,7 @@ METRICS = Rule(
             "chosen_epoch": count(1),
             "thresholds": THRESHOLDS,
             "layer_weights": Map([float], keys=("text", "speech")),
+            "test_by_agreement": Fields({"high": SPLIT, "rest": SPLIT}),
         },
     ),
     lambda m: (m["fold"] is None) == ("test_dataset" in m),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import predictions, rundir, runfiles
+from common import predictions, raters, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -335,6 +335,21 @@ def split_metrics(out: dict[str, np.ndarray], threshold) -> tuple[dict, list[str
     return metrics, notes
 
 
+def by_agreement(utterances, out: dict, tuned: dict | None, threshold) -> dict:
+    """{"test_by_agreement": {"high": ..., "rest": ...}}: the chosen epoch's emotion metrics on the test utterances
+    where at least 7 of the 10 evaluators chose one emotion, and on the others (with their counts "n"); empty
+    for a cell without emotions or a corpus without its evaluators' columns."""
+    high = raters.high_agreement([utterances[int(i)] for i in out["index"]]) if "probs" in out else None
+    if high is None:
+        return {}
+    decide = np.array([tuned[e] for e in EMOTIONS]) if tuned else 0.5 if threshold == "tuned" else threshold
+    high, strata = np.array(high), {}
+    for name, rows in (("high", high), ("rest", ~high)):
+        metrics = classification_metrics(out["labels"][rows], out["probs"][rows], decide)[0] if rows.any() else {}
+        strata[name] = {"n": int(rows.sum())} | metrics
+    return {"test_by_agreement": strata}
+
+
 def choose(history: list[dict]) -> int:
     """The epoch a run reports: the lowest validation loss (the earliest of equals), or, without a
     validation part, the last epoch, as the original."""
@@ -469,6 +484,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
         "test": history[chosen - 1]["test"],
         **({"thresholds": history[chosen - 1]["thresholds"]} if "thresholds" in history[chosen - 1] else {}),
         **({"layer_weights": run.core.layer_weights()} if args.layers == "weighted" else {}),
+        **by_agreement(run.utterances, test_outputs, history[chosen - 1].get("thresholds"), args.threshold),
         "epochs": history,
     }
     if accelerator.is_main_process:

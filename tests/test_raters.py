@@ -3,6 +3,8 @@
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
+
 from common import raters
 from common.grid import EMOTIONS
 from common.kemdy import Rating
@@ -42,3 +44,54 @@ def test_the_summary_counts_agreement_and_a_total_evaluation_that_differs_from_i
     assert s["at_least_7_agree"] == 3 and s["votes_for_the_top_emotion"] == {"6": 1, "7": 1, "9": 1, "10": 1}
     assert s["emotion_not_their_plurality"] == 1 and s["scores_not_their_mean"] == 1
     assert (s["cells_missing"], s["cells_unreadable"]) == (1, 0)
+
+
+def test_a_run_scores_its_test_utterances_by_how_many_evaluators_agreed(corpus20, tiny_models, tmp_path):
+    """metrics.json's test_by_agreement: scikit-learn's micro-F1 on the test utterances where at least 7 of the
+    ten evaluators (read here from the annotation files with the csv module) chose one emotion, and on the rest;
+    the run's own test metrics are left as they were."""
+    import csv
+    import json
+
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from common.cli import parse_script
+    from common.kemdy import read_corpus
+    from common.train import train
+
+    from helpers import tiny_command
+
+    out = tmp_path / "run"
+    (result,) = train(
+        *parse_script(
+            "text_classification", tiny_command("text_classification", corpus20[0], tiny_models, out, epochs=1)[2:]
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    tables = {p.name: list(csv.reader(p.open(encoding="utf-8"))) for p in (corpus20[0] / "annotation").iterdir()}
+    votes = {  # each utterance's row (found by the reader: session 3's ids name another session), its ten emotions
+        u.segment_id: max(Counter(tables[u.annotation][u.line - 1][7:37:3]).values())
+        for u in read_corpus("20", corpus20[0]).utterances
+    }
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    high = np.array([votes[r["segment_id"]] >= 7 for r in rows])
+    labels = np.array([[int(r[f"true_{e}"]) for e in EMOTIONS] for r in rows])
+    decided = np.array([[float(r[f"prob_{e}"]) > 0.5 for e in EMOTIONS] for r in rows])
+    strata = metrics["test_by_agreement"]
+    assert 0 < strata["high"]["n"] < len(rows) and strata["high"]["n"] + strata["rest"]["n"] == len(rows)
+    for name, part in (("high", high), ("rest", ~high)):
+        assert strata[name]["n"] == part.sum()
+        expected = f1_score(labels[part], decided[part], average="micro", zero_division=0)
+        assert strata[name]["micro_f1"] == pytest.approx(expected, abs=1e-9), name
+    assert result["test"] == metrics["test"] and "high" not in metrics["test"]
+    # the report's table of them: one fold, so each value alone
+    from common.report import main as report
+
+    report([str(tmp_path), "--no-figures", "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "## By the evaluators' agreement" in md
+    for name, what in (("high", "7+ of 10 agree"), ("rest", "fewer agree")):
+        row = next(line for line in md.splitlines() if f"| {what} |" in line)
+        assert f"| {strata[name]['n']} | {strata[name]['micro_f1']:.4f} |" in row, row
