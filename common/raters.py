@@ -72,3 +72,35 @@ def summary(corpus) -> dict:
             for u in full
         ),
     }
+
+
+# The metrics a rater is scored with, as the models are: on the emotion set, and on valence/arousal.
+REFERENCE_METRICS = ("micro_f1", "macro_f1", "top1_accuracy", "uar", "valence_ccc", "arousal_ccc", "mean_ccc")
+
+
+def human_reference(utterances) -> dict | None:
+    """Each evaluator against the other nine, with the very metrics a model gets, averaged over the ten: the
+    evaluator's one emotion (as a probability of 1) against the emotions the other nine chose most (ties all
+    kept), and the evaluator's valence and arousal against the other nine's mean; over the utterances whose ten
+    ratings were all read ("n"). None where there are none. A model is scored against all ten evaluators'
+    consensus, which no single evaluator is asked to predict: it can exceed this reference."""
+    import numpy as np
+
+    from common.metrics import classification_metrics, regression_metrics
+
+    panels = [u.ratings for u in utterances if complete(u.ratings)]
+    if not panels:
+        return None
+    scores: dict[str, list[float]] = {name: [] for name in REFERENCE_METRICS}
+    for k in range(len(panels[0])):
+        others = [p[:k] + p[k + 1 :] for p in panels]
+        truth = np.array([plurality(o) for o in others])
+        chosen = np.eye(len(EMOTIONS))[[p[k].emotion for p in panels]]
+        m = classification_metrics(truth, chosen, 0.5)[0]
+        va_true = np.array([mean_scores(o) for o in others])
+        va_rater = np.array([[p[k].valence, p[k].arousal] for p in panels])
+        m |= regression_metrics(va_true, va_rater)[0]
+        for name in REFERENCE_METRICS:
+            if m.get(name) is not None:
+                scores[name].append(m[name])
+    return {"n": len(panels)} | {name: float(np.mean(v)) for name, v in scores.items() if v}

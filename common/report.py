@@ -345,19 +345,48 @@ def agreement_rows(sets: list[FoldSet]) -> list[str]:
                 + " | ".join(cells)
                 + " |"
             )
+    intro = (
+        "Test metrics of each fold's chosen epoch on the utterances where at least 7 of the 10 evaluators chose one "
+        "emotion, and on the others (utterances: over all folds), mean ± sample std over the folds."
+    )
+    columns = ["script", "dataset", "split", "folder", "utterances", "n", *AGREEMENT_METRICS]
+    return _section("By the evaluators' agreement", intro, columns, lines)
+
+
+HUMAN_METRICS = ("micro_f1", "top1_accuracy", "uar", "mean_ccc")
+
+
+def human_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
+    """Beside each fold set's own test metrics, its test utterances' evaluators, each scored against the other
+    nine as the model is (metrics.json's human_reference), mean ± std over the folds."""
+    lines = []
+    for fs, st in zip(sets, stats, strict=True):
+        found = [fs.metrics[k]["human_reference"] for k in fs.folds if "human_reference" in fs.metrics[k]]
+        if not found:
+            continue
+        human = aggregate([{"test": f} for f in found])
+        where = f"| {fs.script} | {fs.dataset} | {fs.split} | `{fs.folder.as_posix()}` |"
+        for who, numbers in (("the model", st), ("one evaluator against the other nine", human)):
+            lines.append(
+                f"{where} {who} | "
+                + " | ".join(str(numbers[k]) if k in numbers else "n/a" for k in HUMAN_METRICS)
+                + " |"
+            )
+    intro = (
+        "Each fold set's test metrics beside its test utterances' evaluators, each scored as the model is against "
+        "the other nine (the emotions they chose most, ties kept; the mean of their valence and arousal) and "
+        "averaged over the ten; mean ± sample std over the folds. The model is scored against all ten evaluators' "
+        "consensus, which no single evaluator is asked to predict, so it can exceed this reference."
+    )
+    return _section("Human reference", intro, ["script", "dataset", "split", "folder", "scored", *HUMAN_METRICS], lines)
+
+
+def _section(title: str, intro: str, columns: list[str], lines: list[str]) -> list[str]:
+    """A Markdown section of one table (nothing where it has no rows)."""
     if not lines:
         return []
-    return [
-        "## By the evaluators' agreement",
-        "",
-        "Test metrics of each fold's chosen epoch on the utterances where at least 7 of the 10 evaluators chose one "
-        "emotion, and on the others (utterances: over all folds), mean ± sample std over the folds.",
-        "",
-        "| script | dataset | split | folder | utterances | n | " + " | ".join(AGREEMENT_METRICS) + " |",
-        "|" + "---|" * (6 + len(AGREEMENT_METRICS)),
-        *lines,
-        "",
-    ]
+    head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return [f"## {title}", "", intro, "", *head, *lines, ""]
 
 
 def _fmt(x) -> str:
@@ -424,6 +453,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
         md.append("")
     md += _decision_rows(sets, stats)
     md += agreement_rows(sets)
+    md += human_rows(sets, stats)
     md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():

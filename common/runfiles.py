@@ -47,6 +47,7 @@ METRICS = Rule(
             "thresholds": THRESHOLDS,
             "layer_weights": Map([float], keys=("text", "speech")),
             "test_by_agreement": Fields({"high": SPLIT, "rest": SPLIT}),
+            "human_reference": SPLIT,
         },
     ),
     lambda m: (m["fold"] is None) == ("test_dataset" in m),

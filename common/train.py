@@ -350,6 +350,13 @@ def by_agreement(utterances, out: dict, tuned: dict | None, threshold) -> dict:
     return {"test_by_agreement": strata}
 
 
+def human_reference(utterances, out: dict) -> dict:
+    """{"human_reference": ...}: the test utterances' evaluators, each against the other nine, scored as the
+    model is (`raters.human_reference`); empty for a corpus without its evaluators' columns."""
+    reference = raters.human_reference([utterances[int(i)] for i in out["index"]])
+    return {} if reference is None else {"human_reference": reference}
+
+
 def choose(history: list[dict]) -> int:
     """The epoch a run reports: the lowest validation loss (the earliest of equals), or, without a
     validation part, the last epoch, as the original."""
@@ -485,6 +492,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
         **({"thresholds": history[chosen - 1]["thresholds"]} if "thresholds" in history[chosen - 1] else {}),
         **({"layer_weights": run.core.layer_weights()} if args.layers == "weighted" else {}),
         **by_agreement(run.utterances, test_outputs, history[chosen - 1].get("thresholds"), args.threshold),
+        **human_reference(run.utterances, test_outputs),
         "epochs": history,
     }
     if accelerator.is_main_process:

@@ -95,3 +95,54 @@ def test_a_run_scores_its_test_utterances_by_how_many_evaluators_agreed(corpus20
     for name, what in (("high", "7+ of 10 agree"), ("rest", "fewer agree")):
         row = next(line for line in md.splitlines() if f"| {what} |" in line)
         assert f"| {strata[name]['n']} | {strata[name]['micro_f1']:.4f} |" in row, row
+    # the human reference of the same test utterances, beside the model's own numbers
+    reference = metrics["human_reference"]
+    assert reference["n"] == len(rows)  # every synthetic panel is complete
+    for who, numbers in (("the model", metrics["test"]), ("one evaluator against the other nine", reference)):
+        row = next(line for line in md.splitlines() if f"| {who} |" in line)
+        assert f"| {who} | {numbers['micro_f1']:.4f} | {numbers['top1_accuracy']:.4f} |" in row, row
+
+
+def test_the_human_reference_scores_each_evaluator_against_the_other_nine_as_a_model_is_scored():
+    """Against scikit-learn's micro-F1 and a CCC written out here, evaluator by evaluator, then averaged."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    utterances = []
+    for _ in range(40):
+        main = int(rng.integers(7))
+        emotions = [main if rng.random() < 0.7 else int(rng.integers(7)) for _ in range(10)]
+        v, a = rng.integers(1, 6, 10), rng.integers(1, 6, 10)
+        utterances.append(
+            SimpleNamespace(
+                ratings=tuple(Rating(e, float(x), float(y)) for e, x, y in zip(emotions, v, a, strict=True))
+            )
+        )
+    utterances.append(SimpleNamespace(ratings=utterances[0].ratings[:9] + (Rating(None, 3.0, 3.0),)))  # left out
+    got = raters.human_reference(utterances)
+
+    def ccc(t, p):
+        return 2 * np.cov(t, p, bias=True)[0, 1] / (t.var() + p.var() + (t.mean() - p.mean()) ** 2)
+
+    micro, top1, va = [], [], []
+    for k in range(10):
+        truth, chosen, ccc_k = [], [], []
+        for u in utterances[:40]:
+            others = [r for j, r in enumerate(u.ratings) if j != k]
+            counts = Counter(r.emotion for r in others)
+            truth.append([int(counts[i] == max(counts.values())) for i in range(7)])
+            chosen.append([int(i == u.ratings[k].emotion) for i in range(7)])
+        truth, chosen = np.array(truth), np.array(chosen)
+        micro.append(f1_score(truth, chosen, average="micro"))
+        top1.append(np.mean([truth[i, u.ratings[k].emotion] for i, u in enumerate(utterances[:40])]))
+        for d in (1, 2):
+            t = np.array([np.mean([r[d] for j, r in enumerate(u.ratings) if j != k]) for u in utterances[:40]])
+            p = np.array([u.ratings[k][d] for u in utterances[:40]])
+            ccc_k.append(ccc(t, p))
+        va.append(np.mean(ccc_k))
+    assert got["n"] == 40
+    assert got["micro_f1"] == pytest.approx(np.mean(micro), abs=1e-12)
+    assert got["top1_accuracy"] == pytest.approx(np.mean(top1), abs=1e-12)
+    assert got["mean_ccc"] == pytest.approx(np.mean(va), abs=1e-12)
+    assert raters.human_reference([SimpleNamespace(ratings=())]) is None
