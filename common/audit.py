@@ -195,25 +195,25 @@ def _raters_lines(r: dict, used: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from common.cli import HelpFormatter, add_corpus_flags, resolve_dataset_dir
+    from common.cli import CORPUS_FLAGS, HelpFormatter, add_flag, corpus_root
 
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog="python -m common.audit",
         description="Audit a KEMDy19/KEMDy20 folder: what the readers use and skip.",
     )
-    add_corpus_flags(parser.add_argument_group("data").add_argument)
+    corpus_flags = parser.add_argument_group("data")
+    for name in CORPUS_FLAGS:
+        add_flag(corpus_flags.add_argument, name)
     parser.add_argument("--demo", action="store_true", help="audit the built-in synthetic demo corpus instead")
     parser.add_argument("--json", action="store_true", help="print the audit as JSON")
     args = parser.parse_args(argv)
     if args.demo:
         from common.synthetic import demo_corpus
 
-        args.dataset_dir = demo_corpus(args.dataset)
-    resolve_dataset_dir(args)
-    corpus = read_corpus(
-        args.dataset, args.dataset_dir, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows
-    )
+        args.dataset_dir = str(demo_corpus(args.dataset))
+    root = corpus_root("--dataset_dir", args.dataset_dir, args.dataset, ", or use --demo")
+    corpus = read_corpus(args.dataset, root, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows)
     summary = summarize(corpus)
     print(json.dumps(summary, ensure_ascii=False, indent=1) if args.json else format_summary(summary))
 

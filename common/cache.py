@@ -3,8 +3,10 @@
 A cache is a folder `<cache_dir>/<kind>-<key>` whose key hashes everything its content depends on (the
 recordings' content, the tokenizer, the maximum lengths, the sample rate). A changed input gets a new folder
 instead of a stale one; folders are built under a temporary name and renamed when complete, so a half-written
-cache is never read; and every file's checksum, taken when it was built, is checked when it is opened, so a
-cache changed since is built again. `rm -rf cache/` is always safe.
+cache is never read; and every file's checksum, taken when it was built, is checked again whenever the file's
+stamp (size, inode, modification and change times: any write changes the change time, which cannot be set
+back) differs from the one it had when its checksums last matched, so a cache changed since is built again.
+`rm -rf cache/` is always safe.
 
 A cache folder is the project's by its marker, `kemdy_cache.json`, written into a new or empty folder: only
 there, and only names of the caches' own pattern, are ever removed (a damaged cache, a killed run's
@@ -98,23 +100,23 @@ def file_digests(paths: Sequence[str | Path], cache_dir=None) -> dict[str, str]:
     root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0])
     start = len(root) + 1 if root else 0
     index_path = Path(cache_dir, f"digests-{fingerprint(os.path.abspath(root))}.json") if cache_dir else None
-    index: dict[str, list] = {}
+    index: dict[str, str] = {}
     if index_path is not None and index_path.is_file():
         try:
             index = schema.load(index_path, DIGESTS, max_bytes=1 << 28)
         except schema.DamagedFile:
-            index = {}  # damaged: every file is read again
+            index = {}  # damaged, or written in an earlier form: every file is read again
     digests, changed = {}, False
     for key, path in zip(given, files, strict=True):
         name = path[start:]
-        known = index.get(name)
-        if known and known[:-1] == _stamp(os.stat(path)):
-            digests[key] = known[-1]
+        stamp, _, digest = index.get(name, "").rpartition(" ")
+        if digest and stamp == _stamp_text(os.stat(path)):
+            digests[key] = digest
             continue
         with open(path, "rb") as f:  # the stamp of the content read
-            stamp = _stamp(os.fstat(f.fileno()))
+            stamp = _stamp_text(os.fstat(f.fileno()))
             digests[key] = hashlib.file_digest(f, "sha256").hexdigest()
-        index[name], changed = [*stamp, digests[key]], True
+        index[name], changed = f"{stamp} {digests[key]}", True
     if changed and index_path is not None:
         with writing("the recordings' digests", cache_dir, "; or give another --cache_dir, or --no-cache"):
             own_folder(cache_dir)
@@ -122,8 +124,15 @@ def file_digests(paths: Sequence[str | Path], cache_dir=None) -> dict[str, str]:
     return digests
 
 
-# A file's stamp (size, modification and change times, inode) and content digest, by its path.
-DIGESTS = schema.Map(schema.Rule([(int, str)], lambda v: len(v) == 5 and isinstance(v[4], str), "a stamp and digest"))
+def _stamp_text(st: os.stat_result) -> str:
+    return " ".join(map(str, _stamp(st)))
+
+
+# By each file's path: its stamp (size, modification and change times, inode) and content digest, in one string
+# (13,462 strings load several times faster than as many lists, and leave the garbage collector nothing to scan).
+DIGESTS = schema.Map(
+    schema.Rule(str, re.compile(r"\d+ \d+ \d+ \d+ [0-9a-f]{64}").fullmatch, "a stamp and a SHA-256 digest")
+)
 
 
 class DamagedCache(ValueError):
@@ -135,6 +144,8 @@ CHECKSUM_SPEC = schema.Map(
     schema.Fields({"bytes": schema.count(0), "crc32": [schema.count(0)]}),
     keys=schema.Rule(str, schema.name_in_folder, "a file name"),
 )
+VERIFIED = "verified.json"  # each file's stamp when its checksums were taken or last matched
+VERIFIED_SPEC = schema.Map(schema.Rule([int], lambda v: len(v) == 4, "a file's stamp"))
 BLOCK = 1 << 24  # bytes per checksum: blocks are checked in parallel (zlib releases the GIL)
 
 
@@ -158,16 +169,22 @@ def _block_crcs(path: Path) -> list[int]:
         os.close(fd)
 
 
-def seal(folder: Path) -> None:
-    """Record every file's size and block checksums (CRC-32 of each 16 MiB) in the folder's checksums.json."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
-    sums = {p.name: {"bytes": p.stat().st_size, "crc32": _block_crcs(p)} for p in files}
+def seal(folder: Path, remember: bool = False) -> None:
+    """Record every file's size and block checksums (CRC-32 of each 16 MiB) in the folder's checksums.json; with
+    `remember`, also the stamp each file had when they were taken (see `verify`)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in (CHECKSUMS, VERIFIED))
+    stamps = {p.name: _stamp(p.stat()) for p in files}
+    sums = {p.name: {"bytes": stamps[p.name][0], "crc32": _block_crcs(p)} for p in files}
     (folder / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+    if remember and all(_stamp(p.stat()) == stamps[p.name] for p in files):  # unchanged while they were read
+        atomic.write_json(folder / VERIFIED, stamps)
 
 
-def verify(folder: Path, adopt: bool = True) -> None:
+def verify(folder: Path, adopt: bool = True, remember: bool = False) -> None:
     """Raise DamagedCache unless every file of the folder has the size and checksums it had when sealed. A
-    folder sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now)."""
+    folder sealed before checksums were kept is taken as it is (and, with `adopt`, sealed now). With `remember`,
+    each file's stamp is kept in verified.json once its checksums match, and a file is read again only once its
+    stamp changes (any write changes its change time, which cannot be set back)."""
     if not (folder / CHECKSUMS).is_file():
         if not folder.is_dir():
             raise DamagedCache(f"{folder}: removed")
@@ -178,16 +195,38 @@ def verify(folder: Path, adopt: bool = True) -> None:
         sums = schema.load(folder / CHECKSUMS, CHECKSUM_SPEC)
     except schema.DamagedFile as err:
         raise DamagedCache(f"{CHECKSUMS}: {err.problem}") from None
-    for name, expected in sums.items():
+    verified = _verified(folder) if remember else {}
+    stamps = {name: _check_file(folder / name, expected, verified.get(name)) for name, expected in sums.items()}
+    if remember and stamps != verified:
         try:
-            size = (folder / name).stat().st_size
-            crcs = _block_crcs(folder / name) if size == expected["bytes"] else None
-        except OSError as err:
-            raise DamagedCache(f"{name}: {err.strerror or err}") from None
-        if size != expected["bytes"]:
-            raise DamagedCache(f"{name}: {size} bytes, built with {expected['bytes']} (checksum)")
-        if crcs != expected["crc32"]:
-            raise DamagedCache(f"{name}: content changed (checksum)")
+            atomic.write_json(folder / VERIFIED, stamps)
+        except OSError:
+            pass  # a cache on a read-only disk is checked in full every time
+
+
+def _check_file(path: Path, expected: dict, verified: list | None) -> list[int]:
+    """The file's stamp, once its size and checksums are those it was sealed with (unless `verified` is that stamp:
+    then it has not changed since they last matched)."""
+    try:
+        stamp = _stamp(path.stat())
+        if stamp == verified:
+            return stamp
+        crcs = _block_crcs(path) if stamp[0] == expected["bytes"] else None
+    except OSError as err:
+        raise DamagedCache(f"{path.name}: {err.strerror or err}") from None
+    if stamp[0] != expected["bytes"]:
+        raise DamagedCache(f"{path.name}: {stamp[0]} bytes, built with {expected['bytes']} (checksum)")
+    if crcs != expected["crc32"]:
+        raise DamagedCache(f"{path.name}: content changed (checksum)")
+    return stamp
+
+
+def _verified(folder: Path) -> dict:
+    """The stamps verified.json holds; none if it is missing or damaged (then every file is read)."""
+    try:
+        return schema.load(folder / VERIFIED, VERIFIED_SPEC, max_bytes=1 << 20)
+    except (schema.DamagedFile, OSError):
+        return {}
 
 
 def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None], log=print) -> tuple[Path, bool]:
@@ -201,7 +240,7 @@ def cached(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], N
 
     def build_sealed(tmp: Path) -> None:
         build(tmp)
-        seal(tmp)
+        seal(tmp, remember=True)
 
     with writing(f"the {kind} cache", cache_dir, "; or give another --cache_dir, or --no-cache"):
         own_folder(cache_dir)
@@ -217,7 +256,7 @@ def open_cached(cache_dir, kind: str, key: str, build: Callable[[Path], None], r
         folder, built = cached(cache_dir, kind, key, build, log)
         try:
             if not built:
-                verify(folder)
+                verify(folder, remember=True)
             return read(folder), folder, built
         except DamagedCache as err:
             if attempt == 2:

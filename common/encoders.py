@@ -25,6 +25,7 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoTokenizer
 from common.data import SAMPLE_RATE, AudioSpec
 from common.errors import UserError
 from common.grid import Cell
+from common.settings import Settings
 
 # transformers 4.12, which the original ran, turned an attention mask of zeros into this bias on every
 # attention score: a shift that softmax ignores, so BERT attended to every position, padding included.
@@ -483,23 +484,25 @@ class Encoders:
     """The cell's tokenizer, feature extractor and pretrained encoders, loaded once for every fold; for a
     frozen encoder, also where it came from and its weights' fingerprint (a saved model refers to it)."""
 
-    def __init__(self, cell: Cell, args):
+    def __init__(self, cell: Cell, settings: Settings):
         self.tokenizer = self.extractor = self.text = self.speech = None
         if cell.uses_text:
-            self.tokenizer, self.text = load_text_encoder(args.text_model)
+            self.tokenizer, self.text = load_text_encoder(settings.text_model)
             limit = getattr(self.text.config, "max_position_embeddings", None)
-            if limit and args.max_text_len > limit:
-                raise UserError(f"--max_text_len {args.max_text_len}: {args.text_model} reads at most {limit} tokens")
+            if limit and settings.max_text_len > limit:
+                raise UserError(
+                    f"--max_text_len {settings.max_text_len}: {settings.text_model} reads at most {limit} tokens"
+                )
         self.padding_effect = self.clip_norm_effect = 0.0
         if cell.uses_speech:
-            self.extractor, self.speech = load_speech_encoder(args.speech_model)
+            self.extractor, self.speech = load_speech_encoder(settings.speech_model)
             self.padding_effect = padding_effect(self.speech, self.extractor)
             if self.padding_effect > PADDING_EXACT:
                 self.clip_norm_effect = padding_effect(self.speech, self.extractor, clip_norm=True)
         self.references = {}  # of the frozen encoders, taken before a model adapts them (e.g. drops a pooler)
-        for modality, name in (("text", args.text_model), ("speech", args.speech_model)):
+        for modality, name in (("text", settings.text_model), ("speech", settings.speech_model)):
             encoder = getattr(self, modality)
-            if encoder is not None and args.freeze in (modality, "both"):
+            if encoder is not None and settings.freeze in (modality, "both"):
                 source = str(Path(name).resolve()) if Path(name).is_dir() else name
                 self.references[modality] = {"source": source, "weights": module_fingerprint(encoder, config=False)}
 

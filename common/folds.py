@@ -97,14 +97,16 @@ def fold_splits(
     return f, train, valid
 
 
-def cross_corpus_splits(sessions: Sequence[str], n_test: int, args) -> tuple[Fold, list[int], list[int]]:
+def cross_corpus_splits(
+    sessions: Sequence[str], n_test: int, split: str, valid_ratio: float
+) -> tuple[Fold, list[int], list[int]]:
     """(fold, train, valid) of a cross-corpus run over the training corpus's utterances (given each one's
     session) followed by `n_test` of the test corpus: all of the first for training, its validation held out as
-    `args.split` does it from a training fold (--valid_ratio), and all of the second for the test."""
+    `split` does it from a training fold (--valid_ratio), and all of the second for the test."""
     n = len(sessions)
-    train, valid = hold_out_validation(list(range(n)), args.valid_ratio, sessions if args.split == "session" else None)
+    train, valid = hold_out_validation(list(range(n)), valid_ratio, sessions if split == "session" else None)
     if not train:
-        raise UserError(f"--valid_ratio {args.valid_ratio}: leaves no training utterance; choose less")
+        raise UserError(f"--valid_ratio {valid_ratio}: leaves no training utterance; choose less")
     return Fold(1, list(range(n)), list(range(n, n + n_test))), train, valid
 
 

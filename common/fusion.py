@@ -17,7 +17,8 @@ from torch import nn
 
 from common.encoders import masked_mean
 from common.errors import UserError
-from common.grid import FUSION_PARAMS, FUSIONS
+from common.grid import FUSIONS
+from common.settings import FUSION_PARAMS
 
 
 class Fusion(nn.Module):
@@ -169,15 +170,15 @@ class CrossAttention(Fusion):
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """What a fusion may be configured with: its width, attention heads and blocks, rank (`grid.FUSION_PARAMS`);
+    """What a fusion may be configured with: its width, attention heads and blocks, rank (`settings.FUSION_PARAMS`);
     and the model's dropout."""
 
     dropout: float = 0.1
     dropout_on: str = "modalities"
-    width: int = FUSION_PARAMS["width"][0]
-    heads: int = FUSION_PARAMS["heads"][0]
-    layers: int = FUSION_PARAMS["layers"][0]
-    rank: int = FUSION_PARAMS["rank"][0]
+    width: int = FUSION_PARAMS["width"]
+    heads: int = FUSION_PARAMS["heads"]
+    layers: int = FUSION_PARAMS["layers"]
+    rank: int = FUSION_PARAMS["rank"]
 
     def width_for(self, text_width: int) -> int:
         """The fusion's width: `width`, but never wider than the text encoder (0: the text encoder's). At the real

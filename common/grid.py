@@ -25,7 +25,7 @@ class FusionInfo:
     summary: str
     source: str
     reads: str = "vectors"
-    params: tuple[str, ...] = ()  # the hyper-parameters it reads: --fusion_<param>
+    params: tuple[str, ...] = ()  # the hyper-parameters it reads: --fusion_<param> (common.settings)
 
 
 # The fusion registry. Adding a fusion is a class in common/fusion.py and a line here.
@@ -53,16 +53,6 @@ FUSIONS = {
         reads="sequences",
         params=("width", "heads", "layers"),
     ),
-}
-# Each hyper-parameter a fusion may read: its default and what it is (flag --fusion_<name>).
-FUSION_PARAMS = {
-    "width": (
-        256,
-        "width of the fusion's output and inner layers, never wider than the text encoder (0: the text encoder's)",
-    ),
-    "heads": (4, "attention heads of a fusion that attends"),
-    "layers": (1, "cross-modal blocks of a fusion that attends"),
-    "rank": (4, "rank of a low-rank tensor fusion's factors"),
 }
 ORIGINAL_FUSIONS = ("concat", "element_wise_add")  # a script each, as the original had
 # The twelve scripts in the README's order; tables list fold sets in this order within a dataset and split.
@@ -144,11 +134,6 @@ def encoder_tags(cell: Cell, models: dict) -> list[str]:
         str(models[m]).rstrip("/\\").replace("\\", "/").split("/")[-1] for m in used if models[m] != DEFAULT_MODELS[m]
     ]
     return [re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model" for name in names]
-
-
-# Flags that concern only one encoder: a cell without it ignores them, and runs are compared without them.
-TEXT_ONLY = ("text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length")
-SPEECH_ONLY = ("speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window")
 
 
 def command_of(name: str) -> str:

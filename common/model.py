@@ -38,8 +38,9 @@ from common.encoders import (
     whisper_frames,
 )
 from common.errors import UserError
-from common.grid import EMOTIONS, ENCODER_PREFIXES, FUSION_PARAMS, FUSIONS, Cell, is_cell
+from common.grid import EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cell, is_cell
 from common.runfiles import FROZEN
+from common.settings import FUSION_PARAMS, Settings
 
 LAYERS = "layers.safetensors"  # in a saved model: everything but the encoders
 REFERENCE = "encoder.json"  # in a saved model's text/ or speech/: where a frozen encoder's weights are
@@ -71,11 +72,11 @@ class ModelConfig:
     # A Whisper encoder's window in frames of 20 ms: its positional table is cut to this (0: not Whisper).
     audio_frames: int = 0
     layers: str = "last"  # "weighted": a learnt softmax-weighted sum of every hidden layer (SUPERB-style)
-    # The fusion's hyper-parameters (`grid.FUSION_PARAMS`; a fusion reads those its registry line names).
-    fusion_width: int = FUSION_PARAMS["width"][0]
-    fusion_heads: int = FUSION_PARAMS["heads"][0]
-    fusion_layers: int = FUSION_PARAMS["layers"][0]
-    fusion_rank: int = FUSION_PARAMS["rank"][0]
+    # The fusion's hyper-parameters (`settings.FUSION_PARAMS`; a fusion reads those its registry line names).
+    fusion_width: int = FUSION_PARAMS["width"]
+    fusion_heads: int = FUSION_PARAMS["heads"]
+    fusion_layers: int = FUSION_PARAMS["layers"]
+    fusion_rank: int = FUSION_PARAMS["rank"]
 
     @property
     def cell(self) -> Cell:
@@ -347,36 +348,37 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
     return loader(str(part), encoder=False)[0], encoder
 
 
-def build_model(cell: Cell, args, encoders: Encoders, last: bool = True, log=print) -> EmotionModel:
+def build_model(cell: Cell, settings: Settings, encoders: Encoders, last: bool = True, log=print) -> EmotionModel:
     """The cell's model on pretrained encoders, its new layers initialised from --seed."""
     text_encoder, speech_encoder = encoders.for_fold(last)
+    s = settings
     config = ModelConfig(
         modality=cell.modality,
         task=cell.task,
         fusion=cell.fusion,
         text_pooling=default_text_pooling(text_encoder)[0]
-        if args.text_pooling == "auto" and text_encoder
-        else args.text_pooling,
-        speech_pooling=args.speech_pooling,
-        dropout=args.dropout,
-        pass_audio_mask=cell.uses_speech and pass_audio_mask(encoders.extractor, args.speech_inputs),
-        text_inputs=args.text_inputs,
-        speech_inputs=args.speech_inputs,
-        emotion_output=args.emotion_output,
-        dropout_on=args.dropout_on,
-        layers=args.layers,
-        **{f"fusion_{name}": getattr(args, f"fusion_{name}", default) for name, (default, _) in FUSION_PARAMS.items()},
-        pad_to=audio_padding(args.speech_pooling, args.speech_inputs, args.max_seq_len) if cell.uses_speech else 0,
+        if s.text_pooling == "auto" and text_encoder
+        else s.text_pooling,
+        speech_pooling=s.speech_pooling,
+        dropout=s.dropout,
+        pass_audio_mask=cell.uses_speech and pass_audio_mask(encoders.extractor, s.speech_inputs),
+        text_inputs=s.text_inputs,
+        speech_inputs=s.speech_inputs,
+        emotion_output=s.emotion_output,
+        dropout_on=s.dropout_on,
+        layers=s.layers,
+        **{f"fusion_{name}": getattr(s, f"fusion_{name}") for name in FUSION_PARAMS},
+        pad_to=audio_padding(s.speech_pooling, s.speech_inputs, s.max_seq_len) if cell.uses_speech else 0,
     )
     whisper = cell.uses_speech and is_whisper(encoders.speech)
     # The original's inputs keep the original's batch padding; clips padded to one length see no other padding.
-    isolate = encoders.padding_effect > PADDING_EXACT and args.speech_inputs != "original" and not config.pad_to
-    frames = whisper_frames(encoders.speech, args.whisper_window, args.max_seq_len) if whisper else 0
+    isolate = encoders.padding_effect > PADDING_EXACT and s.speech_inputs != "original" and not config.pad_to
+    frames = whisper_frames(encoders.speech, s.whisper_window, s.max_seq_len) if whisper else 0
     clip_norm = isolate and encoders.clip_norm_effect <= PADDING_EXACT
     config = replace(config, isolate_audio=isolate, clip_norm=clip_norm, audio_frames=frames)
-    if cell.uses_speech and args.speech_pooling == "cnn_last":
+    if cell.uses_speech and s.speech_pooling == "cnn_last":
         log("--speech_pooling cnn_last: only the speech encoder's CNN and its layer norm are trained")
-    seed(args.seed)  # the new layers' initialisation does not depend on what was loaded before
+    seed(s.seed)  # the new layers' initialisation does not depend on what was loaded before
     return EmotionModel(config, text_encoder, speech_encoder)
 
 

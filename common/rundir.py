@@ -33,18 +33,11 @@ except ModuleNotFoundError:  # Windows: no POSIX locks (the scripts refuse to st
 from common import atomic, cache, paths, runfiles, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS, session_order
-from common.grid import (
-    CELLS,
-    FUSION_PARAMS,
-    FUSIONS,
-    SPEECH_ONLY,
-    TEXT_ONLY,
-    Cell,
-    cell_of,
-    command_of,
-)
+from common.grid import CELLS, Cell, cell_of, command_of
+from common.plan import RunPlan
 from common.runfiles import CELL, FOLD, FROZEN, read_config, read_metrics
 from common.schema import ANY, Choice, Fields, Map, Rule
+from common.settings import EARLIER, FLAGS, NOT_RESULTS, Settings, concerned
 
 MARKER = "kemdy_run.json"  # a run directory
 SET_MARKER = "kemdy_fold_set.json"  # the folder of a run's folds
@@ -82,59 +75,12 @@ MARKER_SPECS = {"run": _marker_spec("run"), "fold_set": _marker_spec("fold_set")
 MARKER_BYTES = 1 << 20
 LOCK_SPEC = Fields({"pid": schema.count(1), "host": str, "started": str})
 
-# Arguments that do not change the numbers a run produces: they may differ when resuming, and runs
-# that differ only in them belong to one fold set.
-NOT_RESULTS = {
-    "resume",
-    "overwrite",
-    "num_workers",
-    "gpus",
-    "output_dir",
-    "dataset_dir",  # the corpus itself is compared by its fingerprint
-    "test_dataset_dir",  # the same for a cross-corpus run's test corpus
-    "notes",  # what the command line said when the run started
-    "save_model",
-    "cache",
-    "cache_dir",
-    "keep_checkpoint",
-    "report_to",
-    "quiet",
-    "ckpt",
-    "demo",
-    "original",  # a preset: the flags it sets are compared one by one
-    "folds",  # which folds a command runs: each fold directory is compared on its own
-    "encoder_tags",  # the names of non-default encoders, for folders: the encoders themselves are compared
-}
-# Settings added after a run may have started, with the value that computes what the code computed
-# before they existed: a run resumed after an update compares against these.
-EARLIER = {
-    "labels": "checked",
-    "duplicate_rows": "all",
-    "text_inputs": "masked",
-    "speech_inputs": "extractor",
-    "emotion_output": "sigmoid",
-    "va_targets": "standardized",
-    "va_loss": "mean",
-    "dropout_on": "fused",
-    "num_labels": 7,
-    "regress": 1,
-    "class_weight": "none",
-    "layers": "last",
-    "whisper_window": "clip",
-    "optimizer": "adamw",
-    "test_dataset": None,
-}
 
-
-def settings(args: dict, cell: Cell | None = None) -> dict:
-    """The arguments that change a run's numbers (settings added later at their earlier value); for a `cell`,
-    without the flags of an encoder it does not have."""
-    ignored = NOT_RESULTS | {"num_fold", "fusion"}  # the fusion is part of the cell
-    if cell is not None:
-        ignored |= set(() if cell.uses_text else TEXT_ONLY) | set(() if cell.uses_speech else SPEECH_ONLY)
-        reads = FUSIONS[cell.fusion].params if cell.fusion else ()
-        ignored |= {f"fusion_{name}" for name in FUSION_PARAMS if name not in reads}
-    return {k: v for k, v in (EARLIER | args).items() if k not in ignored}
+def settings(recorded: dict, cell: Cell | None = None) -> dict:
+    """The recorded settings that change a run's numbers (`common.settings`: those added later at their earlier
+    value); for a `cell`, only those it reads."""
+    ignored = NOT_RESULTS | ({name for name in FLAGS if name not in concerned(cell)} if cell is not None else set())
+    return {k: v for k, v in (EARLIER | recorded).items() if k not in ignored}
 
 
 def differences(a: dict, b: dict, cell: Cell | None = None) -> list[str]:
@@ -267,7 +213,7 @@ def _check_ours(folder: Path, kind: str, given: bool = True) -> Owner | None:
 
 
 @dataclass
-class Plan:
+class Claim:
     """What a command does with its run directories: each fold's directory and mode ("fresh", "resume" or
     "finished"), and the fold set's folder (with --num_fold all, or the set a single fold belongs to)."""
 
@@ -280,15 +226,15 @@ class Plan:
         return [k for k, mode in self.modes.items() if mode != "finished"]
 
 
-def _aim(args, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Path | None]:
+def _aim(plan: RunPlan, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Path | None]:
     """Each fold's run directory (--output_dir, its fold<k>/ for all folds or for a fold set, else default(k)),
     and the fold set's folder, if any (the default folder of a fold, runs/.../fold<k>, is in one)."""
-    folds = args.folds
-    if args.output_dir is None:
+    folds = plan.folds
+    if plan.settings.output_dir is None:
         dirs = {k: Path(default(k)) for k in folds}
         first = dirs[folds[0]]
         return dirs, first.parent if first.name == f"fold{folds[0]}" else None
-    out = Path(args.output_dir)
+    out = Path(plan.settings.output_dir)
     if len(folds) > 1:
         if read_run(out) is not None:
             raise UserError(f"--output_dir {out}: holds a single fold's run; give --num_fold all a folder of its own")
@@ -300,19 +246,19 @@ def _aim(args, default: Callable[[int], Path], log) -> tuple[dict[int, Path], Pa
     return {k: out}, None
 
 
-def _mode(owner: Owner | None, cell, args, fold: int) -> str:
+def _mode(owner: Owner | None, plan: RunPlan, fold: int) -> str:
     """What to do with a fold's run directory; refuses what its flags do not allow."""
     if owner is None:
         return "fresh"
-    if args.demo and not owner.demo:
+    if plan.settings.demo and not owner.demo:
         raise UserError(
             f"{owner.folder}: holds a run that is not a demo's ({owner.script}); --demo replaces only its own "
             "runs: choose another --output_dir"
         )
-    if args.overwrite:
+    if plan.settings.overwrite:
         return "fresh"
     finished = "metrics.json" in owner.entries and (owner.folder / "metrics.json").is_file()
-    if not args.resume:
+    if not plan.settings.resume:
         if finished:
             raise UserError(
                 f"{owner.folder}: holds a finished run (metrics.json); add --overwrite to replace it, "
@@ -321,19 +267,19 @@ def _mode(owner: Owner | None, cell, args, fold: int) -> str:
         raise UserError(
             f"{owner.folder}: holds an unfinished run; add --resume to continue it, or --overwrite to start over"
         )
-    if owner.script != cell.name:
+    if owner.script != plan.cell.name:
         raise UserError(
             f"{owner.folder}: holds a run of {command_of(owner.script)}; --resume continues a run with the cell that "
-            f"started it: run {command_of(owner.script)}, or give {command_of(cell.name)} another --output_dir"
+            f"started it: run {command_of(owner.script)}, or give {command_of(plan.cell.name)} another --output_dir"
         )
-    expected = None if args.test_dataset else fold
+    expected = None if plan.settings.test_dataset else fold
     if owner.fold != expected:
         raise UserError(
             f"{owner.folder}: holds {run_of(owner.fold)}, not {run_of(expected)} (a copy or link "
             "of another fold's folder?); --resume continues a run on its own fold: aim at that fold's folder, or "
             "start over with --overwrite"
         )
-    changed = differences(owner.settings, vars(args), cell)
+    changed = differences(owner.settings, plan.record(), plan.cell)
     if changed:
         raise UserError(
             f"{owner.marker}: --resume with other settings than the run started with ({', '.join(changed[:4])}); "
@@ -342,7 +288,7 @@ def _mode(owner: Owner | None, cell, args, fold: int) -> str:
     return "finished" if finished else "resume"
 
 
-def _check_continued(owner: Owner, mode: str, args, corpus: dict, frozen: Callable[[], dict]) -> None:
+def _check_continued(owner: Owner, mode: str, plan: RunPlan, corpus: dict, frozen: Callable[[], dict]) -> None:
     """A run continued or counted again must have whole files of its own fold, no link among them, and read
     the corpus and frozen encoders it started with."""
     links = [name for name in owner.entries if (owner.folder / name).is_symlink()]
@@ -370,9 +316,9 @@ def _check_continued(owner: Owner, mode: str, args, corpus: dict, frozen: Callab
     same = all(owner.corpus[k] == corpus[k] for k in ("listing", "recordings") if owner.corpus.get(k) is not None)
     if not same:
         raise UserError(
-            f"{owner.marker}: the corpus under --dataset_dir {args.dataset_dir} is not the one this run started "
-            "on (its utterances, labels, transcripts or recordings changed); use that corpus, or --overwrite to "
-            "start over"
+            f"{owner.marker}: the corpus under --dataset_dir {plan.settings.dataset_dir} is not the one this run "
+            "started on (its utterances, labels, transcripts or recordings changed); use that corpus, or --overwrite "
+            "to start over"
         )
     if not owner.frozen:
         return
@@ -385,16 +331,16 @@ def _check_continued(owner: Owner, mode: str, args, corpus: dict, frozen: Callab
             )
 
 
-def _check_set(folder: Path, dirs: dict[int, Path], args) -> Owner | None:
+def _check_set(folder: Path, dirs: dict[int, Path], plan: RunPlan) -> Owner | None:
     """The fold set the folds go into: the project's or new, its folds folders of their own, a demo's for a demo."""
-    owner = _check_ours(folder, "fold_set", args.output_dir is not None)
+    owner = _check_ours(folder, "fold_set", plan.settings.output_dir is not None)
     links = [d for d in dirs.values() if d.is_symlink()]
     if links:
         raise UserError(
             f"{links[0]}: a link inside the fold set {folder}; each fold of a set is a folder of its own: remove "
             "the link, or choose another --output_dir"
         )
-    if owner is not None and args.demo and not owner.demo:
+    if owner is not None and plan.settings.demo and not owner.demo:
         raise UserError(f"{folder}: holds a fold set that is not a demo's; --demo replaces only its own")
     unlisted = [n for n in SUMMARY_FILES if len(dirs) > 1 and (folder / n).exists() and n not in owner.entries]
     if unlisted:
@@ -413,17 +359,17 @@ def _other_folds(owner: Owner | None, dirs: dict[int, Path]) -> list[str]:
     return [n for n in owner.entries if n.startswith("fold") and n not in ours and (owner.folder / n).is_dir()]
 
 
-def _check_joins(owner: Owner | None, dirs: dict[int, Path], cell, args, corpus: dict) -> None:
+def _check_joins(owner: Owner | None, dirs: dict[int, Path], plan: RunPlan, corpus: dict) -> None:
     """A fold joins a set whose other folds were run by the same script with the same settings on the same corpus."""
     others = _other_folds(owner, dirs)
     if not others:
         return
-    if owner.script != cell.name:
+    if owner.script != plan.cell.name:
         raise UserError(
             f"{owner.folder}: holds the folds of {command_of(owner.script)} ({', '.join(others)}); give "
-            f"{command_of(cell.name)} another --output_dir"
+            f"{command_of(plan.cell.name)} another --output_dir"
         )
-    changed = differences(owner.settings, vars(args), cell)
+    changed = differences(owner.settings, plan.record(), plan.cell)
     if owner.corpus["listing"] != corpus["listing"]:
         changed.append("another corpus")
     if changed:
@@ -459,118 +405,125 @@ def _remove_temporaries(owner: Owner, log) -> None:
 
 @contextmanager
 def claim(
-    cell,
-    args,
+    plan: RunPlan,
     default: Callable[[int], Path],
     corpus: Callable[[], dict],
     frozen: Callable[[], dict],
     accelerator,
     log=print,
 ):
-    """The run directories of `args.folds`, held for the block: where each goes, and whether it starts,
+    """The run directories of `plan.folds`, held for the block: where each goes, and whether it starts,
     continues or replaces a run, decided under each directory's lock (and its fold set's) before anything is
     written; then the runs replaced are removed, the summary of a fold set whose folds change is removed, and
     the markers are written.
 
     `corpus()` reads the corpus and returns its fingerprints, `frozen()` the frozen encoders' references: both
     are called once the folders are known to be usable. The main process decides; every process gets the
-    `Plan`, or raises the refusal."""
-    locks, plan, error = [], None, None
+    `Claim`, or raises the refusal."""
+    locks, claimed, error = [], None, None
     if accelerator.is_main_process:
         try:
-            plan = _decide(cell, args, default, corpus, frozen, locks, log)
+            claimed = _decide(plan, default, corpus, frozen, locks, log)
         except UserError as err:
             error = str(err)
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        error, plan = broadcast_object_list([error, plan])
+        error, claimed = broadcast_object_list([error, claimed])
     try:
         if error:
             raise UserError(error)
-        yield plan
+        yield claimed
     finally:
         for lock in reversed(locks):
             lock.release()
 
 
-def _decide(cell, args, default, corpus, frozen, locks: list, log) -> Plan:
+def _decide(plan: RunPlan, default, corpus, frozen, locks: list, log) -> Claim:
     """`claim`'s decisions and writes, in the main process; the locks taken go into `locks`. A fold set's lock
     is held while its folds are decided (folds of one set started together decide one after the other)."""
-    dirs, set_folder = _aim(args, default, log)
+    dirs, set_folder = _aim(plan, default, log)
     set_lock = None
     if set_folder is not None:  # refused before any lock is taken: nothing there is created
-        _check_set(set_folder, dirs, args)
+        _check_set(set_folder, dirs, plan)
         set_lock = RunLock(set_folder).acquire(log, wait=True)
         locks.append(set_lock)
-    set_owner = _check_set(set_folder, dirs, args) if set_folder is not None else None
-    given = args.output_dir is not None
+    set_owner = _check_set(set_folder, dirs, plan) if set_folder is not None else None
+    given = plan.settings.output_dir is not None
     for folder in dirs.values():
         _check_ours(folder, "run", given)
     for folder in dirs.values():
         locks.append(RunLock(folder).acquire(log))
     owners = {k: _check_ours(folder, "run", given) for k, folder in dirs.items()}  # again, now under the locks
-    modes = {k: _mode(owners[k], cell, args, k) for k in dirs}
+    modes = {k: _mode(owners[k], plan, k) for k in dirs}
     fingerprints = corpus()
-    _check_joins(set_owner, dirs, cell, args, fingerprints)
+    _check_joins(set_owner, dirs, plan, fingerprints)
     for k, owner in owners.items():
         if modes[k] != "fresh":
-            _check_continued(owner, modes[k], args, fingerprints, frozen)
-    plan = Plan(dirs, modes, set_folder)
-    _carry_out(plan, owners, cell, args, fingerprints, frozen, log)
+            _check_continued(owner, modes[k], plan, fingerprints, frozen)
+    claimed = Claim(dirs, modes, set_folder)
+    _carry_out(claimed, owners, plan, fingerprints, frozen, log)
     if set_lock is not None:
         locks.remove(set_lock)
         set_lock.release()
-    return plan
+    return claimed
 
 
-def _carry_out(plan: Plan, owners: dict, cell, args, corpus: dict, frozen: Callable[[], dict], log) -> None:
-    """The plan's writes, in an order that leaves every folder marked whatever happens: the runs replaced
+def _carry_out(claimed: Claim, owners: dict, plan: RunPlan, corpus: dict, frozen: Callable[[], dict], log) -> None:
+    """The claim's writes, in an order that leaves every folder marked whatever happens: the runs replaced
     are removed (and a killed run's temporaries in those continued), the fold set's marker is written, then
     each fold's."""
-    references = frozen() if plan.todo else {}
+    references = frozen() if claimed.todo else {}
     for k, owner in owners.items():
-        if owner is not None and plan.modes[k] == "fresh":
+        if owner is not None and claimed.modes[k] == "fresh":
             _remove(owner, log)
         elif owner is not None:
             _remove_temporaries(owner, log)
-    if plan.set_folder is not None and (plan.todo or len(plan.dirs) > 1):
-        _update_set(plan, cell, args, corpus, log)
-    for k in plan.todo:
-        if plan.modes[k] != "fresh":
+    if claimed.set_folder is not None and (claimed.todo or len(claimed.dirs) > 1):
+        _update_set(claimed, plan, corpus, log)
+    for k in claimed.todo:
+        if claimed.modes[k] != "fresh":
             continue
-        fold = None if args.test_dataset else k
-        owner = Owner(plan.dirs[k], "run", cell.name, settings(vars(args), cell), corpus, bool(args.demo), [])
-        owner.frozen, owner.cell, owner.fold = references, asdict(cell), fold
-        owner.encoders = list(getattr(args, "encoder_tags", []))
-        with writing(MARKER, plan.dirs[k]):
-            plan.dirs[k].mkdir(parents=True, exist_ok=True)
+        fold = None if plan.settings.test_dataset else k
+        owner = Owner(
+            claimed.dirs[k],
+            "run",
+            plan.cell.name,
+            settings(plan.record(), plan.cell),
+            corpus,
+            bool(plan.settings.demo),
+            [],
+        )
+        owner.frozen, owner.cell, owner.fold = references, asdict(plan.cell), fold
+        owner.encoders = list(plan.encoder_tags)
+        with writing(MARKER, claimed.dirs[k]):
+            claimed.dirs[k].mkdir(parents=True, exist_ok=True)
             owner.write()
 
 
-def _update_set(plan: Plan, cell, args, corpus: dict, log) -> None:
+def _update_set(claimed: Claim, plan: RunPlan, corpus: dict, log) -> None:
     """A fold set whose folds change loses its summary; its marker lists its folds, and takes the settings of
     the folds run now where no other fold is kept."""
-    folder = plan.set_folder
+    folder = claimed.set_folder
     owner = read_set(folder)
-    listed = owner.entries if owner is not None and plan.todo else []
+    listed = owner.entries if owner is not None and claimed.todo else []
     gone = [n for n in SUMMARY_FILES if n in listed and (folder / n).is_file()]
     for name in gone:
         (folder / name).unlink()
     if gone:
         log(f"{folder}: removed the fold set's summary (its folds change); a --num_fold all run writes it again")
     entries = [n for n in (owner.entries if owner else []) if n not in gone]
-    entries += [d.name for d in plan.dirs.values() if d.name not in entries]
-    if owner is None or not _other_folds(owner, plan.dirs):
+    entries += [d.name for d in claimed.dirs.values() if d.name not in entries]
+    if owner is None or not _other_folds(owner, claimed.dirs):
         marked = Owner(
             folder,
             "fold_set",
-            cell.name,
-            settings(vars(args), cell),
+            plan.cell.name,
+            settings(plan.record(), plan.cell),
             corpus,
-            bool(args.demo),
+            bool(plan.settings.demo),
             entries,
-            cell=asdict(cell),
+            cell=asdict(plan.cell),
         )
     else:
         marked = replace(owner, entries=entries)
@@ -748,11 +701,12 @@ def _describe_model(name: str, encoder) -> dict:
 
 
 def provenance(
-    cell, args, corpus, fingerprint: dict, accelerator, split, model, frozen: dict | None = None, utterances=None
+    plan: RunPlan, corpus, fingerprint: dict, accelerator, split, model, frozen: dict | None = None, utterances=None
 ) -> dict:
-    """config.json: every argument, the command, the models, the data and its split, and the environment.
-    `fingerprint`: the corpus's (listing and recordings); `split` is (fold, train indices, valid indices) into
-    `utterances` (the corpus's, unless given); `frozen`: each frozen encoder's source and weights' fingerprint."""
+    """config.json: every setting (`plan.record()`), the command, the models, the data and its split, and the
+    environment. `fingerprint`: the corpus's (listing and recordings); `split` is (fold, train indices, valid
+    indices) into `utterances` (the corpus's, unless given); `frozen`: each frozen encoder's source and weights'
+    fingerprint."""
     import accelerate
     import numpy as np
     import torch
@@ -761,21 +715,21 @@ def provenance(
     fold, train, valid = split
     utterances = corpus.utterances if utterances is None else utterances
     return {
-        "script": cell.name,
-        "cell": asdict(cell),
-        "args": vars(args),
+        "script": plan.cell.name,
+        "cell": asdict(plan.cell),
+        "args": plan.record(),
         "command": " ".join(sys.argv),
         "models": {
             modality: _describe_model(name, encoder)
             | ({"frozen": frozen[modality]} if modality in (frozen or {}) else {})
             for modality, name, encoder in (
-                ("text", args.text_model, model.text_encoder),
-                ("speech", args.speech_model, model.speech_encoder),
+                ("text", plan.settings.text_model, model.text_encoder),
+                ("speech", plan.settings.speech_model, model.speech_encoder),
             )
             if encoder is not None
         },
         "data": {
-            **_describe_corpus(args.dataset_dir, corpus),
+            **_describe_corpus(plan.settings.dataset_dir, corpus),
             "split": {"train": len(train), "valid": len(valid), "test": len(fold.test)},
             "test_sessions": session_order([utterances[i].session for i in fold.test]),
             "va_mean": model.va_mean.tolist(),
@@ -808,9 +762,9 @@ def _describe_corpus(root, corpus) -> dict:
     }
 
 
-def describe_test_corpus(args, corpus, labels: dict) -> dict:
+def describe_test_corpus(settings: Settings, corpus, labels: dict) -> dict:
     """config.json's data about a cross-corpus run's test corpus, and both corpora's label distributions."""
-    test_corpus = {"dataset": f"KEMDy{args.test_dataset}", **_describe_corpus(args.test_dataset_dir, corpus)}
+    test_corpus = {"dataset": f"KEMDy{settings.test_dataset}", **_describe_corpus(settings.test_dataset_dir, corpus)}
     return {"test_corpus": test_corpus, "label_distribution": labels}
 
 

@@ -189,6 +189,10 @@ def check(value, spec, where: str = "") -> None:
         return spec.check(value, where)
     if isinstance(spec, tuple):
         for option in spec:
+            if option is None or isinstance(option, type):  # a plain type: no failure to describe
+                if _is(value, option):
+                    return
+                continue
             try:
                 return check(value, option, where)
             except Invalid:
@@ -209,7 +213,8 @@ def _depth(value) -> int:
         item, level = stack.pop()
         if isinstance(item, dict | list):
             deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
     return deepest
 
 

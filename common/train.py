@@ -8,7 +8,7 @@ the chosen one), predictions.csv (the chosen epoch's test predictions) and model
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gc
 import os
 from collections import Counter
@@ -43,9 +43,11 @@ from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
 from common.model import EmotionModel, build_model, seed
 from common.optim import adamw
+from common.plan import RunPlan
 from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 from common.runfiles import read_config, read_metrics
+from common.settings import Settings, folder_name
 
 
 @dataclass
@@ -60,17 +62,19 @@ class Shared:
     test_corpus: Corpus | None = None  # a cross-corpus run's (--test_dataset)
     labels: dict | None = None  # a cross-corpus run's label distributions of both corpora
 
-    def read(self, args, log=print) -> dict:
+    def read(self, settings: Settings, log=print) -> dict:
         """The corpus and its fingerprints (the first process to read it remembers every recording's digest by
         file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints. A
         cross-corpus run reads the test corpus too, compares the two corpora's labels, and fingerprints both."""
         if self.corpus is None:
-            read = partial(read_corpus, rows=args.kemdy19_rows, labels=args.labels, duplicates=args.duplicate_rows)
-            cache_dir = args.cache_dir if args.cache else None
-            self.corpus = read(args.dataset, args.dataset_dir)
+            read = partial(
+                read_corpus, rows=settings.kemdy19_rows, labels=settings.labels, duplicates=settings.duplicate_rows
+            )
+            cache_dir = settings.cache_dir if settings.cache else None
+            self.corpus = read(settings.dataset, settings.dataset_dir)
             self.fingerprint, self.digests = corpus_fingerprint(self.corpus, cache_dir)
-            if args.test_dataset:
-                self.test_corpus = read(args.test_dataset, args.test_dataset_dir)
+            if settings.test_dataset:
+                self.test_corpus = read(settings.test_dataset, settings.test_dataset_dir)
                 self.labels, table = compare_labels(self.corpus, self.test_corpus)
                 log(table)
                 tested, digests = corpus_fingerprint(self.test_corpus, cache_dir)
@@ -78,22 +82,22 @@ class Shared:
                 self.digests |= digests
         return self.fingerprint
 
-    def load_encoders(self, cell: Cell, args) -> None:
+    def load_encoders(self, cell: Cell, settings: Settings) -> None:
         """The pretrained encoders, once; a tokenizer that leaves a transcript of the corpus without a single
         token is refused here, before anything is written (the model would fail on it mid-training)."""
         if self.encoders is not None:
             return
-        encoders = Encoders(cell, args)
+        encoders = Encoders(cell, settings)
         if encoders.tokenizer is not None:
             texts = [u.text for u in self.utterances]
-            empty = tokenless(encoders.tokenizer, texts, args.max_text_len)
+            empty = tokenless(encoders.tokenizer, texts, settings.max_text_len)
             if empty:
                 first = self.utterances[empty[0]]
                 raise UserError(
-                    f"--text_model {args.text_model}: its tokenizer turns {len(empty)} of the corpus's {len(texts)} "
-                    f"transcripts into no tokens at all (e.g. {first.segment_id}: {first.text!r}); the model needs "
-                    "at least one token per utterance: use a text model whose tokenizer adds a begin or end token, "
-                    "or that encodes this text"
+                    f"--text_model {settings.text_model}: its tokenizer turns {len(empty)} of the corpus's "
+                    f"{len(texts)} transcripts into no tokens at all (e.g. {first.segment_id}: {first.text!r}); the "
+                    "model needs at least one token per utterance: use a text model whose tokenizer adds a begin or "
+                    "end token, or that encodes this text"
                 )
         self.encoders = encoders
 
@@ -103,95 +107,105 @@ class Shared:
         return self.corpus.utterances + (self.test_corpus.utterances if self.test_corpus else [])
 
 
-def train(cell: Cell, args) -> list[dict]:
-    """Train and evaluate the folds of `args.folds`; returns what each one's metrics.json holds. The
+def train(plan: RunPlan) -> list[dict]:
+    """Train and evaluate the folds of `plan.folds`; returns what each one's metrics.json holds. The
     corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them."""
-    accelerator = _accelerator(args)
+    accelerator = _accelerator(plan.settings)
     log = accelerator.print
-    _resolve(cell, args, log)
+    plan = _resolve(plan, accelerator, log)
+    cell, settings = plan.cell, plan.settings
     shared = Shared()
 
     def frozen() -> dict:  # the frozen encoders' references: recorded with a run, compared when it continues
-        shared.load_encoders(cell, args)
+        shared.load_encoders(cell, settings)
         return shared.encoders.references
 
-    default = partial(_default_run_dir, cell, args, tags=args.encoder_tags)
-    with rundir.claim(cell, args, default, partial(shared.read, args, log=log), frozen, accelerator, log) as plan:
-        shared.read(args, log=lambda _: None)  # the main process has read it (and the digests): the others now
-        if plan.todo:
-            shared.load_encoders(cell, args)
+    default = partial(_default_run_dir, cell, settings, tags=plan.encoder_tags)
+    with rundir.claim(plan, default, partial(shared.read, settings, log=log), frozen, accelerator, log) as claimed:
+        shared.read(settings, log=lambda _: None)  # the main process has read it (and the digests): the others now
+        if claimed.todo:
+            shared.load_encoders(cell, settings)
         results = []
         # What is loaded by now (libraries, the encoders) lives as long as the run: the collection after
         # each fold skips it (0.6 s a fold, which would dominate a frozen cell's folds).
         gc.freeze()
         try:
-            for k in args.folds:
-                run_dir = plan.dirs[k]
-                if plan.modes[k] == "finished":
+            for k in plan.folds:
+                run_dir = claimed.dirs[k]
+                if claimed.modes[k] == "finished":
                     result = read_metrics(run_dir)
-                    finish_again(run_dir, result, args, accelerator)
+                    finish_again(run_dir, result, settings, accelerator)
                     log(f"{run_dir}: already finished\n" + run_summary(result, run_dir))
                 else:
-                    fold_args = argparse.Namespace(**{**vars(args), "num_fold": k})
-                    run = set_up(cell, fold_args, accelerator, run_dir, plan.modes[k], shared, last=k == plan.todo[-1])
+                    last = k == claimed.todo[-1]
+                    run = set_up(plan.but(num_fold=k), accelerator, run_dir, claimed.modes[k], shared, last)
                     result = finish(run, fit(run))
                 results.append(result)
             if len(results) > 1:
                 log(fold_summary(results))
                 if accelerator.is_main_process:
-                    rundir.write_set_summary(plan.set_folder, *set_summary(results, rundir.settings(vars(args), cell)))
+                    recorded = rundir.settings(plan.record(), cell)
+                    rundir.write_set_summary(claimed.set_folder, *set_summary(results, recorded))
         except KeyboardInterrupt:
             done = ", ".join(str(r["fold"]) for r in results) or "none"
             raise Interrupted(f"interrupted (folds finished: {done}); continue with --resume") from None
         finally:
             gc.unfreeze()
     results_complete()
-    if args.demo and len(results) == 1 and accelerator.is_main_process:
-        log(_next_steps(cell, args, plan.dirs[args.folds[0]], shared.corpus))
+    if settings.demo and len(results) == 1 and accelerator.is_main_process:
+        log(_next_steps(cell, settings, claimed.dirs[plan.folds[0]], shared.corpus))
     accelerator.end_training()
     return results
 
 
-def _resolve(cell: Cell, args, log) -> None:
-    """What the arguments leave to the run: the demo's corpus and encoders, the encoders' names for the
-    default run folder, and --text_pooling auto."""
+def _resolve(plan: RunPlan, accelerator, log) -> RunPlan:
+    """What the settings leave to the run: the DataLoader workers, the demo's corpus and encoders, the encoders'
+    names for the default run folder, and --text_pooling auto."""
+    cell, settings = plan.cell, plan.settings
     # Encoders other than the defaults name the default run folder (the demo's tiny ones are its defaults).
-    args.encoder_tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
-    if args.demo:
-        _resolve_demo(cell, args)
-    for note in args.notes:
+    tags = encoder_tags(cell, {"text": settings.text_model, "speech": settings.speech_model})
+    plan = dataclasses.replace(plan, encoder_tags=tuple(tags))
+    if settings.num_workers is None:
+        on_gpu = accelerator.device.type == "cuda"
+        plan = plan.but(num_workers=min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0)
+    if settings.demo:
+        plan = _resolve_demo(plan)
+    settings = plan.settings
+    for note in plan.notes:
         log(note)
-    if args.cache:
-        check_cache_folder(args.cache_dir)
-    check_root(args.dataset, Path(args.dataset_dir))  # the corpus folders first, then the models
-    if args.test_dataset:
-        check_root(args.test_dataset, Path(args.test_dataset_dir), "--test_dataset_dir")
-    if cell.uses_text and args.text_pooling == "auto":
-        args.text_pooling, why = auto_text_pooling(args.text_model)
-        log(f"--text_pooling auto: {args.text_pooling} ({why})")
+    if settings.cache:
+        check_cache_folder(settings.cache_dir)
+    check_root(settings.dataset, Path(settings.dataset_dir))  # the corpus folders first, then the models
+    if settings.test_dataset:
+        check_root(settings.test_dataset, Path(settings.test_dataset_dir), "--test_dataset_dir")
+    if cell.uses_text and settings.text_pooling == "auto":
+        pooling, why = auto_text_pooling(settings.text_model)
+        log(f"--text_pooling auto: {pooling} ({why})")
+        plan = plan.but(text_pooling=pooling)
+    return plan
 
 
-def _next_steps(cell: Cell, args, run_dir: Path, corpus: Corpus) -> str:
+def _next_steps(cell: Cell, settings: Settings, run_dir: Path, corpus: Corpus) -> str:
     """What a newcomer can run next after the demo, each line runnable as printed."""
     import shlex
     import sys
 
     python = os.path.relpath(sys.executable)
     python = python if not python.startswith("..") else sys.executable
-    dataset = [] if args.dataset == "20" else ["--dataset", args.dataset]
+    dataset = [] if settings.dataset == "20" else ["--dataset", settings.dataset]
     first = corpus.utterances[0]  # a demo recording and its transcript
     inputs = []
     if cell.uses_speech:
         inputs += ["--wav", os.path.relpath(first.wav)]
     if cell.uses_text:
         inputs += ["--text", first.text]
-    if args.output_dir:  # the folder beside the run (or beside its fold set)
+    if settings.output_dir:  # the folder beside the run (or beside its fold set)
         runs = run_dir.parent
     else:  # runs/demo, above <script>/<protocol>[/fold<k>]
-        runs = run_dir.parent.parent if args.test_dataset else run_dir.parent.parent.parent
-    if args.test_dataset:  # the other direction
-        other = [python, *command_of(cell.name).split(), "--demo", "--dataset", args.test_dataset]
-        other += ["--test_dataset", args.dataset]
+        runs = run_dir.parent.parent if settings.test_dataset else run_dir.parent.parent.parent
+    if settings.test_dataset:  # the other direction
+        other = [python, *command_of(cell.name).split(), "--demo", "--dataset", settings.test_dataset]
+        other += ["--test_dataset", settings.dataset]
     elif cell.uses_speech:  # the task's text cell: its five folds take seconds on a CPU, a speech cell's minutes
         other = [python, f"text_{cell.task}.py", "--demo", *dataset, "--num_fold", "all"]
     else:
@@ -212,7 +226,7 @@ class FoldRun:
     epoch (training, evaluation, metrics)."""
 
     cell: Cell
-    args: argparse.Namespace
+    settings: Settings
     accelerator: object
     run_dir: Path
     corpus: Corpus  # the one it trains on
@@ -235,8 +249,10 @@ class FoldRun:
 
     @cached_property
     def objective(self) -> Objective:
-        args = self.args
-        return Objective(args.emotion_output, args.va_loss, args.cls_weight, args.reg_weight, self.pos_weight)
+        settings = self.settings
+        return Objective(
+            settings.emotion_output, settings.va_loss, settings.cls_weight, settings.reg_weight, self.pos_weight
+        )
 
     def loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         """Per-utterance loss (so that evaluation averages exactly over a split, whatever its batches)."""
@@ -245,17 +261,17 @@ class FoldRun:
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over the training part; the mean training loss over every process."""
-        model, accelerator, args = self.model, self.accelerator, self.args
+        model, accelerator, settings = self.model, self.accelerator, self.settings
         model.train()
         total, count = 0.0, 0
-        bar = Progress(self.train_loader, f"epoch {epoch}/{args.epochs} training", show=self.show_progress)
+        bar = Progress(self.train_loader, f"epoch {epoch}/{settings.epochs} training", show=self.show_progress)
         for step, batch in enumerate(bar, 1):
             loss = self.loss(model(batch), batch).mean()
             value = loss.item()
             self.stop_if_diverged(value, epoch, step)
             accelerator.backward(loss)
-            if args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if settings.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -266,7 +282,7 @@ class FoldRun:
 
     @property
     def show_progress(self) -> bool:
-        return self.accelerator.is_local_main_process and not self.args.quiet
+        return self.accelerator.is_local_main_process and not self.settings.quiet
 
     def evaluate(self, loader: DataLoader, desc: str) -> dict[str, np.ndarray]:
         return evaluate(self.model, loader, self.accelerator, self.objective, desc if self.show_progress else None)
@@ -274,7 +290,7 @@ class FoldRun:
     def record(self, epoch: int, train_loss: float, outputs: dict[str, dict[str, np.ndarray]]) -> dict:
         """An epoch's numbers: training loss, each split's metrics, notes on undefined values, and with
         --threshold tuned the thresholds chosen on this epoch's validation outputs."""
-        record, notes, threshold = {"epoch": epoch, "train_loss": train_loss}, [], self.args.threshold
+        record, notes, threshold = {"epoch": epoch, "train_loss": train_loss}, [], self.settings.threshold
         if threshold == "tuned" and "probs" in outputs.get("valid", {}):
             tuned = tune_thresholds(outputs["valid"]["labels"], outputs["valid"]["probs"])
             record["thresholds"], threshold = dict(zip(EMOTIONS, map(float, tuned), strict=True)), tuned
@@ -293,8 +309,8 @@ class FoldRun:
             flag = torch.tensor([float(bad)], device=self.accelerator.device)
             bad = bool(self.accelerator.reduce(flag, reduction="sum").item())
         if bad:
-            hints = f"lower --lr (now {self.args.lr:g}) or set --max_grad_norm"
-            if self.args.mixed_precision == "fp16":
+            hints = f"lower --lr (now {self.settings.lr:g}) or set --max_grad_norm"
+            if self.settings.mixed_precision == "fp16":
                 hints += ", or use --mixed_precision bf16 (fp16 overflows)"
             kept = f"keeps the checkpoint of epoch {epoch - 1}" if epoch > 1 else "holds no finished epoch"
             raise UserError(
@@ -365,44 +381,47 @@ def choose(history: list[dict]) -> int:
     return min(history, key=lambda record: record["valid"]["loss"])["epoch"]
 
 
-def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shared, last: bool) -> FoldRun:
+def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared, last: bool) -> FoldRun:
     """The fold's split, model, inputs, loaders, optimizer and schedule; config.json and trackers for a
-    fresh run, the latest checkpoint for a resumed one."""
-    log = accelerator.print
-    seed(args.seed)
+    fresh run, the latest checkpoint for a resumed one. `plan`: the fold's (its --num_fold the fold)."""
+    log, cell, settings = accelerator.print, plan.cell, plan.settings
+    seed(settings.seed)
     corpus, utts = shared.corpus, shared.utterances
-    fold, train_idx, valid_idx = _splits(args, shared)
-    log(_fold_line(args, shared, fold, train_idx, valid_idx))
+    fold, train_idx, valid_idx = _splits(settings, shared)
+    log(_fold_line(settings, shared, fold, train_idx, valid_idx))
 
-    model = build_model(cell, args, shared.encoders, last, log)
+    model = build_model(cell, settings, shared.encoders, last, log)
     labels = np.array([utts[i].labels for i in train_idx])
-    pos_weight = balanced_weights(labels) if args.class_weight == "balanced" and cell.classifies else None
-    _set_va_scaling(model, args, [utts[i] for i in train_idx])
-    model.freeze(args.freeze)
+    pos_weight = balanced_weights(labels) if settings.class_weight == "balanced" and cell.classifies else None
+    _set_va_scaling(model, settings, [utts[i] for i in train_idx])
+    model.freeze(settings.freeze)
     model.to(accelerator.device)
     encoders = shared.encoders
     spec = audio_spec(encoders.extractor, model.speech_encoder, model.config) if cell.uses_speech else None
-    collate = Collator(encoders.tokenizer, args.max_text_len, spec, args.pad_to_max_length)
+    collate = Collator(encoders.tokenizer, settings.max_text_len, spec, settings.pad_to_max_length)
     if shared.inputs is None:  # the same for every fold: the first fold prepares them
-        shared.inputs = _prepare(cell, args, accelerator, model, shared, collate)
+        shared.inputs = _prepare(cell, settings, accelerator, model, shared, collate)
     inputs = shared.inputs
-    order = partial(_eval_order, cell, args, inputs, utts)
+    order = partial(_eval_order, cell, settings, inputs, utts)
     datasets = {
         name: KemdyDataset(utts, idx, inputs, spec)
         for name, idx in (("train", train_idx), ("valid", order(valid_idx)), ("test", order(fold.test)))
     }
-    lengths = _lengths(inputs, utts, train_idx, args.max_seq_len) if args.group_by_length else None
-    sampler = EpochBatchSampler(len(train_idx), args.batch_size, args.seed, lengths)
-    loader = partial(make_loader, collate=collate, args=args, pin_memory=accelerator.device.type == "cuda")
+    lengths = _lengths(inputs, utts, train_idx, settings.max_seq_len) if settings.group_by_length else None
+    sampler = EpochBatchSampler(len(train_idx), settings.batch_size, settings.seed, lengths)
+    on_gpu = accelerator.device.type == "cuda"
+    loader = partial(
+        make_loader, collate=collate, workers=settings.num_workers, pin_memory=on_gpu, batch_size=settings.batch_size
+    )
     train_loader = loader(datasets["train"], batch_sampler=sampler)
     eval_loaders = {name: loader(datasets[name]) for name in ("valid", "test") if datasets[name].indices}
-    optimizer, scheduler = _optimizer(model, args, steps=len(train_loader) * args.epochs)
+    optimizer, scheduler = _optimizer(model, settings, steps=len(train_loader) * settings.epochs)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     eval_loaders = {name: accelerator.prepare(loader) for name, loader in eval_loaders.items()}
 
     run = FoldRun(
         cell=cell,
-        args=args,
+        settings=settings,
         accelerator=accelerator,
         run_dir=run_dir,
         corpus=corpus,
@@ -419,20 +438,20 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
     )
     if accelerator.is_main_process and not (run_dir / "config.json").is_file():
         config = rundir.provenance(
-            cell, args, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references, utts
+            plan, corpus, shared.fingerprint, accelerator, run.split, run.core, encoders.references, utts
         )
         if shared.test_corpus is not None:
-            config["data"] |= rundir.describe_test_corpus(args, shared.test_corpus, shared.labels)
+            config["data"] |= rundir.describe_test_corpus(settings, shared.test_corpus, shared.labels)
         if pos_weight is not None:
             config["data"]["class_weights"] = dict(zip(EMOTIONS, pos_weight, strict=True))
         with writing("config.json", run_dir):
             rundir.write_file(run_dir, "config.json", runfiles.config_text(config))
-    if args.report_to != "none":  # events in <run_dir>/tensorboard/
+    if settings.report_to != "none":  # events in <run_dir>/tensorboard/
         if accelerator.is_main_process:
             with writing("the TensorBoard events", run_dir):
                 rundir.own(run_dir, "tensorboard")
         accelerator.project_configuration.logging_dir = str(run_dir)
-        accelerator.init_trackers("tensorboard", config=_tracked_config(args))
+        accelerator.init_trackers("tensorboard", config=_tracked_config(plan))
     state = run.checkpoints.resume(log) if mode == "resume" else None
     if state is not None:
         run.history = state["history"]
@@ -442,9 +461,9 @@ def set_up(cell: Cell, args, accelerator, run_dir: Path, mode: str, shared: Shar
 
 def fit(run: FoldRun) -> list[dict]:
     """The epochs: train, evaluate the validation and test parts, record, checkpoint. Returns the history."""
-    args, log = run.args, run.accelerator.print
+    settings, log = run.settings, run.accelerator.print
     try:
-        for epoch in range(len(run.history) + 1, args.epochs + 1):
+        for epoch in range(len(run.history) + 1, settings.epochs + 1):
             run.train_loader.set_epoch(epoch)  # accelerate passes it on to the batch sampler at every iteration
             train_loss = run.train_epoch(epoch)
             outputs = {name: run.evaluate(loader, f"epoch {epoch} {name}") for name, loader in run.eval_loaders.items()}
@@ -454,7 +473,7 @@ def fit(run: FoldRun) -> list[dict]:
             record = run.record(epoch, train_loss, outputs)
             run.history.append(record)
             log(epoch_line(record))
-            if args.report_to != "none":
+            if settings.report_to != "none":
                 run.accelerator.log(_scalars(record), step=epoch)
             chosen = choose(run.history)
             state = {"epoch": epoch, "history": run.history, "chosen": chosen}
@@ -469,7 +488,7 @@ def fit(run: FoldRun) -> list[dict]:
 def finish(run: FoldRun, history: list[dict]) -> dict:
     """The chosen epoch's predictions, model and metrics.json (last: it marks a finished run); then the
     checkpoints go, unless kept, and the run's size is recorded. Returns what metrics.json holds."""
-    args, accelerator, run_dir = run.args, run.accelerator, run.run_dir
+    settings, accelerator, run_dir = run.settings, run.accelerator, run.run_dir
     chosen = choose(history)
     if chosen != history[-1]["epoch"]:  # the model holds the last epoch's weights
         try:
@@ -481,17 +500,17 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     test_outputs = run.checkpoints.test_outputs(chosen)
     result = {
         "script": run.cell.name,
-        "dataset": f"KEMDy{args.dataset}",
-        "split": args.split,
-        "fold": None if args.test_dataset else args.num_fold,
-        **({"test_dataset": f"KEMDy{args.test_dataset}"} if args.test_dataset else {}),
+        "dataset": f"KEMDy{settings.dataset}",
+        "split": settings.split,
+        "fold": None if settings.test_dataset else settings.num_fold,
+        **({"test_dataset": f"KEMDy{settings.test_dataset}"} if settings.test_dataset else {}),
         "task": run.cell.task,
         "selection": "valid_loss" if run.split[2] else "last_epoch",
         "chosen_epoch": chosen,
         "test": history[chosen - 1]["test"],
         **({"thresholds": history[chosen - 1]["thresholds"]} if "thresholds" in history[chosen - 1] else {}),
-        **({"layer_weights": run.core.layer_weights()} if args.layers == "weighted" else {}),
-        **by_agreement(run.utterances, test_outputs, history[chosen - 1].get("thresholds"), args.threshold),
+        **({"layer_weights": run.core.layer_weights()} if settings.layers == "weighted" else {}),
+        **by_agreement(run.utterances, test_outputs, history[chosen - 1].get("thresholds"), settings.threshold),
         **human_reference(run.utterances, test_outputs),
         "epochs": history,
     }
@@ -503,7 +522,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
             if "probs" in test_outputs:
                 confusion = predictions.confusion_text(test_outputs["labels"], test_outputs["probs"])
                 rundir.write_file(run_dir, predictions.CONFUSION, confusion)
-            if args.save_model:
+            if settings.save_model:
                 enc = run.encoders
                 save = partial(
                     run.core.save, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references
@@ -511,7 +530,7 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
                 rundir.build_folder(run_dir, "model", save)
             rundir.write_file(run_dir, "metrics.json", runfiles.metrics_text(result))
     accelerator.wait_for_everyone()
-    if args.keep_checkpoint:
+    if settings.keep_checkpoint:
         run.checkpoints.prune(keep=chosen)
     else:
         run.checkpoints.remove()
@@ -526,22 +545,22 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     return result
 
 
-def finish_again(run_dir: Path, result: dict, args, accelerator) -> None:
+def finish_again(run_dir: Path, result: dict, settings: Settings, accelerator) -> None:
     """What finishing does after metrics.json, done for a run killed before it was complete (its size is not
     recorded yet): the checkpoints go, unless kept, and the size is recorded."""
     if not accelerator.is_main_process or "disk_bytes" in read_config(run_dir):
         return
     checkpoints = Checkpoints(run_dir, accelerator)
-    if args.keep_checkpoint and "chosen_epoch" in result:
+    if settings.keep_checkpoint and "chosen_epoch" in result:
         checkpoints.prune(keep=result["chosen_epoch"])
     else:
         checkpoints.remove()
     rundir.record_size(run_dir)
 
 
-def _accelerator(args):
-    if args.gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+def _accelerator(settings: Settings):
+    if settings.gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = settings.gpus
     from accelerate import Accelerator
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
@@ -549,14 +568,11 @@ def _accelerator(args):
     disable_progress_bars()  # loading and saving bars would drown the per-epoch progress
     hf_logging.disable_progress_bar()
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=settings.mixed_precision,
         cpu=_launched_without_accelerator(),
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if settings.report_to == "none" else settings.report_to,
         project_dir="runs",  # replaced by each fold's run directory before its trackers start
     )
-    if args.num_workers is None:
-        on_gpu = accelerator.device.type == "cuda"
-        args.num_workers = min(4, (os.cpu_count() or 1) // accelerator.num_processes) if on_gpu else 0
     return accelerator
 
 
@@ -566,65 +582,63 @@ def _launched_without_accelerator() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpus
 
 
-def _default_run_dir(cell: Cell, args, fold: int, tags: list[str] = ()) -> Path:
+def _default_run_dir(cell: Cell, settings: Settings, fold: int, tags: list[str] = ()) -> Path:
     """runs/[demo/]<script>/KEMDy<d>[-to-KEMDy<t>][_session][_original][_freeze-<which>][_layers-weighted]
     [_<encoder>...]/fold<k> (a cross-corpus run, -to-KEMDy<t>, without fold<k>/):
     the frozen and layer-weighted grids sit beside the fine-tuned one, and a grid with other encoders beside
     the default's (named by `tags`, `encoder_tags`), each a row of its own in the report."""
-    protocol = f"KEMDy{args.dataset}" + (f"-to-KEMDy{args.test_dataset}" if args.test_dataset else "")
-    protocol += "" if args.split == "contiguous" else f"_{args.split}"
-    protocol += "_original" if args.original else ""
-    protocol += f"_freeze-{args.freeze}" if args.freeze != "none" else ""
-    protocol += f"_layers-{args.layers}" if args.layers != "last" else ""
+    protocol = f"KEMDy{settings.dataset}" + folder_name(settings)
     protocol += "".join(f"_{tag}" for tag in tags)
-    folder = Path("runs", *(["demo"] if args.demo else []), cell.name, protocol)
-    return folder if args.test_dataset else folder / f"fold{fold}"  # a cross-corpus run has no folds
+    folder = Path("runs", *(["demo"] if settings.demo else []), cell.name, protocol)
+    return folder if settings.test_dataset else folder / f"fold{fold}"  # a cross-corpus run has no folds
 
 
-def _resolve_demo(cell: Cell, args) -> None:
+def _resolve_demo(plan: RunPlan) -> RunPlan:
+    """The demo's corpora (unless given) and its tiny encoders in place of the default ones."""
     from common.synthetic import demo_corpus, demo_models
 
-    if not args.dataset_dir:  # the built-in corpus, unless one is given
-        args.dataset_dir = str(demo_corpus(args.dataset))
-    if args.test_dataset and not args.test_dataset_dir:
-        args.test_dataset_dir = str(demo_corpus(args.test_dataset))
-    models = demo_models()
-    if cell.uses_text and args.text_model == DEFAULT_MODELS["text"]:
-        args.text_model = str(models / "text")
-    if cell.uses_speech and args.speech_model == DEFAULT_MODELS["speech"]:
-        args.speech_model = str(models / "speech")
+    settings, models, changes = plan.settings, demo_models(), {}
+    if not settings.dataset_dir:  # the built-in corpus, unless one is given
+        changes["dataset_dir"] = str(demo_corpus(settings.dataset))
+    if settings.test_dataset and not settings.test_dataset_dir:
+        changes["test_dataset_dir"] = str(demo_corpus(settings.test_dataset))
+    if plan.cell.uses_text and settings.text_model == DEFAULT_MODELS["text"]:
+        changes["text_model"] = str(models / "text")
+    if plan.cell.uses_speech and settings.speech_model == DEFAULT_MODELS["speech"]:
+        changes["speech_model"] = str(models / "speech")
+    return plan.but(**changes)
 
 
-def _splits(args, shared: Shared) -> tuple:
+def _splits(settings: Settings, shared: Shared) -> tuple:
     """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's."""
     sessions = [u.session for u in shared.corpus.utterances]
     if shared.test_corpus is None:
-        return fold_splits(sessions, args.num_fold, args.split, args.valid_ratio)
-    return cross_corpus_splits(sessions, len(shared.test_corpus.utterances), args)
+        return fold_splits(sessions, settings.num_fold, settings.split, settings.valid_ratio)
+    return cross_corpus_splits(sessions, len(shared.test_corpus.utterances), settings.split, settings.valid_ratio)
 
 
-def _fold_line(args, shared: Shared, fold, train_idx, valid_idx) -> str:
+def _fold_line(settings: Settings, shared: Shared, fold, train_idx, valid_idx) -> str:
     def excluded(corpus: Corpus) -> str:
         reasons = f": {dict(Counter(e.reason for e in corpus.excluded))}" if corpus.excluded else ""
         return f"{len(corpus.excluded)} rows excluded{reasons}"
 
+    trained, tested = f"KEMDy{settings.dataset}", f"KEMDy{settings.test_dataset}"
     if shared.test_corpus is not None:
         return (
-            f"KEMDy{args.dataset} -> KEMDy{args.test_dataset} (cross-corpus, validation by the {args.split} split's "
-            f"rule): {len(train_idx)} train, {len(valid_idx)} valid utterances of KEMDy{args.dataset} "
-            f"({excluded(shared.corpus)}); {len(fold.test)} test utterances of KEMDy{args.test_dataset} "
-            f"({excluded(shared.test_corpus)})"
+            f"{trained} -> {tested} (cross-corpus, validation by the {settings.split} split's rule): "
+            f"{len(train_idx)} train, {len(valid_idx)} valid utterances of {trained} ({excluded(shared.corpus)}); "
+            f"{len(fold.test)} test utterances of {tested} ({excluded(shared.test_corpus)})"
         )
     held = f", test sessions {', '.join(fold.test_sessions)}" if fold.test_sessions else ""
     return (
-        f"KEMDy{args.dataset} fold {args.num_fold} ({args.split} split{held}): {len(train_idx)} train, "
+        f"KEMDy{settings.dataset} fold {settings.num_fold} ({settings.split} split{held}): {len(train_idx)} train, "
         f"{len(valid_idx)} valid, {len(fold.test)} test utterances ({excluded(shared.corpus)})"
     )
 
 
-def _set_va_scaling(model: EmotionModel, args, train_utts) -> None:
+def _set_va_scaling(model: EmotionModel, settings: Settings, train_utts) -> None:
     """Valence/arousal standardised with the training part's mean and deviation, or the raw 1-5 scale."""
-    if args.va_targets == "standardized":
+    if settings.va_targets == "standardized":
         va = np.array([[u.valence, u.arousal] for u in train_utts])
         model.va_mean.copy_(torch.from_numpy(va.mean(axis=0)))
         model.va_std.copy_(torch.from_numpy(va.std(axis=0).clip(min=1e-3)))
@@ -633,22 +647,28 @@ def _set_va_scaling(model: EmotionModel, args, train_utts) -> None:
         model.va_std.fill_(1.0)
 
 
-def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared, collate: Collator) -> Inputs:
+def _prepare(
+    cell: Cell, settings: Settings, accelerator, model: EmotionModel, shared: Shared, collate: Collator
+) -> Inputs:
     """Token ids and audio of every utterance (cached), and the pooled vectors of frozen encoders (for a fusion of
     sequences, their states)."""
-    cache_dir = args.cache_dir if args.cache else None
+    cache_dir = settings.cache_dir if settings.cache else None
     log = accelerator.print
     utts, encoders, digests = shared.utterances, shared.encoders, shared.digests
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
-        max_seconds = args.max_seq_len if cell.uses_speech else None
-        show = accelerator.is_local_main_process and not args.quiet
-        inputs = prepare_inputs(utts, encoders.tokenizer, args.max_text_len, max_seconds, cache_dir, log, digests, show)
+        max_seconds = settings.max_seq_len if cell.uses_speech else None
+        show = accelerator.is_local_main_process and not settings.quiet
+        inputs = prepare_inputs(
+            utts, encoders.tokenizer, settings.max_text_len, max_seconds, cache_dir, log, digests, show
+        )
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
-            if encoder is None or args.freeze not in (modality, "both"):
+            if encoder is None or settings.freeze not in (modality, "both"):
                 continue
             # A fusion of sequences gets the frozen encoder's last-layer states; every layer's would be too large to
             # keep (docs/fusions.md), so with --layers weighted it runs the frozen encoder at every step.
-            compute = frozen_vectors if _reads_vectors(cell) else frozen_sequences if args.layers == "last" else None
+            compute = (
+                frozen_vectors if _reads_vectors(cell) else frozen_sequences if settings.layers == "last" else None
+            )
             if compute is None:
                 continue
             computed = compute(
@@ -657,7 +677,7 @@ def _prepare(cell: Cell, args, accelerator, model: EmotionModel, shared: Shared,
                 utts,
                 inputs,
                 collate,
-                batch_size=args.batch_size,
+                batch_size=settings.batch_size,
                 accelerator=accelerator,
                 cache_dir=cache_dir,
                 weights=encoders.references[modality]["weights"],
@@ -673,7 +693,7 @@ def _reads_vectors(cell: Cell) -> bool:
     return cell.fusion is None or FUSIONS[cell.fusion].reads == "vectors"
 
 
-def _optimizer(model: EmotionModel, args, steps: int):
+def _optimizer(model: EmotionModel, settings: Settings, steps: int):
     """AdamW (--optimizer) over the trainable parameters (the new layers at --head_lr) and the learning-rate
     schedule."""
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
@@ -681,22 +701,27 @@ def _optimizer(model: EmotionModel, args, steps: int):
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     encoder_params = [p for n, p in trainable if n.startswith(ENCODER_PREFIXES)]
     head_params = [p for n, p in trainable if not n.startswith(ENCODER_PREFIXES)]
-    groups = [{"params": encoder_params, "lr": args.lr}, {"params": head_params, "lr": args.head_lr or args.lr}]
+    groups = [
+        {"params": encoder_params, "lr": settings.lr},
+        {"params": head_params, "lr": settings.head_lr or settings.lr},
+    ]
     groups = [g for g in groups if g["params"]]  # frozen encoders leave the first group empty
-    optimizer = adamw(groups, args.optimizer, args.lr, args.weight_decay)
-    warmup = int(args.warmup_ratio * steps)
-    if args.lr_scheduler == "linear":
+    optimizer = adamw(groups, settings.optimizer, settings.lr, settings.weight_decay)
+    warmup = int(settings.warmup_ratio * steps)
+    if settings.lr_scheduler == "linear":
         return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, steps)
     return optimizer, get_constant_schedule_with_warmup(optimizer, warmup)
 
 
-def make_loader(dataset, collate, args, pin_memory: bool, batch_sampler=None) -> DataLoader:
-    sizes = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": args.batch_size, "shuffle": False}
+def make_loader(
+    dataset, collate, workers: int, pin_memory: bool, batch_size: int = 1, batch_sampler=None
+) -> DataLoader:
+    sizes = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": batch_size, "shuffle": False}
     return DataLoader(
         dataset,
         collate_fn=collate,
-        num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         pin_memory=pin_memory,
         **sizes,
     )
@@ -712,19 +737,19 @@ def _lengths(inputs: Inputs, utts, indices: list[int], max_seconds: float) -> li
     return [0.0] * len(indices)  # only cached vectors: every batch has the same size
 
 
-def _eval_order(cell: Cell, args, inputs: Inputs, utts, indices: list[int]) -> list[int]:
+def _eval_order(cell: Cell, settings: Settings, inputs: Inputs, utts, indices: list[int]) -> list[int]:
     """The order a split is evaluated in: clips from the longest down where the model reads audio, so that a
     batch pads little (its outputs are gathered with their indices; predictions.csv keeps corpus order); corpus
     order for the original's speech inputs, whose batch padding changes what it computes."""
-    if not cell.uses_speech or inputs.speech_vectors is not None or args.speech_inputs == "original":
+    if not cell.uses_speech or inputs.speech_vectors is not None or settings.speech_inputs == "original":
         return indices
-    lengths = _lengths(inputs, utts, indices, args.max_seq_len)
+    lengths = _lengths(inputs, utts, indices, settings.max_seq_len)
     return [indices[k] for k in np.argsort(-np.asarray(lengths), kind="stable")]
 
 
-def _tracked_config(args) -> dict:
-    """The arguments as TensorBoard's hyper-parameter table accepts them (numbers, strings, booleans)."""
-    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in vars(args).items()}
+def _tracked_config(plan: RunPlan) -> dict:
+    """The settings as TensorBoard's hyper-parameter table accepts them (numbers, strings, booleans)."""
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in plan.record().items()}
 
 
 def _scalars(record: dict) -> dict[str, float]:

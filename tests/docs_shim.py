@@ -82,8 +82,8 @@ def python(argv: list[str]) -> None:
     if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS + FUSION_SCRIPTS]:
         fail(f"python {shlex.join(argv)}: not a script of the repository")
 
-    resolve = common.cli.resolve_dataset_dir
-    common.cli.resolve_dataset_dir = lambda args: None  # the corpus is not here: flags only
+    resolve = common.cli._corpus_roots
+    common.cli._corpus_roots = lambda settings: settings  # the corpus is not here: flags only
     try:
         common.cli.parse_script(Path(argv[0]).stem, argv[1:])
     except (UserError, ValueError) as error:
@@ -92,7 +92,7 @@ def python(argv: list[str]) -> None:
         if stop.code:
             fail(f"python {shlex.join(argv)}: refused")
     finally:
-        common.cli.resolve_dataset_dir = resolve
+        common.cli._corpus_roots = resolve
 
 
 def accelerate(argv: list[str]) -> None:

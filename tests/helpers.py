@@ -126,7 +126,7 @@ def train_in_process(script, argv, cwd=None):
     try:
         os.chdir(cwd or where)
         with contextlib.redirect_stdout(printed):
-            train(*parse_script(script, [str(a) for a in argv]))
+            train(parse_script(script, [str(a) for a in argv]))
     except UserError as err:
         return 2, printed.getvalue(), f"error: {err}"
     finally:

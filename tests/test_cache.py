@@ -210,7 +210,7 @@ def _train(cell, corpus, tiny_models, out, *flags):
     argv = ["--dataset", "20", "--dataset_dir", str(corpus), "--num_fold", "2", "--epochs", "2", "--batch_size", "8"]
     argv += ["--lr", "1e-3", "--max_text_len", "32", "--output_dir", str(out), "--group_by_length"]
     argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech"), *flags]
-    (result,) = train(cell, parse_args(cell, argv))
+    (result,) = train(parse_args(cell, argv))
     return result
 
 
@@ -337,6 +337,8 @@ DAMAGED_JSON = {
     "wrong type": '{"a.wav": {"size": 1}}',
     "a name outside the folder": '{"../a.wav": {"bytes": 1, "crc32": [1]}}',
     "Infinity": '{"a.wav": [1, 2, 3, Infinity, "x"]}',
+    "an earlier form": '{"a.wav": [100, 1, 2, 3, "' + "0" * 64 + '"]}',
+    "a digest that is not one": '{"a.wav": "100 1 2 3 xyz"}',
     "deep nesting": "[" * 5000 + "]" * 5000,
     "not JSON": '{"a.wav": [1, 2',
 }
@@ -372,3 +374,42 @@ def test_a_damaged_digest_index_or_checksum_file_is_read_again_never_trusted(tmp
     )
     assert (value, rebuilt) == (b"cached", True)
     assert len(log) == 1 and log[0].startswith(f"{built}: damaged (checksums.json: ") and "building it again" in log[0]
+
+
+def test_a_verified_cache_file_is_read_again_only_once_its_stamp_changes(tmp_path, monkeypatch):
+    """Checksums are remembered with the stamp each file had when they were taken: an unchanged file is not read
+    again, a file written since (its modification time even set back by hand) is, and a damaged verified.json
+    is never trusted."""
+    import common.cache
+    from common.cache import VERIFIED, open_cached, own_folder
+
+    def build(tmp):
+        tmp.mkdir()
+        (tmp / "a.bin").write_bytes(b"a" * 1000)
+        (tmp / "b.bin").write_bytes(b"b" * 1000)
+
+    folder = own_folder(tmp_path / "cache")
+    built, _ = cached(folder, "audio", "0123456789abcdef0123", build)
+    reads, block_crcs = [], common.cache._block_crcs
+    monkeypatch.setattr(common.cache, "_block_crcs", lambda path: reads.append(path.name) or block_crcs(path))
+
+    def open_it():
+        log = []
+        _, _, rebuilt = open_cached(folder, "audio", "0123456789abcdef0123", build, lambda f: None, log.append)
+        return rebuilt, log
+
+    assert open_it() == (False, []) and reads == []  # unchanged since it was sealed: nothing read
+    assert open_it() == (False, []) and reads == []
+    stat = (built / "a.bin").stat()
+    (built / "a.bin").write_bytes(b"x" * 1000)  # same size, other content, its times set back
+    os.utime(built / "a.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rebuilt, log = open_it()
+    assert rebuilt and log == [f"{built}: damaged (a.bin: content changed (checksum)); building it again"]
+    assert reads == ["a.bin", "a.bin", "b.bin"]  # the changed file, then the folder built again and sealed
+    reads.clear()
+    assert open_it() == (False, []) and reads == []
+    (built / VERIFIED).write_text('{"a.bin": [1, 2, 3, "x"]}')  # damaged: every file is read
+    assert open_it() == (False, []) and sorted(reads) == ["a.bin", "b.bin"]
+    (built / VERIFIED).write_text("{}")
+    (built / "b.bin").write_bytes(b"y" * 1000)
+    assert open_it()[1] == [f"{built}: damaged (b.bin: content changed (checksum)); building it again"]

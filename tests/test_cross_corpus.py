@@ -56,7 +56,7 @@ def run(script, argv):
     cell = cell_of(script)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        (result,) = train(cell, parse_args(cell, argv))
+        (result,) = train(parse_args(cell, argv))
     return result, printed.getvalue()
 
 
@@ -175,11 +175,11 @@ def test_cross_corpus_flags_are_checked_in_one_line(corpora, tmp_path, monkeypat
     (tmp_path / "x").mkdir()
     args = parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x", "--num_fold", "all"])
     with pytest.raises(UserError, match=r"^--test_dataset_dir x: not a KEMDy19 root \(no annotation/ folder\)$"):
-        train(cell, args)
-    assert args.folds == [1] and args.notes == [
-        "--num_fold all: does not apply to a cross-corpus run (it tests on all of KEMDy19); ignored"
-    ]
-    assert parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x"]).notes == []
+        train(args)
+    assert args.folds == (1,) and args.notes == (
+        "--num_fold all: does not apply to a cross-corpus run (it tests on all of KEMDy19); ignored",
+    )
+    assert parse_args(cell, [*base, "--test_dataset", "19", "--test_dataset_dir", "x"]).notes == ()
 
 
 def test_the_report_sets_cross_beside_within_with_a_paired_interval(corpora, tiny_models, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_the_report_sets_cross_beside_within_with_a_paired_interval(corpora, tin
     within_argv += argv[argv.index("--epochs") : argv.index("--output_dir")] + ["--output_dir", str(within)]
     cell = cell_of(script)
     with contextlib.redirect_stdout(io.StringIO()):
-        train(cell, parse_args(cell, within_argv))
+        train(parse_args(cell, within_argv))
     report([str(tmp_path / "runs"), "--no-figures", "--bootstrap", "200"])
     md = (tmp_path / "runs" / "report" / "results.md").read_text()
     with (tmp_path / "runs" / "report" / "cross_corpus.csv").open(newline="") as f:
@@ -235,7 +235,7 @@ def test_a_cross_corpus_run_predicts_resumes_and_names_its_default_folder(both_d
     again, printed = run(script, [*argv, "--resume"])
     assert again == result and "already finished" in printed
     cell = cell_of(script)
-    args = parse_args(cell, [*argv[:-2], "--split", "session", "--original"])
+    args = parse_args(cell, [*argv[:-2], "--split", "session", "--original"]).settings
     assert _default_run_dir(cell, args, 1) == Path("runs", script, "KEMDy20-to-KEMDy19_session_original")
 
 

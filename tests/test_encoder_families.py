@@ -87,7 +87,7 @@ def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Pat
     cell = Cell("multimodal", "classification", "concat")
     for name, flags in (("tuned", []), ("frozen", ["--freeze", "both", "--layers", "weighted"])):
         argv = tiny_command(cell.name, corpus, models, out / name, *flags, "--max_seq_len", seconds, epochs=1)[2:]
-        (result,) = train(cell, parse_args(cell, argv))
+        (result,) = train(parse_args(cell, argv))
         assert result["test"]["n"] == 24
     with (out / "tuned" / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))[:6]
@@ -197,7 +197,7 @@ def test_a_grid_with_other_encoders_gets_default_folders_of_its_own():
     speech = Cell("speech", "classification")
     argv = ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "1", "--freeze", "both", "--layers", "weighted"]
     argv += ["--speech_model", "microsoft/wavlm-base-plus", "--text_model", "/models/klue roberta/"]
-    args = parse_args(speech, argv)
+    args = parse_args(speech, argv).settings
     tags = encoder_tags(speech, {"text": args.text_model, "speech": args.speech_model})
     assert tags == ["wavlm-base-plus"]  # a speech cell is not named by its unused text model
     folder = _default_run_dir(speech, args, 1, tags)
@@ -207,5 +207,5 @@ def test_a_grid_with_other_encoders_gets_default_folders_of_its_own():
         "klue-roberta",
         "wavlm-base-plus",
     ]
-    defaults = parse_args(both, ["--dataset", "20", "--dataset_dir", "."])
+    defaults = parse_args(both, ["--dataset", "20", "--dataset_dir", "."]).settings
     assert encoder_tags(both, {"text": defaults.text_model, "speech": defaults.speech_model}) == []

@@ -91,9 +91,9 @@ def test_both_branches_of_a_multimodal_model_carry_what_it_learnt(fusion_corpus,
     argv = ["--demo", "--fusion", fusion, "--dataset", "20", "--dataset_dir", str(fusion_corpus), "--epochs", "3"]
     argv += ["--output_dir", str(out), "--max_seq_len", "1"]
     argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
-    cell, args = parse_script("multimodal_classification", argv)
-    args.demo = False  # the corpus and encoders above, not the ones under demo/
-    (result,) = train(cell, args)
+    plan = parse_script("multimodal_classification", argv).but(demo=False)  # the corpus and encoders above
+    (result,) = train(plan)
+    args = plan.settings
     model, tokenizer, extractor = EmotionModel.load(out / "model")
     utts = read_corpus("20", fusion_corpus).utterances
     test = make_fold([u.session for u in utts], 1).test
@@ -127,8 +127,8 @@ def test_the_registry_the_classes_the_flags_and_the_docs_agree():
     assert set(rows) == set(FUSIONS)
     for name, info in FUSIONS.items():
         assert info.summary in rows[name] and info.source in rows[name] and info.reads in rows[name], name
-    cell, args = parse_script("multimodal_total", ["--dataset_dir", str(ROOT), "--fusion", "gated"])
-    assert cell == Cell("multimodal", "total", "gated") and args.fusion_width == 256
+    plan = parse_script("multimodal_total", ["--dataset_dir", str(ROOT), "--fusion", "gated"])
+    assert plan.cell == Cell("multimodal", "total", "gated") and plan.settings.fusion_width == 256
     proc = subprocess.run(
         [sys.executable, str(ROOT / "multimodal_total.py"), "--fusion", "tensor"], capture_output=True, text=True
     )

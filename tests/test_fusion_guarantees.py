@@ -50,7 +50,8 @@ def test_every_fusion_trains_every_parameter_it_has(corpus20, tiny_models, fusio
     """A parameter without a gradient stops training in several processes (DDP): after one backward pass every
     trainable parameter has one, fine-tuned or frozen, with the last layer or every layer's weighted mix."""
     argv = tiny_command("multimodal_total", corpus20[0], tiny_models, "unused", "--fusion", fusion)[2:]
-    cell, args = parse_script("multimodal_total", [*argv, "--layers", layers, "--freeze", freeze])
+    plan = parse_script("multimodal_total", [*argv, "--layers", layers, "--freeze", freeze])
+    cell, args = plan.cell, plan.settings
     encoders = Encoders(cell, args)
     model = build_model(cell, args, encoders)
     model.freeze(args.freeze)
@@ -108,7 +109,7 @@ def _run(corpora, tiny_models, families, out, fusion, task, flags, *more):
     argv += [f for f in flags if f not in ("family", "19")] + list(more)
     if "family" in flags:
         argv += ["--text_model", str(families["text"]), "--speech_model", str(families["speech"])]
-    return train(*parse_script(script, argv))
+    return train(parse_script(script, argv))
 
 
 @pytest.mark.parametrize("fusion, task, flags", RUNS, ids=[f"{f}-{t}-{'-'.join(x)}" for f, t, x in RUNS])
@@ -165,7 +166,7 @@ from common.train import train
 
 out, fusions, argv = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 for fusion in fusions:
-    train(*parse_script("multimodal_total", [*argv, "--output_dir", f"{out}/{fusion}", "--fusion", fusion]))
+    train(parse_script("multimodal_total", [*argv, "--output_dir", f"{out}/{fusion}", "--fusion", fusion]))
 """
 
 
@@ -239,7 +240,8 @@ def test_frozen_sequences_are_each_utterances_own_states_and_are_cached(corpus20
     from common.frozen import frozen_sequences
 
     argv = tiny_command("multimodal_total", corpus20[0], tiny_models, "unused", "--fusion", "cross_attention")[2:]
-    cell, args = parse_script("multimodal_total", [*argv, "--freeze", "both", "--max_seq_len", "2"])
+    plan = parse_script("multimodal_total", [*argv, "--freeze", "both", "--max_seq_len", "2"])
+    cell, args = plan.cell, plan.settings
     encoders = Encoders(cell, args)
     model = build_model(cell, args, encoders)
     model.freeze("both")
@@ -272,7 +274,7 @@ def test_a_frozen_sequence_fusion_never_runs_its_encoders_once_their_states_are_
 ):
     def run(out, *flags):
         argv = tiny_command("multimodal_total", corpus20[0], tiny_models, out, "--fusion", "cross_attention")[2:]
-        return train(*parse_script("multimodal_total", [*argv, "--freeze", "both", *flags]))[0]
+        return train(parse_script("multimodal_total", [*argv, "--freeze", "both", *flags]))[0]
 
     first = run(tmp_path / "first", "--cache_dir", str(tmp_path / "cache"))
 

@@ -90,7 +90,7 @@ def test_weighted_layers_under_a_pooler_need_its_dense_layer_apart(tiny_models):
 
 def run(cell, corpus, tiny_models, out, *flags):
     argv = tiny_command(cell.name, corpus, tiny_models, out, *flags, "--lr", "1e-2", epochs=2)[2:]
-    (result,) = train(cell, parse_args(cell, argv))
+    (result,) = train(parse_args(cell, argv))
     return result
 
 
@@ -181,7 +181,7 @@ def test_frozen_and_weighted_grids_default_to_folders_of_their_own():
         ("--original", "--freeze", "text"): "runs/multimodal_total_concat/KEMDy20_original_freeze-text/fold2",
     }
     for flags, expected in given.items():
-        args = parse_args(cell, ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "2", *flags])
+        args = parse_args(cell, ["--dataset", "20", "--dataset_dir", ".", "--num_fold", "2", *flags]).settings
         assert _default_run_dir(cell, args, 2) == Path(expected)
 
 

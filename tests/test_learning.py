@@ -46,9 +46,8 @@ def fit(cell, corpus, tiny_models, tmp_path, *flags):
         "--no-save_model",
         *flags,
     ]
-    args = parse_args(cell, argv)
-    args.demo = False  # the corpus and encoders above, not the ones under demo/
-    return train(cell, args)[0]["test"]
+    plan = parse_args(cell, argv).but(demo=False)  # the corpus and encoders above, not the ones under demo/
+    return train(plan)[0]["test"]
 
 
 @pytest.mark.parametrize("name", ["text", "speech"])

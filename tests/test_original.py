@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from transformers import BertConfig, BertModel
 
-from common.cli import ORIGINAL, parse_args
+from common.cli import parse_args
 from common.data import Collator, KemdyDataset, prepare_inputs
 from common.encoders import audio_padding, audio_spec, load_speech_encoder, load_text_encoder
 from common.errors import UserError
@@ -19,6 +19,7 @@ from common.grid import EMOTIONS, Cell
 from common.kemdy import read_corpus
 from common.model import EmotionModel, ModelConfig
 from common.predict import Predictor
+from common.settings import ORIGINAL
 from common.train import train
 
 TEXT = Cell("text", "classification")
@@ -148,7 +149,7 @@ def test_dropout_placement_for_element_wise_add(tiny_models, dropout_on):
 
 def test_original_sets_every_restoring_flag_and_flags_given_still_win():
     argv = ["--dataset_dir", FOLDER, "--original"]
-    args = vars(parse_args(TEXT, argv))
+    args = parse_args(TEXT, argv).record()
     assert {k: args[k] for k in ORIGINAL} == ORIGINAL
     assert ORIGINAL == {
         "labels": "original",
@@ -165,11 +166,11 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
         "group_by_length": False,
         "optimizer": "original",
     }
-    some = vars(parse_args(TEXT, [*argv, "--labels", "checked", "--valid_ratio", "0.2"]))
+    some = parse_args(TEXT, [*argv, "--labels", "checked", "--valid_ratio", "0.2"]).record()
     assert some["labels"] == "checked" and some["valid_ratio"] == 0.2 and some["va_loss"] == "sum"
-    demo = vars(parse_args(TEXT, ["--demo", "--original"]))
+    demo = parse_args(TEXT, ["--demo", "--original"]).record()
     assert demo["lr"] == 2e-3 and demo["group_by_length"] is False and demo["valid_ratio"] == 0.0
-    defaults = vars(parse_args(TEXT, ["--dataset_dir", FOLDER]))
+    defaults = parse_args(TEXT, ["--dataset_dir", FOLDER]).record()
     assert {k: defaults[k] for k in ORIGINAL} == {
         "labels": "checked",
         "duplicate_rows": "all",
@@ -186,11 +187,11 @@ def test_original_sets_every_restoring_flag_and_flags_given_still_win():
         "optimizer": "adamw",
     }
     # Attending to the padding makes its length part of the computation: the original's 256.
-    assert vars(parse_args(TEXT, ["--dataset_dir", FOLDER, "--text_inputs", "original"]))["pad_to_max_length"]
+    assert parse_args(TEXT, ["--dataset_dir", FOLDER, "--text_inputs", "original"]).record()["pad_to_max_length"]
 
 
 def test_the_original_scripts_flags_are_accepted_and_values_the_grid_cannot_honour_refused():
-    args = parse_args(TEXT, ["--dataset_dir", FOLDER, "--ckpt", "3", "--num_labels", "7", "--regress", "1"])
+    args = parse_args(TEXT, ["--dataset_dir", FOLDER, "--ckpt", "3", "--num_labels", "7", "--regress", "1"]).settings
     assert (args.ckpt, args.num_labels, args.regress) == ("3", 7, 1)
     with pytest.raises(UserError, match=r"^--num_labels 5: KEMDy has 7 emotion classes; only 7 works$"):
         parse_args(TEXT, ["--dataset_dir", FOLDER, "--num_labels", "5"])
@@ -208,9 +209,9 @@ def original_runs(corpus20, tiny_models, tmp_path_factory):
         argv = ["--demo", "--original", "--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "2"]
         argv += ["--max_seq_len", "1"]  # the original's computation on shorter clips: a faster test
         argv += ["--text_model", str(tiny_models / "text"), "--speech_model", str(tiny_models / "speech")]
-        args = parse_args(cell, [*argv, "--output_dir", str(out / cell.name)])
-        args.demo = False  # the corpus and encoders above, not the ones under demo/
-        runs[cell.name] = (train(cell, args)[0], out / cell.name)
+        plan = parse_args(cell, [*argv, "--output_dir", str(out / cell.name)])
+        plan = plan.but(demo=False)  # the corpus and encoders above, not the ones under demo/
+        runs[cell.name] = (train(plan)[0], out / cell.name)
     return runs
 
 
@@ -252,7 +253,7 @@ def test_kemdy19_disgust_is_trained_and_scored_as_all_seven_emotions_with_origin
     root, truth = corpus19
     argv = ["--original", "--dataset", "19", "--dataset_dir", str(root), "--epochs", "1", "--num_fold", "1"]
     argv += ["--text_model", str(tiny_models / "text"), "--batch_size", "8", "--max_text_len", "32"]
-    train(TEXT, parse_args(TEXT, [*argv, "--output_dir", str(tmp_path / "run"), "--no-save_model"]))
+    train(parse_args(TEXT, [*argv, "--output_dir", str(tmp_path / "run"), "--no-save_model"]))
     disgust = {r.segment_id for r in truth if "disgust" in r.labels}
     with (tmp_path / "run" / "predictions.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["segment_id"] in disgust]

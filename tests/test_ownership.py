@@ -41,7 +41,7 @@ def dead_pid() -> int:
 def finished(corpus20, tiny_models, tmp_path_factory):
     """A finished fold-1 run of text_classification with a frozen text encoder and its chosen checkpoint kept."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "1", "--freeze", "text", "--keep_checkpoint"))
+    train(args(corpus20[0], tiny_models, out, "--num_fold", "1", "--freeze", "text", "--keep_checkpoint"))
     return out
 
 
@@ -61,7 +61,7 @@ def unfinish(run: Path) -> None:
 def fold_set(corpus20, tiny_models, tmp_path_factory):
     """A finished --num_fold all set of text_classification (1 epoch)."""
     out = tmp_path_factory.mktemp("set") / "text"
-    train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all", epochs=1))
+    train(args(corpus20[0], tiny_models, out, "--num_fold", "all", epochs=1))
     return out
 
 
@@ -83,7 +83,7 @@ def test_a_run_is_never_continued_or_counted_as_another_fold(run, corpus20, tiny
         match=rf"^{run}: holds the run of fold 1, not the run of fold 2 \(a copy or link of another fold's folder\?\); "
         r"--resume continues a run on its own fold",
     ):
-        train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "2", "--resume", "--freeze", "text"))
+        train(args(corpus20[0], tiny_models, run, "--num_fold", "2", "--resume", "--freeze", "text"))
     assert everything(run) == before
 
 
@@ -117,7 +117,7 @@ def test_a_fold_set_with_another_folds_run_in_a_folds_place_is_refused_and_never
     damage(a_set)
     before = everything(a_set)
     with pytest.raises(UserError, match=refusal):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", epochs=1))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", epochs=1))
     assert everything(a_set) == before  # the summary of the five folds it was is not rewritten over 1, 1, 3, 4, 5
     skipped = []
     (fs,) = find_fold_sets(a_set.parent, skipped)
@@ -160,7 +160,7 @@ def test_a_config_json_makes_no_folder_the_projects(finished, corpus20, tiny_mod
         r"kemdy_run.json, so another tool's, whatever the names\); give a new or empty folder \(a run or fold set of "
         rf"this project from before markers: python -m common.rundir adopt {mine}\)$",
     ):
-        train(TEXT, args(corpus20[0], tiny_models, mine, *flags))
+        train(args(corpus20[0], tiny_models, mine, *flags))
     assert everything(mine) == before
 
 
@@ -197,7 +197,7 @@ def test_an_edited_marker_is_refused_and_aims_nothing_at_the_users_files(
     else:
         argv = args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", *flags)
     with pytest.raises(UserError, match=rf"^{run / MARKER}: damaged \({problem}.*\); nothing in {run} is touched"):
-        train(TEXT, argv)
+        train(argv)
     assert everything(run) == before
 
 
@@ -272,7 +272,7 @@ def test_every_file_read_back_is_checked_before_anything_acts_on_it(run, corpus2
         if reader == "predict":
             Predictor(run)
         else:
-            train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
+            train(args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
     message = str(caught.value)
     assert str(path) in message and problem in message and "\n" not in message, message
     assert everything(run) == before
@@ -288,7 +288,7 @@ def test_a_fold_sets_marker_and_a_cache_marker_are_checked_too(a_set, corpus20, 
     problem = _damage(a_set / SET_MARKER, damage, ("demo",), "false", ("entries",))
     before = everything(a_set)
     with pytest.raises(UserError) as caught:
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", epochs=1))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", epochs=1))
     message = str(caught.value)
     assert message.startswith(f"{a_set / SET_MARKER}: damaged (") and problem in message, message
     assert f"; nothing in {a_set} is touched" in message and everything(a_set) == before
@@ -308,7 +308,7 @@ def test_the_lock_is_never_written_through_a_link(run, corpus20, tiny_models, tm
     theirs.write_text("the user's file")
     (run / LOCK).symlink_to(theirs)
     with pytest.raises(UserError, match=rf"^{run / LOCK}: a link, not this project's lock file; the project never"):
-        train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
+        train(args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
     assert theirs.read_text() == "the user's file" and (run / LOCK).is_symlink()
 
 
@@ -324,7 +324,7 @@ def test_a_run_whose_entry_is_a_link_is_refused_before_training(run, corpus20, t
         UserError,
         match=rf"^{run / entry}: a link where the run wrote its {entry}; the project never writes through links",
     ):
-        train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
+        train(args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
     assert everything(run) == before and everything(elsewhere.parent) == there
 
 
@@ -373,7 +373,7 @@ def test_temporaries_are_removed_only_in_the_projects_folders_and_only_its_own_n
         (mine / name).write_text("the user's")
     before = everything(mine)
     with pytest.raises(UserError, match=rf"^--cache_dir {mine}: holds files that are not the project's caches"):
-        train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(mine)))
+        train(args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(mine)))
     assert everything(mine) == before and not (tmp_path / "run").exists()
 
     folder = cache.own_folder(tmp_path / "cache")
@@ -425,7 +425,7 @@ def test_a_kill_while_the_model_is_written_leaves_nothing_after_resume(run, corp
     (run / "predictions.csv").write_text("written before the kill")
     half = run / f".model.tmp-{dead_pid()}-0123abcd"
     (half / "text").mkdir(parents=True)
-    train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
+    train(args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
     assert f"removed {half}, left half-written" in capsys.readouterr().out
     assert sorted(p.name for p in run.iterdir()) == sorted(
         [MARKER, "config.json", "confusion.csv", "metrics.json", "model", "predictions.csv"]
@@ -443,10 +443,10 @@ def test_a_kill_after_metrics_json_is_finished_by_resume(corpus20, tiny_models, 
     with monkeypatch.context() as patch:
         patch.setattr(Checkpoints, "remove", killed)  # between metrics.json and the checkpoints' removal
         with pytest.raises(Interrupted):
-            train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "1"))
+            train(args(corpus20[0], tiny_models, out, "--num_fold", "1"))
     assert (out / "metrics.json").is_file() and (out / "checkpoints").is_dir()
     assert "disk_bytes" not in json.loads((out / "config.json").read_text())
-    (result,) = train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "1", "--resume"))
+    (result,) = train(args(corpus20[0], tiny_models, out, "--num_fold", "1", "--resume"))
     assert result == json.loads((out / "metrics.json").read_text())
     assert not (out / "checkpoints").exists()
     recorded = json.loads((out / "config.json").read_text())["disk_bytes"]
@@ -458,7 +458,7 @@ def test_a_damaged_config_json_stops_resume_before_any_training(run, corpus20, t
     (run / "config.json").write_text('{"script": ')
     before = everything(run)
     with pytest.raises(UserError, match=rf"^{run / 'config.json'}: damaged \(not JSON: .*\); the run cannot continue"):
-        train(TEXT, args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
+        train(args(corpus20[0], tiny_models, run, "--num_fold", "1", "--freeze", "text", "--resume"))
     assert everything(run) == before and "epoch" not in capsys.readouterr().out
 
 

@@ -43,7 +43,7 @@ def test_a_run_in_a_log_file_shows_its_batches_and_quiet_keeps_only_the_epochs(
     cell = Cell("text", "classification")
     for flags in ([], ["--quiet"]):
         argv = tiny_command(cell.name, corpus20[0], tiny_models, tmp_path / f"run{len(flags)}", *flags, epochs=1)
-        train(cell, parse_args(cell, argv[2:]))
+        train(parse_args(cell, argv[2:]))
         captured = capsys.readouterr()
         shown = [line.split(":")[0] for line in captured.err.splitlines() if "/s, " in line]
         assert "epoch 1: train loss" in captured.out

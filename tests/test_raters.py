@@ -64,7 +64,7 @@ def test_a_run_scores_its_test_utterances_by_how_many_evaluators_agreed(corpus20
 
     out = tmp_path / "run"
     (result,) = train(
-        *parse_script(
+        parse_script(
             "text_classification", tiny_command("text_classification", corpus20[0], tiny_models, out, epochs=1)[2:]
         )
     )

@@ -118,31 +118,29 @@ def test_a_finished_run_is_refused_reported_with_resume_and_replaced_with_overwr
     runs = killed_and_resumed[0]
     done = runs["first"]
     with pytest.raises(UserError, match=r"holds a finished run \(metrics.json\); add --overwrite to replace it"):
-        train(CELL, parse_args(CELL, command(corpus20[0], tiny_models, done)[2:]))
+        train(parse_args(CELL, command(corpus20[0], tiny_models, done)[2:]))
     before = (done / "metrics.json").read_text()
-    assert train(CELL, parse_args(CELL, command(corpus20[0], tiny_models, done, "--resume")[2:])) == [
-        json.loads(before)
-    ]
+    assert train(parse_args(CELL, command(corpus20[0], tiny_models, done, "--resume")[2:])) == [json.loads(before)]
     assert (done / "metrics.json").read_text() == before
 
 
 def test_resume_with_other_settings_is_refused(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    settings = rundir.settings(vars(args_for(corpus20[0], tiny_models, out)) | {"text_pooling": "pooler"})
+    settings = rundir.settings(args_for(corpus20[0], tiny_models, out).record() | {"text_pooling": "pooler"})
     owner = rundir.Owner(out, "run", CELL.name, settings, {"listing": "corpus"}, False, [], fold=3)
     owner.write()  # an unfinished run of fold 3
     with pytest.raises(
         UserError, match=r"--resume with other settings than the run started with \(--lr 0.001 -> 0.002\)"
     ):
-        train(CELL, args_for(corpus20[0], tiny_models, out, "--resume", "--lr", "2e-3"))
+        train(args_for(corpus20[0], tiny_models, out, "--resume", "--lr", "2e-3"))
 
 
 def test_overwrite_replaces_a_run_and_an_unwritable_output_dir_stops_before_training(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
-    train(CELL, args_for(corpus20[0], tiny_models, out, "--lr", "2e-3"))
+    train(args_for(corpus20[0], tiny_models, out, "--lr", "2e-3"))
     (out / "notes.txt").write_text("the user's own notes")
-    (result,) = train(CELL, args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
+    (result,) = train(args_for(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     # --overwrite replaces the run's own files only (earlier it removed the whole folder, notes included)
     assert (out / "notes.txt").read_text() == "the user's own notes"
     assert json.loads((out / "metrics.json").read_text()) == result
@@ -150,7 +148,7 @@ def test_overwrite_replaces_a_run_and_an_unwritable_output_dir_stops_before_trai
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(UserError, match=r"--output_dir .*a_file/run: cannot write there \(Not a directory\)"):
-        train(CELL, args_for(corpus20[0], tiny_models, blocker / "run"))
+        train(args_for(corpus20[0], tiny_models, blocker / "run"))
 
 
 def test_bad_utterances_are_skipped_counted_and_reported_and_odd_audio_is_used(corpus20, tiny_models, tmp_path):
@@ -247,7 +245,7 @@ def test_two_processes_train_all_folds_and_gather_each_test_fold_exactly_once(tm
     # the last fold's gathered metrics are what one process computes from its saved model
     model, tokenizer, extractor = EmotionModel.load(run_dir / "model")
     assert model.config.pass_audio_mask
-    args = parse_args(CELL, argv[2:])
+    args = parse_args(CELL, argv[2:]).settings
     spec = audio_spec(extractor, model.speech_encoder)
     inputs = prepare_inputs(utts, tokenizer, args.max_text_len, args.max_seq_len)
     loader = torch.utils.data.DataLoader(
@@ -307,7 +305,7 @@ def two_checkpoints(corpus20, tiny_models, tmp_path_factory):
     """(what an uninterrupted 3-epoch text run returns, the same run stopped after epoch 2 holding the
     checkpoints of epochs 1 and 2: as when the chosen epoch is the earlier one)."""
     base = tmp_path_factory.mktemp("checkpoints")
-    (done,) = train(TEXT, text_args(corpus20[0], tiny_models, base / "whole"))
+    (done,) = train(text_args(corpus20[0], tiny_models, base / "whole"))
     save = Checkpoints.save
 
     def keep_both_then_stop(self, epoch, state, outputs):
@@ -322,7 +320,7 @@ def two_checkpoints(corpus20, tiny_models, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Checkpoints, "save", keep_both_then_stop)
         with pytest.raises(Interrupted, match="after epoch 2"):
-            train(TEXT, text_args(corpus20[0], tiny_models, base / "cut"))
+            train(text_args(corpus20[0], tiny_models, base / "cut"))
     return done, base / "cut"
 
 
@@ -355,7 +353,7 @@ def test_resume_falls_back_from_a_damaged_checkpoint_to_the_one_before_it(
     done, cut = two_checkpoints
     run = Path(shutil.copytree(cut, tmp_path / "run"))
     DAMAGE[damage](run / "checkpoints" / "epoch2")
-    (result,) = train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+    (result,) = train(text_args(corpus20[0], tiny_models, run, "--resume"))
     said = capsys.readouterr().out
     assert f"the checkpoint of epoch 2 is damaged ({run / 'checkpoints' / 'epoch2'}: " in said
     assert f"resuming {run} after epoch 1" in said
@@ -369,7 +367,7 @@ def test_a_run_whose_every_checkpoint_is_damaged_must_start_over_in_one_line(
     (run / "checkpoints" / "epoch2" / "trainer.json").write_text("{")
     (run / "checkpoints" / "epoch1" / "optimizer.bin").write_bytes(b"")
     with pytest.raises(UserError) as err:
-        train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+        train(text_args(corpus20[0], tiny_models, run, "--resume"))
     message = str(err.value)
     assert message.startswith(f"{run / 'checkpoints'}: no whole checkpoint is left (epoch 2: ")
     assert "; epoch 1: " in message and message.endswith("); the run must start over: add --overwrite")
@@ -387,7 +385,7 @@ def test_a_finished_runs_damaged_files_are_one_line_for_resume_report_and_predic
     metrics = run / "metrics.json"
     _cut_short(metrics)
     with pytest.raises(UserError, match=rf"^{metrics}: damaged \(not JSON: .*\); the run's results are lost: tr"):
-        train(TEXT, text_args(corpus20[0], tiny_models, run, "--resume"))
+        train(text_args(corpus20[0], tiny_models, run, "--resume"))
     skipped = []
     assert find_fold_sets(tmp_path / "runs", skipped) == [] and skipped[0].startswith(f"{metrics}: damaged (")
     metrics.write_text(json.dumps(done))
@@ -421,14 +419,14 @@ def test_a_disk_filling_while_torch_writes_a_checkpoint_is_one_line_and_resume_f
     monkeypatch.setattr(torch, "save", onto_a_full_disk)
     monkeypatch.setattr(errors.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(2**30, 2**30, 0))
     with pytest.raises(UserError) as err:
-        train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
+        train(text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
     assert str(err.value) == (
         f"disk full: cannot write the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
         "checkpoint is kept: then continue with --resume"
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # nothing half-written
     monkeypatch.undo()
-    (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+    (result,) = train(text_args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
     assert result["chosen_epoch"] == 2
 
 
@@ -456,13 +454,13 @@ def test_a_real_full_disk_during_training_is_one_line_and_resume_finishes(corpus
             lambda self, epoch, *rest: (save_checkpoint(self, epoch, *rest), epoch == 1 and fill_the_disk()),
         )
         with pytest.raises(UserError, match=rf"^disk full: cannot write .* in {out}.*; free some space"):
-            train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, epochs=2))
+            train(text_args(corpus20[0], tiny_models, out, *flags, epochs=2))
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]
         monkeypatch.setattr(Checkpoints, "save", save_checkpoint)
         monkeypatch.setattr(EmotionModel, "save", lambda *a, **k: (fill_the_disk(), save_model(*a, **k)))
         filler.unlink()
         with pytest.raises(UserError) as err:
-            train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
+            train(text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
         assert str(err.value) == (
             f"disk full: cannot write the results in {out}; free some space; the checkpoints are kept: then continue "
             "with --resume"
@@ -470,7 +468,7 @@ def test_a_real_full_disk_during_training_is_one_line_and_resume_finishes(corpus
         monkeypatch.undo()
         filler.unlink()
         assert not [p for p in out.rglob("*") if ".tmp" in p.name] and not (out / "model").exists()
-        (result,) = train(TEXT, text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
+        (result,) = train(text_args(corpus20[0], tiny_models, out, *flags, "--resume", epochs=2))
         assert result["chosen_epoch"] == 2 and (out / "model" / "model.json").is_file()
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
@@ -480,7 +478,7 @@ def test_a_cache_folder_removed_while_a_run_reads_it_changes_nothing(corpus20, t
     from common import train as training
 
     flags = ["--num_workers", "2"]  # forked workers read through the same open files
-    (expected,) = train(SPEECH, text_args(corpus20[0], tiny_models, tmp_path / "a", *flags, epochs=1, cell=SPEECH))
+    (expected,) = train(text_args(corpus20[0], tiny_models, tmp_path / "a", *flags, epochs=1, cell=SPEECH))
     cache, prepare = tmp_path / "cache", training._prepare
 
     def then_removed(*arguments):
@@ -490,7 +488,7 @@ def test_a_cache_folder_removed_while_a_run_reads_it_changes_nothing(corpus20, t
 
     monkeypatch.setattr(training, "_prepare", then_removed)
     run = text_args(corpus20[0], tiny_models, tmp_path / "b", *flags, "--cache_dir", str(cache), epochs=1, cell=SPEECH)
-    (result,) = train(SPEECH, run)
+    (result,) = train(run)
     assert not cache.exists() and result == expected
 
 
@@ -510,7 +508,7 @@ def test_an_error_in_a_dataloader_worker_is_its_own_one_line(corpus20, tiny_mode
     monkeypatch.setattr(training, "read_corpus", then_emptied)
     run = text_args(corpus, tiny_models, tmp_path / "run", "--no-cache", "--num_workers", "2", epochs=1, cell=SPEECH)
     with pytest.raises(SystemExit) as stop:
-        run_cli(lambda: train(SPEECH, run))
+        run_cli(lambda: train(run))
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {wav}: cannot decode the audio (") and err.count("\n") == 1
@@ -546,7 +544,7 @@ def test_ctrl_c_after_the_results_are_complete_lets_the_command_finish(
     # Ctrl-C as on a terminal: a suite started as a background job (`pytest &`) inherits it ignored
     ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        (result,) = run_cli(lambda: train(TEXT, text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
+        (result,) = run_cli(lambda: train(text_args(corpus20[0], tiny_models, tmp_path / "run", epochs=1)))
     finally:
         signal.signal(signal.SIGINT, ignored)
     assert capsys.readouterr().err == "the results are complete; finishing\n"

@@ -42,7 +42,7 @@ def listing(folder: Path) -> dict[str, bytes]:
 def fold_set(corpus20, tiny_models, tmp_path_factory):
     """A finished --num_fold all set of text_classification (1 epoch)."""
     out = tmp_path_factory.mktemp("set") / "text"
-    train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all"))
+    train(args(corpus20[0], tiny_models, out, "--num_fold", "all"))
     return out
 
 
@@ -58,10 +58,10 @@ def test_the_demo_never_empties_a_folder_of_other_files(corpus20, tiny_models, t
     (out / "sub" / "b.txt").write_text("mine too")
     before = listing(out)
     demo = parse_args(TEXT, ["--demo", "--dataset_dir", str(corpus20[0]), "--output_dir", str(out)])
-    assert demo.overwrite  # the demo replaces its own previous run
-    demo.demo, demo.text_model = False, str(tiny_models / "text")  # this corpus and encoder, not demo/'s
+    assert demo.settings.overwrite  # the demo replaces its own previous run
+    demo = demo.but(demo=False, text_model=str(tiny_models / "text"))  # this corpus and encoder, not demo/'s
     with pytest.raises(UserError, match=r"holds files that are not a run's \(a.txt, sub\); give a new or empty"):
-        train(TEXT, demo)
+        train(demo)
     assert listing(out) == before and sorted(p.name for p in out.iterdir()) == ["a.txt", "sub"]
 
 
@@ -83,10 +83,10 @@ def test_overwrite_into_the_current_folder_of_a_checkout_is_refused_and_removes_
 
 def test_overwrite_replaces_only_what_the_run_wrote(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
-    train(TEXT, args(corpus20[0], tiny_models, out))
+    train(args(corpus20[0], tiny_models, out))
     (out / "notes.md").write_text("mine")
     (out / "model" / "extra.txt").write_text("inside a run's own folder: replaced with it")
-    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
+    train(args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model"))
     assert (out / "notes.md").read_text() == "mine" and not (out / "model").exists()
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json",
@@ -102,13 +102,13 @@ def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_other
     others = {k: listing(a_set / f"fold{k}") for k in (1, 2, 4, 5)}
     assert (a_set / "summary.json").is_file()
     with pytest.raises(UserError, match=rf"^{a_set / 'fold3'}: holds a finished run \(metrics.json\)"):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3"))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "3"))
     assert f"fold 3 goes to {a_set / 'fold3'}" in capsys.readouterr().out
-    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite"))
+    train(args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite"))
     assert {k: listing(a_set / f"fold{k}") for k in (1, 2, 4, 5)} == others
     assert not (a_set / "summary.json").exists()  # no longer the summary of these five folds
     with pytest.raises(UserError, match=r"fold3: holds a single fold's run; give --num_fold all a folder of its own"):
-        train(TEXT, args(corpus20[0], tiny_models, a_set / "fold3", "--num_fold", "all"))
+        train(args(corpus20[0], tiny_models, a_set / "fold3", "--num_fold", "all"))
     # A fold with other settings never joins the set.
     before = everything(a_set)
     with pytest.raises(
@@ -116,7 +116,7 @@ def test_a_single_fold_aimed_at_a_fold_set_goes_to_its_fold_and_spares_the_other
         match=r"text/kemdy_fold_set.json: the set's other folds \(fold1, fold2, fold4, fold5\) were run with other "
         r"settings \(--lr 0.001 -> 0.002\); a fold joins its set with the same flags",
     ):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite", "--lr", "2e-3"))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "3", "--overwrite", "--lr", "2e-3"))
     assert everything(a_set) == before
     # Where an earlier version let one in, the report does not count the five as one set.
     owner = rundir.read_run(a_set / "fold3")
@@ -134,7 +134,7 @@ def test_resuming_a_fold_set_with_other_settings_is_refused_before_any_training(
     with pytest.raises(
         UserError, match=r"fold1/kemdy_run.json: --resume with other settings .* \(--lr 0.001 -> 0.002\)"
     ):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", "--lr", "2e-3"))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume", "--lr", "2e-3"))
     assert listing(a_set) == before
 
 
@@ -151,12 +151,12 @@ def test_the_summary_of_a_fold_set_is_the_mean_and_sample_std_of_its_folds(fold_
 def test_resuming_on_a_changed_corpus_is_refused(corpus20, tiny_models, tmp_path):
     corpus = Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
     out = tmp_path / "run"
-    train(TEXT, args(corpus, tiny_models, out))
+    train(args(corpus, tiny_models, out))
     assert len(json.loads((out / "config.json").read_text())["data"]["fingerprint"]) == 20
     txt = next((corpus / "wav").rglob("*.txt"))
     txt.write_text("완전히 다른 문장", encoding="utf-8")
     with pytest.raises(UserError, match=r"kemdy_run.json: the corpus under --dataset_dir .* is not the one this run"):
-        train(TEXT, args(corpus, tiny_models, out, "--resume"))
+        train(args(corpus, tiny_models, out, "--resume"))
 
 
 def test_a_run_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(corpus20, tiny_models, tmp_path, capsys):
@@ -174,11 +174,11 @@ def test_a_run_directory_in_use_is_refused_and_a_dead_runs_lock_taken_over(corpu
     )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(UserError, match=rf"{out}: in use by another run \(process {holder.pid} on .*, started"):
-        train(TEXT, args(corpus20[0], tiny_models, out))
+        train(args(corpus20[0], tiny_models, out))
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (out / LOCK).is_file()  # a killed run cannot clean up
-    train(TEXT, args(corpus20[0], tiny_models, out))
+    train(args(corpus20[0], tiny_models, out))
     assert f"took over the lock of a run that is no longer running (process {holder.pid}" in capsys.readouterr().out
     assert (out / "metrics.json").is_file() and not (out / LOCK).exists()
 
@@ -205,7 +205,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_last_g
 
     monkeypatch.setattr(EmotionModel, "forward", overflowing)
     with pytest.raises(UserError) as err:
-        train(TEXT, args(corpus20[0], tiny_models, out, epochs=3))
+        train(args(corpus20[0], tiny_models, out, epochs=3))
     assert str(err.value) == (
         "training diverged: the training loss is nan at epoch 2, step 1; lower --lr (now 0.001) or set "
         "--max_grad_norm. The run directory keeps the checkpoint of epoch 1; start over with --overwrite"
@@ -238,14 +238,14 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(corpus20,
 
     monkeypatch.setattr(checkpoints.np, "savez", full_at_epoch_2)
     with pytest.raises(UserError) as err:
-        train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
+        train(args(corpus20[0], tiny_models, out, "--valid_ratio", "0", epochs=2))
     assert str(err.value) == (
         f"disk full: cannot write the checkpoint of epoch 2 in {out / 'checkpoints'}; free some space; epoch 1's "
         "checkpoint is kept: then continue with --resume"
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch1"]  # no half-written epoch 2
     monkeypatch.undo()
-    (result,) = train(TEXT, args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
+    (result,) = train(args(corpus20[0], tiny_models, out, "--valid_ratio", "0", "--resume", epochs=2))
     assert result["chosen_epoch"] == 2 and (out / "metrics.json").is_file()
 
 
@@ -260,7 +260,7 @@ def test_a_cache_folder_under_a_file_is_one_line(corpus20, tiny_models, tmp_path
     with pytest.raises(
         UserError, match=r"^cannot write the recordings' digests in .*afile/cache \(Not a directory\); or give"
     ):
-        train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(tmp_path / "afile" / "cache")))
+        train(args(corpus20[0], tiny_models, tmp_path / "run", "--cache_dir", str(tmp_path / "afile" / "cache")))
 
 
 def test_ctrl_c_says_after_which_epoch_and_resume_continues(corpus20, tiny_models, tmp_path):
@@ -309,12 +309,12 @@ def test_models_that_cannot_serve_are_one_line(corpus20, tiny_models, tmp_path):
     ]
     for flags, message in cases:
         with pytest.raises(UserError, match=message):
-            train(TEXT, args(corpus20[0], tiny_models, tmp_path / "run", *flags))
+            train(args(corpus20[0], tiny_models, tmp_path / "run", *flags))
     mm = Cell("multimodal", "classification", "concat")
     argv = tiny_command("multimodal_classification_concat", corpus20[0], tiny_models, tmp_path / "mm")[2:]
     argv[argv.index("--speech_model") + 1] = text
     with pytest.raises(UserError, match=rf"--speech_model {text}: not a speech encoder \(BertModel reads input_ids\)"):
-        train(mm, parse_args(mm, argv))
+        train(parse_args(mm, argv))
 
 
 def test_a_corpus_too_small_for_five_folds_is_one_line(tmp_path, tiny_models):
@@ -322,7 +322,7 @@ def test_a_corpus_too_small_for_five_folds_is_one_line(tmp_path, tiny_models):
 
     generate("20", tmp_path / "KEMDy20", sessions=1, utterances_per_session=4, seed=1)
     with pytest.raises(UserError, match=r"has 4 usable utterances: too few for 5 folds \(fold 1 would test on none\)"):
-        train(TEXT, args(tmp_path / "KEMDy20", tiny_models, tmp_path / "run", "--num_fold", "1"))
+        train(args(tmp_path / "KEMDy20", tiny_models, tmp_path / "run", "--num_fold", "1"))
 
 
 def test_a_truncated_cache_file_is_detected_and_rebuilt(corpus20, tmp_path):
@@ -347,7 +347,7 @@ def test_predict_on_a_damaged_run_directory_is_one_line(corpus20, tiny_models, t
     from common.predict import Predictor
 
     out = tmp_path / "run"
-    train(TEXT, args(corpus20[0], tiny_models, out))
+    train(args(corpus20[0], tiny_models, out))
     layers = out / "model" / "layers.safetensors"
     layers.write_bytes(layers.read_bytes()[:20])
     with pytest.raises(UserError, match=rf"^--run_dir {out}: damaged run directory \(.*\); train the run again$"):
@@ -372,12 +372,12 @@ def test_a_summary_file_the_project_did_not_write_is_kept_when_a_fold_is_retrain
         rundir.replace(owner, entries=[n for n in owner.entries if n != name]).write()
     (a_set / "summary.json").write_text('{"my": "own notes"}')
     (a_set / "summary.md").write_text("# my own summary\n")
-    train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "2", "--overwrite"))
+    train(args(corpus20[0], tiny_models, a_set, "--num_fold", "2", "--overwrite"))
     assert (a_set / "summary.json").read_text() == '{"my": "own notes"}'
     assert (a_set / "summary.md").read_text() == "# my own summary\n"
     before = listing(a_set)
     with pytest.raises(UserError, match=r"text: holds summary.json, summary.md, not written by this project; --num"):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
     assert listing(a_set) == before
 
 
@@ -421,7 +421,7 @@ def test_a_folder_without_the_marker_is_refused_and_untouched_whatever_its_names
     FOREIGN[kind](out, tiny_models)
     before = everything(out)
     with pytest.raises(UserError, match=rf"^--output_dir {out}: holds files that are not a run's \(.*; give a new or"):
-        train(TEXT, args(corpus20[0], tiny_models, out, *flags))
+        train(args(corpus20[0], tiny_models, out, *flags))
     assert everything(out) == before
 
 
@@ -435,15 +435,15 @@ def test_all_folds_into_a_folder_with_the_users_own_summary_are_refused_and_unto
         UserError,
         match=r"holds files that are not a fold set's \(summary.json, summary.md; no kemdy_fold_set.json, so another",
     ):
-        train(TEXT, args(corpus20[0], tiny_models, out, "--num_fold", "all", "--overwrite"))
+        train(args(corpus20[0], tiny_models, out, "--num_fold", "all", "--overwrite"))
     assert everything(out) == before
 
 
 def test_a_lock_file_the_project_did_not_create_is_never_removed(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
-    train(TEXT, args(corpus20[0], tiny_models, out))
+    train(args(corpus20[0], tiny_models, out))
     (out / ".lock").write_text("another tool's lock")
-    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite"))
+    train(args(corpus20[0], tiny_models, out, "--overwrite"))
     assert (out / ".lock").read_text() == "another tool's lock" and not (out / LOCK).exists()
 
 
@@ -452,14 +452,14 @@ def test_the_demo_replaces_its_own_runs_only(corpus20, tiny_models, tmp_path, mo
 
     monkeypatch.setattr(common.synthetic, "demo_models", lambda: tiny_models)
     real = tmp_path / "real"
-    train(TEXT, args(corpus20[0], tiny_models, real))
+    train(args(corpus20[0], tiny_models, real))
     before = everything(real)
     demo = ["--demo", "--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--output_dir"]
     with pytest.raises(UserError, match=r"real: holds a run that is not a demo's \(text_classification\); --demo"):
-        train(TEXT, parse_args(TEXT, [*demo, str(real)]))
+        train(parse_args(TEXT, [*demo, str(real)]))
     assert everything(real) == before
-    train(TEXT, parse_args(TEXT, [*demo, str(tmp_path / "demo")]))
-    train(TEXT, parse_args(TEXT, [*demo, str(tmp_path / "demo")]))  # the next demo replaces it
+    train(parse_args(TEXT, [*demo, str(tmp_path / "demo")]))
+    train(parse_args(TEXT, [*demo, str(tmp_path / "demo")]))  # the next demo replaces it
     assert json.loads((tmp_path / "demo" / MARKER).read_text())["demo"] is True
 
 
@@ -474,7 +474,7 @@ def test_resume_with_another_script_is_refused_naming_both(a_set, corpus20, tiny
             match=r"fold\d: holds a run of text_classification.py; --resume continues a run with the cell that "
             r"started it: run text_classification.py, or give text_regression.py another --output_dir$",
         ):
-            train(regression, parse_args(regression, argv[2:]))
+            train(parse_args(regression, argv[2:]))
     assert everything(a_set) == before
 
 
@@ -500,7 +500,7 @@ def test_the_marker_comes_first_and_lists_every_entry_before_it_is_written(
     monkeypatch.setattr(rundir.Owner, "write", marker)
     monkeypatch.setattr(atomic, "write_bytes", lambda path, data: (listed(path), write_bytes(path, data))[1])
     monkeypatch.setattr(atomic, "build_folder", lambda path, b: (listed(path), build(path, b))[1])
-    train(TEXT, args(corpus20[0], tiny_models, out, "--keep_checkpoint", "--report_to", "tensorboard", epochs=2))
+    train(args(corpus20[0], tiny_models, out, "--keep_checkpoint", "--report_to", "tensorboard", epochs=2))
     assert first == [[LOCK]]  # nothing but the lock is there when the marker is written
     names = {"config.json", "checkpoints", "tensorboard", "predictions.csv", "confusion.csv", "model", "metrics.json"}
     assert {name for name, _ in written} == names - {"checkpoints", "tensorboard"}
@@ -520,7 +520,7 @@ def test_the_marker_comes_first_and_lists_every_entry_before_it_is_written(
 
 def test_a_damaged_or_edited_marker_is_refused_and_nothing_is_removed(corpus20, tiny_models, tmp_path):
     out = tmp_path / "run"
-    train(TEXT, args(corpus20[0], tiny_models, out))
+    train(args(corpus20[0], tiny_models, out))
     (tmp_path / "outside.txt").write_text("not the run's")
     marker = json.loads((out / MARKER).read_text())
     for text, problem in (
@@ -530,7 +530,7 @@ def test_a_damaged_or_edited_marker_is_refused_and_nothing_is_removed(corpus20, 
         (out / MARKER).write_text(text)
         before = everything(tmp_path)
         with pytest.raises(UserError, match=rf"kemdy_run.json: damaged \(.*{problem}.*\); nothing in .* is touched"):
-            train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite"))
+            train(args(corpus20[0], tiny_models, out, "--overwrite"))
         assert everything(tmp_path) == before
 
 
@@ -551,7 +551,7 @@ def test_a_run_written_before_markers_is_refused_until_adopted_then_continued_an
     from common.report import find_fold_sets
 
     out = tmp_path / "runs" / "old"
-    (done,) = train(TEXT, args(corpus20[0], tiny_models, out, "--keep_checkpoint", epochs=2))
+    (done,) = train(args(corpus20[0], tiny_models, out, "--keep_checkpoint", epochs=2))
     legacy(out)
     for name in ("metrics.json", "predictions.csv", "confusion.csv"):  # killed after its last checkpoint
         (out / name).unlink()
@@ -566,7 +566,7 @@ def test_a_run_written_before_markers_is_refused_until_adopted_then_continued_an
             rf".json, so another tool's, whatever the names\); give a new or empty folder \(a run or fold set of "
             rf"this project from before markers: python -m common.rundir adopt {out}\)$",
         ):
-            train(TEXT, args(corpus20[0], tiny_models, out, *flags, epochs=2))
+            train(args(corpus20[0], tiny_models, out, *flags, epochs=2))
         assert everything(out) == before
     rundir.main(["adopt", str(out), "--dry_run"])
     assert everything(out) == before
@@ -579,18 +579,18 @@ def test_a_run_written_before_markers_is_refused_until_adopted_then_continued_an
     assert {n: b for n, b in everything(out).items() if n != MARKER} == before  # the marker is all it wrote
     with pytest.raises(UserError, match=rf"^{out}: already holds kemdy_run.json; nothing to adopt$"):
         rundir.main(["adopt", str(out)])
-    (resumed,) = train(TEXT, args(corpus20[0], tiny_models, out, "--resume", epochs=2))
+    (resumed,) = train(args(corpus20[0], tiny_models, out, "--resume", epochs=2))
     assert resumed == done  # from the checkpoint it left
     (fs,) = find_fold_sets(tmp_path / "runs")
     assert fs.folds == [5] and fs.settings["lr"] == 1e-3
-    train(TEXT, args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model", epochs=1))
+    train(args(corpus20[0], tiny_models, out, "--overwrite", "--no-save_model", epochs=1))
     assert (out / "notes.md").read_text() == "mine" and (out / ".lock").is_file() and not (out / "model").exists()
 
 
 def test_resuming_after_a_recording_changed_in_place_is_refused(corpus20, tiny_models, tmp_path):
     corpus = Path(shutil.copytree(corpus20[0], tmp_path / "KEMDy20"))
     out = tmp_path / "run"
-    train(TEXT, args(corpus, tiny_models, out, "--keep_checkpoint"))
+    train(args(corpus, tiny_models, out, "--keep_checkpoint"))
     (out / "metrics.json").unlink()
     wav = sorted((corpus / "wav").rglob("*.wav"))[7]
     stat, data = wav.stat(), bytearray(wav.read_bytes())
@@ -598,7 +598,7 @@ def test_resuming_after_a_recording_changed_in_place_is_refused(corpus20, tiny_m
     wav.write_bytes(bytes(data))
     os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the time it had
     with pytest.raises(UserError, match=r"the corpus under --dataset_dir .* is not the one this run started on \(its"):
-        train(TEXT, args(corpus, tiny_models, out, "--resume"))
+        train(args(corpus, tiny_models, out, "--resume"))
 
 
 def test_a_fold_set_written_before_markers_is_adopted_and_reported_again_with_resume(a_set, corpus20, tiny_models):
@@ -608,12 +608,12 @@ def test_a_fold_set_written_before_markers_is_adopted_and_reported_again_with_re
     summary = json.loads((a_set / "summary.json").read_text())
     before = everything(a_set)
     with pytest.raises(UserError, match=rf"not a fold set's \(fold1, .*python -m common.rundir adopt {a_set}\)$"):
-        train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+        train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
     assert everything(a_set) == before
     rundir.main(["adopt", str(a_set)])
     folds = [json.loads((a_set / f"fold{k}" / MARKER).read_text()) for k in range(1, 6)]
     assert [m["fold"] for m in folds] == [1, 2, 3, 4, 5]
-    results = train(TEXT, args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
+    results = train(args(corpus20[0], tiny_models, a_set, "--num_fold", "all", "--resume"))
     assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
     assert json.loads((a_set / "summary.json").read_text()) == summary  # the same five folds
     marker = json.loads((a_set / "kemdy_fold_set.json").read_text())
@@ -650,7 +650,7 @@ def test_single_folds_of_a_version_without_folds_in_markers_are_continued_and_ad
     argv = ["--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--batch_size", "8"]
     argv += ["--max_text_len", "32", "--text_model", str(tiny_models / "text")]
     for k in (1, 2):
-        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", str(k)]))
+        train(parse_args(TEXT, [*argv, "--num_fold", str(k)]))
     folder = tmp_path / "runs" / "text_classification" / "KEMDy20_text"  # named by its encoder, not the default
     (folder / rundir.SET_MARKER).unlink()
     for k in (1, 2):
@@ -663,15 +663,15 @@ def test_single_folds_of_a_version_without_folds_in_markers_are_continued_and_ad
     with pytest.raises(
         UserError, match=rf"^{relative}: holds files that are not a fold set's \(fold1, fold2; .* adopt {relative}\)$"
     ):
-        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "3"]))
+        train(parse_args(TEXT, [*argv, "--num_fold", "3"]))
     with pytest.raises(UserError, match=r"fold1: holds the run of fold 1, not the run of fold 2"):
-        train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "2", "--resume", "--output_dir", str(folder / "fold1")]))
+        train(parse_args(TEXT, [*argv, "--num_fold", "2", "--resume", "--output_dir", str(folder / "fold1")]))
     assert everything(folder) == before
     rundir.main(["adopt", str(folder)])
     assert capsys.readouterr().out.splitlines()[-1] == f"{folder}: owns, as a fold set, fold1, fold2"
     assert [json.loads((folder / f"fold{k}" / MARKER).read_text())["format"] for k in (1, 2)] == [1, 1]  # only read
-    train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "3"]))
-    results = train(TEXT, parse_args(TEXT, [*argv, "--num_fold", "all", "--resume"]))
+    train(parse_args(TEXT, [*argv, "--num_fold", "3"]))
+    results = train(parse_args(TEXT, [*argv, "--num_fold", "all", "--resume"]))
     assert [r["fold"] for r in results] == [1, 2, 3, 4, 5]
     assert json.loads((folder / rundir.SET_MARKER).read_text())["entries"][:3] == ["fold1", "fold2", "fold3"]
 

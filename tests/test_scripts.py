@@ -171,8 +171,8 @@ def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flag
     text = " ".join(proc.stdout.split())
     in_help = set(re.findall(r"\[(--[a-z_]+)", text)) - {"--help"}
     page = (ROOT / "docs" / "flags.md").read_text(encoding="utf-8")
-    flags = page[page.index("## Flags") :]
-    in_page = {re.sub(r"^--no-", "--", f) for f in re.findall(r"`(--[a-z_-]+)", flags)}
+    flags = page[page.index("## Flags") : page.index("## Adding a flag")]
+    in_page = {re.sub(r"^--no-", "--", f) for f in re.findall(r"`(--[a-z_-]+)", flags)} - {"--help"}
     assert in_help == in_page, (sorted(in_help - in_page), sorted(in_page - in_help))
     assert len(in_help) >= 45
     parser = build_parser(Cell("multimodal", "total", "element_wise_add"), chooses_fusion=True)
@@ -180,19 +180,23 @@ def test_help_explains_every_flag_and_the_flags_page_lists_exactly_the_same_flag
     assert "(default: 1e-05)" in text and "(default: klue/bert-base)" in text
     assert "(default: facebook/wav2vec2-base-960h)" in text and "(default: 1234)" in text
     assert "(default: 32)" in text and "(default: 256)" in text and "(default: 19)" in text
-    assert "settings for tiny models: --dataset 20, --num_fold 1, --lr 0.002" in text
-    assert "compute what the original code computed: --labels original, --text_inputs original" in text
-    assert "--valid_ratio 0.0, --no-" in text and "group_by_length, --optimizer original; flags given still win" in text
+    assert "settings for tiny models: --dataset 20, --num_fold 1, --max_text_len 64, --group_by_length, --lr" in text
+    assert "compute what the original code computed: --labels original, --duplicate_rows all, --valid_ratio" in text
+    assert "--speech_inputs original, --dropout_on modalities" in text and "--optimizer original; flags given" in text
 
 
-def test_the_flags_page_lists_every_preset_of_demo_and_original():
-    """docs/flags.md's rows of --demo and --original name exactly the flags each sets, as --help does."""
-    from common.cli import DEMO_DEFAULTS, ORIGINAL, _flags
+def test_the_flags_page_holds_the_tables_made_from_the_settings():
+    """docs/flags.md's tables are what tools.flagsdoc makes of common/settings.py, and the rows of --demo and
+    --original name exactly the flags each sets, as --help does."""
+    from common.settings import DEMO, ORIGINAL, flags_text
+    from tools.flagsdoc import PAGE, page_with_tables
 
-    page = (ROOT / "docs" / "flags.md").read_text(encoding="utf-8")
-    for flag, presets in (("--demo", DEMO_DEFAULTS), ("--original", ORIGINAL)):
+    page = PAGE.read_text(encoding="utf-8")
+    assert page == page_with_tables(page), "docs/flags.md: run python -m tools.flagsdoc"
+    for flag, presets in (("--demo", DEMO), ("--original", ORIGINAL)):
         row = re.search(rf"^\| `{flag}` \|.*$", page, re.M).group(0)
-        assert f"`{_flags(presets)}`" in row, (flag, row)
+        assert f"`{flags_text(presets)}`" in row, (flag, row)
+    assert subprocess.run([sys.executable, "-m", "tools.flagsdoc", "--check"], cwd=ROOT).returncode == 0
 
 
 def _parsers(parser):
@@ -205,7 +209,7 @@ def _parsers(parser):
 
 
 @pytest.mark.parametrize(
-    "command", ["script", "audit", "bench", "gpucheck", "predict", "report", "rundir", "synthetic"]
+    "command", ["script", "audit", "bench", "gpucheck", "flagsdoc", "predict", "report", "rundir", "synthetic"]
 )
 def test_every_commands_help_says_each_default_once(command, monkeypatch):
     """A flag that takes a value and has a default says it once, 0 included (as for --weight_decay and the report's
@@ -221,7 +225,7 @@ def test_every_commands_help_says_each_default_once(command, monkeypatch):
 
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
         with pytest.raises(StopIteration):
-            package = "tools" if command in ("bench", "gpucheck") else "common"
+            package = "tools" if command in ("bench", "gpucheck", "flagsdoc") else "common"
             importlib.import_module(f"{package}.{command}").main([])
         (parser,) = built
     checked = 0
@@ -265,7 +269,8 @@ def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
     ]
     seen = set()
     for script, flags in runs:
-        cell, args = parse_script(script, ["--dataset", "20", "--dataset_dir", str(tmp_path), *flags])
+        plan = parse_script(script, ["--dataset", "20", "--dataset_dir", str(tmp_path), *flags])
+        cell, args = plan.cell, plan.settings
         tags = encoder_tags(cell, {"text": args.text_model, "speech": args.speech_model})
         folder = _default_run_dir(cell, args, 3, tags).as_posix()
         if args.test_dataset:
@@ -388,7 +393,7 @@ def test_the_demo_suggests_all_folds_of_the_text_cell_of_its_task(corpus20, scri
     from common.train import _next_steps
 
     cell = cell_of(script)
-    args = parse_args(cell, ["--demo"])
+    args = parse_args(cell, ["--demo"]).settings
     run_dir = Path("runs/demo") / script / "KEMDy20" / "fold1"
     lines = _next_steps(cell, args, run_dir, read_corpus("20", corpus20[0])).splitlines()
     python = os.path.relpath(sys.executable)

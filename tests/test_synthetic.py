@@ -216,10 +216,8 @@ def test_demo_keeps_a_corpus_given_with_dataset_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(common.synthetic, "demo_corpus", lambda dataset: tmp_path / "builtin")
     monkeypatch.setattr(common.synthetic, "demo_models", lambda: tmp_path / "models")
     cell = Cell("text", "classification")
-    given = parse_args(cell, ["--demo", "--dataset_dir", str(tmp_path / "mine")])
-    _resolve_demo(cell, given)
-    builtin = parse_args(cell, ["--demo"])
-    _resolve_demo(cell, builtin)
+    given = _resolve_demo(parse_args(cell, ["--demo", "--dataset_dir", str(tmp_path / "mine")])).settings
+    builtin = _resolve_demo(parse_args(cell, ["--demo"])).settings
     assert (given.dataset_dir, builtin.dataset_dir) == (str(tmp_path / "mine"), str(tmp_path / "builtin"))
     assert given.text_model == str(tmp_path / "models" / "text")
 
@@ -229,8 +227,8 @@ def test_a_resumed_demo_continues_its_run_and_resume_with_overwrite_is_refused()
     from common.grid import Cell
 
     cell = Cell("text", "classification")
-    assert parse_args(cell, ["--demo"]).overwrite is True
-    resumed = parse_args(cell, ["--demo", "--resume"])
+    assert parse_args(cell, ["--demo"]).settings.overwrite is True
+    resumed = parse_args(cell, ["--demo", "--resume"]).settings
     assert (resumed.resume, resumed.overwrite) == (True, False)
     with pytest.raises(UserError, match=r"^--resume and --overwrite: choose one"):
         parse_args(cell, ["--resume", "--overwrite"])

@@ -33,7 +33,7 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 def run(cell, corpus, tiny_models, out, *flags, epochs=1):
     argv = tiny_command(cell.name, corpus, tiny_models, out, *flags, epochs=epochs)[2:]
-    (result,) = train(cell, parse_args(cell, argv))
+    (result,) = train(parse_args(cell, argv))
     return result
 
 

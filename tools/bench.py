@@ -10,7 +10,9 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - text_padding: text-encoder forward+backward time with the original's static 256-token padding over
   dynamic padding with length grouping, on the corpus's transcripts;
 - data_cache: preparing every utterance's inputs with a cold cache (decode, resample, tokenise, write)
-  over a warm one (check the key, open the arrays); the wav files are in the OS page cache for both;
+  over a warm one (the recordings' digests by file stamp, the key, the caches' checksums wherever a file's
+  stamp changed since they were taken, open the arrays); the wav files are in the OS page cache for both, and
+  each side starts after a full garbage collection, so that neither pays for the other's garbage;
 - frozen_epoch: a fine-tuning epoch over an epoch of heads on cached frozen-encoder vectors;
 - audio_padding: the share of padded audio samples in the training batches with --group_by_length;
 - data_rss_gib: peak resident memory of a process that reads the corpus, builds the caches and makes
@@ -55,6 +57,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import gc
 import io
 import json
 import re
@@ -151,13 +154,13 @@ def _train_pass(model, optimizer, collate, dataset, device) -> None:
     _sync(device)
 
 
-def epochs_only(cell, args, accelerator, work: Path, model, encoders, optimizer, scheduler, loader):
+def epochs_only(cell, settings, accelerator, work: Path, model, encoders, optimizer, scheduler, loader):
     """The loop's own FoldRun, holding only what training an epoch reads (the benchmarks time its epochs): no
     corpus, evaluation or checkpoints."""
     from common.train import FoldRun
 
     return FoldRun(
-        cell, args, accelerator, work, None, [], None, model, encoders, optimizer, scheduler, loader, {}, None
+        cell, settings, accelerator, work, None, [], None, model, encoders, optimizer, scheduler, loader, {}, None
     )
 
 
@@ -203,7 +206,7 @@ def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str
     printed = _RssAtVectors()
     start = time.perf_counter()
     with contextlib.redirect_stdout(printed):
-        train(cell, parse_args(cell, argv))
+        train(parse_args(cell, argv))
     total = time.perf_counter() - start
     extraction = sum(float(s) for s in re.findall(r"vectors \S+: computed in ([0-9.]+) s", printed.getvalue()))
     steps = eval_batches = 0  # what the five folds computed, for compute_floor
@@ -235,7 +238,7 @@ def compute_floor(corpus: str, models: str, script: str, steps: str, eval_batche
 
     cell = cell_of(script)
     argv = ["--dataset", "20", "--dataset_dir", corpus, "--freeze", "both", "--layers", "weighted"]
-    args = parse_args(cell, [*argv, "--text_model", f"{models}/text", "--speech_model", f"{models}/speech"])
+    args = parse_args(cell, [*argv, "--text_model", f"{models}/text", "--speech_model", f"{models}/speech"]).settings
     model = build_model(cell, args, Encoders(cell, args), log=lambda message: None)
     model.freeze("both")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, foreach=True)
@@ -286,9 +289,11 @@ def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     shutil.rmtree(cache_dir, ignore_errors=True)
     quiet = lambda message: None  # noqa: E731
+    gc.collect()  # each side starts with no garbage of the other's to collect (as a run's first step does)
     start = time.perf_counter()
     prepare_inputs(utts, tokenizer, 256, 5.0, cache_dir, quiet)
     cold = time.perf_counter() - start
+    gc.collect()
     start = time.perf_counter()
     inputs = prepare_inputs(utts, tokenizer, 256, 5.0, cache_dir, quiet)
     warm = time.perf_counter() - start
@@ -406,7 +411,7 @@ class Bench:
         argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_fold", "1", "--batch_size", "8"]
         argv += ["--text_model", str(self.models / "text"), "--speech_model", str(self.models / "speech")]
         argv += ["--lr", "1e-4", "--num_workers", "0"]
-        args = parse_args(cell, argv)
+        args = parse_args(cell, argv).settings
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
         quiet = lambda message: None  # noqa: E731
 
@@ -420,7 +425,9 @@ class Bench:
         collate = Collator(tokenizer, 256, spec)
         sub_lengths = [float(inputs.audio.lengths[i]) for i in range(len(subset))]
         sampler = EpochBatchSampler(len(subset), 8, 1234, sub_lengths)
-        loader = make_loader(KemdyDataset(subset, range(len(subset)), inputs, spec), collate, args, False, sampler)
+        loader = make_loader(
+            KemdyDataset(subset, range(len(subset)), inputs, spec), collate, 0, False, batch_sampler=sampler
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -477,7 +484,7 @@ class Bench:
         optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=1e-4, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         dataset = KemdyDataset(subset, range(len(subset)), inputs, collate.audio_spec)
-        loader = accelerator.prepare(make_loader(dataset, collate, run.args, False, sampler))
+        loader = accelerator.prepare(make_loader(dataset, collate, 0, False, batch_sampler=sampler))
         run = dataclasses.replace(run, optimizer=optimizer, scheduler=scheduler, train_loader=loader)
 
         def frozen_epoch():
@@ -751,7 +758,8 @@ class Bench:
         quiet = lambda message: None  # noqa: E731
         argv = ["--dataset", "20", "--dataset_dir", str(self.corpus), "--num_workers", "0", "--batch_size", "8"]
         argv += ["--text_model", str(self.models / "text"), "--speech_model", str(self.models / "speech")]
-        cell, args = parse_script("multimodal_total", [*argv, "--fusion", name])
+        plan = parse_script("multimodal_total", [*argv, "--fusion", name])
+        cell, args = plan.cell, plan.settings
         encoders = Encoders(cell, args)
         model = build_model(cell, args, encoders, log=quiet).to(accelerator.device)
         spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)

@@ -99,7 +99,7 @@ def throughput(cell_name: str, models: str, precision: str, batch_size: str, ste
     cell, models, batch_size, steps = cell_of(cell_name), Path(models), int(batch_size), int(steps)
     argv = ["--dataset", "20", "--dataset_dir", ".", "--text_model", str(models / "text")]
     argv += ["--speech_model", str(models / "speech"), "--text_pooling", "pooler"]
-    args = parse_args(cell, argv)
+    args = parse_args(cell, argv).settings
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     model = build_model(cell, args, Encoders(cell, args), log=lambda message: None).to(accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8)
@@ -198,7 +198,7 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
     for workers in (0, recommended):
         argv = ["--dataset", "20", "--dataset_dir", str(corpus), "--text_model", str(models / "text")]
         argv += ["--speech_model", str(models / "speech"), "--num_workers", str(workers), "--text_pooling", "pooler"]
-        args = parse_args(cell, argv)
+        args = parse_args(cell, argv).settings
         encoders = Encoders(cell, args)
         model = build_model(cell, args, encoders, log=lambda message: None)
         spec = audio_spec(encoders.extractor, model.speech_encoder, model.config)
@@ -206,7 +206,7 @@ def data_wait(work: str, models: str, batch_size: str, steps: str) -> dict:
         collate = Collator(encoders.tokenizer, 256, spec)
         sampler = EpochBatchSampler(len(utterances), batch_size, 1234)
         dataset = KemdyDataset(utterances, range(len(utterances)), inputs, spec)
-        loader = make_loader(dataset, collate, args, accelerator.device.type == "cuda", sampler)
+        loader = make_loader(dataset, collate, workers, accelerator.device.type == "cuda", batch_sampler=sampler)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
