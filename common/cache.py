@@ -129,7 +129,7 @@ def _stamp_text(st: os.stat_result) -> str:
 
 
 # By each file's path: its stamp (size, modification and change times, inode) and content digest, in one string
-# (13,462 strings load several times faster than as many lists, and leave the garbage collector nothing to scan).
+# (strings leave the garbage collector nothing to scan, where 13,462 lists would be traced at every collection).
 DIGESTS = schema.Map(
     schema.Rule(str, re.compile(r"\d+ \d+ \d+ \d+ [0-9a-f]{64}").fullmatch, "a stamp and a SHA-256 digest")
 )

@@ -135,10 +135,16 @@ class KemdyDataset(Dataset):
     """The utterances of one split: targets, and the inputs of utterance `indices[i]`."""
 
     def __init__(
-        self, utterances: list[Utterance], indices: Sequence[int], inputs: Inputs, audio_spec: AudioSpec | None = None
+        self,
+        utterances: list[Utterance],
+        indices: Sequence[int],
+        inputs: Inputs,
+        audio_spec: AudioSpec | None = None,
+        targets: dict[int, Sequence[float]] | None = None,
     ):
         self.utterances, self.indices, self.inputs = utterances, list(indices), inputs
         self.audio_spec = audio_spec
+        self.targets = targets  # what the emotion head learns, by utterance, where not its labels (--targets)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -159,6 +165,8 @@ class KemdyDataset(Dataset):
                 "labels": np.asarray(u.labels, dtype=np.float32),
                 "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
             }
+            if self.targets is not None:
+                item["targets"] = np.asarray(self.targets[k], dtype=np.float32)
             if text is not None:
                 item["text_vec"] = text[n]
             elif inputs.text_sequences is not None:
@@ -205,7 +213,7 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {"index": torch.tensor([it["index"] for it in items])}
-        for key in ("labels", "va"):  # absent when predicting
+        for key in ("labels", "targets", "va"):  # labels and va absent when predicting; targets only in training
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
         for key in ("text_vec", "speech_vec"):

@@ -2,7 +2,10 @@
 
 Emotions are multi-label: by default binary cross-entropy on each of the 7 logits (the original put a
 softmax before MultiLabelSoftMarginLoss, which can never predict two labels; `emotion_output="softmax"`
-restores it). Valence/arousal: MSE on targets standardised with the training fold's statistics (or, as
+restores it). A training batch may carry `targets` in place of its labels (--targets raters: the share of the
+evaluators who chose each emotion); both losses are linear in their targets, so the loss against the shares is
+the mean of the losses against each evaluator's own choice.
+Valence/arousal: MSE on targets standardised with the training fold's statistics (or, as
 the original, on the raw 1-5 scale), averaged over the two dimensions (or summed, as the original).
 """
 
@@ -47,7 +50,7 @@ class Objective:
         """
         loss = 0.0
         if "emotion_logits" in outputs:
-            logits, labels = outputs["emotion_logits"].float(), batch["labels"]
+            logits, labels = outputs["emotion_logits"].float(), batch.get("targets", batch["labels"])
             if self.emotion_output == "softmax":
                 emotion = F.multilabel_soft_margin_loss(torch.softmax(logits, dim=-1), labels, reduction="none")
             else:

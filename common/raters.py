@@ -23,6 +23,24 @@ def votes(ratings) -> Counter:
     return Counter(r.emotion for r in ratings if r.emotion is not None)
 
 
+def shares(ratings) -> tuple[float, ...] | None:
+    """The share of the evaluators (those whose emotion was read) who chose each emotion; None where none was."""
+    counts = votes(ratings)
+    read = sum(counts.values())
+    return tuple(counts[i] / read for i in range(len(EMOTIONS))) if read else None
+
+
+def emotion_targets(utterances, indices) -> tuple[dict[int, tuple[float, ...]], int]:
+    """--targets raters: each utterance's evaluators' shares by its index, and how many of them had no evaluator's
+    emotion read (those keep their total evaluation's set)."""
+    targets, missing = {}, 0
+    for k in indices:
+        share = shares(utterances[k].ratings)
+        missing += share is None
+        targets[k] = share if share is not None else tuple(map(float, utterances[k].labels))
+    return targets, missing
+
+
 def top_votes(ratings) -> int:
     """How many evaluators chose the most chosen emotion (0 where none was read)."""
     return max(votes(ratings).values(), default=0)

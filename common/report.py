@@ -27,6 +27,7 @@ from common import atomic, paths, predictions, schema
 from common.errors import UserError, run_cli, writing
 from common.folds import NUM_FOLDS
 from common.grid import CELLS, EMOTIONS
+from common.protocols import PROTOCOLS
 from common.rundir import differences, human, read_run, read_set, run_of, size
 from common.runfiles import read_config, read_metrics
 from common.schema import Choice, Fields
@@ -381,6 +382,30 @@ def human_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
     return _section("Human reference", intro, ["script", "dataset", "split", "folder", "scored", *HUMAN_METRICS], lines)
 
 
+def protocol_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
+    """Each fold set run under a published protocol (--protocol): its headline metric, mean ± std over the folds,
+    beside the five-fold mean the publication reports."""
+    lines = []
+    for fs, st in zip(sets, stats, strict=True):
+        name = next((fs.metrics[k]["protocol"] for k in fs.folds if "protocol" in fs.metrics[k]), None)
+        if name is None:
+            continue
+        protocol = PROTOCOLS[name]
+        published = protocol.published.get(fs.dataset)
+        lines.append(
+            f"| {fs.script} | {fs.dataset} | {name} | `{fs.folder.as_posix()}` | {fs.status} | {protocol.headline} | "
+            f"{st.get(protocol.headline, 'n/a')} | {_fmt(published)} | {protocol.source} |"
+        )
+    intro = (
+        "Fold sets run under a published protocol: the publication's rows and folds, exactly; its headline metric "
+        "here (mean ± sample std over the folds) beside the five-fold mean it published. The published figure comes "
+        "from another implementation (its own model, training and code), so the two are set side by side for "
+        "context, not compared as a paired test."
+    )
+    columns = ["script", "dataset", "protocol", "folder", "folds", "metric", "here", "published", "published by"]
+    return _section("Published protocols", intro, columns, lines)
+
+
 def _section(title: str, intro: str, columns: list[str], lines: list[str]) -> list[str]:
     """A Markdown section of one table (nothing where it has no rows)."""
     if not lines:
@@ -454,6 +479,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
     md += _decision_rows(sets, stats)
     md += agreement_rows(sets)
     md += human_rows(sets, stats)
+    md += protocol_rows(sets, stats)
     md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():

@@ -10,6 +10,7 @@ from common import atomic, schema
 from common.errors import UserError
 from common.folds import NUM_FOLDS
 from common.grid import CELLS, EMOTIONS, TASKS, Cell, is_cell
+from common.protocols import PROTOCOLS
 from common.schema import ANY, Choice, Fields, Map, Rule, count
 
 FOLD = (count(1, NUM_FOLDS), None)  # a fold of the five, or none (a cross-corpus run)
@@ -40,6 +41,7 @@ METRICS = Rule(
         },
         {
             "split": str,
+            "protocol": Choice(*PROTOCOLS),
             "test_dataset": Choice("KEMDy19", "KEMDy20"),
             "task": Choice(*TASKS),
             "selection": str,

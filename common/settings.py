@@ -39,6 +39,7 @@ from common.grid import (
     VA_TARGETS,
     Cell,
 )
+from common.protocols import PROTOCOLS
 
 # The help sections, in --help's order; docs/flags.md's table keeps the same groups.
 ORIGINALS = "the original's flags (its names and defaults)"
@@ -75,9 +76,10 @@ def flag(  # noqa: PLR0913 (one keyword per property of a setting)
     kind: "value" (--x V), "switch" (--x, off by default) or "toggle" (--x / --no-x). results: whether it changes
     the numbers a run produces (else it may differ on --resume, and runs differing only in it share a fold set).
     earlier: the value that computes what the code computed before the flag existed (a run written then is
-    compared as if it had this value). concerns: "text" or "speech" (a cell without that encoder ignores it) or
-    "fusion" (read by the fusions whose registry line names it). original, demo: the value under --original and
-    --demo (flags given still win). rule: (test, what a refused value must be). path: checked as a path.
+    compared as if it had this value). concerns: "text" or "speech" (a cell without that encoder ignores it),
+    "emotions" (a cell without emotions ignores it) or "fusion" (read by the fusions whose registry line names
+    it). original, demo: the value under --original and --demo (flags given still win). rule: (test, the
+    refusal's words after the value: "must be positive"). path: checked as a path.
     doc, shown: the meaning and the default as docs/flags.md's table says them (default: help and the value).
     folder: what a value other than the default adds to the default run folder's name ("_freeze-{}").
     """
@@ -204,6 +206,21 @@ class Settings:
         choices=SPLITS,
         doc="`contiguous`: the original's 20 % blocks; `session`: whole sessions held out (see [Folds](data.md#folds))",
         folder="_{}",
+    )
+    protocol: str | None = flag(
+        None,
+        "data",
+        "a published protocol reproduced exactly, its rows and folds in place of --split and --valid_ratio: "
+        "continual_erc (WoongheeLee/continual_erc_etri: KEMDy19's speaker rows, one emotion per row, five folds of "
+        "whole sessions drawn with its seed, two training sessions for validation); the report sets its published "
+        "figure beside the run's",
+        choices=tuple(PROTOCOLS),
+        earlier=None,
+        folder="_{}",
+        doc="`continual_erc`: a published protocol reproduced exactly, its rows and folds in place of `--split` and "
+        "`--valid_ratio`; the report sets its published figure beside the run's (see [Published "
+        "protocols](data.md#published-protocols))",
+        shown="none",
     )
     valid_ratio: float = flag(
         0.1,
@@ -450,6 +467,19 @@ class Settings:
         doc="`balanced`: each emotion's positives weighted in the binary cross-entropy by the training part's "
         "negatives over positives",
     )
+    targets: str = flag(
+        "total",
+        "model",
+        "what the emotion head learns: total (the total evaluation's emotion set, as the original) or raters (the "
+        "share of the ten evaluators who chose each emotion); evaluation is on the total evaluation either way",
+        choices=("total", "raters"),
+        earlier="total",
+        concerns="emotions",
+        folder="_targets-{}",
+        doc="`raters`: the emotion head learns the share of the ten evaluators who chose each emotion instead of "
+        "the total evaluation's set; evaluation stays on the total evaluation (see "
+        "[Results](results.md#training-on-the-evaluators-distribution))",
+    )
     va_targets: str = flag(
         "standardized",
         COMPUTED,
@@ -563,8 +593,9 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_original][_freeze-<which>]"
-        "[_layers-weighted][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_original]"
+        "[_freeze-<which>]"
+        "[_layers-weighted][_targets-raters][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
     resume: bool = flag(
         False,
@@ -668,6 +699,7 @@ def concerned(cell: Cell) -> set[str]:
         for name, m in FLAGS.items()
         if not (m["concerns"] == "text" and not cell.uses_text)
         and not (m["concerns"] == "speech" and not cell.uses_speech)
+        and not (m["concerns"] == "emotions" and not cell.classifies)
         and not (m["concerns"] == "fusion" and name.removeprefix("fusion_") not in reads)
     }
 
@@ -680,6 +712,8 @@ def check(settings: Settings) -> None:
         _check_rule(settings, name)
     if settings.threshold == "tuned" and settings.valid_ratio == 0:
         raise UserError("--threshold tuned: needs a validation part to tune on; give --valid_ratio above 0")
+    if settings.protocol:
+        _check_protocol(settings)
     if settings.class_weight == "balanced" and settings.emotion_output == "softmax":
         raise UserError("--class_weight balanced: weights the binary cross-entropy; not with --emotion_output softmax")
     for name, value in dataclasses.asdict(settings).items():
@@ -687,6 +721,18 @@ def check(settings: Settings) -> None:
             raise UserError(f"--{name} {value}: must be a finite number")
     for name in FLAGS:
         _check_rule(settings, name)
+
+
+def _check_protocol(settings: Settings) -> None:
+    """A protocol decides the rows and the folds: the flags that would decide them otherwise keep their defaults."""
+    for name, value in (("split", "contiguous"), ("labels", "checked"), ("duplicate_rows", "all")):
+        if getattr(settings, name) != value:
+            raise UserError(
+                f"--protocol {settings.protocol}: reads the corpus and cuts its folds its own way; not with "
+                f"--{name} {getattr(settings, name)}"
+            )
+    if settings.test_dataset:
+        raise UserError(f"--protocol {settings.protocol}: a protocol within one corpus; not with --test_dataset")
 
 
 def _check_rule(settings: Settings, name: str) -> None:

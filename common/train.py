@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import predictions, raters, rundir, runfiles
+from common import predictions, protocols, raters, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -72,6 +72,10 @@ class Shared:
             )
             cache_dir = settings.cache_dir if settings.cache else None
             self.corpus = read(settings.dataset, settings.dataset_dir)
+            if settings.protocol:
+                self.corpus = protocols.select(settings.protocol, self.corpus)
+                dropped = Counter(e.reason for e in self.corpus.excluded if e.reason.startswith("--protocol"))
+                log(f"{len(self.corpus.utterances)} utterances kept; dropped: {dict(dropped)}")
             self.fingerprint, self.digests = corpus_fingerprint(self.corpus, cache_dir)
             if settings.test_dataset:
                 self.test_corpus = read(settings.test_dataset, settings.test_dataset_dir)
@@ -403,8 +407,9 @@ def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared,
         shared.inputs = _prepare(cell, settings, accelerator, model, shared, collate)
     inputs = shared.inputs
     order = partial(_eval_order, cell, settings, inputs, utts)
+    targets = _emotion_targets(cell, settings, utts, train_idx, log)
     datasets = {
-        name: KemdyDataset(utts, idx, inputs, spec)
+        name: KemdyDataset(utts, idx, inputs, spec, targets if name == "train" else None)
         for name, idx in (("train", train_idx), ("valid", order(valid_idx)), ("test", order(fold.test)))
     }
     lengths = _lengths(inputs, utts, train_idx, settings.max_seq_len) if settings.group_by_length else None
@@ -501,8 +506,9 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     result = {
         "script": run.cell.name,
         "dataset": f"KEMDy{settings.dataset}",
-        "split": settings.split,
+        "split": settings.protocol or settings.split,
         "fold": None if settings.test_dataset else settings.num_fold,
+        **({"protocol": settings.protocol} if settings.protocol else {}),
         **({"test_dataset": f"KEMDy{settings.test_dataset}"} if settings.test_dataset else {}),
         "task": run.cell.task,
         "selection": "valid_loss" if run.split[2] else "last_epoch",
@@ -611,6 +617,10 @@ def _resolve_demo(plan: RunPlan) -> RunPlan:
 
 def _splits(settings: Settings, shared: Shared) -> tuple:
     """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's."""
+    if settings.protocol:
+        return protocols.PROTOCOLS[settings.protocol].splits(
+            [u.segment_id for u in shared.corpus.utterances], settings.num_fold
+        )
     sessions = [u.session for u in shared.corpus.utterances]
     if shared.test_corpus is None:
         return fold_splits(sessions, settings.num_fold, settings.split, settings.valid_ratio)
@@ -630,10 +640,27 @@ def _fold_line(settings: Settings, shared: Shared, fold, train_idx, valid_idx) -
             f"{len(fold.test)} test utterances of {tested} ({excluded(shared.test_corpus)})"
         )
     held = f", test sessions {', '.join(fold.test_sessions)}" if fold.test_sessions else ""
+    split = f"protocol {settings.protocol}" if settings.protocol else f"{settings.split} split"
     return (
-        f"KEMDy{settings.dataset} fold {settings.num_fold} ({settings.split} split{held}): {len(train_idx)} train, "
+        f"KEMDy{settings.dataset} fold {settings.num_fold} ({split}{held}): {len(train_idx)} train, "
         f"{len(valid_idx)} valid, {len(fold.test)} test utterances ({excluded(shared.corpus)})"
     )
+
+
+def _emotion_targets(cell: Cell, settings: Settings, utts, train_idx: list[int], log) -> dict | None:
+    """With --targets raters, what the emotion head learns on each training utterance: the share of its evaluators
+    who chose each emotion (its total evaluation's set where none of theirs was read); None otherwise."""
+    if settings.targets != "raters" or not cell.classifies:
+        return None
+    targets, missing = raters.emotion_targets(utts, train_idx)
+    if missing == len(train_idx):
+        raise UserError(
+            f"--targets raters: no training utterance of {settings.dataset_dir} has an evaluator's emotion (a copy "
+            "of the corpus without the evaluators' columns?); train on the total evaluation, without --targets"
+        )
+    kept = f"; {missing} without any keep their total evaluation's" if missing else ""
+    log(f"--targets raters: the emotion head learns {len(train_idx) - missing} utterances' evaluators' shares{kept}")
+    return targets
 
 
 def _set_va_scaling(model: EmotionModel, settings: Settings, train_utts) -> None:

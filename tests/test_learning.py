@@ -19,7 +19,7 @@ tested in test_fusion.py.
 import pytest
 
 from common.cli import parse_args
-from common.grid import Cell
+from common.grid import EMOTIONS, Cell
 from common.train import train
 
 from helpers import constant_baselines
@@ -60,3 +60,39 @@ def test_text_and_speech_models_beat_the_best_constant_predictors(corpus, tiny_m
     seen = {k: m.get(k) for k in ("micro_f1", "top1_accuracy")}
     gain = {"text": 0.15, "speech": 0.1}[name]
     assert m["top1_accuracy"] > best_top1 + gain and m["micro_f1"] > best_f1 + 0.1, seen
+
+
+def test_a_text_model_trained_on_the_evaluators_shares_learns_and_is_scored_on_the_total_evaluation(
+    corpus, tiny_models, tmp_path, capsys
+):
+    """--targets raters: the emotion head learns the share of the ten evaluators per emotion (so no epoch's
+    training loss can fall below the shares' own binary entropy, whatever the model), beats the constant
+    predictors as the default does, and is scored against the total evaluation."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from common import raters
+    from common.folds import fold_splits
+    from common.kemdy import read_corpus
+
+    best_f1, best_top1 = constant_baselines(corpus)
+    cell = Cell("text", "classification")
+    m = fit(cell, corpus, tiny_models, tmp_path, "--targets", "raters")
+    assert m["top1_accuracy"] > best_top1 + 0.15 and m["micro_f1"] > best_f1 + 0.1, m
+    utts = read_corpus("20", corpus).utterances
+    _, train_idx, _ = fold_splits([u.session for u in utts], 1, "contiguous", 0.1)
+    assert f"--targets raters: the emotion head learns {len(train_idx)} utterances' evaluators' shares" in (
+        capsys.readouterr().out
+    )
+    q = np.clip([raters.shares(utts[i].ratings) for i in train_idx], 1e-12, 1 - 1e-12)
+    entropy = float(np.mean(-(q * np.log(q) + (1 - q) * np.log(1 - q))))
+    run = tmp_path / cell.name
+    losses = [e["train_loss"] for e in json.loads((run / "metrics.json").read_text())["epochs"]]
+    assert min(losses) >= entropy - 1e-3 and entropy > 0.05, (losses, entropy)
+    labels = {u.segment_id: list(u.labels) for u in utts}
+    with (run / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert all([int(r[f"true_{e}"]) for e in EMOTIONS] == labels[r["segment_id"]] for r in rows)
+    assert json.loads((run / "config.json").read_text())["args"]["targets"] == "raters"

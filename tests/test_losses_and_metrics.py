@@ -277,3 +277,22 @@ def test_balanced_weights_make_positives_weigh_as_much_as_negatives():
     s = torch.sigmoid(logits)
     by_hand = -(torch.tensor(w) * labels * torch.log(s) + (1 - labels) * torch.log(1 - s)).mean(1)
     assert torch.allclose(got, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_the_loss_on_the_evaluators_shares_is_the_mean_of_the_losses_on_each_evaluators_choice(output):
+    """--targets raters: the emotion loss against the share of the evaluators per emotion equals, utterance by
+    utterance, the mean over the ten evaluators of the loss against each one's own (one-hot) choice."""
+    torch.manual_seed(2)
+    logits = torch.randn(4, 7) * 2
+    choices = torch.randint(0, 7, (4, 10))  # each utterance's ten evaluators' emotions
+    shares = torch.stack([torch.bincount(c, minlength=7) for c in choices]).float() / 10
+    objective = Objective(emotion_output=output)
+    labels = torch.zeros(4, 7)  # the total evaluation: not what is learnt when targets are given
+    got = objective.per_sample({"emotion_logits": logits}, {"labels": labels, "targets": shares}, 0, 1)
+    each = [
+        objective.per_sample({"emotion_logits": logits}, {"labels": F.one_hot(choices[:, r], 7).float()}, 0, 1)
+        for r in range(10)
+    ]
+    assert torch.allclose(got, torch.stack(each).mean(0), atol=1e-6)
+    assert not torch.allclose(got, objective.per_sample({"emotion_logits": logits}, {"labels": labels}, 0, 1))

@@ -146,3 +146,19 @@ def test_the_human_reference_scores_each_evaluator_against_the_other_nine_as_a_m
     assert got["top1_accuracy"] == pytest.approx(np.mean(top1), abs=1e-12)
     assert got["mean_ccc"] == pytest.approx(np.mean(va), abs=1e-12)
     assert raters.human_reference([SimpleNamespace(ratings=())]) is None
+
+
+def test_the_shares_count_the_evaluators_whose_emotion_was_read():
+    from common.kemdy import Rating
+
+    shares = raters.shares(panel([N] * 6 + [H] * 3) + (Rating(None, 3.0, 3.0),))
+    assert shares == tuple(6 / 9 if i == N else 3 / 9 if i == H else 0.0 for i in range(7))
+    assert raters.shares(()) is None and raters.shares((Rating(None, 3.0, 3.0),)) is None
+    utterances = [
+        SimpleNamespace(ratings=panel([A] * 10), labels=(1, 0, 0, 0, 0, 0, 0)),
+        SimpleNamespace(ratings=(), labels=(0, 0, 0, 1, 0, 0, 1)),  # no evaluator read: its total evaluation
+    ]
+    assert raters.emotion_targets(utterances, [1, 0]) == (
+        {0: tuple(float(i == A) for i in range(7)), 1: (0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)},
+        1,
+    )

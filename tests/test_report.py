@@ -238,3 +238,23 @@ def test_figures_say_how_many_folds_are_behind_them(runs):
     one = _per_class_f1_figure(plt, aggregate([a.metrics[3]]), "label", [3])
     assert one.axes[0].get_ylabel() == "F1 (fold 3)"
     plt.close(one)
+
+
+def test_the_benchmarks_report_grid_is_a_grid_the_report_reads(tmp_path):
+    """The benchmark times the report on runs it writes itself: each one a finished run of its fold that the
+    report counts, with the metrics those outputs give."""
+    import numpy as np
+
+    from tools.bench import _write_fake_run
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((40, 7)) < 0.3).astype(int)
+    probs, va = rng.random((40, 7)), rng.uniform(1, 5, (40, 2))
+    for k in range(1, 6):
+        _write_fake_run(
+            tmp_path / "text_total" / "KEMDy20" / f"fold{k}", "text_total", "total", k, labels, probs, va, va
+        )
+    main([str(tmp_path), "--no-figures", "--bootstrap", "100", "--out", str(tmp_path / "report")])
+    rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    (micro,) = [r for r in rows if r["metric"] == "micro_f1"]
+    assert micro["folds"] == "1 2 3 4 5" and micro["complete"] == "True" and micro["n_folds"] == "5", micro

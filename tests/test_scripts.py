@@ -32,6 +32,7 @@ CLASSIFICATION_KEYS = {
     "micro_f1",
     "macro_f1",
     "weighted_f1",
+    "top1_weighted_f1",
     "per_class_f1",
     "hamming_accuracy",
     "subset_accuracy",
@@ -248,6 +249,9 @@ def test_every_commands_help_says_each_default_once(command, monkeypatch):
     assert checked >= (40 if command == "script" else 0)
 
 
+PARTS = ("demo/", "-to-", "_session", "_continual_erc", "_original", "_freeze-", "_layers-", "_targets-", "-xlsr-")
+
+
 def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
     """Each part of the documented pattern, [optional] or repeated (…), is met by a run's default folder, and every
     default folder fits the pattern."""
@@ -259,12 +263,13 @@ def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
     pattern = re.search(r"^\| `--output_dir` \| `([^`]+)`, without `fold<k>` across corpora", page, re.M).group(1)
     regex = re.escape(pattern).replace(r"\[_<encoder>…\]", r"(_[A-Za-z0-9._-]+)*")
     regex = re.sub(r"\\\[(.*?)\\\]", r"(?:\1)?", regex)
-    kinds = {"script": "[a-z_]+", "which": "[a-z]+"}  # <dataset>, <test_dataset>, <k>: numbers
+    kinds = {"script": "[a-z_]+", "which": "[a-z]+", "protocol": "[a-z_]+"}  # <dataset>, <test_dataset>, <k>: numbers
     regex = re.sub(r"<(\w+)>", lambda m: kinds.get(m.group(1), r"\d+"), regex)
     runs = [
-        ("text_total", []),
+        ("text_total", ["--protocol", "continual_erc"]),
         ("multimodal_total", ["--fusion", "gated", "--split", "session", "--original", "--freeze", "both"]),
         ("speech_regression", ["--layers", "weighted", "--speech_model", "kresnik/wav2vec2-large-xlsr-korean"]),
+        ("multimodal_classification", ["--targets", "raters", "--layers", "weighted"]),
         ("text_classification", ["--demo", "--text_model", "models/klue-roberta", "--test_dataset", "19"]),
     ]
     seen = set()
@@ -277,12 +282,8 @@ def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
             assert re.fullmatch(regex.removesuffix(r"/fold\d+"), folder), (folder, regex)
         else:
             assert re.fullmatch(regex, folder) and folder.endswith("/fold3"), (folder, regex)
-        seen |= {
-            part
-            for part in ("demo/", "-to-", "_session", "_original", "_freeze-", "_layers-", "-xlsr-")
-            if part in folder
-        }
-    assert seen == {"demo/", "-to-", "_session", "_original", "_freeze-", "_layers-", "-xlsr-"}
+        seen |= {part for part in PARTS if part in folder}
+    assert seen == set(PARTS)
 
 
 # A script started where there is no fcntl (Windows), as far as Python can pretend to be there.

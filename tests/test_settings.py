@@ -32,7 +32,7 @@ EARLIER = {
     "labels": "checked", "duplicate_rows": "all", "text_inputs": "masked", "speech_inputs": "extractor",
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
-    "optimizer": "adamw", "test_dataset": None,
+    "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None,
 }  # fmt: skip
 TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length"}
 SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}
@@ -80,6 +80,7 @@ def test_a_run_differs_from_another_by_exactly_the_settings_its_cell_reads_that_
     changes this cell's numbers (a flag of an encoder the cell lacks, or of a fusion it does not read, is not)."""
     plan = parse_args(cell, ["--dataset_dir", str(ROOT)])
     unread = (set() if cell.uses_text else TEXT_ONLY) | (set() if cell.uses_speech else SPEECH_ONLY)
+    unread |= set() if cell.classifies else {"targets"}  # what the emotion head learns
     reads = {"width"} if cell.fusion == "gated" else set()
     unread |= {f"fusion_{p}" for p in ("width", "heads", "layers", "rank") if p not in reads}
     for name in settings.FLAGS:

@@ -189,7 +189,8 @@ def _write_fake_run(folder: Path, script: str, task: str, fold: int, labels, pro
         va_pred if task != "classification" else None,
     )
     (folder / predictions.FILE).write_text(predictions.text(rows))
-    Owner(folder, "run", script, {}, {"listing": "synthetic"}, False, ["metrics.json", predictions.FILE]).write()
+    entries = ["metrics.json", predictions.FILE]
+    Owner(folder, "run", script, {}, {"listing": "synthetic"}, False, entries, fold=fold).write()
 
 
 def layers_probe(corpus: str, models: str, cache_dir: str, out: str, script: str) -> dict:
