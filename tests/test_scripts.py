@@ -48,14 +48,14 @@ REGRESSION_KEYS = {"loss", "n", "mean_ccc"} | {
 # in every modality and fusion.
 RUNS = [
     ("text_classification", "20", ["--text_pooling", "mean", "--original"]),
-    ("text_regression", "19", ["--valid_ratio", "0"]),
+    ("text_regression", "19", ["--valid_ratio", "0", "--targets", "raters"]),  # ignored: no emotions
     ("text_total", "20", ["--lr_scheduler", "linear", "--warmup_ratio", "0.5"]),
     ("speech_classification", "19", ["--group_by_length", "--original"]),
     ("speech_regression", "20", ["--speech_pooling", "cnn_last", "--max_seq_len", "2"]),
     ("speech_total", "20", ["--max_grad_norm", "1.0", "--class_weight", "balanced", "--threshold", "tuned"]),
     ("multimodal_classification_concat", "20", ["--threshold", "0.3"]),
     ("multimodal_regression_concat", "19", ["--kemdy19_rows", "speaker", "--original"]),
-    ("multimodal_total_concat", "20", ["--cls_weight", "2", "--reg_weight", "0.5"]),
+    ("multimodal_total_concat", "20", ["--cls_weight", "2", "--reg_weight", "0.5", "--targets", "raters"]),
     ("multimodal_classification_element_wise_add", "19", ["--text_pooling", "cls", "--original"]),
     ("multimodal_regression_element_wise_add", "20", ["--head_lr", "1e-3"]),
     ("multimodal_total_element_wise_add", "19", ["--class_weight", "balanced", "--threshold", "tuned"]),
