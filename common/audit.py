@@ -10,7 +10,7 @@ import json
 import statistics
 from collections import Counter
 
-from common import raters
+from common import dialogue, raters
 from common.errors import UserError, run_cli
 from common.folds import SPLITS, fold_sizes
 from common.grid import EMOTIONS
@@ -92,6 +92,7 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
         },
         "folds": _fold_sizes([u.session for u in utts]),
         "raters": raters.summary(corpus),
+        "dialogues": dialogue.summary(utts),
     }
 
 
@@ -159,6 +160,7 @@ def format_summary(s: dict) -> str:
         "(the first line is the utterance, as the original read it)"
     )
     out += _raters_lines(s["raters"], used)
+    out.append(_dialogue_line(s["dialogues"]))
     out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
     for split, rows in s["folds"].items():
         for r in rows:
@@ -168,6 +170,16 @@ def format_summary(s: dict) -> str:
                 + (f"   test sessions {' .. '.join(dict.fromkeys([held[0], held[-1]]))}" if held else "")
             )
     return "\n".join(out)
+
+
+def _dialogue_line(d: dict) -> str:
+    """The dialogues: how many, their turns (a recording listed twice is one turn), and any kept in file order."""
+    turns = d["turns_per_dialogue"]
+    line = f"dialogues: {d['dialogues']}   turns: {d['turns']}"
+    line += f" (per dialogue: min {turns['min']}, median {turns['median']}, max {turns['max']})" if turns else ""
+    line += f"   utterances of no dialogue: {d['without_dialogue']}" if d["without_dialogue"] else ""
+    undated = d["kept_in_corpus_order"]
+    return line + (f"   in file order for lack of a start time: {', '.join(undated)}" if undated else "")
 
 
 def _raters_lines(r: dict, used: int) -> list[str]:

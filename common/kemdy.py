@@ -105,6 +105,7 @@ class Utterance:
     channels: int
     level: float = 1.0  # a float recording's peak where it exceeds 1 (see `audio_level`), else 1
     ratings: tuple = ()  # the ten evaluators' Ratings, in the file's column order
+    start: float | None = None  # seconds into its dialogue's recording session (the Wav start cell); None if unreadable
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,17 @@ class _RowReader:
             sample_rate=info.samplerate,
             channels=info.channels,
             level=level,
+            start=_start(row[1]),
         ), encoding
+
+
+def _start(cell: str) -> float | None:
+    """A Wav start cell in seconds; None where it is empty or not a finite number (never a reason to drop a row)."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _locate(layout: Layout, root: Path, file_session: str, annotation_id: str) -> tuple[str, str, str, Path]:

@@ -29,6 +29,7 @@ from common.folds import NUM_FOLDS
 from common.grid import CELLS, EMOTIONS
 from common.protocols import PROTOCOLS
 from common.rundir import differences, human, read_run, read_set, run_of, size
+from common.rundir import settings as recorded_settings
 from common.runfiles import read_config, read_metrics
 from common.schema import Choice, Fields
 
@@ -112,7 +113,8 @@ def find_fold_sets(
                     CrossRun(folder, path.parent, m["script"], m["dataset"], m["test_dataset"], m, owner.settings)
                 )
             continue
-        settings = owner.settings | {"corpus": owner.corpus.get("listing")}
+        # Settings added since a run was written count at their earlier value: its folds join the new ones.
+        settings = recorded_settings(owner.settings) | {"corpus": owner.corpus.get("listing")}
         key += (json.dumps(settings, sort_keys=True, default=str),)
         fs = sets.setdefault(key, FoldSet(*key[:4], settings=settings, encoders=owner.encoders))
         if fold in fs.metrics:

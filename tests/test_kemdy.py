@@ -580,9 +580,12 @@ def test_a_missing_or_unreadable_rater_cell_is_counted_never_a_reason_to_drop_a_
     assert f"  not fully read: {first.segment_id}: evaluator 1; {second.segment_id}: evaluator 2" in text.splitlines()
 
 
-def test_the_data_page_shows_the_audits_evaluators_of_the_demo_corpus_as_printed(demo20):
+def test_the_data_page_shows_the_audits_evaluators_and_dialogues_of_the_demo_corpus_as_printed(demo20):
     page = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
-    shown = re.search(r"```text\n(evaluators .*?)```", page, re.S).group(1).splitlines()
+    blocks = re.findall(r"```text\n((?:evaluators |dialogues:).*?)```", page, re.S)
     printed = format_summary(summarize(read_corpus("20", demo20))).splitlines()
-    start = printed.index(shown[0])
-    assert printed[start : start + len(shown)] == shown
+    assert len(blocks) == 2
+    for block in blocks:
+        shown = block.splitlines()
+        start = printed.index(shown[0])
+        assert printed[start : start + len(shown)] == shown

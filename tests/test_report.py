@@ -258,3 +258,17 @@ def test_the_benchmarks_report_grid_is_a_grid_the_report_reads(tmp_path):
     rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
     (micro,) = [r for r in rows if r["metric"] == "micro_f1"]
     assert micro["folds"] == "1 2 3 4 5" and micro["complete"] == "True" and micro["n_folds"] == "5", micro
+
+
+def test_folds_written_before_a_setting_existed_join_the_folds_written_since(tmp_path):
+    """A run's marker records the settings of its day: a fold from before --targets and --protocol existed and
+    folds run since at their earlier values make one complete set, while a fold at another value stays apart."""
+    for k in range(1, 6):
+        write_run(tmp_path / "a" / f"fold{k}", k, 0.5)
+        now = {"lr": 1e-5} | ({} if k == 1 else {"targets": "total", "protocol": None})
+        mark_run(tmp_path / "a" / f"fold{k}", "text_classification", now)
+    (one,) = find_fold_sets(tmp_path)
+    assert one.complete and one.folds == [1, 2, 3, 4, 5]
+    mark_run(tmp_path / "a" / "fold5", "text_classification", {"lr": 1e-5, "targets": "raters"})
+    sets = find_fold_sets(tmp_path)
+    assert sorted(len(s.folds) for s in sets) == [1, 4] and all(s.mixed for s in sets)
