@@ -549,7 +549,9 @@ class Settings:
         ORIGINALS,
         "seed of weights, order and dropout",
         rule=(lambda v: 0 <= v < 2**32, "must be in 0 .. 2**32 - 1"),
-        doc="seed of initialisation, batch order and dropout",
+        folder="_seed{}",
+        doc="seed of initialisation, batch order and dropout; another than the default names the default run "
+        "folder (`_seed7`)",
     )
     mixed_precision: str = flag("no", "training", "mixed precision (GPUs)", choices=("no", "fp16", "bf16"))
     gpus: str | None = flag(
@@ -595,7 +597,7 @@ class Settings:
         "other than the default (see [Encoders](encoders.md#encoders))",
         shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_original]"
         "[_freeze-<which>]"
-        "[_layers-weighted][_targets-raters][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
+        "[_layers-weighted][_targets-raters][_seed<seed>][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
     resume: bool = flag(
         False,

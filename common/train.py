@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import predictions, protocols, raters, rundir, runfiles
+from common import modelcard, predictions, protocols, raters, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -529,11 +529,8 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
                 confusion = predictions.confusion_text(test_outputs["labels"], test_outputs["probs"])
                 rundir.write_file(run_dir, predictions.CONFUSION, confusion)
             if settings.save_model:
-                enc = run.encoders
-                save = partial(
-                    run.core.save, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references
-                )
-                rundir.build_folder(run_dir, "model", save)
+                card = modelcard.card_text(read_config(run_dir), result)
+                rundir.build_folder(run_dir, "model", partial(_save_model, run, card))
             rundir.write_file(run_dir, "metrics.json", runfiles.metrics_text(result))
     accelerator.wait_for_everyone()
     if settings.keep_checkpoint:
@@ -549,6 +546,13 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     accelerator.trackers = []
     accelerator.free_memory()  # the next fold's model, optimizer and loaders replace these
     return result
+
+
+def _save_model(run: FoldRun, card: str, folder: Path) -> None:
+    """The trained model, and its card (README.md) beside it."""
+    enc = run.encoders
+    run.core.save(folder, tokenizer=enc.tokenizer, extractor=enc.extractor, references=enc.references)
+    (folder / "README.md").write_text(card, encoding="utf-8")
 
 
 def finish_again(run_dir: Path, result: dict, settings: Settings, accelerator) -> None:

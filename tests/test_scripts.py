@@ -249,7 +249,9 @@ def test_every_commands_help_says_each_default_once(command, monkeypatch):
     assert checked >= (40 if command == "script" else 0)
 
 
-PARTS = ("demo/", "-to-", "_session", "_continual_erc", "_original", "_freeze-", "_layers-", "_targets-", "-xlsr-")
+PARTS = (
+    "demo/", "-to-", "_session", "_continual_erc", "_original", "_freeze-", "_layers-", "_targets-", "_seed7", "-xlsr-"
+)  # fmt: skip
 
 
 def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
@@ -269,7 +271,7 @@ def test_the_default_run_folder_is_the_one_the_flags_page_describes(tmp_path):
         ("text_total", ["--protocol", "continual_erc"]),
         ("multimodal_total", ["--fusion", "gated", "--split", "session", "--original", "--freeze", "both"]),
         ("speech_regression", ["--layers", "weighted", "--speech_model", "kresnik/wav2vec2-large-xlsr-korean"]),
-        ("multimodal_classification", ["--targets", "raters", "--layers", "weighted"]),
+        ("multimodal_classification", ["--targets", "raters", "--layers", "weighted", "--seed", "7"]),
         ("text_classification", ["--demo", "--text_model", "models/klue-roberta", "--test_dataset", "19"]),
     ]
     seen = set()
