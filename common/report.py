@@ -408,6 +408,41 @@ def protocol_rows(sets: list[FoldSet], stats: list[dict]) -> list[str]:
     return _section("Published protocols", intro, columns, lines)
 
 
+SEED_METRICS = ("micro_f1", "macro_f1", "uar", "mean_ccc")
+
+
+def seed_rows(sets: list[FoldSet]) -> list[str]:
+    """Complete fold sets that differ only by --seed, gathered: for each headline metric the mean over the seeds of
+    their five-fold means ± the sample std over seeds of those means (what the seed moves), beside the mean over
+    the seeds of the std over folds (what the folds move)."""
+    groups = defaultdict(list)
+    for fs in sets:
+        if fs.complete and fs.settings and "seed" in fs.settings:
+            rest = {k: v for k, v in fs.settings.items() if k != "seed"}
+            groups[fs.script, fs.dataset, fs.split, json.dumps(rest, sort_keys=True, default=str)].append(fs)
+    lines = []
+    for (script, dataset, split, _), group in groups.items():
+        seeds = sorted(fs.settings["seed"] for fs in group)
+        if len(set(seeds)) < 2 or len(set(seeds)) != len(seeds):
+            continue
+        cells = []
+        for key in SEED_METRICS:
+            values = [[flat_metrics(fs.metrics[k]["test"]).get(key) for k in fs.folds] for fs in group]
+            if any(v is None for row in values for v in row):
+                cells.append("n/a")
+                continue
+            means = [statistics.fmean(row) for row in values]
+            folds = statistics.fmean(statistics.stdev(row) for row in values)
+            cells.append(f"{statistics.fmean(means):.4f} ± {statistics.stdev(means):.4f} (folds ± {folds:.4f})")
+        lines.append(f"| {script} | {dataset} | {split} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    intro = (
+        "Complete fold sets that differ only by `--seed`: each metric's mean over the seeds of their five-fold "
+        "means ± the sample std over the seeds of those means (what the seed moves), and in brackets the mean "
+        "over the seeds of the sample std over the folds (what the choice of test fold moves)."
+    )
+    return _section("Seeds", intro, ["script", "dataset", "split", "seeds", *SEED_METRICS], lines)
+
+
 def _section(title: str, intro: str, columns: list[str], lines: list[str]) -> list[str]:
     """A Markdown section of one table (nothing where it has no rows)."""
     if not lines:
@@ -482,6 +517,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
     md += agreement_rows(sets)
     md += human_rows(sets, stats)
     md += protocol_rows(sets, stats)
+    md += seed_rows(sets)
     md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():

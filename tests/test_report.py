@@ -272,3 +272,26 @@ def test_folds_written_before_a_setting_existed_join_the_folds_written_since(tmp
     mark_run(tmp_path / "a" / "fold5", "text_classification", {"lr": 1e-5, "targets": "raters"})
     sets = find_fold_sets(tmp_path)
     assert sorted(len(s.folds) for s in sets) == [1, 4] and all(s.mixed for s in sets)
+
+
+def test_fold_sets_that_differ_only_by_their_seed_are_gathered_with_the_seeds_and_the_folds_parts(tmp_path):
+    import numpy as np
+
+    micro = {1: [0.5, 0.6, 0.55, 0.7, 0.65], 7: [0.52, 0.58, 0.6, 0.66, 0.7], 9: [0.48, 0.61, 0.5, 0.72, 0.6]}
+    for seed, values in micro.items():
+        for k, value in enumerate(values, start=1):
+            write_run(tmp_path / f"KEMDy20_seed{seed}" / f"fold{k}", k, value)
+            mark_run(tmp_path / f"KEMDy20_seed{seed}" / f"fold{k}", "text_classification", {"seed": seed, "lr": 1e-5})
+    for k in range(1, 6):  # another learning rate: not one of the seeds' group
+        write_run(tmp_path / "KEMDy20_lr" / f"fold{k}", k, 0.9)
+        mark_run(tmp_path / "KEMDy20_lr" / f"fold{k}", "text_classification", {"seed": 3, "lr": 2e-5})
+    md, _ = tables(find_fold_sets(tmp_path))
+    section = md[md.index("## Seeds") :].splitlines()
+    (row,) = [line for line in section if line.startswith("| text_classification")]
+    x = np.array(list(micro.values()))
+    means = x.mean(axis=1)
+    expected = f"{means.mean():.4f} ± {means.std(ddof=1):.4f} (folds ± {x.std(axis=1, ddof=1).mean():.4f})"
+    assert row.startswith("| text_classification | KEMDy20 | contiguous | 1, 7, 9 | " + expected + " | ")
+    x = x / 2  # write_run's macro-F1
+    means = x.mean(axis=1)
+    assert f"| {means.mean():.4f} ± {means.std(ddof=1):.4f} (folds ± {x.std(axis=1, ddof=1).mean():.4f}) |" in row
