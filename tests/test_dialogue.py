@@ -2,7 +2,6 @@
 one turn per recording, and the turns before an utterance never later than it."""
 
 import csv
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -78,4 +77,3 @@ def test_a_dialogue_with_a_turn_of_no_start_time_keeps_the_corpus_order_and_is_c
         "without_dialogue": 1,
         "kept_in_corpus_order": ["Sess02_impro01"],
     }
-    assert dataclasses.is_dataclass(found)
