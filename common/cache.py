@@ -404,6 +404,11 @@ class SequenceStore:
             raise DamagedCache(err.problem) from None
         self.rows = ArrayStore(folder)
 
+    @property
+    def path(self) -> Path:
+        """Its data file (whose folder names the cache entry)."""
+        return self.rows.path
+
     def __len__(self) -> int:
         return len(self.rows)
 

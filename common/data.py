@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.cache import ArrayStore, file_digests, fingerprint, open_cached
+from common.cache import ArrayStore, SequenceStore, file_digests, fingerprint, open_cached
 from common.errors import UserError
 from common.kemdy import Utterance
 from common.progress import Progress
@@ -92,6 +92,35 @@ class TokenIds:
     def __getitem__(self, i: int) -> np.ndarray:
         ids = self.tokenizer(self.texts[i], truncation=True, max_length=self.max_len)["input_ids"]
         return np.asarray(ids, dtype=np.int32)
+
+
+class PairTokenIds:
+    """Each utterance read with its context (`--context`): the text pair (context, transcript) as the tokenizer
+    joins two segments, one row per position of (token id, token type). The transcript is cut as alone (from its
+    end, to what --max_text_len leaves beside the pair's special tokens); the context takes the room left, cut
+    from its oldest side, and is dropped where the transcript fills every position."""
+
+    def __init__(self, tokenizer, contexts: Sequence[str], texts: Sequence[str], max_len: int):
+        self.tokenizer, self.contexts, self.texts, self.max_len = tokenizer, list(contexts), list(texts), max_len
+        self.specials = tokenizer.num_special_tokens_to_add(pair=True)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        tokenizer, context, text = self.tokenizer, self.contexts[i], self.texts[i]
+        own = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        room = self.max_len - self.specials - own
+        context, side, cut = (context, "left", "only_first") if room > 0 else ("", "right", "only_second")
+        was = tokenizer.truncation_side
+        tokenizer.truncation_side = side
+        try:
+            pair = tokenizer(context, text, truncation=cut, max_length=self.max_len)
+        finally:
+            tokenizer.truncation_side = was
+        ids = pair["input_ids"]
+        types = pair.get("token_type_ids") or [0] * len(ids)
+        return np.stack([np.asarray(ids, np.int32), np.asarray(types, np.int32)], axis=1)
 
 
 def tokenless(tokenizer, texts: Sequence[str], max_len: int) -> list[int]:
@@ -229,16 +258,21 @@ class Collator:
         return batch
 
     def _text(self, rows: list[np.ndarray]) -> dict:
+        """Token ids (a text pair's rows: id and token type per position) padded into a batch."""
         width = self.max_text_len if self.pad_to_max_length else max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         # On the right, whatever the tokenizer's side: positions start at each transcript's first token, and a
         # decoder-only model's tokens never attend to padding.
         for k, r in enumerate(rows):
+            if r.ndim == 2:
+                types[k, : len(r)] = r[:, 1]
+                r = r[:, 0]
             ids[k, : len(r)], mask[k, : len(r)] = r, 1
         out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         if self.token_types:
-            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+            out["token_type_ids"] = torch.from_numpy(types)
         return out
 
     def _audio(self, clips: list[np.ndarray]) -> dict:
@@ -318,19 +352,27 @@ def prepare_inputs(
     log=print,
     digests: dict[str, str] | None = None,
     show_progress: bool = True,
+    contexts: Sequence[str] | None = None,
 ) -> Inputs:
     """Token ids (with a tokenizer) and audio (with max_seconds) of every utterance: read from the cache
     under cache_dir, built there on first use, or, without cache_dir, prepared anew on every access.
-    `digests`: the recordings' content digests, if already taken (the audio cache is keyed by them)."""
+    `digests`: the recordings' content digests, if already taken (the audio cache is keyed by them).
+    `contexts`: each utterance's context segment (`--context`): its tokens are then a text pair's."""
     inputs = Inputs()
-    if tokenizer is not None:
-        inputs.tokens = TokenIds(tokenizer, [u.text for u in utterances], max_text_len)
+    texts = [u.text for u in utterances]
+    if tokenizer is not None and contexts is not None:
+        inputs.tokens = PairTokenIds(tokenizer, contexts, texts, max_text_len)
+    elif tokenizer is not None:
+        inputs.tokens = TokenIds(tokenizer, texts, max_text_len)
     if max_seconds is not None:
         inputs.audio = Pcm16Audio([u.wav for u in utterances], max_seconds, [u.level for u in utterances])
     if cache_dir is None:
         return inputs
-    if inputs.tokens is not None:
-        key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, inputs.tokens.texts)
+    if isinstance(inputs.tokens, PairTokenIds):
+        key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, texts, "in context", contexts)
+        inputs.tokens = _cached_store(cache_dir, "pair_tokens", key, inputs.tokens, np.int32, None, log, show_progress)
+    elif inputs.tokens is not None:
+        key = fingerprint(tokenizer_fingerprint(tokenizer), max_text_len, texts)
         inputs.tokens = _cached_store(cache_dir, "tokens", key, inputs.tokens, np.int32, None, log, show_progress)
     if inputs.audio is not None:
         digests = digests or file_digests([u.wav for u in utterances], cache_dir)
@@ -346,10 +388,16 @@ def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, l
     def progress(it):
         return Progress(it, f"{kind} cache", show=show)
 
-    def build(tmp):
-        ArrayStore.write(tmp, rows, dtype, keys, progress)
+    # A text pair's rows are (token id, token type) per position: a store of sequences two wide.
+    pairs = isinstance(rows, PairTokenIds)
 
-    store, folder, built = open_cached(cache_dir, kind, key, build, ArrayStore, log)
+    def build(tmp):
+        if pairs:
+            SequenceStore.write(tmp, ((i, rows[i]) for i in progress(range(len(rows)))), len(rows), dtype)
+        else:
+            ArrayStore.write(tmp, rows, dtype, keys, progress)
+
+    store, folder, built = open_cached(cache_dir, kind, key, build, SequenceStore if pairs else ArrayStore, log)
     action = f"built in {time.perf_counter() - start:.1f} s" if built else "reused"
     log(f"{kind} cache {folder}: {action} ({len(store)} utterances)")
     return store

@@ -2,6 +2,7 @@
 
     python -m common.predict --run_dir runs/multimodal_total_concat/KEMDy20/fold1 --wav a.wav --text "..."
     python -m common.predict --run_dir DIR --csv utterances.csv      # columns wav and/or text; one JSON line each
+    python -m common.predict --run_dir DIR --text "..." --context_text "B: ..." --context_text "A: ..."  # --context
 
 Inputs are prepared exactly as in training: audio of any sample rate and channel count is mixed to mono,
 resampled to 16 kHz and cut to the run's --max_seq_len; text is cut to its --max_text_len tokens.
@@ -68,25 +69,19 @@ class Predictor:
         if self.uses_speech:
             self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.config)
         self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
+        self.context = self.args.get("context", 0) if self.uses_text else 0  # turns before an utterance it reads
 
-    def items(self, wavs: list | None, texts: list | None) -> list[dict]:
-        """Model inputs of each utterance; the one a model does not read may be missing."""
-        from common.data import TokenIds, model_audio, stored_audio, tokenless
+    def items(self, wavs: list | None, texts: list | None, contexts: list | None = None) -> list[dict]:
+        """Model inputs of each utterance; the one a model does not read may be missing. `contexts`: for a run
+        with --context K, each utterance's turns before it (oldest first, each `A: ...` where its speaker is the
+        utterance's own, `B: ...` where the other), of which it reads the last K; none: a dialogue's first turn."""
+        from common.data import model_audio, stored_audio
 
         n = len(wavs if wavs is not None else texts)
         items = [{"index": i} for i in range(n)]
         if self.uses_text:
-            if texts is None:
-                raise UserError("this run reads transcripts: give --text (or a text column in --csv)")
-            empty = tokenless(self.tokenizer, texts, self.args["max_text_len"])
-            if empty:
-                raise UserError(
-                    f"the transcript {texts[empty[0]]!r}: the run's tokenizer turns it into no tokens at all, and the "
-                    "model needs at least one; give a transcript it can encode"
-                )
-            tokens = TokenIds(self.tokenizer, texts, self.args["max_text_len"])
-            for i in range(n):
-                items[i]["input_ids"] = tokens[i]
+            for item, ids in zip(items, self._tokens(texts, contexts), strict=True):
+                item["input_ids"] = ids
         if self.uses_speech:
             if wavs is None:
                 raise UserError("this run reads speech: give --wav (or a wav column in --csv)")
@@ -101,14 +96,37 @@ class Predictor:
                 items[i]["audio"] = model_audio(pcm, self.spec, level)
         return items
 
-    def __call__(self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1) -> list[dict]:
+    def _tokens(self, texts: list | None, contexts: list | None):
+        """The token ids of each transcript, read with its turns before it where the run was trained so."""
+        from common.data import PairTokenIds, TokenIds, tokenless
+
+        if texts is None:
+            raise UserError("this run reads transcripts: give --text (or a text column in --csv)")
+        empty = tokenless(self.tokenizer, texts, self.args["max_text_len"])
+        if empty:
+            raise UserError(
+                f"the transcript {texts[empty[0]]!r}: the run's tokenizer turns it into no tokens at all, and the "
+                "model needs at least one; give a transcript it can encode"
+            )
+        if not self.context:
+            if contexts and any(contexts):
+                raise UserError(
+                    "this run reads each utterance alone (trained without --context): give no turns before it"
+                )
+            return TokenIds(self.tokenizer, texts, self.args["max_text_len"])
+        segments = [context_segment(turns, self.context) for turns in contexts or [[]] * len(texts)]
+        return PairTokenIds(self.tokenizer, segments, texts, self.args["max_text_len"])
+
+    def __call__(
+        self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1, contexts: list | None = None
+    ) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
         import torch
 
         from common.losses import emotion_probabilities
         from common.metrics import predicted
 
-        items, results = self.items(wavs, texts), []
+        items, results = self.items(wavs, texts, contexts), []
         for start in range(0, len(items), batch_size):
             batch = self.collate(items[start : start + batch_size])
             batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -137,6 +155,23 @@ class Predictor:
         return results
 
 
+def context_segment(turns: list[str], count: int) -> str:
+    """The context segment a run with --context `count` reads, of turns given as `A: ...` / `B: ...`: the last
+    `count`, marked as training marked them (`dialogue.context_text`)."""
+    from common.dialogue import OTHER, SAME, context_text
+
+    marked = []
+    for turn in turns[len(turns) - count :] if count else []:
+        mark, sep, text = turn.partition(": ")
+        if mark not in (SAME, OTHER) or not sep:
+            raise UserError(
+                f"the turn {turn!r}: begin each turn before the utterance with '{SAME}: ' (said by the utterance's "
+                f"speaker) or '{OTHER}: ' (said by the other speaker)"
+            )
+        marked.append((mark == SAME, text))
+    return context_text(marked)
+
+
 def _threshold(run_dir: Path, threshold):
     """The run's threshold, or with --threshold tuned its per-emotion thresholds from metrics.json."""
     if threshold != "tuned":
@@ -147,8 +182,9 @@ def _threshold(run_dir: Path, threshold):
     return np.array([tuned[e] for e in EMOTIONS])
 
 
-def read_csv(path: Path) -> tuple[list[dict], list | None, list | None]:
-    """(rows, wav paths resolved against the CSV's folder, texts) of a batch file."""
+def read_csv(path: Path) -> tuple[list[dict], list | None, list | None, list | None]:
+    """(rows, wav paths resolved against the CSV's folder, texts, turns before each) of a batch file (a context
+    column: the turns before the utterance, one per line, each `A: ...` or `B: ...`)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -159,7 +195,8 @@ def read_csv(path: Path) -> tuple[list[dict], list | None, list | None]:
         raise UserError(f"--csv {path}: needs a header with a wav and/or a text column, and at least one row")
     wavs = [str(path.parent / r["wav"]) if r["wav"] else "" for r in rows] if "wav" in columns else None
     texts = [r["text"] or "" for r in rows] if "text" in columns else None
-    return rows, wavs, texts
+    contexts = [(r["context"] or "").splitlines() for r in rows] if "context" in columns else None
+    return rows, wavs, texts, contexts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,6 +217,14 @@ def main(argv: list[str] | None = None) -> None:
         "copied to the output, one JSON object per line",
     )
     parser.add_argument(
+        "--context_text",
+        action="append",
+        metavar="TURN",
+        help="for a run trained with --context K: a turn before the utterance, oldest first, one flag each, as "
+        "'A: words' (said by the utterance's speaker) or 'B: words' (by the other); the run reads the last K (in "
+        "--csv: a context column, one turn per line)",
+    )
+    parser.add_argument(
         "--batch_size",
         type=int,
         default=1,
@@ -195,8 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for flag in ("run_dir", "wav", "csv", "text_model", "speech_model"):
         paths.check(f"--{flag}", getattr(args, flag))
-    if args.csv and (args.wav or args.text is not None):
-        raise UserError("give either --csv or --wav/--text, not both")
+    if args.csv and (args.wav or args.text is not None or args.context_text):
+        raise UserError("give either --csv or --wav/--text (and --context_text), not both")
     if not args.csv and not args.wav and args.text is None:
         raise UserError("give --wav and/or --text for one utterance, or --csv for a batch")
     if args.batch_size < 1:
@@ -208,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     sources = {m: getattr(args, f"{m}_model") for m in ("text", "speech") if getattr(args, f"{m}_model")}
     predictor = Predictor(args.run_dir, PartialState().device, sources)
     if args.csv:
-        rows, wavs, texts = read_csv(Path(args.csv))
-        for row, result in zip(rows, predictor(wavs, texts, args.batch_size), strict=True):
+        rows, wavs, texts, contexts = read_csv(Path(args.csv))
+        for row, result in zip(rows, predictor(wavs, texts, args.batch_size, contexts), strict=True):
             print(json.dumps(row | result, ensure_ascii=False))
     else:
-        result = predictor([args.wav] if args.wav else None, [args.text] if args.text is not None else None)[0]
+        texts = [args.text] if args.text is not None else None
+        result = predictor([args.wav] if args.wav else None, texts, contexts=[args.context_text or []])[0]
         inputs = {"wav": args.wav} if args.wav else {}
         inputs |= {"text": args.text} if args.text is not None else {}
         json.dump(inputs | result, sys.stdout, ensure_ascii=False, indent=1)

@@ -753,36 +753,100 @@ def _row_line(row: list) -> str:
 def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tuple[list[str], str]:
     """(Markdown lines, CSV) of the paired comparisons between complete fold sets of one dataset, split and
     protocol folder: each multimodal cell against the better of its unimodal cells, concatenation against every
-    other fusion, and between the encoders a cell was run with (see `encoder_sets`)."""
-    rows, pooled = [], {}
-    for _, _, by_name in _comparison_groups(sets):
-        for a, b, _ in _chosen_pairs(by_name):
-            fa, fb = by_name[a], by_name[b]
-            la, lb = (name + (f" [{encoder_label(fs)}]" if fs.encoders else "") for name, fs in ((a, fa), (b, fb)))
-            rows += _paired(la, fa, lb, fb, pooled, resamples, seed)
-    encoder_rows = []
-    for _, by_label in encoder_sets(sets).items():
-        for script in CELLS:
-            found = [(label, sets_[script]) for label, sets_ in by_label.items() if script in sets_]
-            for (la, fa), (lb, fb) in itertools.combinations(found, 2):
-                if _comparable(fa) and _comparable(fb):
-                    encoder_rows += _paired(f"{script} [{la}]", fa, f"{script} [{lb}]", fb, pooled, resamples, seed)
+    other fusion, between the encoders a cell was run with (see `encoder_sets`), and between the values of one
+    setting a cell was run with (see `setting_pairs`)."""
+    pooled: dict = {}
+
+    def paired(found) -> list[list]:
+        return [row for (la, fa), (lb, fb) in found for row in _paired(la, fa, lb, fb, pooled, resamples, seed)]
+
+    sections = [
+        ("Paired comparisons", "", paired(_cell_pairs(sets))),
+        ("Paired comparisons of encoders", "The same cell with other encoders. ", paired(_encoder_pairs(sets))),
+        (
+            "Paired comparisons of settings",
+            "The same cell with one setting changed (`--context 2` against `--context 0` ...). ",
+            paired(_same_tests(setting_pairs(sets), pooled)),
+        ),
+    ]
     f = io.StringIO(newline="")
     writer = csv.writer(f)
     writer.writerow(["a", "b", "dataset", "split", "protocol", "metric", "difference", "ci_low", "ci_high", "per_fold"])
-    writer.writerows(rows + encoder_rows)
     lines = []
     head = ["| A | B | dataset | split | protocol | metric | A - B | 95 % interval | per fold |", "|" + "---|" * 9]
     what = (
         f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
         "bootstrap resamples of the utterances (the same resample for both), and each fold's difference."
     )
-    if rows:
-        lines += ["## Paired comparisons", "", what, "", *head, *map(_row_line, rows), ""]
-    if encoder_rows:
-        lines += ["## Paired comparisons of encoders", "", "The same cell with other encoders. " + what, ""]
-        lines += [*head, *map(_row_line, encoder_rows), ""]
+    for title, intro, rows in sections:
+        writer.writerows(rows)
+        if rows:
+            lines += [f"## {title}", "", intro + what, "", *head, *map(_row_line, rows), ""]
     return lines, f.getvalue()
+
+
+def _cell_pairs(sets: list[FoldSet]) -> list:
+    """Each multimodal cell against the better of its unimodal cells, and concatenation against every other fusion,
+    within one protocol folder."""
+    out = []
+    for _, _, by_name in _comparison_groups(sets):
+        for a, b, _ in _chosen_pairs(by_name):
+            out.append(
+                tuple(
+                    (name + (f" [{encoder_label(fs)}]" if fs.encoders else ""), fs)
+                    for name, fs in ((a, by_name[a]), (b, by_name[b]))
+                )
+            )
+    return out
+
+
+def _encoder_pairs(sets: list[FoldSet]) -> list:
+    """A cell against itself with other encoders."""
+    out = []
+    for _, by_label in encoder_sets(sets).items():
+        for script in CELLS:
+            found = [(label, sets_[script]) for label, sets_ in by_label.items() if script in sets_]
+            for (la, fa), (lb, fb) in itertools.combinations(found, 2):
+                if _comparable(fa) and _comparable(fb):
+                    out.append(((f"{script} [{la}]", fa), (f"{script} [{lb}]", fb)))
+    return out
+
+
+def _same_tests(found: list, pooled: dict) -> list:
+    """The pairs whose two fold sets tested the same utterances in the same order."""
+    for (_, fa), (_, fb) in found:
+        for fs in (fa, fb):
+            if fs.name not in pooled:
+                pooled[fs.name] = _pooled(fs)
+    return [pair for pair in found if pooled[pair[0][1].name].ids == pooled[pair[1][1].name].ids]
+
+
+# Compared elsewhere: the seeds in their own table, the encoders by their names.
+NOT_SETTING_PAIRS = ("seed", "text_model", "speech_model")
+
+
+def setting_pairs(sets: list[FoldSet]) -> list[tuple[tuple[str, FoldSet], tuple[str, FoldSet]]]:
+    """((label, fold set) A, (label, fold set) B): complete fold sets of one script, dataset and split on the same
+    corpus whose settings differ in exactly one flag (A the one off its default, where one is on it)."""
+    from common.settings import DEFAULTS
+
+    ready = [fs for fs in sets if _comparable(fs) and fs.settings]
+    out = []
+    for fa, fb in itertools.combinations(ready, 2):
+        if (fa.script, fa.dataset, fa.split) != (
+            fb.script,
+            fb.dataset,
+            fb.split,
+        ) or fa.settings.keys() != fb.settings.keys():
+            continue
+        changed = [k for k in fa.settings if fa.settings[k] != fb.settings[k]]
+        if len(changed) != 1 or changed[0] not in DEFAULTS or changed[0] in NOT_SETTING_PAIRS:
+            continue
+        key = changed[0]
+        if fa.settings[key] == DEFAULTS[key]:
+            fa, fb = fb, fa
+        out.append(tuple((f"{fs.script} [--{key} {fs.settings[key]}]", fs) for fs in (fa, fb)))
+    return out
 
 
 def _comparable(fs: FoldSet) -> bool:

@@ -64,7 +64,7 @@ ARGS = Fields(
         "threshold": (float, Choice("tuned")),
         "pad_to_max_length": bool,
     },
-    {"test_dataset": (Choice("19", "20"), None), "demo": bool, "encoder_tags": [str]},
+    {"test_dataset": (Choice("19", "20"), None), "demo": bool, "encoder_tags": [str], "context": count(0)},
 )
 FROZEN = Fields({"source": str, "weights": str})  # where a frozen encoder is, and its weights' fingerprint
 CONFIG = Fields(

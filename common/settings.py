@@ -241,6 +241,20 @@ class Settings:
         rule=_at_least(2),
         doc="transcript tokens kept",
     )
+    context: int = flag(
+        0,
+        "data",
+        "read each utterance with the K turns before it in its dialogue (both speakers, oldest first, marked A: its "
+        "own speaker, B: the other) as the first segment of a text pair, cut from the oldest side to fit "
+        "--max_text_len; never a later turn, never a label; 0: the utterance alone, as the original",
+        earlier=0,
+        concerns="text",
+        rule=_at_least(0),
+        folder="_context{}",
+        doc="the K turns before each utterance in its dialogue read with it, as the first segment of a text pair "
+        "(see [Dialogues](data.md#dialogues))",
+        shown="`0`",
+    )
     max_seq_len: float = flag(
         5,
         ORIGINALS,
@@ -595,7 +609,7 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_original]"
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_context<K>][_original]"
         "[_freeze-<which>]"
         "[_layers-weighted][_targets-raters][_seed<seed>][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
@@ -683,14 +697,27 @@ def help_of(name: str) -> str:
     return text
 
 
-def folder_name(settings: Settings) -> str:
+def folder_name(settings: Settings, cell: Cell | None = None) -> str:
     """The part of a default run folder's name the settings make, after KEMDy<dataset>: each flag declared with
-    a `folder` part adds it where its value is not the default, in declaration order."""
+    a `folder` part adds it where its value is not the default, in declaration order (with `cell`, only the flags
+    that cell reads: a speech cell given --context runs, and is filed, as without it)."""
+    reads = concerned(cell) if cell is not None else FLAGS
     return "".join(
         m["folder"].format(getattr(settings, name))
         for name, m in FLAGS.items()
-        if m["folder"] and getattr(settings, name) != DEFAULTS[name]
+        if m["folder"] and name in reads and getattr(settings, name) != DEFAULTS[name]
     )
+
+
+def folder_flags(settings: Settings) -> list[str]:
+    """The command line of the settings that name the default run folder (but the corpora), where not their
+    defaults: what a later command repeats to continue the same fold set."""
+    flags = []
+    for name, m in FLAGS.items():
+        value = getattr(settings, name)
+        if m["folder"] and name != "test_dataset" and value != DEFAULTS[name]:
+            flags += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return flags
 
 
 def concerned(cell: Cell) -> set[str]:
@@ -716,6 +743,11 @@ def check(settings: Settings) -> None:
         raise UserError("--threshold tuned: needs a validation part to tune on; give --valid_ratio above 0")
     if settings.protocol:
         _check_protocol(settings)
+    if settings.context and settings.text_inputs == "original":
+        raise UserError(
+            "--context: the original's text inputs pass token types as the attention mask, which a text pair's second "
+            "segment would change; not with --text_inputs original"
+        )
     if settings.class_weight == "balanced" and settings.emotion_output == "softmax":
         raise UserError("--class_weight balanced: weights the binary cross-entropy; not with --emotion_output softmax")
     for name, value in dataclasses.asdict(settings).items():

@@ -30,6 +30,11 @@ the voice is happy's or sad's; a word and a voice that agree mean that emotion, 
 said in a sad voice, or the reverse) mean disgust. Each word and each voice is learnt from the other utterances,
 but neither alone tells disgust (each stands for it half the time): a model that adds a text score to a speech
 score can tell at most three of the four combinations, one whose fusion multiplies or attends all four.
+
+With `context_signal` (--context_signal P; 0, the default, draws nothing more), a share P of the turns that follow
+a turn whose words tell its emotion take that emotion, as a reply often does, and their own transcript holds fillers
+only: their words tell nothing, the turn before them does. A text model that reads the turns before an utterance
+(`--context`) can tell these; one that reads the utterance alone cannot.
 """
 
 from __future__ import annotations
@@ -169,6 +174,7 @@ class Recording:
     # An utterance told only by its word and voice together (generate's `interaction`): (the emotion of its word,
     # of its voice); else None.
     told: tuple[str, str] | None = None
+    follows: bool = False  # takes the emotion the words of the turn before it tell, its own telling none
 
 
 def synthesize(
@@ -243,10 +249,17 @@ class _Writer:
     """Shared state of one corpus: random streams, the label draws and file writing."""
 
     def __init__(
-        self, out: Path, seed: int, odd_audio: bool, cues: tuple[float, float], label_mix: str, interaction: float = 0
+        self,
+        out: Path,
+        seed: int,
+        odd_audio: bool,
+        cues: tuple[float, float],
+        label_mix: str,
+        interaction: float = 0,
+        context_signal: float = 0,
     ):
         self.out, self.seed, self.odd_audio, self.cues, self.label_mix = out, seed, odd_audio, cues, label_mix
-        self.interaction = interaction
+        self.interaction, self.context_signal = interaction, context_signal
         self.rng = np.random.default_rng(seed)
         self.index = 0
 
@@ -259,7 +272,9 @@ class _Writer:
         speaker: str,
         missing: str,
         n_panels: int,
+        before: Recording | None = None,
     ) -> tuple[Recording, list, Path]:
+        """A recording and its panels and audio; `before`: the turn before it in its dialogue, if any."""
         rng, i = self.rng, self.index
         self.index += 1
         prior, second = LABEL_MIXES[self.label_mix]
@@ -274,9 +289,13 @@ class _Writer:
             told = (str(rng.choice(INTERACTION)), str(rng.choice(INTERACTION)))
             labels = (told[0],) if told[0] == told[1] else ("disgust",)
             primary = labels[0]
+        follows = bool(self.context_signal and before and before.text_cue and rng.random() < self.context_signal)
+        if follows:
+            labels, primary = before.labels, before.labels[0]
         means = np.mean([VA_MEAN[label] for label in labels], axis=0)
         latent = tuple(float(np.clip(m + rng.normal(0, 0.35), 1, 5)) for m in means)
         text_cue, speech_cue = bool(rng.random() < self.cues[0]), bool(rng.random() < self.cues[1])
+        text_cue = text_cue and not follows
         voice = VOICES[primary if speech_cue else str(rng.choice(EMOTIONS))]
         if told is not None:
             voice = VOICES[told[1]]
@@ -313,6 +332,7 @@ class _Writer:
             missing=missing,
             scores=tuple(p[2] for p in panels),
             told=told,
+            follows=follows,
         )
         return rec, panels, x
 
@@ -363,7 +383,8 @@ def _generate_20(w: _Writer, sizes: list[int]) -> list[Recording]:
             annotation_id = segment_id
             if s == quirk and script <= 2:
                 annotation_id = f"Sess{(s % n_sessions) + 1:02d}" + segment_id[6:]
-            rec, panels, x = w.draw(shift, segment_id, annotation_id, s, user, "", 1)
+            before = recordings[-1] if k and script == 1 + (k - 1) * n_scripts // size else None
+            rec, panels, x = w.draw(shift, segment_id, annotation_id, s, user, "", 1, before)
             w.write_files(w.out / "wav" / f"Session{s:02d}" / f"{segment_id}.wav", rec, x)
             (v, a) = rec.scores[0]
             rows.append(
@@ -411,8 +432,9 @@ def _generate_19(w: _Writer, sizes: list[int]) -> list[Recording]:
             shift = SPEAKER_PITCH[gender]
             counters[(kind, gender)] = counters.get((kind, gender), 0) + 1
             segment_id = f"Sess{s:02d}_{kind}_{gender}{counters[(kind, gender)]:03d}"
+            before = recordings[-1] if k and dialog == (k - 1) * n_dialogs // size else None
             rec, panels, x = w.draw(
-                shift, segment_id, segment_id, s, f"Sess{s:02d}_{gender}", missing_at.get(index, ""), 2
+                shift, segment_id, segment_id, s, f"Sess{s:02d}_{gender}", missing_at.get(index, ""), 2, before
             )
             index += 1
             w.write_files(w.out / "wav" / f"Session{s:02d}" / segment_id[:-5] / f"{segment_id}.wav", rec, x)
@@ -453,6 +475,7 @@ def generate(  # noqa: PLR0913 (keyword-only after the first five)
     cues: tuple[float, float] = (TEXT_CUE, SPEECH_CUE),
     label_mix: str = "demo",
     interaction: float = 0.0,
+    context_signal: float = 0.0,
 ) -> list[Recording]:
     """Write a synthetic KEMDy corpus to `out` (which must not hold one already); return its ground truth.
 
@@ -460,7 +483,8 @@ def generate(  # noqa: PLR0913 (keyword-only after the first five)
     full_size reproduces the real session and utterance counts. `cues` are the chances that the text
     and that the voice reveal an utterance's emotion; `label_mix` "kemdy20" draws the labels in the real
     KEMDy20's proportions (87 % neutral) instead of the demo's balanced-ish ones. `interaction`: the share of
-    utterances told only by their word and voice together (see the module's docstring).
+    utterances told only by their word and voice together; `context_signal`: the share of turns that take the
+    emotion of the turn before them (see the module's docstring).
     """
     dataset, out = str(dataset), Path(out)
     if dataset not in FULL_SIZE:
@@ -475,9 +499,10 @@ def generate(  # noqa: PLR0913 (keyword-only after the first five)
         raise UserError(f"--out {out}: already holds a corpus (annotation/ exists); choose an empty folder")
     if label_mix not in LABEL_MIXES:
         raise UserError(f"--label_mix {label_mix!r}: choose {' or '.join(LABEL_MIXES)}")
-    if not 0 <= interaction <= 1:
-        raise UserError(f"--interaction {interaction}: a share, from 0 to 1")
-    w = _Writer(out, seed, odd_audio, cues, label_mix, interaction)
+    for name, share in (("interaction", interaction), ("context_signal", context_signal)):
+        if not 0 <= share <= 1:
+            raise UserError(f"--{name} {share}: a share, from 0 to 1")
+    w = _Writer(out, seed, odd_audio, cues, label_mix, interaction, context_signal)
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 
@@ -765,6 +790,13 @@ def main(argv: list[str] | None = None) -> None:
         help="share of utterances told only by a word and a voice together, as sarcasm is (see above)",
     )
     parser.add_argument(
+        "--context_signal",
+        type=float,
+        default=0.0,
+        help="share of turns that take the emotion of the turn before them, their own words telling nothing (see "
+        "above)",
+    )
+    parser.add_argument(
         "--full_size",
         action="store_true",
         help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
@@ -796,6 +828,7 @@ def main(argv: list[str] | None = None) -> None:
         full_size=args.full_size,
         label_mix=args.label_mix,
         interaction=args.interaction,
+        context_signal=args.context_signal,
     )
     print(f"wrote a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings to {os.fspath(args.out)}")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from common import modelcard, predictions, protocols, raters, rundir, runfiles
+from common import dialogue, modelcard, predictions, protocols, raters, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
 from common.cache import fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
@@ -47,7 +47,7 @@ from common.plan import RunPlan
 from common.progress import Progress
 from common.report import epoch_line, flat_metrics, fold_summary, run_summary, set_summary
 from common.runfiles import read_config, read_metrics
-from common.settings import Settings, folder_name
+from common.settings import Settings, folder_flags, folder_name
 
 
 @dataclass
@@ -213,7 +213,17 @@ def _next_steps(cell: Cell, settings: Settings, run_dir: Path, corpus: Corpus) -
     elif cell.uses_speech:  # the task's text cell: its five folds take seconds on a CPU, a speech cell's minutes
         other = [python, f"text_{cell.task}.py", "--demo", *dataset, "--num_fold", "all"]
     else:
-        other = [python, f"{cell.name}.py", "--demo", *dataset, "--num_fold", "all", "--resume"]  # keeps this fold
+        # the same fold set (--context 2, --seed 7 ...), keeping this fold
+        other = [
+            python,
+            f"{cell.name}.py",
+            "--demo",
+            *dataset,
+            *folder_flags(settings),
+            "--num_fold",
+            "all",
+            "--resume",
+        ]
     steps = [
         [python, "-m", "common.report", str(runs)],
         other,
@@ -597,7 +607,7 @@ def _default_run_dir(cell: Cell, settings: Settings, fold: int, tags: list[str] 
     [_<encoder>...]/fold<k> (a cross-corpus run, -to-KEMDy<t>, without fold<k>/):
     the frozen and layer-weighted grids sit beside the fine-tuned one, and a grid with other encoders beside
     the default's (named by `tags`, `encoder_tags`), each a row of its own in the report."""
-    protocol = f"KEMDy{settings.dataset}" + folder_name(settings)
+    protocol = f"KEMDy{settings.dataset}" + folder_name(settings, cell)
     protocol += "".join(f"_{tag}" for tag in tags)
     folder = Path("runs", *(["demo"] if settings.demo else []), cell.name, protocol)
     return folder if settings.test_dataset else folder / f"fold{fold}"  # a cross-corpus run has no folds
@@ -689,8 +699,9 @@ def _prepare(
     with accelerator.main_process_first():  # the first process builds the caches, the others read them
         max_seconds = settings.max_seq_len if cell.uses_speech else None
         show = accelerator.is_local_main_process and not settings.quiet
+        contexts = _contexts(cell, settings, shared, log)
         inputs = prepare_inputs(
-            utts, encoders.tokenizer, settings.max_text_len, max_seconds, cache_dir, log, digests, show
+            utts, encoders.tokenizer, settings.max_text_len, max_seconds, cache_dir, log, digests, show, contexts
         )
         for modality, encoder in (("text", model.text_encoder), ("speech", model.speech_encoder)):
             if encoder is None or settings.freeze not in (modality, "both"):
@@ -717,6 +728,20 @@ def _prepare(
             )
             setattr(inputs, f"{modality}_{'vectors' if _reads_vectors(cell) else 'sequences'}", computed)
     return inputs
+
+
+def _contexts(cell: Cell, settings: Settings, shared: Shared, log) -> list[str] | None:
+    """With --context K and a text encoder, each utterance's K turns before it (`dialogue.context_texts`), found
+    within its own corpus; None otherwise."""
+    if not settings.context or not cell.uses_text:
+        return None
+    corpora = [shared.corpus] + ([shared.test_corpus] if shared.test_corpus else [])
+    contexts = [text for corpus in corpora for text in dialogue.context_texts(corpus.utterances, settings.context)]
+    log(
+        f"--context {settings.context}: {sum(map(bool, contexts))} of {len(contexts)} utterances are read with the "
+        "turns before them (the others open their dialogue)"
+    )
+    return contexts
 
 
 def _reads_vectors(cell: Cell) -> bool:

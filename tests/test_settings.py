@@ -32,9 +32,9 @@ EARLIER = {
     "labels": "checked", "duplicate_rows": "all", "text_inputs": "masked", "speech_inputs": "extractor",
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
-    "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None,
+    "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None, "context": 0,
 }  # fmt: skip
-TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length"}
+TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length", "context"}
 SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}
 
 

@@ -257,3 +257,36 @@ def test_the_interaction_option_tells_an_emotion_only_by_word_and_voice_together
         assert dominant_pitch(x[: rate // 2 * 2], rate) == pytest.approx(VOICES["sad"].f0 * shift, rel=0.2)
         checked += 1
     assert checked >= 10
+
+
+BEFORE_CONTEXT_SIGNAL = "41277690b58717025c4b0bb4ea1a9c6da3cf448e"  # the generator before --context_signal
+
+
+@pytest.mark.parametrize("dataset", ["20", "19"])
+def test_the_context_signal_option_makes_replies_and_without_it_the_corpus_is_byte_for_byte_as_before(
+    tmp_path, dataset
+):
+    from test_unmoved import _history_tree
+
+    from common.dialogue import dialogue_of
+
+    from helpers import everything
+
+    old = _history_tree(BEFORE_CONTEXT_SIGNAL, tmp_path / "old")
+    write = "import sys; from common.synthetic import generate; generate(sys.argv[1], sys.argv[2], 3, 40, seed=4)"
+    subprocess.run([sys.executable, "-c", write, dataset, str(tmp_path / "before")], cwd=old, check=True)
+    generate(dataset, tmp_path / "now", 3, 40, seed=4)
+    assert everything(tmp_path / "now") == everything(tmp_path / "before")
+
+    truth = generate(dataset, tmp_path / "replies", 3, 40, seed=4, context_signal=0.6)
+    words = [w for ws in EMOTION_WORDS.values() for w in ws]
+    replies = 0
+    for before, r in zip(truth, truth[1:], strict=False):
+        if r.follows:
+            replies += 1
+            assert dialogue_of(r.segment_id) == dialogue_of(before.segment_id)  # the turn before, in its dialogue
+            assert r.labels == before.labels and before.text_cue and not r.text_cue
+            assert not any(w in r.text for w in words), r.text  # its own words tell nothing
+    pairs = zip(truth, truth[1:], strict=False)
+    cued = sum(b.text_cue for b, r in pairs if dialogue_of(b.segment_id) == dialogue_of(r.segment_id))
+    assert 0.45 < replies / cued < 0.75 and not truth[0].follows
