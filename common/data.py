@@ -152,7 +152,13 @@ class Inputs:
 def model_audio(pcm16: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
     """A stored clip as the speech encoder reads it: float at its recording's level, normalised per clip when
     its extractor does."""
-    x = pcm16.astype(np.float32) / 32768.0
+    return model_samples(pcm16.astype(np.float32) / 32768.0, spec, level)
+
+
+def model_samples(x: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
+    """Float samples of a stored clip (its 16-bit values over 32768, perhaps changed: `common.robustness` adds
+    noise) as the speech encoder reads them."""
+    x = x.astype(np.float32, copy=True)
     if level != 1.0:
         x *= np.float32(level)
     if spec.normalize and len(x):

@@ -121,38 +121,51 @@ class Predictor:
         self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1, contexts: list | None = None
     ) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
-        import torch
-
-        from common.losses import emotion_probabilities
         from common.metrics import predicted
 
         items, results = self.items(wavs, texts, contexts), []
+        probs, va = self.outputs(items, batch_size)
+        for row in range(len(items)):
+            result = {}
+            if probs is not None:
+                p = probs[row]
+                result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
+                result["threshold"] = (
+                    float(self.threshold)
+                    if np.ndim(self.threshold) == 0
+                    else dict(zip(EMOTIONS, map(float, self.threshold), strict=True))
+                )
+                chosen = predicted(p, self.threshold)
+                result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
+                result["top1"] = EMOTIONS[int(np.argmax(p))]
+            if va is not None:
+                result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}
+            results.append(result)
+        return results
+
+    def outputs(self, items: list[dict], batch_size: int = 1, given: dict | None = None):
+        """(emotion probabilities, valence/arousal on 1-5) of model inputs (`items`), each None where the cell
+        has no such output. `given`: tensors put in every batch in place of what the model would compute
+        (`{"text_vec": the training part's mean vector}`: a modality replaced)."""
+        import torch
+
+        from common.losses import emotion_probabilities
+
+        probs, va = [], []
         for start in range(0, len(items), batch_size):
             batch = self.collate(items[start : start + batch_size])
+            for key, value in (given or {}).items():
+                batch[key] = value.expand(len(batch["index"]), *value.shape[1:])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.no_grad():
                 out = self.model(batch)
-            probs = None
             if "emotion_logits" in out:
-                probs = emotion_probabilities(out["emotion_logits"], self.model.config.emotion_output).cpu().numpy()
-            va = self.model.va(out["va_z"].float()).cpu().numpy() if "va_z" in out else None
-            for row in range(len(batch["index"])):
-                result = {}
-                if probs is not None:
-                    p = probs[row]
-                    result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
-                    result["threshold"] = (
-                        float(self.threshold)
-                        if np.ndim(self.threshold) == 0
-                        else dict(zip(EMOTIONS, map(float, self.threshold), strict=True))
-                    )
-                    chosen = predicted(p, self.threshold)
-                    result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
-                    result["top1"] = EMOTIONS[int(np.argmax(p))]
-                if va is not None:
-                    result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}
-                results.append(result)
-        return results
+                probs.append(
+                    emotion_probabilities(out["emotion_logits"], self.model.config.emotion_output).cpu().numpy()
+                )
+            if "va_z" in out:
+                va.append(self.model.va(out["va_z"].float()).cpu().numpy())
+        return (np.concatenate(probs) if probs else None), (np.concatenate(va) if va else None)
 
 
 def context_segment(turns: list[str], count: int) -> str:

@@ -443,6 +443,37 @@ def seed_rows(sets: list[FoldSet]) -> list[str]:
     return _section("Seeds", intro, ["script", "dataset", "split", "seeds", *SEED_METRICS], lines)
 
 
+def robustness_rows(sets: list[FoldSet]) -> list[str]:
+    """The robustness tables (`common.robustness`) of the runs found: per run, each condition's headline metric and
+    its difference from clean with the 95 % paired interval."""
+    from common.robustness import difference_text, read_table
+
+    lines, left_out = [], []
+    for fs in sets:
+        for fold in fs.folds:
+            try:
+                found = read_table(fs.runs[fold])
+            except UserError as err:  # a damaged table leaves out that run's rows, not the report
+                left_out.append(f"Left out: {err}")
+                continue
+            if found is None:
+                continue
+            metric, rows = found
+            where = fs.runs[fold].as_posix()
+            for row in rows:
+                value = "n/a" if row.get(metric) is None else f"{row[metric]:.4f}"
+                lines.append(f"| {where} | {row['condition']} | {metric} | {value} | {difference_text(row, metric)} |")
+    intro = (
+        "Each run's own test utterances scored again with one input changed (`python -m common.robustness RUN_DIR`: "
+        "noise at a signal-to-noise ratio, a missing modality, damaged transcripts), its headline metric and the "
+        "difference from the clean inputs with a 95 % interval from paired bootstrap resamples of the utterances; "
+        "every metric is in the run's robustness/robustness.csv."
+    )
+    columns = ["run", "condition", "metric", "value", "− clean [95 % interval]"]
+    section = _section("Robustness", intro, columns, lines) or (["## Robustness", ""] if left_out else [])
+    return section + [line + "\n" for line in left_out]
+
+
 def _section(title: str, intro: str, columns: list[str], lines: list[str]) -> list[str]:
     """A Markdown section of one table (nothing where it has no rows)."""
     if not lines:
@@ -518,6 +549,7 @@ def tables(sets: list[FoldSet]) -> tuple[str, str]:
     md += human_rows(sets, stats)
     md += protocol_rows(sets, stats)
     md += seed_rows(sets)
+    md += robustness_rows(sets)
     md += encoder_tables(sets)
     for fs, set_stats in zip(sets, stats, strict=True):
         for key, st in set_stats.items():

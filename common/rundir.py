@@ -44,7 +44,11 @@ SET_MARKER = "kemdy_fold_set.json"  # the folder of a run's folds
 LOCK = ".kemdy_run.lock"
 MARKER_FORMAT = 2  # 2: a run's marker records its fold
 # Every name a run writes into its directory, and a fold set into its folder: a marker lists no other.
+# A run written before markers existed wrote the first seven (adopting it lists those found); `robustness`,
+# written after a run by common.robustness, is newer than markers.
 RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "confusion.csv", "model", "checkpoints", "tensorboard")
+RUN_FILES += ("robustness",)
+EARLIER_RUN_FILES = RUN_FILES[:7]
 SUMMARY_FILES = ("summary.json", "summary.md")  # a fold set's, beside its fold<k>/
 SET_FILES = (*(f"fold{k}" for k in range(1, NUM_FOLDS + 1)), *SUMMARY_FILES)
 UNKNOWN = "unknown"  # the fold of a format-1 run that stopped before writing its config.json
@@ -782,7 +786,7 @@ def _earlier_run(folder: Path) -> Owner:
         config = read_config(folder)
     except schema.DamagedFile as err:
         raise UserError(f"{err}; {folder} is not adopted") from None
-    links = [n for n in RUN_FILES if (folder / n).is_symlink()]
+    links = [n for n in EARLIER_RUN_FILES if (folder / n).is_symlink()]
     if links:
         raise UserError(f"{folder / links[0]}: a link, not what a run wrote; {folder} is not adopted")
     args, cell = config["args"], cell_of(config["script"])
@@ -794,7 +798,7 @@ def _earlier_run(folder: Path) -> Owner:
         settings(args, cell),
         {"listing": config["data"]["fingerprint"], "recordings": config["data"].get("recordings")},
         bool(args.get("demo", False)),
-        [n for n in RUN_FILES if (folder / n).exists()],
+        [n for n in EARLIER_RUN_FILES if (folder / n).exists()],
         {m: d["frozen"] for m, d in models.items() if "frozen" in d},
         asdict(cell),
         list(args.get("encoder_tags", [])),

@@ -77,9 +77,10 @@ def flag(  # noqa: PLR0913 (one keyword per property of a setting)
     the numbers a run produces (else it may differ on --resume, and runs differing only in it share a fold set).
     earlier: the value that computes what the code computed before the flag existed (a run written then is
     compared as if it had this value). concerns: "text" or "speech" (a cell without that encoder ignores it),
-    "emotions" (a cell without emotions ignores it) or "fusion" (read by the fusions whose registry line names
-    it). original, demo: the value under --original and --demo (flags given still win). rule: (test, the
-    refusal's words after the value: "must be positive"). path: checked as a path.
+    "emotions" (a cell without emotions ignores it), "multimodal" (a cell of one modality ignores it) or "fusion"
+    (read by the fusions whose registry line names it). original, demo: the value under --original and --demo
+    (flags given still win). rule: (test, the refusal's words after the value: "must be positive"). path: checked
+    as a path.
     doc, shown: the meaning and the default as docs/flags.md's table says them (default: help and the value).
     folder: what a value other than the default adds to the default run folder's name ("_freeze-{}").
     """
@@ -450,6 +451,20 @@ class Settings:
         doc="`fused`: one dropout on the fused vector instead of one per modality (the same for concatenation and "
         "the one-modality cells)",
     )
+    modality_dropout: float = flag(
+        0.0,
+        "model",
+        "in training, each utterance of a multimodal cell loses its transcript or its audio (one of the two, alike "
+        "likely) with this probability: an encoder that reads its input gets the empty transcript or silence of the "
+        "clip's length, a frozen one's cached vectors or states give way to their training mean; so that a model "
+        "learns to answer with one modality missing (0: never, as the original)",
+        earlier=0.0,
+        concerns="multimodal",
+        rule=(_below_one, "choose a probability in [0, 1)"),
+        folder="_modality-dropout{}",
+        doc="in training, each multimodal utterance loses its transcript or its audio with this probability (see "
+        "[Results](results.md#training-for-a-missing-modality))",
+    )
     emotion_output: str = flag(
         "sigmoid",
         COMPUTED,
@@ -609,9 +624,9 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_context<K>][_original]"
-        "[_freeze-<which>]"
-        "[_layers-weighted][_targets-raters][_seed<seed>][_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_context<K>]"
+        "[_original][_freeze-<which>][_layers-weighted][_modality-dropout<P>][_targets-raters][_seed<seed>]"
+        "[_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
     resume: bool = flag(
         False,
@@ -682,6 +697,12 @@ SPEECH_ONLY = tuple(name for name, m in FLAGS.items() if m["concerns"] == "speec
 FUSION_PARAMS = {name.removeprefix("fusion_"): DEFAULTS[name] for name, m in FLAGS.items() if m["concerns"] == "fusion"}
 
 
+def of_record(recorded: dict) -> Settings:
+    """The settings a run recorded (config.json's "args", read back and checked), a flag it predates at its
+    earlier value."""
+    return Settings(**{name: recorded.get(name, EARLIER.get(name, DEFAULTS[name])) for name in FLAGS})
+
+
 def flags_text(values: dict) -> str:
     """A preset as a command line says it: `--dataset 20, --group_by_length, --no-cache`."""
     return ", ".join(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}" for k, v in values.items())
@@ -729,6 +750,7 @@ def concerned(cell: Cell) -> set[str]:
         if not (m["concerns"] == "text" and not cell.uses_text)
         and not (m["concerns"] == "speech" and not cell.uses_speech)
         and not (m["concerns"] == "emotions" and not cell.classifies)
+        and not (m["concerns"] == "multimodal" and cell.fusion is None)
         and not (m["concerns"] == "fusion" and name.removeprefix("fusion_") not in reads)
     }
 

@@ -29,6 +29,8 @@ from common.data import (
     EpochBatchSampler,
     Inputs,
     KemdyDataset,
+    PairTokenIds,
+    TokenIds,
     corpus_fingerprint,
     prepare_inputs,
     tokenless,
@@ -41,6 +43,7 @@ from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cel
 from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
 from common.metrics import classification_metrics, regression_metrics, tune_thresholds
+from common.missing import ModalityDropout
 from common.model import EmotionModel, build_model, seed
 from common.optim import adamw
 from common.plan import RunPlan
@@ -67,18 +70,10 @@ class Shared:
         file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints. A
         cross-corpus run reads the test corpus too, compares the two corpora's labels, and fingerprints both."""
         if self.corpus is None:
-            read = partial(
-                read_corpus, rows=settings.kemdy19_rows, labels=settings.labels, duplicates=settings.duplicate_rows
-            )
             cache_dir = settings.cache_dir if settings.cache else None
-            self.corpus = read(settings.dataset, settings.dataset_dir)
-            if settings.protocol:
-                self.corpus = protocols.select(settings.protocol, self.corpus)
-                dropped = Counter(e.reason for e in self.corpus.excluded if e.reason.startswith("--protocol"))
-                log(f"{len(self.corpus.utterances)} utterances kept; dropped: {dict(dropped)}")
+            self.corpus, self.test_corpus = read_corpora(settings, log)
             self.fingerprint, self.digests = corpus_fingerprint(self.corpus, cache_dir)
             if settings.test_dataset:
-                self.test_corpus = read(settings.test_dataset, settings.test_dataset_dir)
                 self.labels, table = compare_labels(self.corpus, self.test_corpus)
                 log(table)
                 tested, digests = corpus_fingerprint(self.test_corpus, cache_dir)
@@ -109,6 +104,18 @@ class Shared:
     def utterances(self) -> list[Utterance]:
         """What a run's indices refer to: the corpus's utterances, then a cross-corpus run's test corpus's."""
         return self.corpus.utterances + (self.test_corpus.utterances if self.test_corpus else [])
+
+
+def read_corpora(settings: Settings, log=print) -> tuple[Corpus, Corpus | None]:
+    """The corpus a run reads (its rows and a protocol's selection as the settings say) and a cross-corpus run's
+    test corpus."""
+    read = partial(read_corpus, rows=settings.kemdy19_rows, labels=settings.labels, duplicates=settings.duplicate_rows)
+    corpus = read(settings.dataset, settings.dataset_dir)
+    if settings.protocol:
+        corpus = protocols.select(settings.protocol, corpus)
+        dropped = Counter(e.reason for e in corpus.excluded if e.reason.startswith("--protocol"))
+        log(f"{len(corpus.utterances)} utterances kept; dropped: {dict(dropped)}")
+    return corpus, read(settings.test_dataset, settings.test_dataset_dir) if settings.test_dataset else None
 
 
 def train(plan: RunPlan) -> list[dict]:
@@ -254,6 +261,7 @@ class FoldRun:
     eval_loaders: dict[str, DataLoader]  # "valid" (when there is a validation part) and "test"
     checkpoints: Checkpoints
     pos_weight: tuple[float, ...] | None = None  # per emotion, with --class_weight balanced
+    missing: ModalityDropout | None = None  # with --modality_dropout, what makes a modality missing in training
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
 
     @cached_property
@@ -280,6 +288,8 @@ class FoldRun:
         total, count = 0.0, 0
         bar = Progress(self.train_loader, f"epoch {epoch}/{settings.epochs} training", show=self.show_progress)
         for step, batch in enumerate(bar, 1):
+            if self.missing is not None:
+                batch = self.missing(batch, epoch, step)
             loss = self.loss(model(batch), batch).mean()
             value = loss.item()
             self.stop_if_diverged(value, epoch, step)
@@ -401,7 +411,7 @@ def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared,
     log, cell, settings = accelerator.print, plan.cell, plan.settings
     seed(settings.seed)
     corpus, utts = shared.corpus, shared.utterances
-    fold, train_idx, valid_idx = _splits(settings, shared)
+    fold, train_idx, valid_idx = splits(settings, shared)
     log(_fold_line(settings, shared, fold, train_idx, valid_idx))
 
     model = build_model(cell, settings, shared.encoders, last, log)
@@ -450,6 +460,7 @@ def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared,
         eval_loaders=eval_loaders,
         checkpoints=Checkpoints(run_dir, accelerator, frozen=tuple(f"{m}_encoder." for m in encoders.references)),
         pos_weight=pos_weight,
+        missing=_modality_dropout(cell, settings, accelerator, encoders, inputs, train_idx, collate),
     )
     if accelerator.is_main_process and not (run_dir / "config.json").is_file():
         config = rundir.provenance(
@@ -629,7 +640,7 @@ def _resolve_demo(plan: RunPlan) -> RunPlan:
     return plan.but(**changes)
 
 
-def _splits(settings: Settings, shared: Shared) -> tuple:
+def splits(settings: Settings, shared: Shared) -> tuple:
     """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's."""
     if settings.protocol:
         return protocols.PROTOCOLS[settings.protocol].splits(
@@ -675,6 +686,34 @@ def _emotion_targets(cell: Cell, settings: Settings, utts, train_idx: list[int],
     kept = f"; {missing} without any keep their total evaluation's" if missing else ""
     log(f"--targets raters: the emotion head learns {len(train_idx) - missing} utterances' evaluators' shares{kept}")
     return targets
+
+
+def _modality_dropout(cell: Cell, settings: Settings, accelerator, encoders, inputs: Inputs, train_idx, collate):
+    """With --modality_dropout on a multimodal cell, what makes a training utterance's modality missing."""
+    if not settings.modality_dropout or cell.fusion is None:
+        return None
+    empty = None
+    if inputs.text_vectors is None and inputs.text_sequences is None:  # the text encoder reads the tokens
+        tokenizer, width = encoders.tokenizer, settings.max_text_len
+        empty = (PairTokenIds(tokenizer, [""], [""], width) if settings.context else TokenIds(tokenizer, [""], width))[
+            0
+        ]
+        if not len(empty):
+            raise UserError(
+                f"--modality_dropout: the tokenizer of --text_model {settings.text_model} gives an empty transcript no "
+                "token at all, so the text encoder cannot be given a missing transcript; freeze it (--freeze text) "
+                "to replace its vectors by their training mean instead"
+            )
+    return ModalityDropout(
+        settings.modality_dropout,
+        settings.seed,
+        accelerator.process_index,
+        empty,
+        inputs,
+        train_idx,
+        collate.audio_spec,
+        collate.pad_id if empty is not None else 0,
+    )
 
 
 def _set_va_scaling(model: EmotionModel, settings: Settings, train_utts) -> None:

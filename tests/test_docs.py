@@ -191,6 +191,7 @@ def test_the_readme_tour_and_every_run_block_work_as_printed(tmp_path):
     ]
     demo_learns(work)
     assert len(run_blocks(TOUR_PAGES, work, env)) >= 4
+    demo_is_worse_without_its_transcript_and_in_babble(work)
     # As the tour says: the demo's single fold shows its value and which folds are missing, text_total five folds'
     results = (work / "runs" / "demo" / "report" / "results.md").read_text(encoding="utf-8")
     assert re.search(r"^\| multimodal_total_concat .*\| 1/5 \(missing 2, 3, 4, 5\) \| \d\.\d{4} \|", results, re.M)
@@ -206,6 +207,17 @@ def demo_learns(work: Path) -> None:
     seen = {k: m[k] for k in ("micro_f1", "top1_accuracy", "valence_ccc", "arousal_ccc")}
     assert m["micro_f1"] > best_f1 + 0.15 and m["top1_accuracy"] > best_top1 + 0.15, seen
     assert m["valence_ccc"] > 0.4 and m["arousal_ccc"] > 0.35, seen
+
+
+def demo_is_worse_without_its_transcript_and_in_babble(work: Path) -> None:
+    """docs/results.md's robustness run on the demo's model: without its transcript, and in 0-dB babble, the model
+    is clearly worse than on the clean inputs (each interval below zero), the page's claim."""
+    from common.robustness import read_table
+
+    metric, rows = read_table(work / "runs" / "demo" / "multimodal_total_concat" / "KEMDy20" / "fold1")
+    by = {row["condition"]: row for row in rows}
+    for condition in ("no transcript", "babble 0 dB"):
+        assert by[condition][f"{metric}_high"] < 0, by[condition]
 
 
 def heading_anchors(page: Path) -> set[str]:

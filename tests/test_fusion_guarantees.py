@@ -191,16 +191,18 @@ def test_every_fusion_runs_in_bf16_close_to_fp32(corpus20, tiny_models, tmp_path
     assert a != b and b == pytest.approx(a, rel=0.05)  # autocast is on, and bf16 keeps the numbers close
 
 
-def test_a_sequence_fusion_trains_in_two_processes_each_utterance_read_in_context(corpus20, tiny_models, tmp_path):
+def test_a_sequence_fusion_trains_in_two_processes_in_context_and_with_modality_dropout(
+    corpus20, tiny_models, tmp_path
+):
     out = tmp_path / "run"
-    flags = ("--fusion", "cross_attention", "--context", "2")
+    flags = ("--fusion", "cross_attention", "--context", "2", "--modality_dropout", "0.3")
     cmd = tiny_command("multimodal_total", corpus20[0], tiny_models, out, *flags, epochs=1)
     proc = subprocess.run([*launch_two_processes(), *cmd[1:]], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     assert config["environment"]["num_processes"] == 2 and metrics["script"] == "multimodal_total_cross_attention"
-    assert config["args"]["context"] == 2
+    assert config["args"]["context"] == 2 and config["args"]["modality_dropout"] == 0.3
 
 
 def test_the_old_name_of_element_wise_additions_projection_still_loads(corpus20, tiny_models, tmp_path):

@@ -33,6 +33,7 @@ EARLIER = {
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
     "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None, "context": 0,
+    "modality_dropout": 0.0,
 }  # fmt: skip
 TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length", "context"}
 SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}
@@ -81,6 +82,7 @@ def test_a_run_differs_from_another_by_exactly_the_settings_its_cell_reads_that_
     plan = parse_args(cell, ["--dataset_dir", str(ROOT)])
     unread = (set() if cell.uses_text else TEXT_ONLY) | (set() if cell.uses_speech else SPEECH_ONLY)
     unread |= set() if cell.classifies else {"targets"}  # what the emotion head learns
+    unread |= set() if cell.fusion else {"modality_dropout"}  # a modality lost in training
     reads = {"width"} if cell.fusion == "gated" else set()
     unread |= {f"fusion_{p}" for p in ("width", "heads", "layers", "rank") if p not in reads}
     for name in settings.FLAGS:
