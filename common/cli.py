@@ -165,6 +165,7 @@ def main(modality: str, task: str, fusion: str | None = None, argv: list[str] | 
         plan = parse_args(cell, argv, sys.modules["__main__"].__doc__, chooses_fusion=chooses)
         from common.train import train  # torch, transformers and accelerate: only once there is work
 
-        train(plan)
+        for each in plan.per_seed():  # --seeds: one run (or fold set) per seed
+            train(each)
 
     run_cli(run, whole_process=True)

@@ -107,6 +107,43 @@ def paired_bootstrap(
     return float(point[0]), float(low), float(high)
 
 
+def paired_bootstrap_seeds(
+    runs: list[tuple[Pooled, Pooled]], metric: str, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float, list[float]]:
+    """(the mean over seeds of A - B, 2.5th and 97.5th percentiles over resamples, each seed's A - B) of fold sets
+    run with several seeds, one (A, B) pair per seed, every one on the same test utterances: each resample draws
+    the utterances once, for every seed alike, and averages the seeds' differences on it, so the interval holds
+    the utterances' part of the variance and the seeds' part is averaged out as the point is."""
+    ids = runs[0][0].ids
+    if any(p.ids != ids for pair in runs for p in pair):
+        raise ValueError("the fold sets do not hold the same test utterances in the same order")
+    counts = [
+        tuple(utterance_counts(p.labels, p.decisions, p.top1, p.va, p.va_pred, metric) for p in pair) for pair in runs
+    ]
+    n = len(ids)
+
+    def differences(weights: np.ndarray) -> np.ndarray:  # resamples x seeds
+        k = len(weights)
+        return np.stack(
+            [
+                from_counts(weights @ sa, np.full(k, float(n)), metric)
+                - from_counts(weights @ sb, np.full(k, float(n)), metric)
+                for sa, sb in counts
+            ],
+            axis=1,
+        )
+
+    per_seed = differences(np.ones((1, n)))[0]
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, resamples, 100):
+        k = min(100, resamples - start)
+        weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(k)]).astype(np.float64)
+        means.append(differences(weights).mean(axis=1))
+    low, high = np.nanpercentile(np.concatenate(means), [2.5, 97.5])
+    return float(per_seed.mean()), float(low), float(high), [float(d) for d in per_seed]
+
+
 def pairs(names: set[str]) -> list[tuple[str, str, str]]:
     """(A, B, what) for the cells present: each multimodal cell against each unimodal cell of its task (the better
     one is picked by the caller), and concatenation against every other fusion of the registry."""

@@ -30,3 +30,15 @@ class RunPlan:
         """The settings and the plan, as config.json's "args" and a marker record them."""
         plan = {"folds": list(self.folds), "notes": list(self.notes), "encoder_tags": list(self.encoder_tags)}
         return dataclasses.asdict(self.settings) | plan
+
+    def per_seed(self) -> list[RunPlan]:
+        """The plans of --seeds: one per seed, in order (a plan without it: itself). Each one's folder is the
+        default one of its seed, or with --output_dir DIR, DIR_seed<seed>."""
+        settings = self.settings
+        if not settings.seeds:
+            return [self]
+        out = []
+        for seed in settings.seeds:
+            folder = f"{settings.output_dir.rstrip('/')}_seed{seed}" if settings.output_dir else None
+            out.append(self.but(seed=seed, seeds=None, output_dir=folder))
+        return out

@@ -792,29 +792,89 @@ def comparisons(sets: list[FoldSet], resamples: int = 1000, seed: int = 0) -> tu
     def paired(found) -> list[list]:
         return [row for (la, fa), (lb, fb) in found for row in _paired(la, fa, lb, fb, pooled, resamples, seed)]
 
+    what = (
+        f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
+        "bootstrap resamples of the utterances (the same resample for both), and each fold's difference."
+    )
+    over_seeds = (
+        "Fold sets run with several seeds (`--seeds`: folders that differ only by their `_seed<k>` ending): the mean "
+        "over the seeds of A - B on the pooled test utterances of all five folds, with a 95 % interval from "
+        f"{resamples} bootstrap resamples of the utterances, each drawn once for every seed and the seeds' "
+        "differences on it averaged, and each seed's difference."
+    )
     sections = [
-        ("Paired comparisons", "", paired(_cell_pairs(sets))),
-        ("Paired comparisons of encoders", "The same cell with other encoders. ", paired(_encoder_pairs(sets))),
+        ("Paired comparisons", what, "per fold", paired(_cell_pairs(sets))),
+        (
+            "Paired comparisons of encoders",
+            "The same cell with other encoders. " + what,
+            "per fold",
+            paired(_encoder_pairs(sets)),
+        ),
         (
             "Paired comparisons of settings",
-            "The same cell with one setting changed (`--context 2` against `--context 0` ...). ",
+            "The same cell with one setting changed (`--context 2` against `--context 0` ...). " + what,
+            "per fold",
             paired(_same_tests(setting_pairs(sets), pooled)),
         ),
+        ("Paired comparisons over seeds", over_seeds, "per seed", _seed_paired(sets, pooled, resamples, seed)),
     ]
     f = io.StringIO(newline="")
     writer = csv.writer(f)
     writer.writerow(["a", "b", "dataset", "split", "protocol", "metric", "difference", "ci_low", "ci_high", "per_fold"])
     lines = []
-    head = ["| A | B | dataset | split | protocol | metric | A - B | 95 % interval | per fold |", "|" + "---|" * 9]
-    what = (
-        f"A - B on the pooled test utterances of all five folds, with a 95 % interval from {resamples} paired "
-        "bootstrap resamples of the utterances (the same resample for both), and each fold's difference."
-    )
-    for title, intro, rows in sections:
+    for title, intro, each, rows in sections:
         writer.writerows(rows)
+        head = [f"| A | B | dataset | split | protocol | metric | A - B | 95 % interval | {each} |", "|" + "---|" * 9]
         if rows:
-            lines += [f"## {title}", "", intro + what, "", *head, *map(_row_line, rows), ""]
+            lines += [f"## {title}", "", intro, "", *head, *map(_row_line, rows), ""]
     return lines, f.getvalue()
+
+
+def seed_groups(sets: list[FoldSet]) -> dict[tuple, dict[int, dict[str, FoldSet]]]:
+    """Complete fold sets whose protocol folders differ only by a `_seed<k>` ending (`--seeds`), run with two or
+    more seeds: (dataset, split, folder without the ending) -> seed -> script -> fold set."""
+    groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(dict))
+    for fs in sets:
+        if _comparable(fs) and fs.settings and "seed" in fs.settings:
+            base = re.sub(r"_seed\d+$", "", fs.folder.name)
+            groups[fs.dataset, fs.split, base][fs.settings["seed"]][fs.script] = fs
+    return {key: dict(by_seed) for key, by_seed in groups.items() if len(by_seed) >= 2}
+
+
+def _seed_paired(sets: list[FoldSet], pooled: dict, resamples: int, seed: int) -> list[list]:
+    """The rows of each cell pair over every seed that ran both (`compare.paired_bootstrap_seeds`)."""
+    from common.compare import metrics_of, paired_bootstrap_seeds
+
+    rows = []
+    for (dataset, split, base), by_seed in seed_groups(sets).items():
+        seeds = sorted(by_seed)
+        common = set.intersection(*(set(by_seed[s]) for s in seeds))
+        for a, b, task in _chosen_pairs({name: by_seed[seeds[0]][name] for name in common}):
+            for s in seeds:
+                for fs in (by_seed[s][a], by_seed[s][b]):
+                    if fs.name not in pooled:
+                        pooled[fs.name] = _pooled(fs)
+            runs = [(pooled[by_seed[s][a].name], pooled[by_seed[s][b].name]) for s in seeds]
+            if any(x.ids != runs[0][0].ids for pair in runs for x in pair):
+                continue
+            for metric in metrics_of(task):
+                diff, low, high, per_seed = paired_bootstrap_seeds(runs, metric, resamples, seed)
+                each = " ".join(f"{d:+.3f}" for d in per_seed)
+                rows.append(
+                    [
+                        a,
+                        b,
+                        dataset,
+                        split,
+                        f"{base} (seeds {', '.join(map(str, seeds))})",
+                        metric,
+                        diff,
+                        low,
+                        high,
+                        each,
+                    ]
+                )
+    return rows
 
 
 def _cell_pairs(sets: list[FoldSet]) -> list:

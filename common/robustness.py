@@ -12,7 +12,11 @@ The conditions (each where the cell reads what it changes):
   its mean over the training part;
 - transcript damage, a stand-in for speech-recognition errors: 5, 10 and 20 % of the transcript's characters (not
   its spaces) deleted, or replaced (a Hangul syllable by another syllable, any other character by a Hangul
-  syllable). With --context, only the utterance's own transcript is damaged, not the turns before it.
+  syllable). With --context, only the utterance's own transcript is damaged, not the turns before it;
+- with --asr_model M (any transformers speech-to-text model, a hub name or a folder), the transcripts M makes of the
+  test recordings (their first 30 s) in place of the annotated ones; robustness/asr.csv lists each beside the
+  annotated one with its character error rate (edit distance over the annotated transcript's characters, spaces
+  left out).
 Noise is added to the clip as training stored it (16 kHz, cut to --max_seq_len, at its recording's level) and the
 clip is then prepared as always. Every draw is seeded by (--seed, the condition, the utterance): an utterance's
 score depends on neither its batch nor the other utterances. The clean condition is predicted again and must equal
@@ -73,11 +77,47 @@ CONDITIONS = (
 )
 
 
-def conditions(cell) -> list[Condition]:
+ASR = "ASR transcripts"
+ASR_SECONDS = 30.0  # of each recording transcribed: Whisper's window
+
+
+def conditions(cell, asr_model: str | None = None) -> list[Condition]:
     """The conditions that apply to a cell: those changing an input it reads; a missing modality for a cell that
-    reads both."""
+    reads both; with `asr_model`, its transcripts for a cell that reads text."""
     reads = {"text": cell.uses_text, "speech": cell.uses_speech, "": True}
-    return [c for c in CONDITIONS if reads[c.modality] and (not c.multimodal or cell.fusion is not None)]
+    found = [c for c in CONDITIONS if reads[c.modality] and (not c.multimodal or cell.fusion is not None)]
+    return found + ([Condition(ASR, f"({asr_model})", "text")] if asr_model and cell.uses_text else [])
+
+
+def character_error_rate(reference: str, hypothesis: str) -> float:
+    """Edit distance (insertions, deletions, substitutions of characters, spaces left out) over the reference's
+    characters; a reference without any: 0 if the hypothesis has none either, else 1."""
+    ref, hyp = "".join(reference.split()), "".join(hypothesis.split())
+    if not ref:
+        return float(bool(hyp))
+    previous = list(range(len(hyp) + 1))
+    for i, a in enumerate(ref, 1):
+        current = [i]
+        for j, b in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1] / len(ref)
+
+
+def transcribe(model: str, wavs: list, batch_size: int) -> list[str]:
+    """Each recording's transcript by a transformers speech-to-text model (a hub name or a folder)."""
+    from transformers import pipeline
+
+    from common.data import SAMPLE_RATE, load_audio
+
+    try:
+        asr = pipeline("automatic-speech-recognition", model=model)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(
+            f"--asr_model {model}: cannot load a speech-to-text model ({type(err).__name__}: {err})"
+        ) from None
+    clips = [{"raw": load_audio(w, ASR_SECONDS), "sampling_rate": SAMPLE_RATE} for w in wavs]
+    return [out["text"].strip() for out in asr(clips, batch_size=batch_size)]
 
 
 def with_noise(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -157,10 +197,11 @@ class FinishedRun:
 class Inputs:
     """The model inputs of a run's test utterances under a condition, each drawn from its own seeded stream."""
 
-    def __init__(self, run: FinishedRun, seed: int):
+    def __init__(self, run: FinishedRun, seed: int, transcripts: list[str] | None = None):
+        """`transcripts`: a speech-to-text model's, of the test utterances (the ASR condition's)."""
         from common.data import stored_audio
 
-        self.run, self.seed, self.p = run, seed, run.predictor
+        self.run, self.seed, self.p, self.transcripts = run, seed, run.predictor, transcripts
         self.max_seconds = self.p.args["max_seq_len"]
         self.clips: dict[int, np.ndarray] = {}
 
@@ -175,27 +216,15 @@ class Inputs:
         self.talkers = [k for k in run.train if run.utterances[k].wav not in wavs_of_test]
 
     def rng(self, condition: Condition, k: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, CONDITIONS.index(condition), k])
+        return np.random.default_rng([self.seed, CONDITIONS.index(condition), k])  # the ASR condition draws nothing
 
     def items(self, condition: Condition) -> list[dict]:
         from common.data import model_samples
-        from common.dialogue import context_texts
 
         run, p = self.run, self.p
         items = [{"index": i} for i in range(len(run.test))]
         if p.uses_text:
-            texts = [run.utterances[k].text for k in run.test]
-            contexts = None
-            if p.context:
-                every = context_texts(run.utterances, p.context)
-                contexts = [every[k] for k in run.test]
-            if condition.name.startswith("characters"):
-                how = condition.name.split()[-1]
-                rate = float(condition.level.rstrip(" %")) / 100
-                texts = [damaged(t, rate, self.rng(condition, k), how) for t, k in zip(texts, run.test, strict=True)]
-            elif condition.name == "no transcript":
-                texts, contexts = [""] * len(texts), [""] * len(texts) if contexts else None
-            for item, ids in zip(items, self._tokens(texts, contexts), strict=True):
+            for item, ids in zip(items, self._tokens(*self._texts(condition)), strict=True):
                 item["input_ids"] = ids
         if p.uses_speech:
             for item, k in zip(items, run.test, strict=True):
@@ -206,6 +235,25 @@ class Inputs:
                     x = with_noise(x, self._noise(condition, k, len(x)), float(condition.level.split()[0]))
                 item["audio"] = model_samples(x, p.spec, run.utterances[k].level)
         return items
+
+    def _texts(self, condition: Condition) -> tuple[list[str], list[str] | None]:
+        """(transcripts, the turns before each with --context) of the test utterances under `condition`."""
+        from common.dialogue import context_texts
+
+        run, p = self.run, self.p
+        texts = [run.utterances[k].text for k in run.test]
+        contexts = None
+        if p.context:
+            every = context_texts(run.utterances, p.context)
+            contexts = [every[k] for k in run.test]
+        if condition.name.startswith("characters"):
+            how, rate = condition.name.split()[-1], float(condition.level.rstrip(" %")) / 100
+            texts = [damaged(t, rate, self.rng(condition, k), how) for t, k in zip(texts, run.test, strict=True)]
+        elif condition.name == ASR:
+            texts = list(self.transcripts)
+        elif condition.name == "no transcript":
+            texts, contexts = [""] * len(texts), [""] * len(texts) if contexts else None
+        return texts, contexts
 
     def _tokens(self, texts: list[str], contexts: list[str] | None):
         from common.data import PairTokenIds, TokenIds, tokenless
@@ -282,17 +330,18 @@ def scored(run: FinishedRun, condition: Condition, inputs: Inputs, batch_size: i
     return _pooled(run, probs, va)
 
 
-def chosen(cell, names: list[str] | None) -> list[Condition]:
+def chosen(cell, names: list[str] | None, asr_model: str | None = None) -> list[Condition]:
     """The conditions named (a name, `babble`, takes each of its levels; a label, `babble 0 dB`, one), clean
-    first; all that apply to the cell without names. A name that applies to none is refused in one line."""
-    found = conditions(cell)
+    first and the ASR condition where a model is given; all that apply to the cell without names. A name that
+    applies to none is refused in one line."""
+    found = conditions(cell, asr_model)
     if not names:
         return found
     unknown = [n for n in names if not any(n in (c.name, c.label) for c in found)]
     if unknown:
         known = ", ".join(dict.fromkeys(c.name for c in found))
         raise UserError(f"--condition {unknown[0]!r}: not a condition of a {cell.name} run; choose from {known}")
-    return [c for c in found if c.name == "clean" or c.name in names or c.label in names]
+    return [c for c in found if c.name in ("clean", ASR) or c.name in names or c.label in names]
 
 
 def measure(  # noqa: PLR0913 (keyword options of the command)
@@ -302,16 +351,17 @@ def measure(  # noqa: PLR0913 (keyword options of the command)
     resamples: int = 1000,
     log=print,
     names: list[str] | None = None,
+    asr: tuple[str, list[str]] | None = None,
 ) -> list[dict]:
     """One row per condition (`names`: those only, with clean): the condition, n, each metric of the cell's task,
     and each one's difference from clean with its 95 % paired bootstrap interval (or the reason it cannot be
-    scored)."""
+    scored). `asr`: (a speech-to-text model, its transcripts of the test utterances), for the ASR condition."""
     from common.compare import metrics_of, paired_bootstrap, utterance_counts
     from common.metrics import from_counts
 
-    inputs, rows, clean = Inputs(run, seed), [], None
+    inputs, rows, clean = Inputs(run, seed, asr[1] if asr else None), [], None
     metrics = metrics_of(run.cell.task)
-    for condition in chosen(run.cell, names):
+    for condition in chosen(run.cell, names, asr[0] if asr else None):
         try:
             pooled = scored(run, condition, inputs, batch_size)
         except Unusable as why:
@@ -438,11 +488,24 @@ def figure(run: FinishedRun, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write(run: FinishedRun, rows: list[dict]) -> Path:
+def asr_csv(run: FinishedRun, transcripts: list[str]) -> str:
+    """Each test utterance's annotated transcript beside the speech-to-text model's, and its character error rate."""
+    f = io.StringIO(newline="")
+    writer = csv.writer(f)
+    writer.writerow(["segment_id", "transcript", "asr_transcript", "cer"])
+    for k, heard in zip(run.test, transcripts, strict=True):
+        u = run.utterances[k]
+        writer.writerow([u.segment_id, u.text, heard, f"{character_error_rate(u.text, heard):.4f}"])
+    return f.getvalue()
+
+
+def write(run: FinishedRun, rows: list[dict], transcripts: list[str] | None = None) -> Path:
     """<run>/robustness/, recorded in the run's marker and replaced as a whole (the run locked meanwhile)."""
 
     def build(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        if transcripts is not None:
+            (folder / "asr.csv").write_text(asr_csv(run, transcripts), encoding="utf-8")
         (folder / "robustness.csv").write_text(table_csv(rows), encoding="utf-8")
         (folder / "robustness.md").write_text(markdown(run, rows), encoding="utf-8")
         if run.cell.uses_speech:
@@ -480,6 +543,11 @@ def main(argv: list[str] | None = None) -> None:
         help="only this condition (and clean), one flag each: a name (babble, no audio, characters deleted ...) takes "
         "every level, a label (babble 0 dB) one; default: every condition that applies",
     )
+    parser.add_argument(
+        "--asr_model",
+        help="also score on the transcripts this transformers speech-to-text model (hub name or folder) makes of the "
+        "test recordings",
+    )
     args = parser.parse_args(argv)
     for flag in ("dataset_dir",):
         paths.check(f"--{flag}", getattr(args, flag))
@@ -488,8 +556,16 @@ def main(argv: list[str] | None = None) -> None:
     for run_dir in args.run_dirs:
         paths.check("RUN_DIR", run_dir)
         run = FinishedRun(Path(run_dir), args.dataset_dir)
-        rows = measure(run, args.seed, args.batch_size, args.resamples, names=args.condition)
-        print(f"wrote {write(run, rows)}/")
+        asr = None
+        if args.asr_model and run.cell.uses_text:
+            wavs = [run.utterances[k].wav for k in run.test]
+            asr = (args.asr_model, transcribe(args.asr_model, wavs, args.batch_size))
+            cer = np.mean(
+                [character_error_rate(run.utterances[k].text, t) for k, t in zip(run.test, asr[1], strict=True)]
+            )
+            print(f"{run_dir}: --asr_model {args.asr_model}: character error rate {cer:.3f} over the test utterances")
+        rows = measure(run, args.seed, args.batch_size, args.resamples, names=args.condition, asr=asr)
+        print(f"wrote {write(run, rows, asr[1] if asr else None)}/")
 
 
 if __name__ == "__main__":

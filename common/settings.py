@@ -108,6 +108,16 @@ def _fold(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"{value!r}: choose a fold from 1 to {NUM_FOLDS}, or all") from None
 
 
+def _seed_list(value: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: seeds separated by commas, e.g. 1,2,3") from None
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2 or not all(0 <= v < 2**32 for v in seeds):
+        raise argparse.ArgumentTypeError(f"{value!r}: two or more different seeds in 0 .. 2**32 - 1, e.g. 1,2,3")
+    return seeds
+
+
 def _positive(v) -> bool:
     return v > 0
 
@@ -222,6 +232,18 @@ class Settings:
         "`--valid_ratio`; the report sets its published figure beside the run's (see [Published "
         "protocols](data.md#published-protocols))",
         shown="none",
+    )
+    score_on: str = flag(
+        "test",
+        "data",
+        "test: the fold's test part, as always; valid: its validation part instead (which then never trains the model; "
+        "the epoch is chosen on a further part held out of the training part as --valid_ratio says): what "
+        "common.tune's trials do, so that no trial reads a test utterance",
+        choices=("test", "valid"),
+        earlier="test",
+        folder="_scored-on-{}",
+        doc="`valid`: score the run on its fold's validation part instead of the test part, the epoch chosen on a "
+        "further part held out of the training part (the trials of [tuning](results.md#tuning-on-validation-only))",
     )
     valid_ratio: float = flag(
         0.1,
@@ -582,6 +604,17 @@ class Settings:
         doc="seed of initialisation, batch order and dropout; another than the default names the default run "
         "folder (`_seed7`)",
     )
+    seeds: tuple[int, ...] | None = flag(
+        None,
+        "training",
+        "several seeds, one after the other, each a run (or with --num_fold all a fold set) of its own, e.g. 1,2,3: "
+        "default folders end in _seed<seed>, and with --output_dir DIR the runs go to DIR_seed<seed>; the report "
+        "gathers them (mean and std over seeds, paired comparisons over every seed)",
+        parse=_seed_list,
+        results=False,  # each run records the one seed it ran with
+        doc="several seeds, each a run or fold set of its own (`1,2,3`); see [Results](results.md#seeds)",
+        shown="none",
+    )
     mixed_precision: str = flag("no", "training", "mixed precision (GPUs)", choices=("no", "fp16", "bf16"))
     gpus: str | None = flag(
         None,
@@ -624,7 +657,7 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_context<K>]"
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_scored-on-valid][_context<K>]"
         "[_original][_freeze-<which>][_layers-weighted][_modality-dropout<P>][_targets-raters][_seed<seed>]"
         "[_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
@@ -761,22 +794,42 @@ def check(settings: Settings) -> None:
         raise UserError("--resume and --overwrite: choose one (continue the run, or start it over)")
     for name in ("num_labels", "regress"):  # the original's flags first: their lines say why only one value works
         _check_rule(settings, name)
-    if settings.threshold == "tuned" and settings.valid_ratio == 0:
-        raise UserError("--threshold tuned: needs a validation part to tune on; give --valid_ratio above 0")
     if settings.protocol:
         _check_protocol(settings)
-    if settings.context and settings.text_inputs == "original":
-        raise UserError(
-            "--context: the original's text inputs pass token types as the attention mask, which a text pair's second "
-            "segment would change; not with --text_inputs original"
-        )
-    if settings.class_weight == "balanced" and settings.emotion_output == "softmax":
-        raise UserError("--class_weight balanced: weights the binary cross-entropy; not with --emotion_output softmax")
+    for refused, why in _COMBINATIONS:
+        if refused(settings):
+            raise UserError(why.format(settings=settings))
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name} {value}: must be a finite number")
     for name in FLAGS:
         _check_rule(settings, name)
+
+
+# Combinations of values that cannot work: (test, the one line that refuses them).
+_COMBINATIONS = (
+    (
+        lambda s: s.threshold == "tuned" and s.valid_ratio == 0,
+        "--threshold tuned: needs a validation part to tune on; give --valid_ratio above 0",
+    ),
+    (
+        lambda s: s.seeds and s.seed != DEFAULTS["seed"],
+        "--seeds and --seed {settings.seed}: choose one (--seeds runs each of its seeds)",
+    ),
+    (
+        lambda s: s.score_on == "valid" and s.valid_ratio == 0 and not s.protocol,
+        "--score_on valid: scores the run on its validation part; give --valid_ratio above 0",
+    ),
+    (
+        lambda s: s.context and s.text_inputs == "original",
+        "--context: the original's text inputs pass token types as the attention mask, which a text pair's second "
+        "segment would change; not with --text_inputs original",
+    ),
+    (
+        lambda s: s.class_weight == "balanced" and s.emotion_output == "softmax",
+        "--class_weight balanced: weights the binary cross-entropy; not with --emotion_output softmax",
+    ),
+)
 
 
 def _check_protocol(settings: Settings) -> None:

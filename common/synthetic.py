@@ -736,6 +736,57 @@ def write_tiny_speech_family(out: str | Path, family: str, seed: int = 0) -> Pat
     return out
 
 
+def write_tiny_asr(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random Whisper speech-to-text model (`common.robustness --asr_model`): a byte-level BPE of the demo's
+    words with Whisper's special tokens after it (as in Whisper's own vocabulary, where the timestamps come last),
+    a one-layer encoder and decoder, and a generation config that never ends a transcript early, so that every
+    clip gets text (random text: the weights are random)."""
+    import torch
+    import transformers as hf
+    from tokenizers import ByteLevelBPETokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        FILLERS + [w for ws in EMOTION_WORDS.values() for w in ws], vocab_size=300, show_progress=False
+    )
+    bpe.save_model(str(out))
+    end = "<|endoftext|>"
+    tokenizer = hf.WhisperTokenizer(
+        str(out / "vocab.json"), str(out / "merges.txt"), unk_token=end, bos_token=end, eos_token=end, pad_token=end
+    )
+    specials = ["<|startoftranscript|>", "<|ko|>", "<|transcribe|>", "<|translate|>", "<|notimestamps|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in [end, *specials]}
+    config = hf.WhisperConfig(
+        d_model=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        vocab_size=len(tokenizer),
+        max_target_positions=48,
+        pad_token_id=ids[end],
+        bos_token_id=ids[end],
+        eos_token_id=ids[end],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+    torch.manual_seed(seed)
+    model = hf.WhisperForConditionalGeneration(config)
+    generation = model.generation_config
+    generation.decoder_start_token_id = config.decoder_start_token_id
+    generation.no_timestamps_token_id = ids["<|notimestamps|>"]
+    generation.is_multilingual, generation.forced_decoder_ids, generation.max_length = False, None, 16
+    generation.suppress_tokens = generation.begin_suppress_tokens = sorted(ids.values())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    hf.WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
+    return out
+
+
 # Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
 DEMO_VERSION = 3
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"

@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -37,7 +38,7 @@ from common.data import (
 )
 from common.encoders import Encoders, audio_spec, auto_text_pooling
 from common.errors import Interrupted, UserError, results_complete, writing
-from common.folds import cross_corpus_splits, fold_splits
+from common.folds import Fold, cross_corpus_splits, fold_splits, hold_out_validation
 from common.frozen import frozen_sequences, frozen_vectors
 from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cell, command_of, encoder_tags
 from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
@@ -118,9 +119,10 @@ def read_corpora(settings: Settings, log=print) -> tuple[Corpus, Corpus | None]:
     return corpus, read(settings.test_dataset, settings.test_dataset_dir) if settings.test_dataset else None
 
 
-def train(plan: RunPlan) -> list[dict]:
+def train(plan: RunPlan, on_epoch=None) -> list[dict]:
     """Train and evaluate the folds of `plan.folds`; returns what each one's metrics.json holds. The
-    corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them."""
+    corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them. `on_epoch`: called
+    with each finished epoch's record (common.tune reports it to its study, which may stop the trial there)."""
     accelerator = _accelerator(plan.settings)
     log = accelerator.print
     plan = _resolve(plan, accelerator, log)
@@ -150,6 +152,7 @@ def train(plan: RunPlan) -> list[dict]:
                 else:
                     last = k == claimed.todo[-1]
                     run = set_up(plan.but(num_fold=k), accelerator, run_dir, claimed.modes[k], shared, last)
+                    run.on_epoch = on_epoch
                     result = finish(run, fit(run))
                 results.append(result)
             if len(results) > 1:
@@ -163,7 +166,7 @@ def train(plan: RunPlan) -> list[dict]:
         finally:
             gc.unfreeze()
     results_complete()
-    if settings.demo and len(results) == 1 and accelerator.is_main_process:
+    if settings.demo and len(results) == 1 and settings.score_on == "test" and accelerator.is_main_process:
         log(_next_steps(cell, settings, claimed.dirs[plan.folds[0]], shared.corpus))
     accelerator.end_training()
     return results
@@ -262,6 +265,7 @@ class FoldRun:
     checkpoints: Checkpoints
     pos_weight: tuple[float, ...] | None = None  # per emotion, with --class_weight balanced
     missing: ModalityDropout | None = None  # with --modality_dropout, what makes a modality missing in training
+    on_epoch: Callable | None = None  # called with each finished epoch's record
     history: list[dict] = field(default_factory=list)  # one record per finished epoch
 
     @cached_property
@@ -504,6 +508,8 @@ def fit(run: FoldRun) -> list[dict]:
             chosen = choose(run.history)
             state = {"epoch": epoch, "history": run.history, "chosen": chosen}
             run.checkpoints.save(epoch, state, outputs["test"] if chosen == epoch else None)
+            if run.on_epoch is not None:  # after the checkpoint: a trial stopped here is kept to this epoch
+                run.on_epoch(record)
     except KeyboardInterrupt:
         done = run.checkpoints.epochs()
         where = f"after epoch {done[-1]}" if done else "before the first epoch ended"
@@ -527,7 +533,8 @@ def finish(run: FoldRun, history: list[dict]) -> dict:
     result = {
         "script": run.cell.name,
         "dataset": f"KEMDy{settings.dataset}",
-        "split": settings.protocol or settings.split,
+        "split": (settings.protocol or settings.split)
+        + (", scored on validation" if settings.score_on == "valid" else ""),
         "fold": None if settings.test_dataset else settings.num_fold,
         **({"protocol": settings.protocol} if settings.protocol else {}),
         **({"test_dataset": f"KEMDy{settings.test_dataset}"} if settings.test_dataset else {}),
@@ -641,7 +648,21 @@ def _resolve_demo(plan: RunPlan) -> RunPlan:
 
 
 def splits(settings: Settings, shared: Shared) -> tuple:
-    """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's."""
+    """(fold, train, valid) indices into `shared.utterances`: the fold's, or a cross-corpus run's; with --score_on
+    valid, the validation part in place of the test part and a further part of the training part held out to
+    choose the epoch (the test part then read by nothing)."""
+    fold, train, valid = _outer_splits(settings, shared)
+    if settings.score_on == "test":
+        return fold, train, valid
+    if not valid:
+        raise UserError("--score_on valid: the fold has no validation part to score on; give --valid_ratio above 0")
+    sessions = [shared.utterances[k].session for k in train] if settings.split == "session" else None
+    inner_train, inner_valid = hold_out_validation(list(range(len(train))), settings.valid_ratio or 0.1, sessions)
+    train, valid_inner = [train[k] for k in inner_train], [train[k] for k in inner_valid]
+    return Fold(fold.fold, sorted(train + valid_inner), valid, ()), train, valid_inner
+
+
+def _outer_splits(settings: Settings, shared: Shared) -> tuple:
     if settings.protocol:
         return protocols.PROTOCOLS[settings.protocol].splits(
             [u.segment_id for u in shared.corpus.utterances], settings.num_fold

@@ -129,7 +129,7 @@ def test_different_utterances_are_not_compared():
         paired_bootstrap(pooled(a), pooled(c), "micro_f1", resamples=100)
 
 
-def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=()) -> None:
+def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=(), settings=None) -> None:
     """A finished classification fold set of `script` in root/script/folder, from two_sets' rows."""
     for fold, rows, _ in folds:
         run = root / script / folder / f"fold{fold}"
@@ -140,7 +140,7 @@ def write_set(root, script: str, folds, folder: str = "KEMDy20", encoders=()) ->
         metrics = {"script": script, "dataset": "KEMDy20", "split": "contiguous", "fold": fold}
         metrics |= {"task": "classification", "chosen_epoch": 1, "test": test, "epochs": []}
         (run / "metrics.json").write_text(json.dumps(metrics))
-        mark_run(run, script, encoders=list(encoders))
+        mark_run(run, script, settings, encoders=list(encoders))
         columns = ["segment_id", *[f"true_{e}" for e in EMOTIONS], *[f"prob_{e}" for e in EMOTIONS]]
         columns += ["true_valence", "true_arousal"]  # a classification run's file, as the loop writes it
         with (run / "predictions.csv").open("w", newline="") as f:
@@ -219,3 +219,63 @@ def test_concatenation_is_compared_with_every_other_fusion_run_and_each_fusion_w
             ("multimodal_classification_gated", "text_classification", "unimodal"),
         ]
     )
+
+
+def test_a_comparison_over_seeds_averages_each_seeds_difference_over_utterances_drawn_once_for_all():
+    """paired_bootstrap_seeds against a transcription with scikit-learn's micro-F1: the point is the mean over seeds
+    of A - B, each resample draws the utterances once (in the function's order of draws) for every seed, and the
+    interval is the percentiles of the seeds' mean difference; with one seed it is paired_bootstrap itself."""
+    from common.compare import paired_bootstrap_seeds
+
+    rng = np.random.default_rng(4)
+    n, runs = 120, []
+    for s in range(3):
+        a = predictions(rng, n, rng.random(n) < 0.8 - 0.05 * s, 0.3)
+        b = predictions(rng, n, rng.random(n) < 0.6, 0.3)
+        true = a[0]
+        b = (true, *b[1:])  # the same utterances, the same truth
+        runs.append(tuple(pooled([(1, rows_of(*x, 1), 0.5)]) for x in (a, b)))
+
+    def micro(p, rows):
+        return f1_score(p.labels[rows], p.decisions[rows], average="micro", zero_division=0)
+
+    everything = np.arange(n)
+    per_seed = [micro(a, everything) - micro(b, everything) for a, b in runs]
+    draws = np.random.default_rng(9)
+    means = [
+        np.mean([micro(a, rows) - micro(b, rows) for a, b in runs])
+        for rows in (draws.integers(0, n, n) for _ in range(300))
+    ]
+    diff, low, high, each = paired_bootstrap_seeds(runs, "micro_f1", resamples=300, seed=9)
+    assert each == pytest.approx(per_seed) and diff == pytest.approx(np.mean(per_seed))
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    one = paired_bootstrap_seeds(runs[:1], "micro_f1", resamples=300, seed=9)
+    assert one[:3] == pytest.approx(paired_bootstrap(*runs[0], "micro_f1", resamples=300, seed=9))
+    a, b = runs[0]
+    other = Pooled([("x", i) for i in range(n)], a.labels, a.decisions, a.top1)
+    with pytest.raises(ValueError, match="the same test utterances"):
+        paired_bootstrap_seeds([(a, b), (other, b)], "micro_f1")
+
+
+def test_the_report_compares_two_cells_over_every_seed_they_both_ran(tmp_path):
+    from common.compare import paired_bootstrap_seeds
+
+    seeds = {1: 5, 2: 6, 3: 7}  # each seed: the draw of its fold sets
+    for seed, draw in seeds.items():
+        mm, text = two_sets(0.85, 0.7, seed=draw)
+        for script, folds in (("multimodal_classification_concat", mm), ("text_classification", text)):
+            write_set(tmp_path, script, folds, folder=f"KEMDy20_seed{seed}", settings={"seed": seed})
+    main([str(tmp_path), "--no-figures", "--bootstrap", "200"])
+    with (tmp_path / "report" / "comparisons.csv").open() as f:
+        table = [r for r in csv.DictReader(f) if r["protocol"].endswith("(seeds 1, 2, 3)")]
+    row = next(r for r in table if r["metric"] == "micro_f1")
+    assert (row["a"], row["b"], row["protocol"]) == (
+        "multimodal_classification_concat",
+        "text_classification",
+        "KEMDy20 (seeds 1, 2, 3)",
+    )
+    runs = [tuple(pooled(two_sets(0.85, 0.7, seed=draw)[k]) for k in (0, 1)) for draw in seeds.values()]
+    diff, low, high, each = paired_bootstrap_seeds(runs, "micro_f1", resamples=200, seed=0)
+    assert float(row["difference"]) == pytest.approx(diff) and float(row["ci_low"]) == pytest.approx(low)
+    assert [float(x) for x in row["per_fold"].split()] == pytest.approx(each, abs=5e-4)
+    assert low > 0 and "## Paired comparisons over seeds" in (tmp_path / "report" / "results.md").read_text()

@@ -145,3 +145,41 @@ def test_what_is_not_a_finished_run_of_this_project_is_one_line(tmp_path, corpus
     (out / "metrics.json").unlink()
     with pytest.raises(UserError, match=r"text: not a finished run \(no metrics.json\)"):
         FinishedRun(out)
+
+
+def test_character_error_rate_is_the_edit_distance_over_the_references_characters():
+    from common.robustness import character_error_rate
+
+    assert character_error_rate("오늘 정말", "오늘 정말") == 0
+    assert character_error_rate("오늘 정말", "오늘정말") == 0  # spaces left out
+    assert character_error_rate("오늘 정말", "오 정말요") == pytest.approx(2 / 4)  # one deleted, one inserted
+    assert character_error_rate("abcd", "xbcy") == pytest.approx(2 / 4)  # two substituted
+    assert character_error_rate("", "") == 0 and character_error_rate("", "아") == 1
+    assert character_error_rate("가나", "") == 1
+
+
+def test_a_speech_to_text_models_transcripts_are_scored_and_listed(finished, tmp_path, capsys):
+    from common.synthetic import write_tiny_asr
+
+    model = write_tiny_asr(tmp_path / "asr")
+    robustness.main([str(finished), "--resamples", "50", "--condition", "no transcript", "--asr_model", str(model)])
+    metric, rows = robustness.read_table(finished)
+    assert [r["condition"] for r in rows] == ["clean", "no transcript", f"ASR transcripts ({model})"]
+    with (finished / "robustness" / "asr.csv").open(encoding="utf-8") as f:
+        listed = list(csv.DictReader(f))
+    run = FinishedRun(finished)
+    assert [r["segment_id"] for r in listed] == [run.utterances[k].segment_id for k in run.test]
+    heard = [r["asr_transcript"] for r in listed]
+    assert all(heard) and heard == robustness.transcribe(str(model), [run.utterances[k].wav for k in run.test], 1)
+    from common.robustness import character_error_rate
+
+    assert all(
+        float(r["cer"]) == pytest.approx(character_error_rate(r["transcript"], r["asr_transcript"]), abs=1e-4)
+        for r in listed
+    )
+    inputs = robustness.Inputs(run, 0, heard)
+    condition = robustness.conditions(run.cell, str(model))[-1]
+    by_hand = [robustness.Inputs(run, 0)._tokens([t], None)[0] for t in heard]
+    assert all(
+        np.array_equal(item["input_ids"], ids) for item, ids in zip(inputs.items(condition), by_hand, strict=True)
+    )

@@ -26,14 +26,14 @@ BOTH = Cell("multimodal", "total", "gated")
 # numbers, the value of each flag added after runs existed, and the flags of one encoder.
 NOT_RESULTS = {
     "resume", "overwrite", "num_workers", "gpus", "output_dir", "dataset_dir", "test_dataset_dir", "save_model",
-    "cache", "cache_dir", "keep_checkpoint", "report_to", "quiet", "ckpt", "demo", "original", "num_fold",
+    "cache", "cache_dir", "keep_checkpoint", "report_to", "quiet", "ckpt", "demo", "original", "num_fold", "seeds",
 }  # fmt: skip
 EARLIER = {
     "labels": "checked", "duplicate_rows": "all", "text_inputs": "masked", "speech_inputs": "extractor",
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
     "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None, "context": 0,
-    "modality_dropout": 0.0,
+    "modality_dropout": 0.0, "score_on": "test",
 }  # fmt: skip
 TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length", "context"}
 SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}

@@ -305,3 +305,20 @@ def test_a_frozen_run_resumes_exactly_on_the_same_encoders_and_its_model_refers_
     predict(["--run_dir", str(cut), "--wav", wavs[0], "--text", texts[0], "--text_model", str(tmp_path / "elsewhere")])
     printed = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose([printed["probabilities"][e] for e in EMOTIONS], probs[0], atol=1e-5)
+
+
+def test_seeds_run_one_after_the_other_each_into_its_own_folder(corpus20, tiny_models, tmp_path):
+    out = tmp_path / "runs" / "KEMDy20"
+    flags = ("--seeds", "3,1", "--num_fold", "2")
+    cmd = tiny_command("text_classification", corpus20[0], tiny_models, out, *flags, epochs=1)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = {}
+    for seed in (3, 1):
+        run_dir = tmp_path / "runs" / f"KEMDy20_seed{seed}"
+        config = json.loads((run_dir / "config.json").read_text())
+        found[seed] = json.loads((run_dir / "metrics.json").read_text())["epochs"][0]["train_loss"]
+        assert (config["args"]["seed"], config["args"]["seeds"], config["args"]["num_fold"]) == (seed, None, 2)
+    assert found[3] != found[1] and not out.exists()
+    single = run(TEXT, corpus20[0], tiny_models, tmp_path / "single", "--seed", "1", "--num_fold", "2")
+    assert single["epochs"][0]["train_loss"] == found[1]  # a seed of --seeds is that seed's run
