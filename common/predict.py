@@ -2,6 +2,7 @@
 
     python -m common.predict --run_dir runs/multimodal_total_concat/KEMDy20/fold1 --wav a.wav --text "..."
     python -m common.predict --run_dir DIR --csv utterances.csv      # columns wav and/or text; one JSON line each
+    python -m common.predict --run_dir DIR --wav_dir clips/ --out predictions.csv  # a CSV, resumable (common.batch)
     python -m common.predict --run_dir DIR --text "..." --context_text "B: ..." --context_text "A: ..."  # --context
 
 Inputs are prepared exactly as in training: audio of any sample rate and channel count is mixed to mono,
@@ -11,7 +12,6 @@ resampled to 16 kHz and cut to the run's --max_seq_len; text is cut to its --max
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -121,27 +121,32 @@ class Predictor:
         self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1, contexts: list | None = None
     ) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
+        items = self.items(wavs, texts, contexts)
+        probs, va = self.outputs(items, batch_size)
+        return [
+            self.result(probs[k] if probs is not None else None, va[k] if va is not None else None)
+            for k in range(len(items))
+        ]
+
+    def result(self, probs, va) -> dict:
+        """One utterance's answer: its emotion probabilities, labels at the run's threshold and most probable
+        emotion (where the cell classifies), its valence and arousal on 1-5 (where it regresses)."""
         from common.metrics import predicted
 
-        items, results = self.items(wavs, texts, contexts), []
-        probs, va = self.outputs(items, batch_size)
-        for row in range(len(items)):
-            result = {}
-            if probs is not None:
-                p = probs[row]
-                result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, p, strict=True)}
-                result["threshold"] = (
-                    float(self.threshold)
-                    if np.ndim(self.threshold) == 0
-                    else dict(zip(EMOTIONS, map(float, self.threshold), strict=True))
-                )
-                chosen = predicted(p, self.threshold)
-                result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
-                result["top1"] = EMOTIONS[int(np.argmax(p))]
-            if va is not None:
-                result |= {d: float(v) for d, v in zip(DIMENSIONS, va[row], strict=True)}
-            results.append(result)
-        return results
+        result = {}
+        if probs is not None:
+            result["probabilities"] = {e: float(x) for e, x in zip(EMOTIONS, probs, strict=True)}
+            result["threshold"] = (
+                float(self.threshold)
+                if np.ndim(self.threshold) == 0
+                else dict(zip(EMOTIONS, map(float, self.threshold), strict=True))
+            )
+            chosen = predicted(probs, self.threshold)
+            result["labels"] = [e for e, x in zip(EMOTIONS, chosen, strict=True) if x]
+            result["top1"] = EMOTIONS[int(np.argmax(probs))]
+        if va is not None:
+            result |= {d: float(v) for d, v in zip(DIMENSIONS, va, strict=True)}
+        return result
 
     def outputs(self, items: list[dict], batch_size: int = 1, given: dict | None = None):
         """(emotion probabilities, valence/arousal on 1-5) of model inputs (`items`), each None where the cell
@@ -195,23 +200,6 @@ def _threshold(run_dir: Path, threshold):
     return np.array([tuned[e] for e in EMOTIONS])
 
 
-def read_csv(path: Path) -> tuple[list[dict], list | None, list | None, list | None]:
-    """(rows, wav paths resolved against the CSV's folder, texts, turns before each) of a batch file (a context
-    column: the turns before the utterance, one per line, each `A: ...` or `B: ...`)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"--csv {path}: cannot read it ({err})") from None
-    columns = set(rows[0]) if rows else set()
-    if not rows or not columns & {"wav", "text"}:
-        raise UserError(f"--csv {path}: needs a header with a wav and/or a text column, and at least one row")
-    wavs = [str(path.parent / r["wav"]) if r["wav"] else "" for r in rows] if "wav" in columns else None
-    texts = [r["text"] or "" for r in rows] if "text" in columns else None
-    contexts = [(r["context"] or "").splitlines() for r in rows] if "context" in columns else None
-    return rows, wavs, texts, contexts
-
-
 def main(argv: list[str] | None = None) -> None:
     from common.cli import HelpFormatter
 
@@ -227,7 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--csv",
         help="batch: a CSV with a wav column (paths relative to the CSV) and/or a text column; other columns are "
-        "copied to the output, one JSON object per line",
+        "copied to the output (with --out a CSV, else one JSON object per line)",
+    )
+    parser.add_argument(
+        "--wav_dir",
+        help="batch: every .wav under this folder, each with the transcript of the .txt of its name beside it",
+    )
+    parser.add_argument(
+        "--out",
+        help="with --csv or --wav_dir: write a CSV, one row per utterance, a batch at a time (an unreadable input "
+        "gets its reason in the error column; a file this run began is continued where it stopped)",
     )
     parser.add_argument(
         "--context_text",
@@ -251,12 +248,15 @@ def main(argv: list[str] | None = None) -> None:
             "where it was trained; its weights are checked",
         )
     args = parser.parse_args(argv)
-    for flag in ("run_dir", "wav", "csv", "text_model", "speech_model"):
+    for flag in ("run_dir", "wav", "csv", "wav_dir", "out", "text_model", "speech_model"):
         paths.check(f"--{flag}", getattr(args, flag))
-    if args.csv and (args.wav or args.text is not None or args.context_text):
-        raise UserError("give either --csv or --wav/--text (and --context_text), not both")
-    if not args.csv and not args.wav and args.text is None:
+    many = args.csv or args.wav_dir
+    if (args.csv and args.wav_dir) or (many and (args.wav or args.text is not None or args.context_text)):
+        raise UserError("give one of --csv, --wav_dir or --wav/--text (and --context_text)")
+    if not many and not args.wav and args.text is None:
         raise UserError("give --wav and/or --text for one utterance, or --csv for a batch")
+    if args.out and not many:
+        raise UserError("--out: writes a batch's predictions; give --csv or --wav_dir")
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
     from accelerate import PartialState
@@ -265,10 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     sources = {m: getattr(args, f"{m}_model") for m in ("text", "speech") if getattr(args, f"{m}_model")}
     predictor = Predictor(args.run_dir, PartialState().device, sources)
-    if args.csv:
-        rows, wavs, texts, contexts = read_csv(Path(args.csv))
-        for row, result in zip(rows, predictor(wavs, texts, args.batch_size, contexts), strict=True):
-            print(json.dumps(row | result, ensure_ascii=False))
+    if many:
+        from common import batch
+
+        columns, rows, count = batch.from_csv(Path(args.csv)) if args.csv else batch.from_folder(Path(args.wav_dir))
+        out = Path(args.out) if args.out else None
+        done = batch.run(predictor, columns, rows, count, out, args.batch_size, str(Path(args.run_dir).resolve()))
+        if out is not None:
+            print(f"{out}: {done} utterances predicted, {count - done} there already", file=sys.stderr)
     else:
         texts = [args.text] if args.text is not None else None
         result = predictor([args.wav] if args.wav else None, texts, contexts=[args.context_text or []])[0]

@@ -42,6 +42,8 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
 - fusion_step_<fusion> (with --fusions, only these two kinds, encoders of the real sizes): each fusion's
   fine-tuned training step over concatenation's, on the same two batches of 8 five-second clips and their
   transcripts;
+- batch_predict_rss (with --batch_predict, only this): common.predict's batch mode streaming 10,000 clips of the
+  corpus into one CSV with a demo speech run, its peak RSS after all of them over its peak after the first 1,000;
 - frozen_sequence_epoch: a fine-tuned cross-attention epoch on those 16 clips over one on the frozen
   encoders' cached states (sequence_cache); beside it the cache's size per clip and for KEMDy20's 13,462 clips
   of 5 s (the last layer; every layer of wav2vec2-base would take 13 times the speech part), and its read time
@@ -108,6 +110,11 @@ GOALS = {
         "encoders written, fold 1 trained (wall seconds)",
         "<",
         60.0,
+    ),
+    "batch_predict_rss": (
+        "batch prediction of 10,000 clips into one CSV: peak RSS after all / after the first 1,000",
+        "<=",
+        1.10,
     ),
     "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
     "layers_rss_gib": ("that cell's peak RSS above its libraries and encoders: the data side (GiB)", "<", 1.0),
@@ -308,6 +315,22 @@ def data_probe(corpus: str, tokenizer_dir: str, cache_dir: str) -> dict:
     one_pass = time.perf_counter() - start
     shutil.rmtree(cache_dir, ignore_errors=True)
     return {"cold_s": cold, "warm_s": warm, "pass_s": one_pass, "peak_rss_bytes": _peak_rss(), "utterances": len(utts)}
+
+
+def batch_probe(run_dir: str, first: str, whole: str, out: str) -> dict:
+    """common.predict's batch mode in this process: the first 1,000 rows, then (continuing the same file) all
+    10,000; the peak RSS after each, and the seconds per clip of the second part."""
+    from common import batch
+    from common.predict import Predictor
+
+    predictor = Predictor(run_dir)
+    found = {}
+    for name, table in (("first", first), ("whole", whole)):
+        columns, rows, count = batch.from_csv(Path(table))
+        start = time.perf_counter()
+        done = batch.run(predictor, columns, rows, count, Path(out), 16, run_dir, show=False)
+        found[name] = {"rss": _peak_rss(), "clips": done, "s": time.perf_counter() - start}
+    return found
 
 
 def _peak_rss() -> int:
@@ -564,6 +587,35 @@ class Bench:
             shutil.rmtree(tree)
         (first, first_cpu), (again, again_cpu) = times
         self.record("demo_s", first, cpu_s=first_cpu, again_s=again, again_cpu_s=again_cpu)
+
+    def batch_predict(self) -> None:
+        """Batch prediction's memory: a speech run of the demo streams 10,000 clips of the full-size corpus into
+        one CSV; the peak RSS after all of them over the peak after the first 1,000 (flat: only a batch is held)."""
+        import csv as csv_module
+
+        runs = self.work / "batch_runs"
+        shutil.rmtree(runs, ignore_errors=True)
+        command = [sys.executable, "speech_classification.py", "--demo", "--epochs", "1", "--quiet"]
+        command += ["--output_dir", str(runs / "speech")]
+        subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
+        tables = {}
+        for n in (1000, 10000):
+            tables[n] = runs / f"clips{n}.csv"
+            with tables[n].open("w", encoding="utf-8", newline="") as f:
+                writer = csv_module.writer(f)
+                writer.writerow(["wav"])
+                writer.writerows([[str(u.wav.resolve())] for u in self.utts[:n]])
+        found = _probe(
+            "batch_probe", str(runs / "speech"), str(tables[1000]), str(tables[10000]), str(runs / "out.csv")
+        )
+        first, whole = found["first"], found["whole"]
+        self.record(
+            "batch_predict_rss",
+            whole["rss"] / first["rss"],
+            rss_after_1000_gib=first["rss"] / 2**30,
+            rss_after_10000_gib=whole["rss"] / 2**30,
+            s_per_clip=whole["s"] / max(whole["clips"], 1),
+        )
 
     def layers(self) -> None:
         """One cell extracts every layer once; the five folds of another cell (the slowest kind: element-wise
@@ -851,6 +903,11 @@ def main(argv: list[str] | None = None) -> None:
         "read time of the cached states",
     )
     parser.add_argument(
+        "--batch_predict",
+        action="store_true",
+        help="only batch prediction's memory: 10,000 clips streamed into one CSV (about 3 minutes on 2 CPU cores)",
+    )
+    parser.add_argument(
         "--gpu",
         action="store_true",
         help="only the device benchmark (tools.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
@@ -868,6 +925,12 @@ def main(argv: list[str] | None = None) -> None:
             write_text(args.out, json.dumps(results, indent=1) + "\n")
         return
     bench = Bench(Path(args.work), size="base" if args.base_layers or args.fusions else "small")
+    if args.batch_predict:
+        bench.batch_predict()
+        print(bench.table())
+        if args.out:
+            write_text(args.out, json.dumps(bench.results, indent=1) + "\n")
+        return
     if args.fusions:
         bench.fusions()
     elif not args.base_layers:
