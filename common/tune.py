@@ -57,8 +57,11 @@ def suggest(trial, plan, params: list[str]) -> dict:
 
 
 def trial_plan(plan, values: dict, folder: Path):
-    """A trial's run: the command's plan with the trial's values, scored on the validation part, into `folder`."""
-    return plan.but(**values, score_on="valid", output_dir=str(folder), overwrite=False, resume=False, seeds=None)
+    """A trial's run: the command's plan with the trial's values, scored on the validation part, into `folder`;
+    its metrics and predictions kept, not its model (the best settings are trained again: forty trials of
+    real-sized encoders would otherwise keep about 20 GB of weights)."""
+    changes = dict(score_on="valid", output_dir=str(folder), overwrite=False, resume=False, seeds=None)
+    return plan.but(**values, **changes, save_model=False)
 
 
 def check_folder(folder: Path) -> None:
