@@ -43,12 +43,12 @@ def test_a_study_never_reads_the_test_part_survives_an_interruption_and_trains_i
         return fit(run)
 
     monkeypatch.setattr(loop, "fit", interrupted_in_trial_2)
-    with pytest.raises(Interrupted, match=r"^interrupted \(2 of 4 trials finished\); run the same command again"):
-        tune.run_study(plan, folder, trials=4, log=lambda _: None)
+    with pytest.raises(Interrupted, match=r"^interrupted \(2 of 10 trials finished\); run the same command again"):
+        tune.run_study(plan, folder, trials=10, log=lambda _: None)
     monkeypatch.setattr(loop, "fit", fit)
-    study = tune.run_study(plan, folder, trials=4, log=lambda _: None)
+    study = tune.run_study(plan, folder, trials=10, log=lambda _: None)
     states = [t.state for t in study.get_trials()]
-    assert states.count(optuna.trial.TrialState.FAIL) == 1 and tune.finished(study) == 4
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and tune.finished(study) == 10
     assert all(not set(indices) & set(fold.test) for indices in seen)  # no trial's dataset holds a test utterance
     assert any(set(indices) == set(valid_part) for indices in seen)  # each trial is scored on the validation part
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
@@ -68,7 +68,7 @@ def test_a_study_never_reads_the_test_part_survives_an_interruption_and_trains_i
     assert config["args"]["lr"] == pytest.approx(study.best_params["lr"]) and config["args"]["score_on"] == "test"
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match=r"--study .*study: holds notes.txt, which no study writes"):
-        tune.run_study(plan, folder, trials=5, log=lambda _: None)
+        tune.run_study(plan, folder, trials=11, log=lambda _: None)
 
 
 def test_the_command_refuses_what_the_study_decides_in_one_line(corpus20):
