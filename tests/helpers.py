@@ -151,3 +151,23 @@ def constant_baselines(corpus) -> tuple[float, float]:
         for s in itertools.product((0, 1), repeat=7)
     )
     return best_f1, y.mean(axis=0).max()
+
+
+def interrupted_after_epoch_1(run) -> None:
+    """`run()` stopped by Ctrl-C right after its first epoch's checkpoint is written: the interrupted run that a
+    resume test then continues."""
+    import pytest
+
+    from common.checkpoints import Checkpoints
+    from common.errors import Interrupted
+
+    save = Checkpoints.save
+
+    def killed_after_epoch_1(self, epoch, state, test_outputs):
+        save(self, epoch, state, test_outputs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Checkpoints, "save", killed_after_epoch_1)
+        with pytest.raises(Interrupted, match="interrupted after epoch 1"):
+            run()

@@ -26,7 +26,7 @@ from common.predict import main as predict_main
 from common.synthetic import generate
 from common.train import train
 
-from helpers import tiny_command
+from helpers import interrupted_after_epoch_1, tiny_command
 
 
 def reference_contexts(utterances, count: int) -> list[str]:
@@ -215,8 +215,6 @@ def test_a_run_without_context_refuses_turns_and_bad_values_are_one_line(tmp_pat
 def test_frozen_text_vectors_are_cached_per_context_and_a_multimodal_run_resumes_exactly(
     tmp_path, corpus20, tiny_models
 ):
-    from common.checkpoints import Checkpoints
-    from common.errors import Interrupted
 
     cache = tmp_path / "cache"
 
@@ -228,16 +226,7 @@ def test_frozen_text_vectors_are_cached_per_context_and_a_multimodal_run_resumes
     (whole,) = run(tmp_path / "whole", "--context", "2")
     kinds = sorted(p.name.split("-")[0] for p in cache.iterdir() if not p.name.startswith("."))
     assert kinds.count("text_vectors") == 2 and "pair_tokens" in kinds and "tokens" in kinds, kinds
-    save = Checkpoints.save
-
-    def killed_after_epoch_1(self, epoch, state, test_outputs):
-        save(self, epoch, state, test_outputs)
-        raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Checkpoints, "save", killed_after_epoch_1)
-        with pytest.raises(Interrupted, match="interrupted after epoch 1"):
-            run(tmp_path / "cut", "--context", "2")
+    interrupted_after_epoch_1(lambda: run(tmp_path / "cut", "--context", "2"))
     (resumed,) = run(tmp_path / "cut", "--context", "2", "--resume")
     assert resumed == whole
     with pytest.raises(UserError, match="context"):  # the fold set of another context is not continued

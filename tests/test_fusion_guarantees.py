@@ -15,11 +15,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from common.checkpoints import Checkpoints
 from common.cli import parse_script
 from common.data import Collator, KemdyDataset, prepare_inputs
 from common.encoders import Encoders, audio_spec
-from common.errors import Interrupted, UserError
+from common.errors import UserError
 from common.grid import EMOTIONS, FUSIONS
 from common.kemdy import read_corpus
 from common.model import EmotionModel, build_model
@@ -27,7 +26,7 @@ from common.predict import Predictor
 from common.synthetic import write_tiny_speech_family, write_tiny_text_family
 from common.train import train
 
-from helpers import ROOT, launch_two_processes, tiny_command
+from helpers import ROOT, interrupted_after_epoch_1, launch_two_processes, tiny_command
 
 NEW = [name for name in FUSIONS if name not in ("concat", "element_wise_add")]
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -142,16 +141,9 @@ def test_every_fusion_resumes_to_exactly_the_uninterrupted_run(corpus20, tiny_mo
     flags = ["--freeze", "both"] if FUSIONS[fusion].reads == "sequences" else []
     corpora = {"20": corpus20[0]}
     (whole,) = _run(corpora, tiny_models, families, tmp_path / "whole", fusion, "total", flags, "--epochs", "2")
-    save = Checkpoints.save
-
-    def killed_after_epoch_1(self, epoch, state, test_outputs):
-        save(self, epoch, state, test_outputs)
-        raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Checkpoints, "save", killed_after_epoch_1)
-        with pytest.raises(Interrupted, match="interrupted after epoch 1"):
-            _run(corpora, tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2")
+    interrupted_after_epoch_1(
+        lambda: _run(corpora, tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2")
+    )
     (resumed,) = _run(
         corpora, tiny_models, families, tmp_path / "cut", fusion, "total", flags, "--epochs", "2", "--resume"
     )

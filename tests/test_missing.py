@@ -9,14 +9,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from common.checkpoints import Checkpoints
 from common.cli import parse_script
 from common.data import AudioSpec, Collator, Inputs, PairTokenIds
-from common.errors import Interrupted, UserError
+from common.errors import UserError
 from common.missing import ModalityDropout
 from common.train import train
 
-from helpers import tiny_command
+from helpers import interrupted_after_epoch_1, tiny_command
 
 SPEC = AudioSpec(normalize=True, padding_value=0.0, min_samples=400, pass_mask=True)
 
@@ -96,16 +95,7 @@ def test_a_run_with_modality_dropout_differs_from_one_without_and_resumes_exactl
     (plain,) = run(tmp_path / "plain")
     (whole,) = run(tmp_path / "whole", "--modality_dropout", "0.5")
     assert whole["epochs"][0]["train_loss"] != plain["epochs"][0]["train_loss"]
-    save = Checkpoints.save
-
-    def killed_after_epoch_1(self, epoch, state, test_outputs):
-        save(self, epoch, state, test_outputs)
-        raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Checkpoints, "save", killed_after_epoch_1)
-        with pytest.raises(Interrupted, match="interrupted after epoch 1"):
-            run(tmp_path / "cut", "--modality_dropout", "0.5")
+    interrupted_after_epoch_1(lambda: run(tmp_path / "cut", "--modality_dropout", "0.5"))
     (resumed,) = run(tmp_path / "cut", "--modality_dropout", "0.5", "--resume")
     assert resumed == whole
     config = json.loads((tmp_path / "whole" / "config.json").read_text())
