@@ -382,7 +382,7 @@ def pool_text(encoder: nn.Module, pooling: str, states: States) -> torch.Tensor:
         if pooling == "mean":
             return mean_over_positions(hidden, mask)
         if pooling == "last":
-            return hidden[(torch.arange(len(mask)), *layers, last_token(mask))]
+            return hidden[(torch.arange(mask.shape[0], device=mask.device), *layers, last_token(mask))]
         if pooling == "pooler" and layers:
             return encoder.pooler.dense(hidden[:, :, 0])
         return hidden[(slice(None), *layers, 0)]
@@ -398,15 +398,21 @@ class _ClipGroupNorm(nn.Module):
 
     def __init__(self, norm: nn.GroupNorm, frames: torch.Tensor):
         super().__init__()
-        self.norm, self.frames = norm, frames.tolist()
+        self.norm, self.frames = norm, frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
-        pairs = [torch.var_mean(x[i, :, :n], dim=-1, correction=0) for i, n in enumerate(self.frames)]
-        var, mean = zip(*pairs, strict=True)
-        scale = torch.rsqrt(torch.stack(var) + norm.eps)
+        if torch.onnx.is_in_onnx_export():  # a graph holds no loop over clips: the same statistics, masked
+            inside = (torch.arange(x.shape[-1], device=x.device)[None, :] < self.frames[:, None])[:, None, :]
+            count = self.frames[:, None].to(x.dtype)
+            mean = torch.where(inside, x, 0.0).sum(dim=-1) / count
+            var = torch.where(inside, (x - mean[:, :, None]) ** 2, 0.0).sum(dim=-1) / count
+        else:
+            pairs = [torch.var_mean(x[i, :, :n], dim=-1, correction=0) for i, n in enumerate(self.frames.tolist())]
+            var, mean = (torch.stack(v) for v in zip(*pairs, strict=True))
+        scale = torch.rsqrt(var + norm.eps)
         scale = scale * norm.weight if norm.affine else scale
-        shift = -torch.stack(mean) * scale + (norm.bias if norm.affine else 0)
+        shift = -mean * scale + (norm.bias if norm.affine else 0)
         return torch.addcmul(shift[:, :, None], x, scale[:, :, None])  # one pass over the frames
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from common.encoders import masked_mean
 from common.errors import UserError
@@ -108,7 +109,7 @@ class LowRankTensor(Fusion):
 
     def forward(self, text: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
         text, speech = self.dropped(text, speech)
-        one = text.new_ones((len(text), 1))
+        one = torch.ones_like(text[:, :1])
         text_terms = torch.matmul(torch.cat([text, one], dim=-1), self.text_factor)  # rank x utterances x width
         speech_terms = torch.matmul(torch.cat([speech, one], dim=-1), self.speech_factor)
         product = (text_terms * speech_terms).permute(1, 0, 2)  # utterances x rank x width
@@ -132,11 +133,28 @@ class _CrossBlock(nn.Module):
 
     def forward(self, target: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
         source = self.norm_source(source)
-        attended, _ = self.attention(
-            self.norm_target(target), source, source, key_padding_mask=~source_mask.bool(), need_weights=False
-        )
+        if torch.onnx.is_in_onnx_export():
+            attended = self._traceable(self.norm_target(target), source, source_mask)
+        else:
+            attended, _ = self.attention(
+                self.norm_target(target), source, source, key_padding_mask=~source_mask.bool(), need_weights=False
+            )
         target = target + attended
         return target + self.feed_forward(self.norm_out(target))
+
+    def _traceable(self, query: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        """The attention's computation in evaluation, in operations whose shapes a traced graph keeps as
+        dimensions (nn.MultiheadAttention's own fixes them as the traced batch's numbers)."""
+        attention, heads = self.attention, self.attention.num_heads
+        weights, biases = attention.in_proj_weight.chunk(3), attention.in_proj_bias.chunk(3)
+
+        def by_head(x: torch.Tensor, k: int) -> torch.Tensor:  # utterances x heads x positions x head width
+            x = F.linear(x, weights[k], biases[k])
+            return x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+        keep = source_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(by_head(query, 0), by_head(source, 1), by_head(source, 2), attn_mask=keep)
+        return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class CrossAttention(Fusion):

@@ -142,7 +142,7 @@ class EmotionModel(nn.Module):
         if self.config.text_inputs == "original":
             # The original's call, BERT(ids, attention_mask=token-type ids, token_type_ids=padding mask):
             # every real token has segment 1, padding segment 0, and attention covers the padding too.
-            bias = torch.full((len(mask), 1, 1, mask.shape[1]), ORIGINAL_ATTENTION_BIAS, device=mask.device)
+            bias = torch.full_like(mask[:, None, None, :], ORIGINAL_ATTENTION_BIAS, dtype=torch.float32)
             ids = batch["input_ids"]
             return self.text_encoder(input_ids=ids, attention_mask=bias, token_type_ids=mask, **kwargs)
         if self._token_types and "token_type_ids" in batch:
@@ -174,6 +174,8 @@ class EmotionModel(nn.Module):
             return States.whole(*run_speech(encoder, audio, samples, mask, all_layers))
         if self.config.clip_norm:
             return States.whole(*run_speech(encoder, audio, samples, True, all_layers, clip_norm=True))
+        if torch.onnx.is_in_onnx_export():  # a graph holds no loop over lengths: it is given one length at a time
+            return States.whole(*run_speech(encoder, audio, samples, mask, all_layers))
         lengths, parts = samples.sum(dim=-1), []
         for n in lengths.unique().tolist():
             rows = (lengths == n).nonzero(as_tuple=True)[0]

@@ -4,6 +4,7 @@
     python -m common.predict --run_dir DIR --csv utterances.csv      # columns wav and/or text; one JSON line each
     python -m common.predict --run_dir DIR --wav_dir clips/ --out predictions.csv  # a CSV, resumable (common.batch)
     python -m common.predict --run_dir DIR --text "..." --context_text "B: ..." --context_text "A: ..."  # --context
+    python -m common.predict --run_dir DIR --backend onnx --wav a.wav --text "..."  # its ONNX export (common.export)
 
 Inputs are prepared exactly as in training: audio of any sample rate and channel count is mixed to mono,
 resampled to 16 kHz and cut to the run's --max_seq_len; text is cut to its --max_text_len tokens.
@@ -34,8 +35,17 @@ if TYPE_CHECKING:
 class Predictor:
     """A run's trained model with the preprocessing and threshold it was trained and evaluated with."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu", sources: dict | None = None):
-        """`sources`: where a frozen encoder the model refers to is now ({"text": folder}), if it moved."""
+    def __init__(
+        self,
+        run_dir: str | Path,
+        device: str | torch.device = "cpu",
+        sources: dict | None = None,
+        backend: str = "torch",
+        graph: Path | None = None,
+    ):
+        """`sources`: where a frozen encoder the model refers to is now ({"text": folder}), if it moved. `backend`
+        "onnx": the run's exported graph (`common.export`; or the file `graph`) in ONNX Runtime answers instead of
+        the model."""
         from safetensors import SafetensorError
 
         from common.data import Collator
@@ -65,11 +75,29 @@ class Predictor:
         self.device = device
         cell = self.model.config.cell
         self.uses_text, self.uses_speech = cell.uses_text, cell.uses_speech
-        self.spec = None
+        self.spec, self.onnx = None, None
         if self.uses_speech:
             self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.config)
+        if backend == "onnx":
+            self._use_onnx(run_dir, graph)
         self.collate = Collator(self.tokenizer, self.args["max_text_len"], self.spec, self.args["pad_to_max_length"])
         self.context = self.args.get("context", 0) if self.uses_text else 0  # turns before an utterance it reads
+
+    def _use_onnx(self, run_dir: Path, graph: Path | None) -> None:
+        """Answer with the exported graph, which takes raw samples: items carry them unnormalised, and batches are
+        padded to the encoder's shortest clip with only the clips' own samples marked (the graph does the rest)."""
+        from dataclasses import replace
+
+        from common import export
+
+        path = graph or run_dir / export.FOLDER / export.FILE
+        if not path.is_file():
+            raise UserError(f"--run_dir {run_dir}: has no ONNX export; run python -m common.export {run_dir}")
+        self.onnx = export.OnnxModel(path)
+        if self.spec is not None:
+            self.spec = replace(
+                self.spec, normalize=False, min_samples=1, pad_to=max(self.spec.pad_to, self.spec.min_samples)
+            )
 
     def items(self, wavs: list | None, texts: list | None, contexts: list | None = None) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing. `contexts`: for a run
@@ -157,8 +185,15 @@ class Predictor:
         from common.losses import emotion_probabilities
 
         probs, va = [], []
+        if self.onnx is not None and given:
+            raise UserError("the ONNX backend computes every vector itself; a modality replaced needs the model")
         for start in range(0, len(items), batch_size):
             batch = self.collate(items[start : start + batch_size])
+            if self.onnx is not None:
+                answer = self.onnx(batch)
+                probs += [answer[0]] if answer[0] is not None else []
+                va += [answer[1]] if answer[1] is not None else []
+                continue
             for key, value in (given or {}).items():
                 batch[key] = value.expand(len(batch["index"]), *value.shape[1:])
             batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -241,6 +276,12 @@ def main(argv: list[str] | None = None) -> None:
         help="utterances per forward pass; every answer is the same whatever the batch (clips whose outputs "
         "would change with padding run apart)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: the run's exported graph in ONNX Runtime answers (python -m common.export RUN_DIR first)",
+    )
     for modality in ("text", "speech"):
         parser.add_argument(
             f"--{modality}_model",
@@ -264,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()
     sources = {m: getattr(args, f"{m}_model") for m in ("text", "speech") if getattr(args, f"{m}_model")}
-    predictor = Predictor(args.run_dir, PartialState().device, sources)
+    predictor = Predictor(args.run_dir, PartialState().device, sources, args.backend)
     if many:
         from common import batch
 

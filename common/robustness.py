@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from common import paths, predictions, rundir
-from common.errors import UserError, run_cli, writing
+from common.errors import UserError, run_cli
 
 SNRS = (20, 10, 5, 0)
 DAMAGE = (0.05, 0.10, 0.20)
@@ -197,11 +197,12 @@ class FinishedRun:
 class Inputs:
     """The model inputs of a run's test utterances under a condition, each drawn from its own seeded stream."""
 
-    def __init__(self, run: FinishedRun, seed: int, transcripts: list[str] | None = None):
-        """`transcripts`: a speech-to-text model's, of the test utterances (the ASR condition's)."""
+    def __init__(self, run: FinishedRun, seed: int, transcripts: list[str] | None = None, predictor=None):
+        """`transcripts`: a speech-to-text model's, of the test utterances (the ASR condition's); `predictor`: the
+        one whose inputs these are, if not the run's own (`common.export` compares its graph with the model)."""
         from common.data import stored_audio
 
-        self.run, self.seed, self.p, self.transcripts = run, seed, run.predictor, transcripts
+        self.run, self.seed, self.p, self.transcripts = run, seed, predictor or run.predictor, transcripts
         self.max_seconds = self.p.args["max_seq_len"]
         self.clips: dict[int, np.ndarray] = {}
 
@@ -511,13 +512,7 @@ def write(run: FinishedRun, rows: list[dict], transcripts: list[str] | None = No
         if run.cell.uses_speech:
             figure(run, rows, folder / "snr.png")
 
-    lock = rundir.RunLock(run.run_dir).acquire()  # no run of this folder writes it meanwhile
-    try:
-        with writing("the robustness tables", run.run_dir):
-            rundir.build_folder(run.run_dir, FOLDER, build)
-    finally:
-        lock.release()
-    return run.run_dir / FOLDER
+    return rundir.add_to_finished_run(run.run_dir, FOLDER, build, "the robustness tables")
 
 
 def main(argv: list[str] | None = None) -> None:

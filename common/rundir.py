@@ -47,7 +47,7 @@ MARKER_FORMAT = 2  # 2: a run's marker records its fold
 # A run written before markers existed wrote the first seven (adopting it lists those found); `robustness`,
 # written after a run by common.robustness, is newer than markers.
 RUN_FILES = ("config.json", "metrics.json", "predictions.csv", "confusion.csv", "model", "checkpoints", "tensorboard")
-RUN_FILES += ("robustness",)
+RUN_FILES += ("robustness", "onnx")
 EARLIER_RUN_FILES = RUN_FILES[:7]
 SUMMARY_FILES = ("summary.json", "summary.md")  # a fold set's, beside its fold<k>/
 SET_FILES = (*(f"fold{k}" for k in range(1, NUM_FOLDS + 1)), *SUMMARY_FILES)
@@ -579,6 +579,18 @@ def build_folder(folder: Path, name: str, build: Callable[[Path], None]) -> None
     own(folder, name)
     shutil.rmtree(folder / name, ignore_errors=True)
     atomic.build_folder(folder / name, build)
+
+
+def add_to_finished_run(folder: Path, name: str, build: Callable[[Path], None], what: str) -> Path:
+    """`build_folder` into a finished run, the run locked meanwhile (no run of this folder writes it then); a
+    failure says that `what` (its tables, its export) could not be written."""
+    lock = RunLock(folder).acquire()
+    try:
+        with writing(what, folder):
+            build_folder(folder, name, build)
+    finally:
+        lock.release()
+    return folder / name
 
 
 def write_set_summary(folder: Path, summary: dict, text: str) -> None:

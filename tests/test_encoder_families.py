@@ -96,7 +96,28 @@ def trains_freezes_and_predicts(text: Path, speech: Path, corpus: Path, out: Pat
     answers = Predictor(out / "tuned")([str(u.wav) for u in utterances], [u.text for u in utterances], batch_size=6)
     for row, answer in zip(rows, answers, strict=True):
         assert max(abs(answer["probabilities"][e] - float(row[f"prob_{e}"])) for e in EMOTIONS) < 1e-5
+    exports_or_says_why_not(out / "tuned")
     return json.loads((out / "tuned" / "config.json").read_text())["args"]
+
+
+def exports_or_says_why_not(run: Path) -> None:
+    """The run's ONNX graph answers its test utterances as the model does (the export checks every one, and
+    refuses beyond its tolerance), and as predictions.csv lists them; a Whisper run is refused with its reason."""
+    from common import export
+    from common.errors import UserError
+    from common.predict import Predictor
+
+    model = json.loads((run / "model" / "model.json").read_text())
+    speech = Predictor(run).model.speech_encoder
+    if speech is not None and type(speech).__name__ == "WhisperEncoder":
+        with pytest.raises(UserError, match="Whisper encoder reads log-mel features"):
+            export.export(run)
+        assert not (run / export.FOLDER).exists()
+        return
+    found = export.export(run, batch_size=5)
+    assert found["utterances"] == 24 and found["max_difference"] < export.TOLERANCE
+    meta = export.OnnxModel(run / export.FOLDER / export.FILE).meta
+    assert meta["one_length_per_run"] == (model["isolate_audio"] and not model["clip_norm"])
 
 
 @pytest.mark.parametrize("family", TEXT_FAMILIES)

@@ -44,6 +44,9 @@ wav2vec2 of a few million weights, common.synthetic.SIZES), it measures:
   transcripts;
 - batch_predict_rss (with --batch_predict, only this): common.predict's batch mode streaming 10,000 clips of the
   corpus into one CSV with a demo speech run, its peak RSS after all of them over its peak after the first 1,000;
+- onnx_batch1, onnx_batch8 (with --onnx, only these): a demo multimodal run with the "small" encoders, exported
+  by common.export, predicting 64 of its test utterances with ONNX Runtime over PyTorch, one at a time and in
+  batches of 8 (beside them each side's seconds per utterance and the export's parity);
 - frozen_sequence_epoch: a fine-tuned cross-attention epoch on those 16 clips over one on the frozen
   encoders' cached states (sequence_cache); beside it the cache's size per clip and for KEMDy20's 13,462 clips
   of 5 s (the last layer; every layer of wav2vec2-base would take 13 times the speech part), and its read time
@@ -116,6 +119,15 @@ GOALS = {
         "<=",
         1.10,
     ),
+    **{
+        f"onnx_batch{size}": (
+            f"a demo multimodal run (small encoders) predicting 64 test utterances in batches of {size}: "
+            "ONNX Runtime / PyTorch (CPU)",
+            "<=",
+            1.0,
+        )
+        for size in (1, 8)
+    },
     "layers_cell": ("a frozen --layers weighted cell's 5 folds / extracting every layer once", "<", 0.01),
     "layers_rss_gib": ("that cell's peak RSS above its libraries and encoders: the data side (GiB)", "<", 1.0),
     **{
@@ -330,6 +342,24 @@ def batch_probe(run_dir: str, first: str, whole: str, out: str) -> dict:
         start = time.perf_counter()
         done = batch.run(predictor, columns, rows, count, Path(out), 16, run_dir, show=False)
         found[name] = {"rss": _peak_rss(), "clips": done, "s": time.perf_counter() - start}
+    return found
+
+
+def onnx_probe(run_dir: str) -> dict:
+    """The run exported (its parity on the test utterances), then the seconds of PyTorch and of ONNX Runtime on
+    the same 64 test utterances at batches of 1 and 8, alternating, each side's fastest of three."""
+    from common import export, robustness
+    from common.predict import Predictor
+
+    start = time.perf_counter()
+    found = {"parity": export.export(Path(run_dir)), "export_s": time.perf_counter() - start}
+    run = robustness.FinishedRun(Path(run_dir), log=lambda _: None)
+    run.test = run.test[:64]
+    sides = {"torch": run.predictor, "onnx": Predictor(run_dir, backend="onnx")}
+    items = {k: robustness.Inputs(run, 0, predictor=p).items(robustness.CONDITIONS[0]) for k, p in sides.items()}
+    for size in (1, 8):
+        seconds = _best_of(3, *(lambda k=k, size=size: sides[k].outputs(items[k], size) for k in sides))
+        found[f"batch{size}"] = dict(zip(sides, seconds, strict=True))
     return found
 
 
@@ -616,6 +646,27 @@ class Bench:
             rss_after_10000_gib=whole["rss"] / 2**30,
             s_per_clip=whole["s"] / max(whole["clips"], 1),
         )
+
+    def onnx(self) -> None:
+        """A demo multimodal run with the "small" encoders, exported: ONNX Runtime's time over PyTorch's on the same
+        test utterances, one at a time and in batches of 8 (CPU, the process's threads for both)."""
+        runs = self.work / "onnx_runs"
+        shutil.rmtree(runs, ignore_errors=True)
+        command = [sys.executable, "multimodal_total_concat.py", "--demo", "--epochs", "1", "--quiet"]
+        command += ["--text_model", str(self.models / "text"), "--speech_model", str(self.models / "speech")]
+        command += ["--output_dir", str(runs / "multimodal")]
+        subprocess.run(command, cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True)
+        found = _probe("onnx_probe", str(runs / "multimodal"))
+        for size in (1, 8):
+            times = found[f"batch{size}"]
+            self.record(
+                f"onnx_batch{size}",
+                times["onnx"] / times["torch"],
+                onnx_s_per_utterance=times["onnx"] / 64,
+                torch_s_per_utterance=times["torch"] / 64,
+                max_difference=f"{found['parity']['max_difference']:.1e}",
+                export_s=found["export_s"],
+            )
 
     def layers(self) -> None:
         """One cell extracts every layer once; the five folds of another cell (the slowest kind: element-wise
@@ -908,6 +959,11 @@ def main(argv: list[str] | None = None) -> None:
         help="only batch prediction's memory: 10,000 clips streamed into one CSV (about 3 minutes on 2 CPU cores)",
     )
     parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="only the ONNX figures: a demo run with the small encoders exported, ONNX Runtime against PyTorch",
+    )
+    parser.add_argument(
         "--gpu",
         action="store_true",
         help="only the device benchmark (tools.gpucheck.device_benchmark): training clips/s in fp32 and bf16, "
@@ -925,8 +981,8 @@ def main(argv: list[str] | None = None) -> None:
             write_text(args.out, json.dumps(results, indent=1) + "\n")
         return
     bench = Bench(Path(args.work), size="base" if args.base_layers or args.fusions else "small")
-    if args.batch_predict:
-        bench.batch_predict()
+    if args.batch_predict or args.onnx:
+        bench.batch_predict() if args.batch_predict else bench.onnx()
         print(bench.table())
         if args.out:
             write_text(args.out, json.dumps(bench.results, indent=1) + "\n")

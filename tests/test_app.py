@@ -1,0 +1,107 @@
+"""The web page (common.app) in a real headless Chromium: it loads; a test clip and its transcript give the
+probabilities `common.predict` prints; a click on a cell of the confusion matrix keeps exactly the utterances the
+run's confusion.csv counts there; a selected utterance's recording plays. Skipped, saying why, where Gradio,
+Playwright or Chromium is not installed (`.ci/run` installs them)."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+
+from common.cli import parse_script
+from common.grid import EMOTIONS
+from common.kemdy import read_corpus
+from common.predict import main as predict_main
+from common.report import main as report_main
+from common.train import train
+from tools.pageshots import browser, cell, chromium, predict_on_page, served, shoot
+
+from helpers import tiny_command
+
+MISSING = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING) or chromium() is None,
+    reason=f"the page's test needs {', '.join(MISSING) or 'Chromium'}: pip install -r requirements-app.txt and "
+    "apt-get install chromium (as .ci/run does)",
+)
+
+
+@pytest.fixture(scope="module")
+def runs(corpus20, tiny_models, tmp_path_factory):
+    """A folder with one finished multimodal run (both tasks) and the report over it."""
+    folder = tmp_path_factory.mktemp("app") / "runs"
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, folder / "mm", epochs=2)
+    train(parse_script("multimodal_total", argv[2:]))
+    report_main([str(folder)])
+    return folder
+
+
+def _confusion(run):
+    with (run / "confusion.csv").open(newline="") as f:
+        return {row["true"]: {e: int(row[f"top1_{e}"]) for e in EMOTIONS} for row in csv.DictReader(f)}
+
+
+def test_the_page_predicts_as_common_predict_filters_by_the_confusion_matrix_and_plays_a_test_utterance(
+    runs, corpus20, tmp_path, capsys
+):
+    run = runs / "mm"
+    with (run / "predictions.csv").open(newline="") as f:
+        first = next(csv.DictReader(f))
+    utterance = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}[first["segment_id"]]
+    predict_main(["--run_dir", str(run), "--wav", str(utterance.wav), "--text", utterance.text])
+    printed = json.loads(capsys.readouterr().out)
+    counts = _confusion(run)
+    true, top1 = max(
+        ((t, p) for t in EMOTIONS for p in EMOTIONS), key=lambda tp: (counts[tp[0]][tp[1]], tp[0] != tp[1])
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    with served(runs, env) as url, browser() as page:
+        page.goto(url)
+        page.wait_for_selector("#predict", timeout=60000)
+        assert "KEMDy emotion recognition" in page.locator("h1").inner_text()
+        # Try it: the answer printed on the page is common.predict's
+        answer = json.loads(predict_on_page(page, str(utterance.wav), utterance.text))
+        assert answer["top1"] == printed["top1"] and answer["labels"] == printed["labels"]
+        for e in EMOTIONS:
+            assert answer["probabilities"][e] == pytest.approx(printed["probabilities"][e], abs=1e-6)
+        assert (answer["valence"], answer["arousal"]) == pytest.approx((printed["valence"], printed["arousal"]))
+        # Errors: a click on the matrix's fullest cell keeps what confusion.csv counts there, and only those
+        page.get_by_role("tab", name="Errors").click()
+        page.wait_for_selector(cell("confusion", 0, 0), timeout=30000)
+        page.locator(cell("confusion", EMOTIONS.index(true), EMOTIONS.index(top1) + 1)).click()
+        n = counts[true][top1]
+        page.wait_for_function(f"document.querySelector('#count').innerText.startsWith('{n} of 24 ')", timeout=30000)
+        assert page.locator("#table [role=grid]").get_attribute("aria-rowcount") == str(n + 1)  # and its header
+        for i in range(min(n, 8)):  # the rows in view
+            text = [page.locator(cell("table", i, j)).inner_text().strip() for j in (1, 2)]
+            assert true in text[0].split(", ") and text[1] == top1, text
+        # ... and a selected utterance plays
+        page.locator(cell("table", 0, 0)).click()
+        page.wait_for_selector("#player audio", state="attached", timeout=30000)
+        segment = page.locator(cell("table", 0, 0)).inner_text().strip()
+        assert segment in page.locator("#said").inner_text()
+        page.wait_for_function("document.querySelector('#player audio').readyState >= 2", timeout=30000)
+        page.evaluate("() => { document.querySelector('#player audio').play(); }")  # not waiting on its promise
+        page.wait_for_function("document.querySelector('#player audio').currentTime > 0.05", timeout=30000)
+        duration = page.evaluate("document.querySelector('#player audio').duration")
+        wav = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}[segment]
+        assert duration == pytest.approx(wav.duration, abs=0.05)
+        # Report: common.report's table of the folder
+        page.get_by_role("tab", name="Report").click()
+        page.wait_for_selector("text=multimodal_total", timeout=30000)
+
+
+def test_the_three_views_are_captured_and_a_folder_without_runs_is_refused(runs, corpus20, tmp_path):
+    from common.app import main as app_main
+    from common.errors import UserError
+
+    u = read_corpus("20", corpus20[0]).utterances[0]
+    with served(runs, os.environ | {"HF_HUB_OFFLINE": "1"}) as url:
+        shots = shoot(url, tmp_path, str(u.wav), u.text)
+    assert [p.name for p in shots] == ["app_try.png", "app_errors.png", "app_report.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in shots)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"empty: holds no finished run with a saved model"):
+        app_main([str(tmp_path / "empty")])
