@@ -83,7 +83,8 @@ class RunView:
         ]
 
     def table(self, rows: list[dict]):
-        """The errors table: one line per utterance, wrong ones first (then by segment)."""
+        """The errors table: one line per utterance, wrong ones first (then by segment); for a run that only
+        regresses, the largest valence + arousal error first."""
         import pandas as pd
 
         lines = []
@@ -95,11 +96,15 @@ class RunView:
                 line["p(predicted)"] = round(r["probabilities"][r["predicted"]], 3)
             for d in DIMENSIONS if "pred_valence" in r else ():
                 line[d] = f"{r[f'pred_{d}']:.2f} (true {r[f'true_{d}']:.1f})"
+            if "pred_valence" in r and not self.classifies:  # a regression run's errors: the farthest first
+                line["error"] = round(sum(abs(r[f"pred_{d}"] - r[f"true_{d}"]) for d in DIMENSIONS), 2)
             line["transcript"] = r["transcript"]
             lines.append(line)
         frame = pd.DataFrame(lines, columns=list(lines[0]) if lines else ["segment", "true", "transcript"])
         if self.classifies and len(frame):
             frame = frame.sort_values(["correct", "segment"], kind="stable").reset_index(drop=True)
+        elif "error" in frame:
+            frame = frame.sort_values("error", ascending=False, kind="stable").reset_index(drop=True)
         return frame
 
     def confusion(self):

@@ -10,7 +10,7 @@ import json
 import statistics
 from collections import Counter
 
-from common import dialogue, raters
+from common import bio, dialogue, raters
 from common.errors import UserError, run_cli
 from common.folds import SPLITS, fold_sizes
 from common.grid import EMOTIONS
@@ -93,6 +93,7 @@ def summarize(corpus: Corpus, max_seconds: float = 5.0, short_seconds: float = 0
         "folds": _fold_sizes([u.session for u in utts]),
         "raters": raters.summary(corpus),
         "dialogues": dialogue.summary(utts),
+        "bio": bio.summary(corpus.root, corpus.dataset, utts),
     }
 
 
@@ -161,6 +162,7 @@ def format_summary(s: dict) -> str:
     )
     out += _raters_lines(s["raters"], used)
     out.append(_dialogue_line(s["dialogues"]))
+    out += _bio_lines(s["bio"], used)
     out.append("folds (utterances train / valid / test, with --valid_ratio 0.1):")
     for split, rows in s["folds"].items():
         for r in rows:
@@ -180,6 +182,25 @@ def _dialogue_line(d: dict) -> str:
     line += f"   utterances of no dialogue: {d['without_dialogue']}" if d["without_dialogue"] else ""
     undated = d["kept_in_corpus_order"]
     return line + (f"   in file order for lack of a start time: {', '.join(undated)}" if undated else "")
+
+
+def _bio_lines(b: dict, used: int) -> list[str]:
+    """Each bio-signal: the utterances with the speaker's own samples, how many, and why the others have none."""
+    if not b["signals"]:
+        return ["bio-signals: none (no EDA, TEMP, IBI or ECG folder)"]
+    out = [f"bio-signals ({b['files_read']} files read; an utterance's samples: its speaker's, tagged with its id):"]
+    for signal in b["signals"]:
+        d = b[signal]
+        n = d["samples_per_utterance"]
+        line = f"  {signal:<5} utterances {d['utterances']:>6} of {used}"
+        line += f"; samples per utterance min {n['min']}, median {n['median']:g}, max {n['max']}" if n else ""
+        line += "".join(f"; {reason} {count}" for reason, count in d["missing"].items())
+        out.append(line + (f"; lines skipped {d['skipped_lines']}" if d["skipped_lines"] else ""))
+        out += [f"        {problem}" for problem in d["problems"]]
+    if "annotation_cells_empty" in b:
+        empty = b["annotation_cells_empty"]
+        out.append(f"  annotation rows with an empty E4 cell (start or end): EDA {empty['EDA']}, TEMP {empty['TEMP']}")
+    return out
 
 
 def _raters_lines(r: dict, used: int) -> list[str]:

@@ -106,6 +106,8 @@ class Utterance:
     level: float = 1.0  # a float recording's peak where it exceeds 1 (see `audio_level`), else 1
     ratings: tuple = ()  # the ten evaluators' Ratings, in the file's column order
     start: float | None = None  # seconds into its dialogue's recording session (the Wav start cell); None if unreadable
+    # KEMDy19: the row's E4 EDA and TEMP cells (value at the segment's start and end) as written; KEMDy20: none.
+    bio_cells: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,7 @@ class _RowReader:
             channels=info.channels,
             level=level,
             start=_start(row[1]),
+            bio_cells=tuple(c.strip() for c in row[5:9]) if self.layout.dataset == "19" else (),
         ), encoding
 
 

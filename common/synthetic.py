@@ -506,6 +506,142 @@ def generate(  # noqa: PLR0913 (keyword-only after the first five)
     return (_generate_20 if dataset == "20" else _generate_19)(w, _sizes(sessions, total))
 
 
+BIO_RATE = {"EDA": 4, "TEMP": 4, "ECG": 16}  # samples per second (the E4's 4 Hz; an ECG written at 16 Hz)
+BIO_BASE = {"EDA": 2.0, "TEMP": 33.0, "ECG": 0.0}
+BIO_AROUSAL = {"EDA": 0.6, "TEMP": 0.05, "ECG": 0.0}  # a speaker's level rises by this per point of arousal
+EMPTY_E4_CELLS = 0.06  # KEMDy19: the share of annotation rows whose E4 cells are left empty
+
+
+@dataclass
+class BioTruth:
+    """What `write_bio` left out on purpose, for the tests."""
+
+    missing_files: list[str]  # wearer files not written (paths under the corpus root)
+    untagged: list[str]  # segment ids whose samples were written without their tag (EDA and TEMP)
+    bad_lines: list[str]  # "path line N" of a sample line that is no number
+    without_ibi: list[str]  # KEMDy20 segment ids whose wearer's IBI file has no interval in the turn
+    empty_cells: int  # KEMDy19 annotation rows whose four E4 cells were emptied
+
+
+def write_bio(root: str | Path, dataset: str, seed: int = 0) -> BioTruth:
+    """The bio-signal files of a corpus `generate` wrote, in the real layout (`common.bio`), with a weak planted
+    signal: during a turn, its speaker's EDA (and, a little, their skin temperature) rises with the turn's arousal,
+    and their heart beats faster. Every quirk the real files have: KEMDy20's header lines, untagged samples between
+    the wearer's turns, a sparse IBI (half the turns have no interval); one wearer's EDA file missing, one turn's
+    samples written without their tag, one line that is no number; KEMDy19's headerless files whose tags cover both
+    actors' turns, and its annotation files' E4 cells (EDA and TEMP at each segment's start and end), some empty."""
+    from common import bio
+    from common.kemdy import read_corpus
+
+    root, dataset = Path(root), str(dataset)
+    rows = "speaker" if dataset == "19" else "all"
+    utterances = read_corpus(dataset, root, rows=rows).utterances
+    rng = np.random.default_rng([seed, 37])
+    truth = BioTruth([], [], [], [], 0)
+    files: dict[Path, list] = {}
+    for u in utterances:  # the speaker's file (KEMDy19: the session's turns go in both actors' files)
+        path = bio.wearer_file(root, dataset, "EDA", u).relative_to(root / "EDA")
+        files.setdefault(path, []).append(u)
+    if dataset == "19":
+        for path in list(files):
+            other = path.with_name(path.name[:-5] + {"F": "M", "M": "F"}[path.name[-5]] + ".csv")
+            files[path] = files[other] = sorted({*files[path], *files.get(other, [])}, key=lambda u: u.start or 0)
+    untagged = {files[next(iter(files))][0].segment_id}  # the first file's first turn: tags left off
+    values: dict[tuple[Path, str], list] = {}
+    for n, (path, turns) in enumerate(sorted(files.items())):
+        wearer = path.stem[-1] if dataset == "19" else path.stem.rsplit("_", 1)[-1]
+        for signal in bio.SIGNALS[dataset]:
+            if signal == "EDA" and n == len(files) - 1:  # the last wearer's EDA file is missing
+                truth.missing_files.append(f"EDA/{path.as_posix()}")
+                continue
+            writer = _ibi_lines if signal == "IBI" else _sample_lines
+            lines = writer(rng, dataset, signal, turns, wearer, untagged, truth, values, path)
+            if signal == "EDA" and n == 0:  # one sample line that is no number
+                at = len(lines) // 2
+                lines.insert(at, "n/a," + lines[at].split(",", 1)[1])
+                truth.bad_lines.append(f"EDA/{path.as_posix()} line {at + 1}")
+            (root / signal / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / signal / path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    truth.untagged = sorted(untagged)
+    if dataset == "19":
+        truth.empty_cells = _e4_cells(root, rng, values)
+    return truth
+
+
+def _clock(seconds: float) -> str:
+    """A wall-clock stamp as the files write it: 2020-0821-1127-32-250."""
+    whole = int(seconds)
+    minutes, second = divmod(whole, 60)
+    hours, minute = divmod(minutes, 60)
+    return f"2020-0821-{11 + hours:02d}{minute:02d}-{second:02d}-{int((seconds - whole) * 1000):03d}"
+
+
+def _level(signal: str, turn, wearer: str) -> float:
+    """The wearer's level during a turn: raised by the turn's arousal where the wearer speaks it."""
+    own = turn.speaker.endswith(wearer)
+    return BIO_BASE[signal] + (BIO_AROUSAL[signal] * (turn.arousal - 3) if own else 0.0)
+
+
+def _sample_lines(rng, dataset, signal, turns, wearer, untagged, truth, values, path) -> list[str]:
+    """EDA, TEMP or ECG lines over the dialogue (KEMDy19: the session), tagged in the tagged turns."""
+    rate = BIO_RATE[signal]
+    first, last = turns[0].start or 0.0, max((t.start or 0.0) + t.duration for t in turns)
+    times = np.arange(max(0.0, first - 2.0), last + 2.0, 1 / rate)
+    spans = [((t.start or 0.0), (t.start or 0.0) + t.duration, t) for t in turns]
+    lines = [f"1598005652.000000,{_clock(0)}", f"{rate:.6f},hz"] if dataset == "20" else []
+    for time in times:
+        turn = next((t for begin, end, t in spans if begin <= time < end), None)
+        level = _level(signal, turn, wearer) if turn else BIO_BASE[signal]
+        value = level + rng.normal(0, 0.05 if signal != "ECG" else 0.3)
+        line = f"{value:.6f},{_clock(time)}" if dataset == "20" else f"{value:.6f},{time:.3f},{_clock(time)}"
+        tagged = turn is not None and (dataset == "19" or turn.speaker.endswith(wearer))
+        if tagged and turn.segment_id not in untagged:
+            line += f",{turn.segment_id}"
+            values.setdefault((path, signal), []).append((turn.segment_id, value))
+        lines.append(line)
+    return lines
+
+
+def _ibi_lines(rng, dataset, signal, turns, wearer, untagged, truth, values, path) -> list[str]:
+    """KEMDy20's inter-beat intervals: a beat a little faster with arousal, and only in half the turns."""
+    lines = [f"1598005652.000000,IBI,{_clock(0)}"]
+    for t in turns:
+        if not t.speaker.endswith(wearer):
+            continue
+        if rng.random() < 0.5:
+            truth.without_ibi.append(t.segment_id)
+            continue
+        interval, time = 0.8 - 0.04 * (t.arousal - 3), (t.start or 0.0) + 0.1
+        while time < (t.start or 0.0) + t.duration:
+            lines.append(f"{time:.6f},{interval + rng.normal(0, 0.01):.6f},{_clock(time)},{t.segment_id}")
+            time += interval
+    return lines
+
+
+def _e4_cells(root: Path, rng, values: dict) -> int:
+    """KEMDy19's annotation files given their actor's E4 EDA and TEMP value at each segment's start and end
+    (columns 5-8), a few rows left empty; the rows emptied."""
+    emptied = 0
+    for file in sorted((root / "annotation").glob("Session*_res.csv")):
+        actor = f"Session{file.name[7:9]}/Original/Sess{file.name[7:9]}{file.name.split('_')[1]}.csv"
+        by_id = {signal: {} for signal in ("EDA", "TEMP")}
+        for signal in by_id:
+            for segment, value in values.get((Path(actor), signal), []):
+                by_id[signal].setdefault(segment, []).append(value)
+        with file.open(encoding="utf-8", newline="") as f:
+            table = list(csv.reader(f))
+        for row in table[2:]:
+            cells = []
+            for signal in ("EDA", "TEMP"):
+                found = by_id[signal].get(row[9], [])
+                cells += [f"{found[0]:.3f}", f"{found[-1]:.3f}"] if found else ["", ""]
+            if rng.random() < EMPTY_E4_CELLS:
+                cells, emptied = ["", "", "", ""], emptied + 1
+            row[5:9] = cells
+        _write_csv(file, table[:2], table[2:], crlf=True)
+    return emptied
+
+
 def _hangul_syllables() -> list[str]:
     """The 2,350 Hangul syllables of KS X 1001 (those EUC-KR encodes): nearly all of everyday Korean text."""
     # Python's euc_kr also writes the other syllables, as 8-byte jamo sequences: keep the 2-byte ones.
@@ -848,6 +984,11 @@ def main(argv: list[str] | None = None) -> None:
         "above)",
     )
     parser.add_argument(
+        "--bio",
+        action="store_true",
+        help="also write the bio-signal files (EDA, TEMP and IBI or ECG) in the real layout, EDA rising with arousal",
+    )
+    parser.add_argument(
         "--full_size",
         action="store_true",
         help="the real corpus size (KEMDy20: 13,462 utterances; KEMDy19: 20,566 rows)",
@@ -881,7 +1022,10 @@ def main(argv: list[str] | None = None) -> None:
         interaction=args.interaction,
         context_signal=args.context_signal,
     )
-    print(f"wrote a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings to {os.fspath(args.out)}")
+    if args.bio:
+        write_bio(args.out, args.dataset, args.seed)
+    what = f"a synthetic KEMDy{args.dataset} corpus of {len(recordings)} recordings"
+    print(f"wrote {what}{' with bio-signals' if args.bio else ''} to {os.fspath(args.out)}")
 
 
 if __name__ == "__main__":

@@ -12,21 +12,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from common.synthetic import generate  # noqa: E402
+from common.synthetic import generate, write_bio  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def corpus20(tmp_path_factory):
     """(root, ground truth) of a 3-session synthetic KEMDy20."""
     root = tmp_path_factory.mktemp("kemdy20")
-    return root, generate("20", root, sessions=3, utterances_per_session=40, seed=7)
+    truth = generate("20", root, sessions=3, utterances_per_session=40, seed=7)
+    write_bio(root, "20", seed=7)  # with the bio-signal files' quirks
+    return root, truth
 
 
 @pytest.fixture(scope="session")
 def corpus19(tmp_path_factory):
     """(root, ground truth) of a 3-session synthetic KEMDy19 with odd sample rates and stereo files."""
     root = tmp_path_factory.mktemp("kemdy19")
-    return root, generate("19", root, sessions=3, utterances_per_session=40, seed=11, odd_audio=True)
+    truth = generate("19", root, sessions=3, utterances_per_session=40, seed=11, odd_audio=True)
+    write_bio(root, "19", seed=11)
+    return root, truth
 
 
 @pytest.fixture(scope="session")

@@ -105,3 +105,22 @@ def test_the_three_views_are_captured_and_a_folder_without_runs_is_refused(runs,
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty: holds no finished run with a saved model"):
         app_main([str(tmp_path / "empty")])
+
+
+def test_a_regression_runs_errors_are_its_largest_valence_and_arousal_errors_first(corpus20, tiny_models, tmp_path):
+    from common.app import RunView
+
+    argv = tiny_command("text_regression", corpus20[0], tiny_models, tmp_path / "reg", epochs=1)
+    train(parse_script("text_regression", argv[2:]))
+    with (tmp_path / "reg" / "predictions.csv").open(newline="") as f:
+        written = {
+            r["segment_id"]: abs(float(r["pred_valence"]) - float(r["true_valence"]))
+            + abs(float(r["pred_arousal"]) - float(r["true_arousal"]))
+            for r in csv.DictReader(f)
+        }
+    view = RunView(tmp_path / "reg")
+    table = view.table(view.chosen())
+    assert sorted(table["segment"]) == sorted(written) and "predicted" not in table
+    assert list(table["error"]) == sorted(table["error"], reverse=True)
+    # each row's error is its |valence error| + |arousal error| from predictions.csv (6 decimals there, 2 here)
+    assert list(table["error"]) == pytest.approx([written[s] for s in table["segment"]], abs=0.006)
