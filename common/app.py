@@ -34,8 +34,9 @@ ANY = "any"
 REPORT = Path("report") / "results.md"  # where common.report writes a folder's tables
 
 
-def finished_runs(root: Path) -> list[Path]:
-    """`root` if it is a finished run with a saved model, else every such run under it, in path order."""
+def finished_runs(root: Path, log=print) -> list[Path]:
+    """`root` if it is a finished run with a saved model, else every such run under it, in path order; a folder
+    whose marker is damaged is left out, and said so."""
 
     def finished(folder: Path) -> bool:
         return (folder / "metrics.json").is_file() and (folder / "model" / "model.json").is_file()
@@ -46,8 +47,13 @@ def finished_runs(root: Path) -> list[Path]:
     for folder, subfolders, _ in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in rundir.RUN_FILES)  # no run lies inside a run's own
         here = Path(folder)
-        if here != root and (here / rundir.MARKER).is_file() and finished(here):
-            found.append(here)
+        if here == root or not (here / rundir.MARKER).is_file():
+            continue
+        try:
+            if rundir.read_run(here) is not None and finished(here):
+                found.append(here)
+        except rundir.DamagedMarker as err:
+            log(f"left out: {err}")
     return found
 
 

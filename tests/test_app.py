@@ -124,3 +124,16 @@ def test_a_regression_runs_errors_are_its_largest_valence_and_arousal_errors_fir
     assert list(table["error"]) == sorted(table["error"], reverse=True)
     # each row's error is its |valence error| + |arousal error| from predictions.csv (6 decimals there, 2 here)
     assert list(table["error"]) == pytest.approx([written[s] for s in table["segment"]], abs=0.006)
+
+
+def test_a_run_whose_marker_is_damaged_is_left_out_and_named(runs, tmp_path):
+    import shutil
+
+    from common.app import finished_runs
+
+    for name in ("good", "bad"):
+        shutil.copytree(runs / "mm", tmp_path / "set" / name)
+    (tmp_path / "set" / "bad" / "kemdy_run.json").write_text("{")
+    said = []
+    assert finished_runs(tmp_path / "set", log=said.append) == [tmp_path / "set" / "good"]
+    assert len(said) == 1 and said[0].startswith("left out: ") and "bad" in said[0] and "damaged" in said[0]
