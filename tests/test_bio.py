@@ -191,3 +191,58 @@ def test_standardising_reads_only_the_training_part_of_each_rows_own_corpus():
     changed = rows.copy()
     changed[[4, 5, 10, 11]] = 1e6  # the test rows: nothing of theirs enters the statistics
     assert bio.standardised(changed, corpora, train)[train] == pytest.approx(out[train], nan_ok=True)
+
+
+def test_the_bio_encoder_gives_a_missing_signal_its_learnt_embedding_and_no_row_depends_on_its_batch():
+    import torch
+
+    from common.bioencoder import BioEncoder
+
+    torch.manual_seed(0)
+    encoder = BioEncoder(("EDA", "TEMP"), width=8).eval()
+    rows = torch.randn(4, 7)
+    rows[1, :4] = float("nan")  # utterance 1 has no EDA
+    out = encoder(rows)
+    assert not out.isnan().any()
+    with torch.no_grad():  # by hand: the absent vector in EDA's place, TEMP's projection beside it
+        temp = encoder.projections[1](rows[1, 4:])
+        by_hand = encoder.mix(torch.cat([encoder.absent[0], temp]))
+    assert torch.allclose(out[1], by_hand, atol=1e-6)
+    alone = torch.cat([encoder(rows[k : k + 1]) for k in range(4)])
+    assert torch.allclose(out, alone, atol=1e-6)
+    encoder.train()
+    encoder(rows).sum().backward()
+    assert encoder.absent.grad[0].abs().sum() > 0 and encoder.absent.grad[1].abs().sum() == 0  # TEMP is never missing
+    assert all(not p.grad.isnan().any() for p in encoder.parameters())
+
+
+def test_the_bio_encoder_learns_arousal_from_the_planted_signal_of_held_out_sessions(corpus):
+    import torch
+
+    from common.bioencoder import BioEncoder
+
+    dataset, root, _ = corpus
+    c = read_corpus(dataset, root)
+    found = bio.read_signals(root, dataset, c.utterances)
+    train = [k for k, u in enumerate(c.utterances) if u.session != "Sess03"]
+    test = [k for k, u in enumerate(c.utterances) if u.session == "Sess03"]
+    rows = bio.standardised(bio.feature_rows(found.signals, found.samples), [dataset] * len(c.utterances), train)
+    arousal = torch.tensor([u.arousal for u in c.utterances], dtype=torch.float32)
+
+    def held_out_rho(features: np.ndarray) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(BioEncoder(found.signals, width=16, dropout=0.0), torch.nn.Linear(16, 1))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x = torch.tensor(features, dtype=torch.float32)
+        for _ in range(200):
+            optimizer.zero_grad()
+            loss = ((model(x[train]).squeeze(-1) - arousal[train]) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            predicted = model.eval()(x[test]).squeeze(-1)
+        return spearmanr(predicted.numpy(), arousal[test].numpy()).statistic
+
+    learnt = held_out_rho(rows)
+    shuffled = held_out_rho(rows[np.random.default_rng(0).permutation(len(rows))])  # features of other utterances
+    assert learnt > 0.5 and learnt > shuffled + 0.3, (learnt, shuffled)
