@@ -150,3 +150,20 @@ def test_a_graph_beyond_the_tolerance_is_not_kept(run, monkeypatch):
         export.export(run)
     assert not (run / export.FOLDER).exists()
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []  # no half-built folder left either
+
+
+def test_batch_prediction_with_the_onnx_backend_writes_the_rows_the_model_writes(run, corpus20, tmp_path):
+    export.export(run)
+    wav_dir = corpus20[0] / "wav" / "Session01"
+    tables = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / f"{backend}.csv"
+        argv = ["--run_dir", str(run), "--wav_dir", str(wav_dir), "--out", str(out), "--batch_size", "4"]
+        predict_main([*argv, "--backend", backend])
+        with out.open(newline="") as f:
+            tables[backend] = list(csv.DictReader(f))
+    assert len(tables["onnx"]) == len(tables["torch"]) == len(list(wav_dir.glob("*.wav")))
+    for a, b in zip(tables["torch"], tables["onnx"], strict=True):
+        assert (a["wav"], a["error"], a["top1"]) == (b["wav"], b["error"], b["top1"])
+        numbers = [k for k in a if k.startswith("prob_") or k in ("valence", "arousal")]
+        assert [float(b[k]) for k in numbers] == pytest.approx([float(a[k]) for k in numbers], abs=1e-5)
