@@ -212,6 +212,8 @@ class OnnxModel:
             for key, kind in (("inputs", list), ("outputs", list), ("min_samples", int), ("one_length_per_run", bool)):
                 if not isinstance(meta[key], kind) or isinstance(meta[key], bool) != (kind is bool):
                     raise ValueError(f"its metadata's {key} is not {kind.__name__}")
+            if not all(isinstance(name, str) for name in meta["inputs"] + meta["outputs"]):
+                raise ValueError("its metadata names an input or output that is not a string")
             self.inputs, self.outputs = meta["inputs"], meta["outputs"]
             self.one_length = meta["one_length_per_run"]
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, *unreadable) as err:

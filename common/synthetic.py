@@ -534,6 +534,11 @@ def write_bio(root: str | Path, dataset: str, seed: int = 0) -> BioTruth:
     from common.kemdy import read_corpus
 
     root, dataset = Path(root), str(dataset)
+    written = [p for signal in bio.SIGNALS[dataset] if (root / signal).is_dir() for p in (root / signal).rglob("*")]
+    if written:  # a real corpus, or one given its files already: never written over
+        raise UserError(
+            f"{root}: already holds bio-signal files ({written[0]}); write them into a new synthetic corpus"
+        )
     rows = "speaker" if dataset == "19" else "all"
     utterances = read_corpus(dataset, root, rows=rows).utterances
     rng = np.random.default_rng([seed, 37])

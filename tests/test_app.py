@@ -137,3 +137,13 @@ def test_a_run_whose_marker_is_damaged_is_left_out_and_named(runs, tmp_path):
     said = []
     assert finished_runs(tmp_path / "set", log=said.append) == [tmp_path / "set" / "good"]
     assert len(said) == 1 and said[0].startswith("left out: ") and "bad" in said[0] and "damaged" in said[0]
+
+
+def test_the_screenshots_never_write_over_files_unless_told(tmp_path):
+    from common.errors import UserError
+    from tools.pageshots import main as pageshots_main
+
+    (tmp_path / "app_try.png").write_bytes(b"mine")
+    with pytest.raises(UserError, match=r"app_try.png: exist; give --replace"):
+        pageshots_main([str(tmp_path), "--out", str(tmp_path)])
+    assert (tmp_path / "app_try.png").read_bytes() == b"mine"

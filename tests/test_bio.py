@@ -246,3 +246,13 @@ def test_the_bio_encoder_learns_arousal_from_the_planted_signal_of_held_out_sess
     learnt = held_out_rho(rows)
     shuffled = held_out_rho(rows[np.random.default_rng(0).permutation(len(rows))])  # features of other utterances
     assert learnt > 0.5 and learnt > shuffled + 0.3, (learnt, shuffled)
+
+
+def test_bio_files_are_never_written_over_a_corpus_that_has_them(corpus):
+    from common.errors import UserError
+
+    dataset, root, _ = corpus
+    before = {p: p.read_bytes() for p in (root / "annotation").iterdir()}
+    with pytest.raises(UserError, match=r"already holds bio-signal files"):
+        write_bio(root, dataset)
+    assert {p: p.read_bytes() for p in (root / "annotation").iterdir()} == before

@@ -167,3 +167,15 @@ def test_batch_prediction_with_the_onnx_backend_writes_the_rows_the_model_writes
         assert (a["wav"], a["error"], a["top1"]) == (b["wav"], b["error"], b["top1"])
         numbers = [k for k in a if k.startswith("prob_") or k in ("valence", "arousal")]
         assert [float(b[k]) for k in numbers] == pytest.approx([float(a[k]) for k in numbers], abs=1e-5)
+
+
+def test_an_export_whose_metadata_was_edited_badly_is_refused_in_one_line(run, tmp_path):
+    import onnx
+
+    export.export(run)
+    graph = onnx.load(str(run / export.FOLDER / export.FILE))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, "inputs": "[1, 2]"})
+    edited = tmp_path / "edited.onnx"
+    onnx.save(graph, str(edited))
+    with pytest.raises(UserError, match=r"edited.onnx: not an ONNX model exported by common.export \(.*not a string"):
+        export.OnnxModel(edited)

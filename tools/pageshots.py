@@ -1,7 +1,7 @@
 """The web page (common.app) served and driven in a headless Chromium: its three views as screenshots.
 
     python -m tools.pageshots runs/demo --wav demo/v3/KEMDy20/wav/Session01/Sess01_script01_User001F_001.wav \
-        --text '말이야 했어 갔어 c/ 학교 너는 혼자 생각' --out docs
+        --text '말이야 했어 갔어 c/ 학교 너는 혼자 생각' --out docs --replace
 
 Chromium is the system's (Debian: `apt-get install chromium`, and `fonts-noto-cjk` for the transcripts' Hangul;
 or the CHROMIUM variable names one), driven by Playwright without its own browser download. tests/test_app.py
@@ -158,8 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wav", help="the recording the Try-it view predicts")
     parser.add_argument("--text", help="its transcript")
     parser.add_argument("--out", default="docs", help="folder for the three PNGs")
+    parser.add_argument("--replace", action="store_true", help="write over the three PNGs where they exist")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    taken = [str(out / f"app_{view}.png") for view in VIEWS if (out / f"app_{view}.png").exists()]
+    if taken and not args.replace:
+        raise UserError(f"{', '.join(taken)}: exist; give --replace to write over them, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     with served(Path(args.folder)) as url:
         for shot in shoot(url, out, args.wav, args.text):
