@@ -121,16 +121,20 @@ class RunView:
         counts = [[len(self.chosen(t, p)) for p in EMOTIONS] for t in EMOTIONS]
         return pd.DataFrame([[t, *c] for t, c in zip(EMOTIONS, counts, strict=True)], columns=["true", *EMOTIONS])
 
-    def predict(self, wav: str | None, text: str | None) -> dict:
-        """The answer `common.predict` prints for one utterance."""
-        uses_text, uses_speech = self.predictor.uses_text, self.predictor.uses_speech
-        if uses_speech and not wav:
+    def predict(self, wav: str | None, text: str | None, bio: str | None = None) -> dict:
+        """The answer `common.predict` prints for one utterance (`bio`: its bio-signal samples file, for a run
+        that reads them)."""
+        p = self.predictor
+        if p.uses_speech and not wav:
             raise UserError("this run reads speech: give a recording")
-        if uses_text and not (text or "").strip():
+        if p.uses_text and not (text or "").strip():
             raise UserError("this run reads transcripts: type the transcript")
-        result = self.predictor([wav] if uses_speech else None, [text] if uses_text else None)[0]
-        inputs = ({"wav": wav} if uses_speech else {}) | ({"text": text} if uses_text else {})
-        return inputs | result
+        if p.signals and not bio:
+            raise UserError("this run reads bio-signals: give their samples (a signal,value CSV)")
+        bios = [bio] if p.signals else None
+        result = p([wav] if p.uses_speech else None, [text] if p.uses_text else None, bios=bios)[0]
+        inputs = ({"wav": wav} if p.uses_speech else {}) | ({"text": text} if p.uses_text else {})
+        return inputs | ({"bio": bio} if p.signals else {}) | result
 
 
 def va_figure(answer: dict | None):
@@ -196,12 +200,13 @@ def page(root: Path, runs: list[Path]):
 
 
 def _try_it(run, view) -> None:
-    """A recording and its transcript in; the probabilities, the valence/arousal point and the printed answer out."""
+    """A recording, its transcript and (for a run that reads them) its bio-signal samples in; the probabilities, the
+    valence/arousal point and the printed answer out."""
     import gradio as gr
 
-    def answer(name, wav, text):
+    def answer(name, wav, text, bio):
         try:
-            result = view(name).predict(wav, text)
+            result = view(name).predict(wav, text, bio)
         except UserError as err:
             raise gr.Error(str(err)) from None
         return json.dumps(result, ensure_ascii=False, indent=1), result.get("probabilities", {}), va_figure(result)
@@ -210,12 +215,15 @@ def _try_it(run, view) -> None:
         with gr.Column():
             wav = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Recording")
             transcript = gr.Textbox(label="Transcript", elem_id="transcript")
+            bio = gr.File(
+                label="Bio-signal samples (a run that reads them: signal,value CSV)", type="filepath", elem_id="bio"
+            )
             go = gr.Button("Predict", variant="primary", elem_id="predict")
         with gr.Column():
             probabilities = gr.Label(num_top_classes=len(EMOTIONS), label="Emotions", elem_id="emotions")
             plane = gr.Plot(va_figure(None), label="Valence / arousal (1-5)")
     printed = gr.Textbox(label="As common.predict prints it", lines=8, elem_id="answer")
-    go.click(answer, [run, wav, transcript], [printed, probabilities, plane])
+    go.click(answer, [run, wav, transcript, bio], [printed, probabilities, plane])
 
 
 def _errors(blocks, run, view, first: RunView) -> None:

@@ -39,6 +39,7 @@ class Utterance:
     wav: str | None
     text: str | None
     turns: list[str]
+    bio: str | None = None  # its bio-signal samples file (`common.bio.read_samples`)
 
 
 def from_csv(path: Path) -> tuple[list[str], Iterator[Utterance], int]:
@@ -51,15 +52,16 @@ def from_csv(path: Path) -> tuple[list[str], Iterator[Utterance], int]:
             count = sum(1 for _ in reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"--csv {path}: cannot read it ({err})") from None
-    if not set(columns) & {"wav", "text"} or not count:
-        raise UserError(f"--csv {path}: needs a header with a wav and/or a text column, and at least one row")
+    if not set(columns) & {"wav", "text", "bio"} or not count:
+        raise UserError(f"--csv {path}: needs a header with a wav, a text and/or a bio column, and at least one row")
 
     def rows() -> Iterator[Utterance]:
         with open(path, encoding="utf-8-sig", newline="") as f:
             for row in csv.DictReader(f):
                 wav = str(path.parent / row["wav"]) if row.get("wav") else ("" if "wav" in row else None)
                 text = row.get("text") or ("" if "text" in row else None)
-                yield Utterance(row, wav, text, (row.get("context") or "").splitlines())
+                bio = str(path.parent / row["bio"]) if row.get("bio") else None
+                yield Utterance(row, wav, text, (row.get("context") or "").splitlines(), bio)
 
     return columns, rows(), count
 
@@ -75,8 +77,10 @@ def from_folder(folder: Path) -> tuple[list[str], Iterator[Utterance], int]:
 
     def rows() -> Iterator[Utterance]:
         for wav in wavs:
-            text = _transcript(wav.with_suffix(".txt"))
-            yield Utterance({"wav": str(wav.relative_to(folder))}, str(wav), text, [])
+            text, bio = _transcript(wav.with_suffix(".txt")), wav.with_suffix(".bio.csv")
+            yield Utterance(
+                {"wav": str(wav.relative_to(folder))}, str(wav), text, [], str(bio) if bio.is_file() else None
+            )
 
     return ["wav"], rows(), len(wavs)
 
@@ -214,7 +218,8 @@ def _predict(predictor, batch: list[Utterance]) -> list[dict]:
         try:
             wavs = [utt.wav] if predictor.uses_speech else None
             texts = [utt.text] if predictor.uses_text and utt.text is not None else None
-            readable.append((k, predictor.items(wavs, texts, [utt.turns] if utt.turns else None)[0]))
+            bios = [utt.bio] if predictor.signals else None
+            readable.append((k, predictor.items(wavs, texts, [utt.turns] if utt.turns else None, bios)[0]))
         except UserError as err:
             results[k] = {"error": str(err)}
     if readable:

@@ -13,6 +13,9 @@ An utterance's samples of a signal are the samples of its speaker's file tagged 
 id its annotation file writes, which differs for KEMDy20's session 17): what the speaker's body did while they
 spoke. Where there are none, the reason is counted: no such file, a file that cannot be read, or no tagged
 sample. A corpus without bio-signal folders reads as before and has no signals.
+
+An utterance outside the corpus (`common.predict --bio`) comes as a CSV of its samples, `signal,value` and one
+sample a line in time order; `python -m common.bio DATASET_DIR SEGMENT_ID` prints a corpus utterance's so.
 """
 
 from __future__ import annotations
@@ -131,6 +134,11 @@ def read_signals(root: Path, dataset: str, utterances: Sequence) -> BioSignals:
     return bio
 
 
+def signal_files(root: Path, dataset: str) -> list[Path]:
+    """Every file under the corpus's bio-signal folders, in a fixed order: what a run that reads them records."""
+    return sorted(p for s in SIGNALS[dataset] if (root / s).is_dir() for p in (root / s).rglob("*") if p.is_file())
+
+
 def _read_or_reason(path: Path, dataset: str, signal: str, bio: BioSignals) -> dict | str:
     """A file's tagged samples, or why there are none; its skipped lines noted in `bio`."""
     if not path.is_file():
@@ -205,20 +213,108 @@ def feature_rows(signals: Sequence[str], samples: Sequence[dict]) -> np.ndarray:
     return rows
 
 
+def present(signals: Sequence[str], rows: np.ndarray) -> dict[str, int]:
+    """How many of the rows (`feature_rows`) have each signal."""
+    starts = np.cumsum([0] + [len(FEATURES[s]) for s in signals])
+    return {s: int(np.isfinite(rows[:, at]).sum()) for s, at in zip(signals, starts, strict=False)}
+
+
+def statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, deviation) of each feature over the rows that have it; a feature no row has: (0, 1); one that does
+    not vary: deviation 1 (it is only centred)."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature no row has: all-NaN
+        mean, std = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
+    return np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 0), std, 1.0)
+
+
 def standardised(rows: np.ndarray, corpora: Sequence[str], train: Sequence[int]) -> np.ndarray:
     """`rows` standardised with the statistics of the training part (`train`: row indices) of each row's own
-    corpus: KEMDy19's and KEMDy20's wristbands on their own scales. NaN (a missing signal) stays NaN; a feature
-    that does not vary in a corpus's training part is only centred."""
+    corpus: KEMDy19's and KEMDy20's wristbands on their own scales. NaN (a missing signal) stays NaN."""
     corpora = np.asarray(corpora)
     out = np.full_like(rows, np.nan)
     chosen = np.zeros(len(rows), dtype=bool)
     chosen[list(train)] = True
     for corpus in np.unique(corpora):
         own = corpora == corpus
-        fit = rows[own & chosen]
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a feature no training row has: all-NaN
-            mean, std = np.nanmean(fit, axis=0), np.nanstd(fit, axis=0)
-        mean, std = np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        mean, std = statistics(rows[own & chosen])
         out[own] = (rows[own] - mean) / std
     return out
+
+
+def onto_scale(rows: np.ndarray, scale: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Another corpus's `rows` moved onto the scale `scale` (a training part's mean and deviation): standardised
+    with their own corpus's statistics (of its features, never its labels), then given `scale`'s, so that a model
+    that standardises with `scale` reads each corpus on its own scale (a cross-corpus run's test corpus)."""
+    mean, std = statistics(rows)
+    return (rows - mean) / std * scale[1] + scale[0]
+
+
+USER_HEADER = "signal,value"
+
+
+def samples_text(samples: dict[str, np.ndarray]) -> str:
+    """An utterance's samples as `common.predict --bio` reads them."""
+    lines = [USER_HEADER] + [f"{signal},{float(v)!r}" for signal, values in samples.items() for v in values]
+    return "\n".join(lines) + "\n"
+
+
+def read_samples(path: Path, signals: Sequence[str]) -> dict[str, np.ndarray]:
+    """The samples of `signals` in a file `samples_text` writes (a signal without a line: missing); one line naming
+    the file and the problem where it is not that format."""
+    from common.errors import UserError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the bio-signal samples ({type(err).__name__}: {err})") from None
+    if not lines or lines[0].replace(" ", "") != USER_HEADER:
+        raise UserError(f"{path}: a bio-signal file opens with the header {USER_HEADER!r}, then one sample a line")
+    found: dict[str, list[float]] = defaultdict(list)
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        signal, _, value = (c.strip() for c in line.partition(","))
+        if signal not in signals:
+            raise UserError(f"{path} line {number}: {signal!r} is no signal this run reads ({', '.join(signals)})")
+        try:
+            number_value = float(value)
+        except ValueError:
+            number_value = float("nan")
+        if not np.isfinite(number_value):
+            raise UserError(f"{path} line {number}: {value!r} is not a finite number")
+        found[signal].append(number_value)
+    return {signal: np.asarray(values, dtype=np.float32) for signal, values in found.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from common.cli import HelpFormatter
+    from common.errors import UserError
+    from common.kemdy import check_root, read_corpus
+
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
+        prog="python -m common.bio",
+        description="Print one utterance's bio-signal samples as common.predict --bio reads them.",
+    )
+    parser.add_argument("dataset_dir", help="the corpus folder (KEMDy19 or KEMDy20 layout)")
+    parser.add_argument("segment_id", help="the utterance's segment id, as its annotation file writes it")
+    parser.add_argument("--dataset", choices=tuple(SIGNALS), default="20", help="the corpus's layout")
+    args = parser.parse_args(argv)
+    root = Path(args.dataset_dir)
+    check_root(args.dataset, root)
+    utterances = [
+        u for u in read_corpus(args.dataset, root).utterances if args.segment_id in (u.segment_id, u.annotation_id)
+    ]
+    if not utterances:
+        raise UserError(f"{root}: lists no utterance {args.segment_id}")
+    found = read_signals(root, args.dataset, utterances[:1])
+    print(samples_text(found.samples[0]), end="")
+
+
+if __name__ == "__main__":
+    from common.errors import run_cli
+
+    run_cli(main)

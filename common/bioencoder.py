@@ -25,6 +25,7 @@ class BioEncoder(nn.Module):
         super().__init__()
         self.signals, self.width = tuple(signals), width
         self.sizes = [len(FEATURES[s]) for s in self.signals]
+        self.features = sum(self.sizes)  # the width of what it reads
         self.projections = nn.ModuleList(nn.Linear(n, width) for n in self.sizes)
         self.absent = nn.Parameter(torch.zeros(len(self.signals), width))  # one learnt vector per missing signal
         nn.init.normal_(self.absent, std=0.02)
@@ -34,6 +35,6 @@ class BioEncoder(nn.Module):
         parts = []
         for k, (projection, part) in enumerate(zip(self.projections, features.split(self.sizes, dim=-1), strict=True)):
             missing = part.isnan().any(dim=-1, keepdim=True)
-            projected = projection(torch.nan_to_num(part))  # a missing signal's NaN never reaches a gradient
+            projected = projection(torch.where(missing, 0.0, part))  # a missing signal's NaN never reaches a gradient
             parts.append(torch.where(missing, self.absent[k], projected))
         return self.mix(torch.cat(parts, dim=-1))

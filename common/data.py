@@ -138,7 +138,9 @@ class Inputs:
 
     `tokens` and `audio` are sources (cached arrays or decoded on access); `text_vectors` and
     `speech_vectors`, when an encoder is frozen, replace them with its pooled output, and for a fusion of
-    sequences `text_sequences` and `speech_sequences` with its states of every token or frame.
+    sequences `text_sequences` and `speech_sequences` with its states of every token or frame. `bio`: each
+    utterance's bio-signal features (`common.bio.feature_rows`, NaN where a signal is missing), where the model
+    reads them.
     """
 
     tokens: Sequence | None = None
@@ -147,6 +149,7 @@ class Inputs:
     speech_vectors: np.ndarray | None = None
     text_sequences: Sequence | None = None
     speech_sequences: Sequence | None = None
+    bio: np.ndarray | None = None
 
 
 def model_audio(pcm16: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
@@ -200,6 +203,8 @@ class KemdyDataset(Dataset):
                 "labels": np.asarray(u.labels, dtype=np.float32),
                 "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
             }
+            if inputs.bio is not None:
+                item["bio"] = inputs.bio[k].astype(np.float32)
             if self.targets is not None:
                 item["targets"] = np.asarray(self.targets[k], dtype=np.float32)
             if text is not None:
@@ -251,7 +256,7 @@ class Collator:
         for key in ("labels", "targets", "va"):  # labels and va absent when predicting; targets only in training
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
-        for key in ("text_vec", "speech_vec"):
+        for key in ("text_vec", "speech_vec", "bio"):
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32, copy=False))
         for key in ("text_seq", "speech_seq"):  # a frozen encoder's states: padded with zeros, their mask beside
@@ -386,6 +391,32 @@ def prepare_inputs(
         wavs = [str(u.wav) for u in utterances]  # KEMDy19 lists every recording twice: decode it once
         inputs.audio = _cached_store(cache_dir, "audio", key, inputs.audio, np.int16, wavs, log, show_progress)
     return inputs
+
+
+def bio_feature_rows(
+    root: Path, dataset: str, utterances: list[Utterance], signals: tuple, files: str, cache_dir=None, log=print
+) -> np.ndarray:
+    """Every utterance's bio-signal features (`bio.feature_rows` of `signals`; NaN where one is missing), read from
+    the corpus's files (`files`: their fingerprint) or from the cache under cache_dir, built there on first use."""
+    from common import bio
+
+    def compute():
+        return bio.feature_rows(signals, bio.read_signals(root, dataset, utterances).samples)
+
+    if cache_dir is None or not signals:
+        return compute()
+    found = [(u.segment_id, u.annotation_id, u.session, u.speaker, u.wav.parent.name) for u in utterances]
+    definition = (bio.FEATURES, bio.PEAK_PROMINENCE, bio.RATE)
+    key = fingerprint(dataset, files, found, signals, definition)
+    rows: list = []
+
+    def build(tmp):
+        rows.append(compute())
+        ArrayStore.write(tmp, rows[0], np.float64)
+
+    store, folder, built = open_cached(cache_dir, "bio", key, build, ArrayStore, log)
+    log(f"bio cache {folder}: {'built' if built else 'reused'} ({len(store)} utterances)")
+    return rows[0] if rows else np.stack([store[i] for i in range(len(store))])
 
 
 def _cached_store(cache_dir, kind: str, key: str, rows: Sequence, dtype, keys, log, show: bool) -> ArrayStore:

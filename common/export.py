@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common import paths, rundir
+from common.bio import FEATURES
 from common.errors import UserError, run_cli, writing
 from common.grid import DIMENSIONS, EMOTIONS
 
@@ -52,7 +53,7 @@ def unexportable(model) -> str | None:
 
 def input_names(predictor) -> list[str]:
     """The graph's inputs for a run: token ids and their mask (and token types with --context), raw samples and
-    their mask."""
+    their mask, bio-signal features."""
     names = []
     if predictor.uses_text:
         names += ["input_ids", "attention_mask"]
@@ -60,6 +61,8 @@ def input_names(predictor) -> list[str]:
             names.append("token_type_ids")
     if predictor.uses_speech:
         names += ["audio", "audio_mask"]
+    if predictor.signals:
+        names.append("bio")
     return names
 
 
@@ -135,6 +138,9 @@ def metadata(predictor) -> dict[str, str]:
         "audio_mask 1 on each clip's samples; pad each batch to at least min_samples and pad_to",
         "text": "the tokenizer's ids of the transcript (with --context: of the pair (context, transcript)); "
         "attention_mask 1 on each utterance's tokens",
+        "bio_features": [f"{s}_{f}" for s in predictor.signals for f in FEATURES[s]],
+        "bio": "each utterance's bio-signal features in bio_features' order (common.bio.signal_features of the "
+        "signal's samples during the utterance), unstandardised; NaN for each feature of a signal it has no sample of",
     }
     return {key: json.dumps(value, ensure_ascii=False) for key, value in fields.items()}
 
@@ -153,6 +159,10 @@ def _example(predictor) -> list:
             ones = torch.ones(2, 9, dtype=torch.long)
             ones[1, 6:] = 0
             tensors.append(ones if name == "attention_mask" else ones - ones.tril(-4 - 9).roll(4, 1))
+        elif name == "bio":
+            rows = torch.from_numpy(rng.standard_normal((2, predictor.model.bio_encoder.features)).astype(np.float32))
+            rows[1, : predictor.model.bio_encoder.sizes[0]] = float("nan")  # a signal missing
+            tensors.append(rows)
         elif name == "audio":
             width = max(16000, predictor.spec.min_samples, predictor.spec.pad_to)
             tensors.append(torch.from_numpy(rng.standard_normal((2, width)).astype(np.float32) * 0.1))
@@ -174,7 +184,8 @@ def write_graph(predictor, path: Path) -> None:
     names, outputs = input_names(predictor), output_names(predictor.model.config.cell)
     axes = {"input_ids": "tokens", "attention_mask": "tokens", "token_type_ids": "tokens"}
     axes |= {"audio": "samples", "audio_mask": "samples"}
-    dynamic = {n: {0: "utterances", 1: axes[n]} for n in names} | {n: {0: "utterances"} for n in outputs}
+    dynamic = {n: {0: "utterances", 1: axes[n]} if n in axes else {0: "utterances"} for n in names}
+    dynamic |= {n: {0: "utterances"} for n in outputs}
     predictor.model.to("cpu")
     # The tracer warns of every Python value it fixes; the parity check on the test utterances is what tells.
     with torch.no_grad(), warnings.catch_warnings():

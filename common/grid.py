@@ -12,7 +12,7 @@ DATASETS = ("19", "20")
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 DIMENSIONS = ("valence", "arousal")
 
-MODALITIES = ("text", "speech", "multimodal")
+MODALITIES = ("text", "speech", "multimodal", "bio")
 TASKS = ("classification", "regression", "total")
 
 
@@ -61,8 +61,12 @@ SCRIPTS = [f"{m}_{t}" for m in ("text", "speech") for t in TASKS] + [
 ]
 # The scripts whose --fusion picks the fusion from the registry, one per task.
 FUSION_SCRIPTS = [f"multimodal_{t}" for t in TASKS]
-# Every cell: the twelve, then each other fusion's three (run with multimodal_<task>.py --fusion <name>).
-CELLS = SCRIPTS + [f"multimodal_{t}_{f}" for f in FUSIONS if f not in ORIGINAL_FUSIONS for t in TASKS]
+# The cells of the wristband's bio-signals alone (common.bio), a script each; text + speech + bio is a multimodal
+# cell given --bio.
+BIO_SCRIPTS = [f"bio_{t}" for t in TASKS]
+# Every cell: the twelve, then each other fusion's three (run with multimodal_<task>.py --fusion <name>), then the
+# bio-signals' three.
+CELLS = SCRIPTS + [f"multimodal_{t}_{f}" for f in FUSIONS if f not in ORIGINAL_FUSIONS for t in TASKS] + BIO_SCRIPTS
 # Parameter-name prefixes of the two encoders inside the model; everything else is trained from scratch.
 ENCODER_PREFIXES = ("text_encoder.", "speech_encoder.")
 
@@ -112,6 +116,11 @@ class Cell:
         return self.modality in ("speech", "multimodal")
 
     @property
+    def uses_bio(self) -> bool:
+        """Whether the cell is the bio-signals' own (a multimodal cell reads them too with --bio)."""
+        return self.modality == "bio"
+
+    @property
     def classifies(self) -> bool:
         return self.task in ("classification", "total")
 
@@ -138,7 +147,7 @@ def encoder_tags(cell: Cell, models: dict) -> list[str]:
 
 def command_of(name: str) -> str:
     """How a cell is run: its script, or multimodal_<task>.py with its --fusion."""
-    if name in SCRIPTS:
+    if name in SCRIPTS or name in BIO_SCRIPTS:
         return f"{name}.py"
     cell = cell_of(name)
     return f"multimodal_{cell.task}.py --fusion {cell.fusion}"

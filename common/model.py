@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from common import fusion, schema
+from common.bio import FEATURES
+from common.bioencoder import BioEncoder
 from common.encoders import (
     ORIGINAL_ATTENTION_BIAS,
     PADDING_EXACT,
@@ -77,17 +79,31 @@ class ModelConfig:
     fusion_heads: int = FUSION_PARAMS["heads"]
     fusion_layers: int = FUSION_PARAMS["layers"]
     fusion_rank: int = FUSION_PARAMS["rank"]
+    # The bio-signals the model reads (`common.bio`: "EDA,TEMP,IBI"), a bio cell's or a multimodal one's with --bio;
+    # "": none. Their features come raw; the model standardises them with the training part's statistics.
+    bio_signals: str = ""
+    bio_width: int = 32
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(self.bio_signals.split(",")) if self.bio_signals else ()
 
     @property
     def cell(self) -> Cell:
         return Cell(self.modality, self.task, self.fusion)
 
 
+def _valid(c: dict) -> bool:
+    """A cell of the grid; the bio-signals named once each, known, and named by a bio cell."""
+    signals = c.get("bio_signals", "").split(",") if c.get("bio_signals") else []
+    bio = (c["modality"] != "bio" or bool(signals)) and all(s in FEATURES for s in signals)
+    unique = len(set(signals)) == len(signals) and c.get("bio_width", 32) >= 1
+    return is_cell(c["modality"], c["task"], c["fusion"]) and bio and unique
+
+
 # model.json: a ModelConfig, whose cell must be one of the grid's.
 MODEL_JSON = schema.Rule(
-    schema.of_dataclass(ModelConfig),
-    lambda c: is_cell(c["modality"], c["task"], c["fusion"]),
-    "the configuration of a cell of the grid",
+    schema.of_dataclass(ModelConfig), _valid, "the configuration of a cell of the grid (a bio cell naming its signals)"
 )
 
 
@@ -129,6 +145,14 @@ class EmotionModel(nn.Module):
             )
             self.fusion = fusion.build(cell.fusion, text_width, speech_width, settings)
         width = self.fusion.width if self.fusion is not None else text_width + speech_width
+        self.bio_encoder = None
+        if config.signals:  # after the fusion: a model without bio-signals initialises its heads as before
+            self.bio_encoder = BioEncoder(config.signals, config.bio_width, config.dropout)
+            width += config.bio_width
+            # Features are standardised with the training part's statistics (set by the trainer).
+            features = self.bio_encoder.features
+            self.register_buffer("bio_mean", torch.zeros(features))
+            self.register_buffer("bio_std", torch.ones(features))
         self.dropout = nn.Dropout(config.dropout)
         self.emotion_head = nn.Linear(width, len(EMOTIONS)) if cell.classifies else None
         self.va_head = nn.Linear(width, 2) if cell.regresses else None
@@ -253,14 +277,24 @@ class EmotionModel(nn.Module):
             return getattr(self, f"encode_{modality}")(batch)
         return self.mix(modality, given) if given.dim() == 3 else given
 
+    def encode_bio(self, batch: dict) -> torch.Tensor:
+        """The bio vector of each utterance, from its raw features (NaN where a signal is missing) standardised with
+        the training part's statistics."""
+        features = batch["bio"].to(self.bio_mean.dtype)
+        return self.bio_encoder((features - self.bio_mean) / self.bio_std)
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         cell = self.config.cell
-        if self.fusion is None:  # one modality
+        if cell.uses_bio:
+            fused = self.dropout(self.encode_bio(batch))
+        elif self.fusion is None:  # one modality
             fused = self.dropout(self.vector(cell.modality, batch))
         elif self.fusion.reads == "sequences":
             fused = self.fusion(self.sequence("text", batch), self.sequence("speech", batch))
         else:
             fused = self.fusion(self.vector("text", batch), self.vector("speech", batch))
+        if self.bio_encoder is not None and not cell.uses_bio:  # --bio: the bio vector beside the fused one
+            fused = torch.cat([fused, self.dropout(self.encode_bio(batch))], dim=-1)
         out = {}
         if self.emotion_head is not None:
             out["emotion_logits"] = self.emotion_head(fused)
@@ -350,8 +384,11 @@ def _saved_encoder(part: Path, loader, source: str | None = None) -> tuple[objec
     return loader(str(part), encoder=False)[0], encoder
 
 
-def build_model(cell: Cell, settings: Settings, encoders: Encoders, last: bool = True, log=print) -> EmotionModel:
-    """The cell's model on pretrained encoders, its new layers initialised from --seed."""
+def build_model(
+    cell: Cell, settings: Settings, encoders: Encoders, last: bool = True, log=print, signals: tuple[str, ...] = ()
+) -> EmotionModel:
+    """The cell's model on pretrained encoders, its new layers initialised from --seed; `signals`: the bio-signals it
+    reads (a bio cell's, or a multimodal cell's with --bio)."""
     text_encoder, speech_encoder = encoders.for_fold(last)
     s = settings
     config = ModelConfig(
@@ -371,6 +408,7 @@ def build_model(cell: Cell, settings: Settings, encoders: Encoders, last: bool =
         layers=s.layers,
         **{f"fusion_{name}": getattr(s, f"fusion_{name}") for name in FUSION_PARAMS},
         pad_to=audio_padding(s.speech_pooling, s.speech_inputs, s.max_seq_len) if cell.uses_speech else 0,
+        bio_signals=",".join(signals),
     )
     whisper = cell.uses_speech and is_whisper(encoders.speech)
     # The original's inputs keep the original's batch padding; clips padded to one length see no other padding.

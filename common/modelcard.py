@@ -68,6 +68,8 @@ def card_text(config: dict, result: dict) -> str:
         "total": "each of the seven emotions' probability, and valence and arousal on the 1-5 scale",
     }[cell.task]
     sizes = config["data"].get("split", {})
+    signals = config["data"].get("bio_signals", [])
+    bio = f" and the speaker's bio-signals ({', '.join(signals)})" if signals and cell.modality != "bio" else ""
     lines = [
         f"# {cell.name} on {dataset}, {tested}",
         "",
@@ -80,8 +82,10 @@ def card_text(config: dict, result: dict) -> str:
             if args.get("demo")
             else []
         ),
-        f"A {cell.modality} {cell.task} model (encoders: {', '.join(encoders) or 'none'}{fusion}) that gives "
-        f"{outputs} for a Korean utterance. Made with the KEMDy emotion-recognition toolkit (a re-implementation of "
+        f"A {cell.modality} {cell.task} model (encoders: {', '.join(encoders) or 'none'}{fusion}{bio}) that gives "
+        f"{outputs} for a Korean utterance"
+        + (f" from the speaker's bio-signals ({', '.join(signals)})" if cell.modality == "bio" else "")
+        + ". Made with the KEMDy emotion-recognition toolkit (a re-implementation of "
         "[KNUAI/etri_multimodal](https://github.com/KNUAI/etri_multimodal)).",
         "",
         "## Training data",
@@ -113,7 +117,8 @@ def card_text(config: dict, result: dict) -> str:
         "```",
         "python -m common.predict --run_dir <this run's folder>"
         + (" --wav clip.wav" if cell.uses_speech else "")
-        + (" --text '<transcript>'" if cell.uses_text else ""),
+        + (" --text '<transcript>'" if cell.uses_text else "")
+        + (" --bio samples.csv  # its bio-signals: signal,value lines" if signals else ""),
         "```",
         "",
         "## Intended use and limits",

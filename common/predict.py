@@ -5,6 +5,7 @@
     python -m common.predict --run_dir DIR --wav_dir clips/ --out predictions.csv  # a CSV, resumable (common.batch)
     python -m common.predict --run_dir DIR --text "..." --context_text "B: ..." --context_text "A: ..."  # --context
     python -m common.predict --run_dir DIR --backend onnx --wav a.wav --text "..."  # its ONNX export (common.export)
+    python -m common.predict --run_dir DIR --bio samples.csv  # a run that reads bio-signals (common.bio)
 
 Inputs are prepared exactly as in training: audio of any sample rate and channel count is mixed to mono,
 resampled to 16 kHz and cut to the run's --max_seq_len; text is cut to its --max_text_len tokens.
@@ -75,6 +76,7 @@ class Predictor:
         self.device = device
         cell = self.model.config.cell
         self.uses_text, self.uses_speech = cell.uses_text, cell.uses_speech
+        self.signals = self.model.config.signals  # the bio-signals it reads, if any
         self.spec, self.onnx = None, None
         if self.uses_speech:
             self.spec = audio_spec(extractor, self.model.speech_encoder, self.model.config)
@@ -99,14 +101,20 @@ class Predictor:
                 self.spec, normalize=False, min_samples=1, pad_to=max(self.spec.pad_to, self.spec.min_samples)
             )
 
-    def items(self, wavs: list | None, texts: list | None, contexts: list | None = None) -> list[dict]:
+    def items(
+        self, wavs: list | None, texts: list | None, contexts: list | None = None, bios: list | None = None
+    ) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing. `contexts`: for a run
         with --context K, each utterance's turns before it (oldest first, each `A: ...` where its speaker is the
-        utterance's own, `B: ...` where the other), of which it reads the last K; none: a dialogue's first turn."""
+        utterance's own, `B: ...` where the other), of which it reads the last K; none: a dialogue's first turn.
+        `bios`: for a run that reads bio-signals, each utterance's samples file (`bio.read_samples`)."""
         from common.data import model_audio, stored_audio
 
-        n = len(wavs if wavs is not None else texts)
+        n = len(next(x for x in (wavs, texts, bios, []) if x is not None))
         items = [{"index": i} for i in range(n)]
+        if self.signals:
+            for item, row in zip(items, self._bio_features(bios), strict=True):
+                item["bio"] = row
         if self.uses_text:
             for item, ids in zip(items, self._tokens(texts, contexts), strict=True):
                 item["input_ids"] = ids
@@ -123,6 +131,15 @@ class Predictor:
                 pcm = stored_audio(wav, self.args["max_seq_len"], level)  # as the training cache stores it
                 items[i]["audio"] = model_audio(pcm, self.spec, level)
         return items
+
+    def _bio_features(self, bios: list | None) -> np.ndarray:
+        """Each utterance's bio-signal features from its samples file, NaN for a signal it has no sample of."""
+        from common import bio
+
+        if bios is None or not all(bios):
+            raise UserError("this run reads bio-signals: give --bio (or a bio column in --csv)")
+        samples = [bio.read_samples(Path(path), self.signals) for path in bios]
+        return bio.feature_rows(self.signals, samples).astype(np.float32)
 
     def _tokens(self, texts: list | None, contexts: list | None):
         """The token ids of each transcript, read with its turns before it where the run was trained so."""
@@ -146,10 +163,15 @@ class Predictor:
         return PairTokenIds(self.tokenizer, segments, texts, self.args["max_text_len"])
 
     def __call__(
-        self, wavs: list | None = None, texts: list | None = None, batch_size: int = 1, contexts: list | None = None
+        self,
+        wavs: list | None = None,
+        texts: list | None = None,
+        batch_size: int = 1,
+        contexts: list | None = None,
+        bios: list | None = None,
     ) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
-        items = self.items(wavs, texts, contexts)
+        items = self.items(wavs, texts, contexts, bios)
         probs, va = self.outputs(items, batch_size)
         return [
             self.result(probs[k] if probs is not None else None, va[k] if va is not None else None)
@@ -248,9 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wav", help="audio file of one utterance (any sample rate, any number of channels)")
     parser.add_argument("--text", help="transcript of that utterance")
     parser.add_argument(
+        "--bio",
+        help="for a run that reads bio-signals: that utterance's samples, a CSV with the header signal,value and one "
+        "sample a line in time order (python -m common.bio DATASET_DIR SEGMENT_ID prints a corpus utterance's)",
+    )
+    parser.add_argument(
         "--csv",
-        help="batch: a CSV with a wav column (paths relative to the CSV) and/or a text column; other columns are "
-        "copied to the output (with --out a CSV, else one JSON object per line)",
+        help="batch: a CSV with a wav column (paths relative to the CSV) and/or a text column (and a bio column of "
+        "samples files); other columns are copied to the output (with --out a CSV, else one JSON object per line)",
     )
     parser.add_argument(
         "--wav_dir",
@@ -289,13 +316,14 @@ def main(argv: list[str] | None = None) -> None:
             "where it was trained; its weights are checked",
         )
     args = parser.parse_args(argv)
-    for flag in ("run_dir", "wav", "csv", "wav_dir", "out", "text_model", "speech_model"):
+    for flag in ("run_dir", "wav", "bio", "csv", "wav_dir", "out", "text_model", "speech_model"):
         paths.check(f"--{flag}", getattr(args, flag))
     many = args.csv or args.wav_dir
-    if (args.csv and args.wav_dir) or (many and (args.wav or args.text is not None or args.context_text)):
-        raise UserError("give one of --csv, --wav_dir or --wav/--text (and --context_text)")
-    if not many and not args.wav and args.text is None:
-        raise UserError("give --wav and/or --text for one utterance, or --csv for a batch")
+    one = args.wav or args.text is not None or args.context_text or args.bio
+    if (args.csv and args.wav_dir) or (many and one):
+        raise UserError("give one of --csv, --wav_dir or --wav/--text/--bio (and --context_text)")
+    if not many and not one:
+        raise UserError("give --wav, --text and/or --bio for one utterance, or --csv for a batch")
     if args.out and not many:
         raise UserError("--out: writes a batch's predictions; give --csv or --wav_dir")
     if args.batch_size < 1:
@@ -316,9 +344,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{out}: {done} utterances predicted, {count - done} there already", file=sys.stderr)
     else:
         texts = [args.text] if args.text is not None else None
-        result = predictor([args.wav] if args.wav else None, texts, contexts=[args.context_text or []])[0]
+        bios = [args.bio] if args.bio else None
+        result = predictor([args.wav] if args.wav else None, texts, contexts=[args.context_text or []], bios=bios)[0]
         inputs = {"wav": args.wav} if args.wav else {}
         inputs |= {"text": args.text} if args.text is not None else {}
+        inputs |= {"bio": args.bio} if args.bio else {}
         json.dump(inputs | result, sys.stdout, ensure_ascii=False, indent=1)
         print()
 

@@ -74,6 +74,7 @@ CONDITIONS = (
         for how in ("deleted", "replaced")
         for rate in DAMAGE
     ]
+    + [Condition("no bio-signals", "", "bio")]  # every signal missing: the wristband not worn
 )
 
 
@@ -81,10 +82,10 @@ ASR = "ASR transcripts"
 ASR_SECONDS = 30.0  # of each recording transcribed: Whisper's window
 
 
-def conditions(cell, asr_model: str | None = None) -> list[Condition]:
-    """The conditions that apply to a cell: those changing an input it reads; a missing modality for a cell that
-    reads both; with `asr_model`, its transcripts for a cell that reads text."""
-    reads = {"text": cell.uses_text, "speech": cell.uses_speech, "": True}
+def conditions(cell, asr_model: str | None = None, bio: bool = False) -> list[Condition]:
+    """The conditions that apply to a cell: those changing an input it reads (`bio`: its model reads bio-signals);
+    a missing modality for a cell that reads both; with `asr_model`, its transcripts for a cell that reads text."""
+    reads = {"text": cell.uses_text, "speech": cell.uses_speech, "bio": bio, "": True}
     found = [c for c in CONDITIONS if reads[c.modality] and (not c.multimodal or cell.fusion is not None)]
     return found + ([Condition(ASR, f"({asr_model})", "text")] if asr_model and cell.uses_text else [])
 
@@ -213,6 +214,12 @@ class Inputs:
             return self.clips[k]
 
         self.clip = clip
+        self.bio = None  # each utterance's bio-signal features, for a run that reads them
+        if self.p.signals:
+            from common import bio
+
+            found = bio.read_signals(Path(run.settings.dataset_dir), run.settings.dataset, run.utterances)
+            self.bio = bio.feature_rows(self.p.signals, found.samples).astype(np.float32)
         wavs_of_test = {run.utterances[k].wav for k in run.test}
         self.talkers = [k for k in run.train if run.utterances[k].wav not in wavs_of_test]
 
@@ -235,6 +242,9 @@ class Inputs:
                 elif condition.modality == "speech" and condition.level.endswith("dB"):
                     x = with_noise(x, self._noise(condition, k, len(x)), float(condition.level.split()[0]))
                 item["audio"] = model_samples(x, p.spec, run.utterances[k].level)
+        if self.bio is not None:
+            for item, k in zip(items, run.test, strict=True):
+                item["bio"] = self.bio[k] if condition.name != "no bio-signals" else np.full_like(self.bio[k], np.nan)
         return items
 
     def _texts(self, condition: Condition) -> tuple[list[str], list[str] | None]:
@@ -331,11 +341,11 @@ def scored(run: FinishedRun, condition: Condition, inputs: Inputs, batch_size: i
     return _pooled(run, probs, va)
 
 
-def chosen(cell, names: list[str] | None, asr_model: str | None = None) -> list[Condition]:
+def chosen(cell, names: list[str] | None, asr_model: str | None = None, bio: bool = False) -> list[Condition]:
     """The conditions named (a name, `babble`, takes each of its levels; a label, `babble 0 dB`, one), clean
     first and the ASR condition where a model is given; all that apply to the cell without names. A name that
     applies to none is refused in one line."""
-    found = conditions(cell, asr_model)
+    found = conditions(cell, asr_model, bio)
     if not names:
         return found
     unknown = [n for n in names if not any(n in (c.name, c.label) for c in found)]
@@ -362,7 +372,7 @@ def measure(  # noqa: PLR0913 (keyword options of the command)
 
     inputs, rows, clean = Inputs(run, seed, asr[1] if asr else None), [], None
     metrics = metrics_of(run.cell.task)
-    for condition in chosen(run.cell, names, asr[0] if asr else None):
+    for condition in chosen(run.cell, names, asr[0] if asr else None, bool(run.predictor.signals)):
         try:
             pooled = scored(run, condition, inputs, batch_size)
         except Unusable as why:

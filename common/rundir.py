@@ -102,7 +102,9 @@ class Owner:
     kind: str  # "run" or "fold_set"
     script: str
     settings: dict  # the arguments that change results
-    corpus: dict  # the corpus's fingerprints: "listing" and "recordings" (None for a run adopted from before)
+    # the corpus's fingerprints: "listing" and "recordings" (None for a run adopted from before), "bio" (its
+    # bio-signal files) for a run that reads them
+    corpus: dict
     demo: bool
     entries: list[str]  # every file and folder the project has written into `folder`, the marker aside
     frozen: dict = field(default_factory=dict)  # frozen encoders: modality -> source and weights' fingerprint
@@ -317,12 +319,13 @@ def _check_continued(owner: Owner, mode: str, plan: RunPlan, corpus: dict, froze
             f"{owner.folder}: its metrics.json holds the results of another run than its marker's "
             f"({run_of(owner.fold)}); train it again with --overwrite"
         )
-    same = all(owner.corpus[k] == corpus[k] for k in ("listing", "recordings") if owner.corpus.get(k) is not None)
+    keys = ("listing", "recordings", "bio")
+    same = all(owner.corpus[k] == corpus.get(k) for k in keys if owner.corpus.get(k) is not None)
     if not same:
         raise UserError(
             f"{owner.marker}: the corpus under --dataset_dir {plan.settings.dataset_dir} is not the one this run "
-            "started on (its utterances, labels, transcripts or recordings changed); use that corpus, or --overwrite "
-            "to start over"
+            "started on (its utterances, labels, transcripts, recordings or bio-signal files changed); use that "
+            "corpus, or --overwrite to start over"
         )
     if not owner.frozen:
         return
@@ -752,6 +755,7 @@ def provenance(
             "va_std": model.va_std.tolist(),
             "fingerprint": fingerprint["listing"],
             "recordings": fingerprint["recordings"],
+            **({"bio": fingerprint["bio"], "bio_signals": list(model.config.signals)} if "bio" in fingerprint else {}),
         },
         "environment": {
             "python": platform.python_version(),
@@ -808,7 +812,8 @@ def _earlier_run(folder: Path) -> Owner:
         "run",
         config["script"],
         settings(args, cell),
-        {"listing": config["data"]["fingerprint"], "recordings": config["data"].get("recordings")},
+        {"listing": config["data"]["fingerprint"], "recordings": config["data"].get("recordings")}
+        | ({"bio": config["data"]["bio"]} if "bio" in config["data"] else {}),
         bool(args.get("demo", False)),
         [n for n in EARLIER_RUN_FILES if (folder / n).exists()],
         {m: d["frozen"] for m, d in models.items() if "frozen" in d},

@@ -72,7 +72,7 @@ CONFIG = Fields(
         "script": Choice(*CELLS),
         "cell": CELL,
         "args": ARGS,
-        "data": Fields({"fingerprint": str}, {"recordings": str}),
+        "data": Fields({"fingerprint": str}, {"recordings": str, "bio": str}),
         "environment": Map(ANY),
     },
     {"disk_bytes": count(0), "models": Map(Fields({}, {"frozen": FROZEN}), keys=("text", "speech"))},

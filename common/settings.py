@@ -278,6 +278,19 @@ class Settings:
         "(see [Dialogues](data.md#dialogues))",
         shown="`0`",
     )
+    bio: bool = flag(
+        False,
+        "data",
+        "a multimodal cell also reads the speaker's wristband signals during the utterance (EDA, skin temperature, "
+        "heartbeat: the bio_<task>.py cells' encoder), their vector joined to the fused text and speech vector side "
+        "by side, with any --fusion; off: text and speech only, as the original",
+        kind="switch",
+        earlier=False,
+        concerns="multimodal",
+        folder="_bio",
+        doc="a multimodal cell also reads the speaker's bio-signals, their vector beside the fused one (see "
+        "[Bio-signals](data.md#bio-signals))",
+    )
     max_seq_len: float = flag(
         5,
         ORIGINALS,
@@ -657,7 +670,7 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_scored-on-valid][_context<K>]"
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_scored-on-valid][_context<K>][_bio]"
         "[_original][_freeze-<which>][_layers-weighted][_modality-dropout<P>][_targets-raters][_seed<seed>]"
         "[_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )

@@ -43,7 +43,7 @@ import argparse
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -509,6 +509,9 @@ def generate(  # noqa: PLR0913 (keyword-only after the first five)
 BIO_RATE = {"EDA": 4, "TEMP": 4, "ECG": 16}  # samples per second (the E4's 4 Hz; an ECG written at 16 Hz)
 BIO_BASE = {"EDA": 2.0, "TEMP": 33.0, "ECG": 0.0}
 BIO_AROUSAL = {"EDA": 0.6, "TEMP": 0.05, "ECG": 0.0}  # a speaker's level rises by this per point of arousal
+# The arousal a body shows in a turn: the annotated one plus this much noise (a standard deviation, in points), the
+# same for every signal of the turn: what keeps the planted signal weak.
+BIO_FELT_NOISE = 0.7
 EMPTY_E4_CELLS = 0.06  # KEMDy19: the share of annotation rows whose E4 cells are left empty
 
 
@@ -521,6 +524,7 @@ class BioTruth:
     bad_lines: list[str]  # "path line N" of a sample line that is no number
     without_ibi: list[str]  # KEMDy20 segment ids whose wearer's IBI file has no interval in the turn
     empty_cells: int  # KEMDy19 annotation rows whose four E4 cells were emptied
+    felt: dict[str, float] = field(default_factory=dict)  # segment id -> the arousal its speaker's signals show
 
 
 def write_bio(root: str | Path, dataset: str, seed: int = 0) -> BioTruth:
@@ -542,7 +546,10 @@ def write_bio(root: str | Path, dataset: str, seed: int = 0) -> BioTruth:
     rows = "speaker" if dataset == "19" else "all"
     utterances = read_corpus(dataset, root, rows=rows).utterances
     rng = np.random.default_rng([seed, 37])
-    truth = BioTruth([], [], [], [], 0)
+    felt_noise = np.random.default_rng([seed, 38])
+    truth = BioTruth(
+        [], [], [], [], 0, {u.segment_id: u.arousal + felt_noise.normal(0, BIO_FELT_NOISE) for u in utterances}
+    )
     files: dict[Path, list] = {}
     for u in utterances:  # the speaker's file (KEMDy19: the session's turns go in both actors' files)
         path = bio.wearer_file(root, dataset, "EDA", u).relative_to(root / "EDA")
@@ -581,10 +588,10 @@ def _clock(seconds: float) -> str:
     return f"2020-0821-{11 + hours:02d}{minute:02d}-{second:02d}-{int((seconds - whole) * 1000):03d}"
 
 
-def _level(signal: str, turn, wearer: str) -> float:
-    """The wearer's level during a turn: raised by the turn's arousal where the wearer speaks it."""
+def _level(signal: str, turn, wearer: str, felt: dict) -> float:
+    """The wearer's level during a turn: raised by the arousal the turn's speaker shows where the wearer speaks it."""
     own = turn.speaker.endswith(wearer)
-    return BIO_BASE[signal] + (BIO_AROUSAL[signal] * (turn.arousal - 3) if own else 0.0)
+    return BIO_BASE[signal] + (BIO_AROUSAL[signal] * (felt[turn.segment_id] - 3) if own else 0.0)
 
 
 def _sample_lines(rng, dataset, signal, turns, wearer, untagged, truth, values, path) -> list[str]:
@@ -596,7 +603,7 @@ def _sample_lines(rng, dataset, signal, turns, wearer, untagged, truth, values, 
     lines = [f"1598005652.000000,{_clock(0)}", f"{rate:.6f},hz"] if dataset == "20" else []
     for time in times:
         turn = next((t for begin, end, t in spans if begin <= time < end), None)
-        level = _level(signal, turn, wearer) if turn else BIO_BASE[signal]
+        level = _level(signal, turn, wearer, truth.felt) if turn else BIO_BASE[signal]
         value = level + rng.normal(0, 0.05 if signal != "ECG" else 0.3)
         line = f"{value:.6f},{_clock(time)}" if dataset == "20" else f"{value:.6f},{time:.3f},{_clock(time)}"
         tagged = turn is not None and (dataset == "19" or turn.speaker.endswith(wearer))
@@ -616,7 +623,7 @@ def _ibi_lines(rng, dataset, signal, turns, wearer, untagged, truth, values, pat
         if rng.random() < 0.5:
             truth.without_ibi.append(t.segment_id)
             continue
-        interval, time = 0.8 - 0.04 * (t.arousal - 3), (t.start or 0.0) + 0.1
+        interval, time = 0.8 - 0.04 * (truth.felt[t.segment_id] - 3), (t.start or 0.0) + 0.1
         while time < (t.start or 0.0) + t.duration:
             lines.append(f"{time:.6f},{interval + rng.normal(0, 0.01):.6f},{_clock(time)},{t.segment_id}")
             time += interval
@@ -929,14 +936,19 @@ def write_tiny_asr(out: str | Path, seed: int = 0) -> Path:
 
 
 # Versioned, so that a change to the generator or the tiny encoders never meets an older demo build.
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / f"v{DEMO_VERSION}"
 
 
 def demo_corpus(dataset: str, demo_dir: Path = DEMO_DIR) -> Path:
     """The built-in demo corpus of a dataset's layout, built on first use under demo/."""
     per_session = 160 if str(dataset) == "20" else 80  # recordings; KEMDy19 annotates each twice
-    return build_folder(Path(demo_dir) / f"KEMDy{dataset}", lambda tmp: generate(dataset, tmp, 5, per_session))
+
+    def write(tmp: Path) -> None:
+        generate(dataset, tmp, 5, per_session)
+        write_bio(tmp, dataset)
+
+    return build_folder(Path(demo_dir) / f"KEMDy{dataset}", write)
 
 
 def demo_models(demo_dir: Path = DEMO_DIR) -> Path:

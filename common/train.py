@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from common import dialogue, modelcard, predictions, protocols, raters, rundir, runfiles
 from common.cache import check_folder as check_cache_folder
-from common.cache import fingerprint
+from common.cache import file_digests, fingerprint
 from common.checkpoints import Checkpoints, DamagedCheckpoint
 from common.data import (
     Collator,
@@ -32,6 +32,7 @@ from common.data import (
     KemdyDataset,
     PairTokenIds,
     TokenIds,
+    bio_feature_rows,
     corpus_fingerprint,
     prepare_inputs,
     tokenless,
@@ -65,11 +66,13 @@ class Shared:
     inputs: Inputs | None = None
     test_corpus: Corpus | None = None  # a cross-corpus run's (--test_dataset)
     labels: dict | None = None  # a cross-corpus run's label distributions of both corpora
+    bio: BioFeatures | None = None  # a run that reads bio-signals: every utterance's features
 
-    def read(self, settings: Settings, log=print) -> dict:
+    def read(self, settings: Settings, log=print, bio: bool = False) -> dict:
         """The corpus and its fingerprints (the first process to read it remembers every recording's digest by
         file stamp under --cache_dir; the others, and later runs, find them there); returns the fingerprints. A
-        cross-corpus run reads the test corpus too, compares the two corpora's labels, and fingerprints both."""
+        cross-corpus run reads the test corpus too, compares the two corpora's labels, and fingerprints both.
+        `bio`: the run reads the bio-signals: their features too, and their files' fingerprint."""
         if self.corpus is None:
             cache_dir = settings.cache_dir if settings.cache else None
             self.corpus, self.test_corpus = read_corpora(settings, log)
@@ -80,6 +83,9 @@ class Shared:
                 tested, digests = corpus_fingerprint(self.test_corpus, cache_dir)
                 self.fingerprint = {k: fingerprint(v, tested[k]) for k, v in self.fingerprint.items()}
                 self.digests |= digests
+            if bio:
+                self.bio = read_bio_features(settings, self.corpus, self.test_corpus, log)
+                self.fingerprint["bio"] = self.bio.fingerprint
         return self.fingerprint
 
     def load_encoders(self, cell: Cell, settings: Settings) -> None:
@@ -119,6 +125,57 @@ def read_corpora(settings: Settings, log=print) -> tuple[Corpus, Corpus | None]:
     return corpus, read(settings.test_dataset, settings.test_dataset_dir) if settings.test_dataset else None
 
 
+def reads_bio(cell: Cell, settings: Settings) -> bool:
+    """Whether the cell's model reads bio-signals: a bio cell's, or a multimodal one's given --bio."""
+    return cell.uses_bio or (settings.bio and cell.fusion is not None)
+
+
+@dataclass
+class BioFeatures:
+    """A run's bio-signal features: each utterance's (those of the corpus, then a cross-corpus run's test corpus's),
+    raw, NaN where a signal is missing; the signals they are of (the training corpus's), and their files'
+    fingerprint."""
+
+    signals: tuple[str, ...]
+    rows: np.ndarray
+    corpus_rows: int  # the rows of the training corpus (the rest: the test corpus's)
+    fingerprint: str
+
+
+def read_bio_features(settings: Settings, corpus: Corpus, test_corpus: Corpus | None, log) -> BioFeatures:
+    """The features of the signals the training corpus records, for every utterance (a test corpus's signal that
+    the training corpus does not record is left out, one it lacks is missing), cached under --cache_dir; a corpus
+    whose utterances have no sample at all is refused in one line."""
+    from common import bio
+
+    cache_dir = settings.cache_dir if settings.cache else None
+    corpora = [(settings.dataset, settings.dataset_dir, corpus)]
+    corpora += [(settings.test_dataset, settings.test_dataset_dir, test_corpus)] if test_corpus else []
+    signals, parts, files = None, [], []
+    for dataset, root, each in corpora:
+        paths = bio.signal_files(Path(root), dataset)
+        digests = file_digests(paths, cache_dir)
+        files.append([(str(f.relative_to(root)), digests[str(f)]) for f in paths])
+        signals = (
+            signals if signals is not None else tuple(s for s in bio.SIGNALS[dataset] if (Path(root) / s).is_dir())
+        )
+        rows = bio_feature_rows(Path(root), dataset, each.utterances, signals, fingerprint(files[-1]), cache_dir, log)
+        if len(parts) == 0 and not np.isfinite(rows).any():
+            folders = ", ".join(f"{s}/" for s in bio.SIGNALS[dataset])
+            raise UserError(
+                f"--dataset_dir {root}: none of its utterances has a bio-signal sample (its {folders} folders hold "
+                "no file with their samples), which the bio cells and --bio read (docs/data.md, Bio-signals)"
+            )
+        parts.append(rows)
+        have = bio.present(signals, rows)
+        log(
+            f"bio-signals of KEMDy{dataset}: of {len(rows)} utterances, "
+            + ", ".join(f"{n} have {s}" for s, n in have.items())
+            + "; where one is missing, the model reads a learnt embedding of its absence"
+        )
+    return BioFeatures(signals, np.concatenate(parts), len(corpus.utterances), fingerprint(files))
+
+
 def train(plan: RunPlan, on_epoch=None) -> list[dict]:
     """Train and evaluate the folds of `plan.folds`; returns what each one's metrics.json holds. The
     corpus, tokenizer, encoders' weights and prepared inputs are read once for all of them. `on_epoch`: called
@@ -134,8 +191,13 @@ def train(plan: RunPlan, on_epoch=None) -> list[dict]:
         return shared.encoders.references
 
     default = partial(_default_run_dir, cell, settings, tags=plan.encoder_tags)
-    with rundir.claim(plan, default, partial(shared.read, settings, log=log), frozen, accelerator, log) as claimed:
-        shared.read(settings, log=lambda _: None)  # the main process has read it (and the digests): the others now
+    bio = reads_bio(cell, settings)
+    with rundir.claim(
+        plan, default, partial(shared.read, settings, log=log, bio=bio), frozen, accelerator, log
+    ) as claimed:
+        shared.read(
+            settings, log=lambda _: None, bio=bio
+        )  # the main process has read it (and the digests): the others now
         if claimed.todo:
             shared.load_encoders(cell, settings)
         results = []
@@ -234,13 +296,16 @@ def _next_steps(cell: Cell, settings: Settings, run_dir: Path, corpus: Corpus) -
             "all",
             "--resume",
         ]
-    steps = [
-        [python, "-m", "common.report", str(runs)],
-        other,
-        [python, "-m", "common.predict", "--run_dir", str(run_dir), *inputs],
-    ]
+    steps = [[python, "-m", "common.report", str(runs)], other]
+    samples = "bio_samples.csv"
+    if reads_bio(cell, settings):  # a demo utterance's samples, as common.predict --bio reads them
+        inputs += ["--bio", samples]
+        steps.append([python, "-m", "common.bio", os.path.relpath(settings.dataset_dir), first.segment_id, *dataset])
+    steps.append([python, "-m", "common.predict", "--run_dir", str(run_dir), *inputs])
     lines = [f"the run's results are in {run_dir}/; next, try:"]
     lines += ["  " + " ".join(shlex.quote(part) for part in step) for step in steps]
+    if reads_bio(cell, settings):
+        lines[-2] += f" > {samples}"
     return "\n".join(lines)
 
 
@@ -418,10 +483,11 @@ def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared,
     fold, train_idx, valid_idx = splits(settings, shared)
     log(_fold_line(settings, shared, fold, train_idx, valid_idx))
 
-    model = build_model(cell, settings, shared.encoders, last, log)
+    model = build_model(cell, settings, shared.encoders, last, log, shared.bio.signals if shared.bio else ())
     labels = np.array([utts[i].labels for i in train_idx])
     pos_weight = balanced_weights(labels) if settings.class_weight == "balanced" and cell.classifies else None
     _set_va_scaling(model, settings, [utts[i] for i in train_idx])
+    bio_rows = _set_bio_scaling(model, shared.bio, train_idx) if shared.bio is not None else None
     model.freeze(settings.freeze)
     model.to(accelerator.device)
     encoders = shared.encoders
@@ -429,7 +495,7 @@ def set_up(plan: RunPlan, accelerator, run_dir: Path, mode: str, shared: Shared,
     collate = Collator(encoders.tokenizer, settings.max_text_len, spec, settings.pad_to_max_length)
     if shared.inputs is None:  # the same for every fold: the first fold prepares them
         shared.inputs = _prepare(cell, settings, accelerator, model, shared, collate)
-    inputs = shared.inputs
+    inputs = shared.inputs if bio_rows is None else dataclasses.replace(shared.inputs, bio=bio_rows)
     order = partial(_eval_order, cell, settings, inputs, utts)
     targets = _emotion_targets(cell, settings, utts, train_idx, log)
     datasets = {
@@ -746,6 +812,21 @@ def _set_va_scaling(model: EmotionModel, settings: Settings, train_utts) -> None
     else:  # the original's: the heads predict the scale itself
         model.va_mean.zero_()
         model.va_std.fill_(1.0)
+
+
+def _set_bio_scaling(model: EmotionModel, features: BioFeatures, train_idx: list[int]) -> np.ndarray:
+    """The model standardises the bio-signal features with the training part's mean and deviation; returns the
+    features its datasets read: the corpus's as they are, a cross-corpus run's test corpus's moved onto the
+    training scale from their own corpus's (`bio.onto_scale`: each corpus's wristbands on their own scale)."""
+    from common import bio
+
+    mean, std = bio.statistics(features.rows[train_idx])
+    model.bio_mean.copy_(torch.from_numpy(mean))
+    model.bio_std.copy_(torch.from_numpy(std))
+    rows, own = features.rows.copy(), features.corpus_rows
+    if len(rows) > own:
+        rows[own:] = bio.onto_scale(rows[own:], (mean, std))
+    return rows
 
 
 def _prepare(

@@ -184,7 +184,7 @@ def best_plan(plan, study, folder: Path, folds: str):
 
 def main(argv: list[str] | None = None) -> None:
     from common.cli import HelpFormatter, parse_script
-    from common.grid import SCRIPTS
+    from common.grid import BIO_SCRIPTS, SCRIPTS
 
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     own, rest = parser.parse_known_args(argv)
     script = own.script.removesuffix(".py")
-    if script not in SCRIPTS and not script.startswith("multimodal_"):
+    if script not in SCRIPTS + BIO_SCRIPTS and not script.startswith("multimodal_"):
         raise UserError(f"{own.script}: not a script of this project (e.g. text_classification)")
     params = own.params.split(",") if own.params else None
     unknown = [p for p in params or [] if p not in SPACE]

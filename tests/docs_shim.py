@@ -77,9 +77,9 @@ def python(argv: list[str]) -> None:
         fail(f"-m {argv[1]}: never parsed its arguments")
     import common.cli
     from common.errors import UserError
-    from common.grid import FUSION_SCRIPTS, SCRIPTS
+    from common.grid import BIO_SCRIPTS, FUSION_SCRIPTS, SCRIPTS
 
-    if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS + FUSION_SCRIPTS]:
+    if not argv or Path(argv[0]).name not in [f"{script}.py" for script in SCRIPTS + FUSION_SCRIPTS + BIO_SCRIPTS]:
         fail(f"python {shlex.join(argv)}: not a script of the repository")
 
     resolve = common.cli._corpus_roots

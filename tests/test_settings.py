@@ -33,7 +33,7 @@ EARLIER = {
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
     "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None, "context": 0,
-    "modality_dropout": 0.0, "score_on": "test",
+    "modality_dropout": 0.0, "score_on": "test", "bio": False,
 }  # fmt: skip
 TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length", "context"}
 SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}
@@ -75,14 +75,16 @@ def _changed(plan, name):
     return plan.but(**{name: other})
 
 
-@pytest.mark.parametrize("cell", [TEXT, Cell("speech", "regression"), BOTH, Cell("multimodal", "total", "concat")])
+@pytest.mark.parametrize(
+    "cell", [TEXT, Cell("speech", "regression"), BOTH, Cell("multimodal", "total", "concat"), Cell("bio", "total")]
+)
 def test_a_run_differs_from_another_by_exactly_the_settings_its_cell_reads_that_change_results(cell):
     """Each flag changed alone: the ownership comparison sees it exactly where the hand-written account says it
     changes this cell's numbers (a flag of an encoder the cell lacks, or of a fusion it does not read, is not)."""
     plan = parse_args(cell, ["--dataset_dir", str(ROOT)])
     unread = (set() if cell.uses_text else TEXT_ONLY) | (set() if cell.uses_speech else SPEECH_ONLY)
     unread |= set() if cell.classifies else {"targets"}  # what the emotion head learns
-    unread |= set() if cell.fusion else {"modality_dropout"}  # a modality lost in training
+    unread |= set() if cell.fusion else {"modality_dropout", "bio"}  # a modality lost in training, or added
     reads = {"width"} if cell.fusion == "gated" else set()
     unread |= {f"fusion_{p}" for p in ("width", "heads", "layers", "rank") if p not in reads}
     for name in settings.FLAGS:

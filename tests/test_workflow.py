@@ -255,7 +255,7 @@ def predict_main(*args):
     [
         (["--text", "hi"], "error: this run reads speech: give --wav (or a wav column in --csv)"),
         (["--wav", "missing.wav", "--text", "hi"], "error: missing.wav: no such audio file"),
-        ([], "error: give --wav and/or --text for one utterance, or --csv for a batch"),
+        ([], "error: give --wav, --text and/or --bio for one utterance, or --csv for a batch"),
     ],
 )
 def test_predict_stops_with_one_line_on_bad_input(grid, args, message, capsys):
@@ -268,7 +268,7 @@ def test_predict_csv_needs_a_wav_or_text_column(grid, tmp_path, capsys):
     batch.write_text("audio,transcript\na.wav,hi\n", encoding="utf-8")
     assert predict_main("--run_dir", grid["runs"] / "mm" / "fold1", "--csv", batch) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --csv {batch}: needs a header with a wav and/or a text column, and at least one row"
+        f"error: --csv {batch}: needs a header with a wav, a text and/or a bio column, and at least one row"
     )
 
 

@@ -1,6 +1,6 @@
 """The web page (common.app) served and driven in a headless Chromium: its three views as screenshots.
 
-    python -m tools.pageshots runs/demo --wav demo/v3/KEMDy20/wav/Session01/Sess01_script01_User001F_001.wav \
+    python -m tools.pageshots runs/demo --wav demo/v4/KEMDy20/wav/Session01/Sess01_script01_User001F_001.wav \
         --text '말이야 했어 갔어 c/ 학교 너는 혼자 생각' --out docs --replace
 
 Chromium is the system's (Debian: `apt-get install chromium`, and `fonts-noto-cjk` for the transcripts' Hangul;
