@@ -78,6 +78,9 @@ def test_a_bio_cell_trains_every_task_on_both_layouts_and_predicts_as_its_run_sc
     config = json.loads((out / "config.json").read_text())
     assert config["data"]["bio_signals"] == list(bio.SIGNALS[dataset]) and len(config["data"]["bio"]) == 20
     assert config["models"] == {}  # no pretrained encoder at all
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")
+    signals = ", ".join(bio.SIGNALS[dataset])
+    assert f"from the speaker's bio-signals ({signals})" in card and "--bio samples.csv" in card
     table = _table(out)
     files = _samples_files(corpus, dataset, [r["segment_id"] for r in table], tmp_path / "samples")
     predictor = Predictor(out)
@@ -356,3 +359,64 @@ def test_the_bio_features_are_cached_and_a_cached_run_is_the_uncached_one(corpus
         results.append(json.loads((tmp_path / f"run{k}" / "metrics.json").read_text())["test"])
     assert "bio cache" in logs[0] and ": built (120 utterances)" in logs[0] and ": reused (120 utterances)" in logs[1]
     assert "bio cache" not in logs[2] and results[0] == results[1] == results[2]
+
+
+def test_in_a_model_of_text_speech_and_bio_each_input_matters(corpus20, tiny_models, tmp_path):
+    """Trained with all three, the model's answers move when any one of them is taken away (robustness's
+    conditions: the empty transcript, silence, every bio-signal missing)."""
+    from common import robustness
+
+    out = tmp_path / "run"
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, out, "--fusion", "concat", "--bio", epochs=3)
+    train(parse_script("multimodal_total", argv[2:]))
+    run = robustness.FinishedRun(out, log=lambda _: None)
+    inputs = robustness.Inputs(run, 0)
+    by_name = {c.name: c for c in robustness.CONDITIONS}
+    probs, va = run.predictor.outputs(inputs.items(by_name["clean"]), 8)
+    for name in ("no transcript", "no audio", "no bio-signals"):
+        without_probs, without_va = run.predictor.outputs(inputs.items(by_name[name]), 8)
+        moved = np.abs(without_probs - probs).mean() + np.abs(without_va - va).mean()
+        assert moved > 0.01, (name, moved)
+
+
+def test_common_bio_prints_an_utterances_samples_as_predict_reads_them(corpus20, capsys, tmp_path):
+    from common.errors import UserError
+
+    utts = read_corpus("20", corpus20[0]).utterances
+    found = bio.read_signals(corpus20[0], "20", utts)
+    k = next(k for k, s in enumerate(found.samples) if len(s) == 3)
+    bio.main([str(corpus20[0]), utts[k].segment_id])
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0] == "signal,value" and len(lines) == 1 + sum(len(v) for v in found.samples[k].values())
+    path = tmp_path / "printed.csv"
+    path.write_text(printed, encoding="utf-8")
+    read = bio.read_samples(path, bio.SIGNALS["20"])
+    assert all(np.array_equal(read[s], found.samples[k][s]) for s in bio.SIGNALS["20"])
+    with pytest.raises(UserError, match=f"^{corpus20[0]}: lists no utterance Sess09_nothing$"):
+        bio.main([str(corpus20[0]), "Sess09_nothing"])
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_text_speech_and_bio_train_the_other_tasks(corpus19, tiny_models, tmp_path, task):
+    out = tmp_path / "run"
+    argv = tiny_command(f"multimodal_{task}", corpus19[0], tiny_models, out, "--bio", dataset="19", epochs=1)[2:]
+    (result,) = train(parse_script(f"multimodal_{task}", argv))
+    config = json.loads((out / "config.json").read_text())
+    assert result["script"] == f"multimodal_{task}_concat" and config["data"]["bio_signals"] == ["EDA", "TEMP", "ECG"]
+    card = (out / "model" / "README.md").read_text(encoding="utf-8")
+    assert "and the speaker's bio-signals (EDA, TEMP, ECG)" in card
+
+
+def test_a_bio_cell_holds_out_whole_sessions_with_the_session_split(tmp_path):
+    from common.synthetic import write_bio
+
+    generate("20", tmp_path / "corpus", sessions=5, utterances_per_session=12, seed=4)
+    write_bio(tmp_path / "corpus", "20", seed=4)
+    out = tmp_path / "run"
+    (result,) = train(parse_script("bio_total", _bio_argv(tmp_path / "corpus", out, "--split", "session", epochs=1)))
+    config = json.loads((out / "config.json").read_text())
+    tested = [r["segment_id"][:6] for r in _table(out)]
+    (session,) = config["data"]["test_sessions"]
+    whole = [u for u in read_corpus("20", tmp_path / "corpus").utterances if u.session == session]
+    assert result["split"] == "session" and set(tested) == {session} and len(tested) == len(whole)
