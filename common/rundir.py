@@ -379,6 +379,8 @@ def _check_joins(owner: Owner | None, dirs: dict[int, Path], plan: RunPlan, corp
     changed = differences(owner.settings, plan.record(), plan.cell)
     if owner.corpus["listing"] != corpus["listing"]:
         changed.append("another corpus")
+    elif owner.corpus.get("bio") != corpus.get("bio") and "bio" in owner.corpus:
+        changed.append("other bio-signal files")
     if changed:
         raise UserError(
             f"{owner.marker}: the set's other folds ({', '.join(others)}) were run with other settings "

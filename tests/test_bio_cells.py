@@ -177,6 +177,21 @@ def test_a_run_does_not_continue_on_changed_bio_signal_files(corpus20, tmp_path)
     assert code == 2 and "is not the one this run started on" in error and "bio-signal files" in error
 
 
+def test_a_fold_does_not_join_a_set_whose_folds_read_other_bio_signal_files(corpus20, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus20[0], corpus)
+    argv = _bio_argv(corpus, "unused", epochs=1)[:-2]  # the default folder: runs/bio_total/KEMDy20/fold<k>
+    code, _, error = train_in_process("bio_total", [*argv, "--num_fold", "1"], cwd=tmp_path)
+    assert code == 0, error
+    changed = sorted((corpus / "EDA").rglob("*.csv"))[1]
+    text = changed.read_text()
+    changed.write_text(text.replace("\n2.", "\n3.", 1))
+    assert changed.read_text() != text
+    code, _, error = train_in_process("bio_total", [*argv, "--num_fold", "2"], cwd=tmp_path)
+    assert code == 2 and "were run with other settings (other bio-signal files)" in error
+    assert not (tmp_path / "runs" / "bio_total" / "KEMDy20" / "fold2").exists()
+
+
 @pytest.mark.parametrize("folders", ["empty", "none"])
 def test_a_corpus_without_bio_signal_files_is_refused_in_one_line(tmp_path, tiny_models, folders):
     generate("20", tmp_path / "corpus", sessions=2, utterances_per_session=10, seed=3)  # the layout's empty folders
