@@ -3,6 +3,9 @@
     python -m common.predict --run_dir DIR --csv utterances.csv --out predictions.csv
     python -m common.predict --run_dir DIR --wav_dir clips/ --out predictions.csv  # transcript: a .txt beside a wav
 
+A run that reads bio-signals takes each utterance's samples file from a `bio` column, or from the .bio.csv beside
+a wav.
+
 Only one batch's inputs are in memory at once (memory stays flat however many utterances: measured in the
 benchmark). Each output row holds the input's own columns, then the run directory, the emotion probabilities, the
 labels at the run's threshold, the most probable emotion, valence and arousal, and `error`: an utterance that cannot
