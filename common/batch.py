@@ -43,6 +43,7 @@ class Utterance:
     text: str | None
     turns: list[str]
     bio: str | None = None  # its bio-signal samples file (`common.bio.read_samples`)
+    context_wavs: tuple = ()  # the turns before's recordings, oldest first (--context_speech)
 
 
 def from_csv(path: Path) -> tuple[list[str], Iterator[Utterance], int]:
@@ -64,7 +65,8 @@ def from_csv(path: Path) -> tuple[list[str], Iterator[Utterance], int]:
                 wav = str(path.parent / row["wav"]) if row.get("wav") else ("" if "wav" in row else None)
                 text = row.get("text") or ("" if "text" in row else None)
                 bio = str(path.parent / row["bio"]) if row.get("bio") else None
-                yield Utterance(row, wav, text, (row.get("context") or "").splitlines(), bio)
+                before = tuple(str(path.parent / w) for w in (row.get("context_wav") or "").splitlines() if w.strip())
+                yield Utterance(row, wav, text, (row.get("context") or "").splitlines(), bio, before)
 
     return columns, rows(), count
 
@@ -222,7 +224,8 @@ def _predict(predictor, batch: list[Utterance]) -> list[dict]:
             wavs = [utt.wav] if predictor.uses_speech else None
             texts = [utt.text] if predictor.uses_text and utt.text is not None else None
             bios = [utt.bio] if predictor.signals else None
-            readable.append((k, predictor.items(wavs, texts, [utt.turns] if utt.turns else None, bios)[0]))
+            turns, before = [utt.turns] if utt.turns else None, [list(utt.context_wavs)]
+            readable.append((k, predictor.items(wavs, texts, turns, bios, before)[0]))
         except UserError as err:
             results[k] = {"error": str(err)}
     if readable:

@@ -140,7 +140,7 @@ class Inputs:
     `speech_vectors`, when an encoder is frozen, replace them with its pooled output, and for a fusion of
     sequences `text_sequences` and `speech_sequences` with its states of every token or frame. `bio`: each
     utterance's bio-signal features (`common.bio.feature_rows`, NaN where a signal is missing), where the model
-    reads them.
+    reads them; `speech_context`, with --context_speech, the mean speech vector of its turns before.
     """
 
     tokens: Sequence | None = None
@@ -150,6 +150,9 @@ class Inputs:
     text_sequences: Sequence | None = None
     speech_sequences: Sequence | None = None
     bio: np.ndarray | None = None
+    # With --context_speech: the mean of the turns before's speech vectors, and whether there was a turn before.
+    speech_context: np.ndarray | None = None
+    speech_context_mask: np.ndarray | None = None
 
 
 def model_audio(pcm16: np.ndarray, spec: AudioSpec, level: float = 1.0) -> np.ndarray:
@@ -203,8 +206,7 @@ class KemdyDataset(Dataset):
                 "labels": np.asarray(u.labels, dtype=np.float32),
                 "va": np.asarray([u.valence, u.arousal], dtype=np.float32),
             }
-            if inputs.bio is not None:
-                item["bio"] = inputs.bio[k].astype(np.float32)
+            item |= _beside(inputs, k)
             if self.targets is not None:
                 item["targets"] = np.asarray(self.targets[k], dtype=np.float32)
             if text is not None:
@@ -221,6 +223,18 @@ class KemdyDataset(Dataset):
                 item["audio"] = model_audio(inputs.audio[k], self.audio_spec, u.level)
             items.append(item)
         return items
+
+
+def _beside(inputs: Inputs, k: int) -> dict:
+    """What an item carries beside the transcript and the recording: the bio-signal features, the turns before's
+    speech."""
+    out = {}
+    if inputs.bio is not None:
+        out["bio"] = inputs.bio[k].astype(np.float32)
+    if inputs.speech_context is not None:
+        out["speech_context"] = inputs.speech_context[k]
+        out["speech_context_mask"] = np.int64(inputs.speech_context_mask[k])
+    return out
 
 
 def _padded(sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +270,9 @@ class Collator:
         for key in ("labels", "targets", "va"):  # labels and va absent when predicting; targets only in training
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
-        for key in ("text_vec", "speech_vec", "bio"):
+        if "speech_context_mask" in items[0]:
+            batch["speech_context_mask"] = torch.tensor([int(it["speech_context_mask"]) for it in items])
+        for key in ("text_vec", "speech_vec", "bio", "speech_context"):
             if key in items[0]:
                 batch[key] = torch.from_numpy(np.stack([it[key] for it in items]).astype(np.float32, copy=False))
         for key in ("text_seq", "speech_seq"):  # a frozen encoder's states: padded with zeros, their mask beside

@@ -88,6 +88,12 @@ def context_texts(utterances: Sequence, count: int) -> list[str]:
     return out
 
 
+def turns_before(utterances: Sequence, count: int) -> list[list[int]]:
+    """Each utterance's `count` turns before it in its dialogue (`Dialogues.before`: indices, oldest first)."""
+    found = dialogues(utterances)
+    return [found.before(k, count, utterances) for k in range(len(utterances))]
+
+
 def summary(utterances: Sequence) -> dict:
     """The audit's account of the dialogues: how many, their turns, and those kept in the corpus's order."""
     found = dialogues(utterances)

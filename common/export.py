@@ -48,6 +48,10 @@ def unexportable(model) -> str | None:
             "its Whisper encoder reads log-mel features that its feature extractor computes in NumPy, outside the "
             "model, so no graph from raw samples holds them"
         )
+    if model.config.context_speech:
+        return (
+            "it reads the turns before's recordings beside the utterance's (--context_speech), one graph's input each"
+        )
     return None
 
 

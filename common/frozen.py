@@ -206,3 +206,15 @@ def _load(folder, n: int) -> np.ndarray | VectorRows:
 def _save(folder, vectors: np.ndarray) -> None:
     folder.mkdir(parents=True)
     np.save(folder / "vectors.npy", vectors)
+
+
+def context_means(vectors, turns: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(each utterance's mean of its `turns`' rows of `vectors` (zeros where it has none), whether it has one): the
+    turns before's speech as --context_speech reads it. `vectors`: pooled vectors or layers' summaries (read row
+    by row when cached)."""
+    first = np.asarray(vectors[0])
+    means = np.zeros((len(turns), *first.shape), np.float32)
+    for k, rows in enumerate(turns):
+        if rows:
+            means[k] = np.mean(np.stack([np.asarray(vectors[j], np.float32) for j in rows]), axis=0)
+    return means, np.array([bool(rows) for rows in turns])

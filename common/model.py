@@ -83,6 +83,8 @@ class ModelConfig:
     # "": none. Their features come raw; the model standardises them with the training part's statistics.
     bio_signals: str = ""
     bio_width: int = 32
+    # The speech side also reads the mean pooled speech vector of the turns before (--context_speech).
+    context_speech: bool = False
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -125,14 +127,7 @@ class EmotionModel(nn.Module):
             if config.layers == "weighted":  # embedding output and every layer, equal at the start
                 self.text_layer_weights = nn.Parameter(torch.zeros(text_encoder.config.num_hidden_layers + 1))
         if cell.uses_speech:
-            speech_width = fit_speech_encoder(config, speech_encoder)
-            if reads == "sequences" and config.speech_pooling == "cnn_last":
-                raise UserError(
-                    f"--speech_pooling cnn_last: pools the CNN's last frame; {cell.fusion} reads every frame"
-                )
-            if config.layers == "weighted":
-                layers = speech_encoder.config.num_hidden_layers + 1
-                self.speech_layer_weights = nn.Parameter(torch.zeros(layers))
+            speech_width = self._speech_side(config, speech_encoder, reads)
         self.fusion = None
         if cell.fusion:  # created here, between the encoders' layer weights and the heads: the order of the seeds
             settings = fusion.FusionSettings(
@@ -153,6 +148,9 @@ class EmotionModel(nn.Module):
             features = self.bio_encoder.features
             self.register_buffer("bio_mean", torch.zeros(features))
             self.register_buffer("bio_std", torch.ones(features))
+        if config.context_speech:  # what a dialogue's first turn reads in place of the turns before's vector
+            self.speech_context_absent = nn.Parameter(torch.zeros(speech_width // 2))
+            nn.init.normal_(self.speech_context_absent, std=0.02)
         self.dropout = nn.Dropout(config.dropout)
         self.emotion_head = nn.Linear(width, len(EMOTIONS)) if cell.classifies else None
         self.va_head = nn.Linear(width, 2) if cell.regresses else None
@@ -160,6 +158,21 @@ class EmotionModel(nn.Module):
         self.register_buffer("va_mean", torch.full((2,), 3.0))
         self.register_buffer("va_std", torch.ones(2))
         self.register_load_state_dict_pre_hook(_renamed)
+
+    def _speech_side(self, config: ModelConfig, speech_encoder: nn.Module, reads: str) -> int:
+        """The speech encoder fitted to the cell, its layer weights; the width of what the speech side gives (with
+        --context_speech, its own vector and the turns before's side by side)."""
+        width = fit_speech_encoder(config, speech_encoder)
+        if reads == "sequences" and config.speech_pooling == "cnn_last":
+            raise UserError(f"--speech_pooling cnn_last: pools the CNN's last frame; {config.fusion} reads every frame")
+        if reads == "sequences" and config.context_speech:
+            raise UserError(
+                f"--context_speech: the turns before are read as pooled vectors; {config.fusion} reads every frame"
+            )
+        if config.layers == "weighted":
+            layers = speech_encoder.config.num_hidden_layers + 1
+            self.speech_layer_weights = nn.Parameter(torch.zeros(layers))
+        return 2 * width if config.context_speech else width
 
     def _run_text(self, batch: dict, **kwargs):
         mask = batch["attention_mask"]
@@ -269,13 +282,24 @@ class EmotionModel(nn.Module):
             hidden = (hidden * weights[None, :, None, None]).sum(dim=1)
         return hidden, mask
 
-    def vector(self, modality: str, batch: dict) -> torch.Tensor:
-        """The pooled vector of `modality`; a frozen encoder's may come precomputed in the batch (its pooled
-        vector, or with --layers weighted its layers' summaries, which are weighed here)."""
+    def own_vector(self, modality: str, batch: dict) -> torch.Tensor:
+        """The pooled vector of `modality` of the utterance itself; a frozen encoder's may come precomputed in the
+        batch (its pooled vector, or with --layers weighted its layers' summaries, which are weighed here)."""
         given = batch.get(f"{modality}_vec")
         if given is None:
             return getattr(self, f"encode_{modality}")(batch)
         return self.mix(modality, given) if given.dim() == 3 else given
+
+    def vector(self, modality: str, batch: dict) -> torch.Tensor:
+        """What the model reads of `modality`: its own vector, and with --context_speech the speech side's turns
+        before's beside it."""
+        own = self.own_vector(modality, batch)
+        if modality != "speech" or not self.config.context_speech:
+            return own
+        before = batch["speech_context"]  # the mean of the turns before's vectors (or layers' summaries)
+        before = self.mix("speech", before) if before.dim() == 3 else before
+        has = batch["speech_context_mask"].bool()[:, None]
+        return torch.cat([own, torch.where(has, before.to(own.dtype), self.speech_context_absent.to(own.dtype))], -1)
 
     def encode_bio(self, batch: dict) -> torch.Tensor:
         """The bio vector of each utterance, from its raw features (NaN where a signal is missing) standardised with
@@ -407,6 +431,7 @@ def build_model(
         dropout_on=s.dropout_on,
         layers=s.layers,
         **{f"fusion_{name}": getattr(s, f"fusion_{name}") for name in FUSION_PARAMS},
+        context_speech=cell.uses_speech and s.context_speech,
         pad_to=audio_padding(s.speech_pooling, s.speech_inputs, s.max_seq_len) if cell.uses_speech else 0,
         bio_signals=",".join(signals),
     )

@@ -101,15 +101,19 @@ class Predictor:
                 self.spec, normalize=False, min_samples=1, pad_to=max(self.spec.pad_to, self.spec.min_samples)
             )
 
-    def items(
-        self, wavs: list | None, texts: list | None, contexts: list | None = None, bios: list | None = None
+    def items(  # noqa: PLR0913 (one list per input a run may read)
+        self,
+        wavs: list | None,
+        texts: list | None,
+        contexts: list | None = None,
+        bios: list | None = None,
+        context_wavs: list | None = None,
     ) -> list[dict]:
         """Model inputs of each utterance; the one a model does not read may be missing. `contexts`: for a run
         with --context K, each utterance's turns before it (oldest first, each `A: ...` where its speaker is the
         utterance's own, `B: ...` where the other), of which it reads the last K; none: a dialogue's first turn.
-        `bios`: for a run that reads bio-signals, each utterance's samples file (`bio.read_samples`)."""
-        from common.data import model_audio, stored_audio
-
+        `bios`: for a run that reads bio-signals, each utterance's samples file (`bio.read_samples`).
+        `context_wavs`: for a run with --context_speech, each utterance's turns before's recordings, oldest first."""
         n = len(next(x for x in (wavs, texts, bios, []) if x is not None))
         items = [{"index": i} for i in range(n)]
         if self.signals:
@@ -119,18 +123,54 @@ class Predictor:
             for item, ids in zip(items, self._tokens(texts, contexts), strict=True):
                 item["input_ids"] = ids
         if self.uses_speech:
-            if wavs is None:
-                raise UserError("this run reads speech: give --wav (or a wav column in --csv)")
-            for i, wav in enumerate(wavs):
-                if not wav or not Path(wav).is_file():
-                    raise UserError(f"{wav or 'utterance ' + str(i + 1)}: no such audio file")
-                try:
-                    level = audio_level(wav)
-                except (ValueError, RuntimeError, OSError) as err:
-                    raise UserError(f"{wav}: cannot use the audio ({err})") from None
-                pcm = stored_audio(wav, self.args["max_seq_len"], level)  # as the training cache stores it
-                items[i]["audio"] = model_audio(pcm, self.spec, level)
+            self._speech_items(items, wavs, context_wavs)
+        elif context_wavs and any(context_wavs):
+            raise UserError("this run reads no recording: give no turns before's recordings")
         return items
+
+    def _speech_items(self, items: list[dict], wavs: list | None, context_wavs: list | None) -> None:
+        """Each item's recording, and with --context_speech its turns before's speech."""
+        if wavs is None:
+            raise UserError("this run reads speech: give --wav (or a wav column in --csv)")
+        for i, wav in enumerate(wavs):
+            items[i]["audio"] = self._audio(wav, i)
+        if self.model.config.context_speech:
+            for item, before in zip(items, context_wavs or [[]] * len(items), strict=True):
+                item["speech_context"], item["speech_context_mask"] = self.speech_before(before)
+        elif context_wavs and any(context_wavs):
+            raise UserError("this run reads no turn's recording but the utterance's (trained without --context_speech)")
+
+    def _audio(self, wav, i: int = 0) -> np.ndarray:
+        """A recording as the speech encoder reads it, prepared as the training cache stored it."""
+        from common.data import model_audio, stored_audio
+
+        if not wav or not Path(wav).is_file():
+            raise UserError(f"{wav or 'utterance ' + str(i + 1)}: no such audio file")
+        try:
+            level = audio_level(wav)
+        except (ValueError, RuntimeError, OSError) as err:
+            raise UserError(f"{wav}: cannot use the audio ({err})") from None
+        return model_audio(stored_audio(wav, self.args["max_seq_len"], level), self.spec, level)
+
+    def speech_before(self, wavs: list) -> tuple[np.ndarray, np.int64]:
+        """For a run with --context_speech: the mean of the last K of the turns before's speech vectors (or, with
+        --layers weighted, their layers' summaries), each clip alone as the frozen encoder's cache computed it;
+        and whether there was one."""
+        import torch
+
+        wavs = list(wavs)[max(0, len(wavs) - self.args["context"]) :]
+        model = self.model
+        encode = model.speech_layers if model.config.layers == "weighted" else model.encode_speech
+        vectors = []
+        for wav in wavs:
+            batch = {k: v.to(self.device) for k, v in self.collate([{"index": 0, "audio": self._audio(wav)}]).items()}
+            with torch.no_grad():
+                vectors.append(encode(batch)[0].float().cpu().numpy())
+        if not vectors:
+            width = model.speech_context_absent.shape[0]
+            shape = (len(model.speech_layer_weights), width) if model.config.layers == "weighted" else (width,)
+            return np.zeros(shape, np.float32), np.int64(0)
+        return np.mean(np.stack(vectors), axis=0).astype(np.float32), np.int64(1)
 
     def _bio_features(self, bios: list | None) -> np.ndarray:
         """Each utterance's bio-signal features from its samples file, NaN for a signal it has no sample of."""
@@ -169,9 +209,10 @@ class Predictor:
         batch_size: int = 1,
         contexts: list | None = None,
         bios: list | None = None,
+        context_wavs: list | None = None,
     ) -> list[dict]:
         """One result per utterance: emotion probabilities and labels at the run's threshold, valence/arousal."""
-        items = self.items(wavs, texts, contexts, bios)
+        items = self.items(wavs, texts, contexts, bios, context_wavs)
         probs, va = self.outputs(items, batch_size)
         return [
             self.result(probs[k] if probs is not None else None, va[k] if va is not None else None)
@@ -297,6 +338,13 @@ def main(argv: list[str] | None = None) -> None:
         "--csv: a context column, one turn per line)",
     )
     parser.add_argument(
+        "--context_wav",
+        action="append",
+        metavar="WAV",
+        help="for a run trained with --context_speech: the recording of a turn before the utterance, oldest first, "
+        "one flag each; the run reads the last K (in --csv: a context_wav column, one path a line)",
+    )
+    parser.add_argument(
         "--batch_size",
         type=int,
         default=1,
@@ -318,10 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for flag in ("run_dir", "wav", "bio", "csv", "wav_dir", "out", "text_model", "speech_model"):
         paths.check(f"--{flag}", getattr(args, flag))
+    for wav in args.context_wav or []:
+        paths.check("--context_wav", wav)
     many = args.csv or args.wav_dir
-    one = args.wav or args.text is not None or args.context_text or args.bio
+    one = args.wav or args.text is not None or args.context_text or args.bio or args.context_wav
     if (args.csv and args.wav_dir) or (many and one):
-        raise UserError("give one of --csv, --wav_dir or --wav/--text/--bio (and --context_text)")
+        raise UserError("give one of --csv, --wav_dir or --wav/--text/--bio (and --context_text, --context_wav)")
     if not many and not one:
         raise UserError("give --wav, --text and/or --bio for one utterance, or --csv for a batch")
     if args.out and not many:
@@ -345,7 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         texts = [args.text] if args.text is not None else None
         bios = [args.bio] if args.bio else None
-        result = predictor([args.wav] if args.wav else None, texts, contexts=[args.context_text or []], bios=bios)[0]
+        before = [args.context_wav or []]
+        result = predictor(
+            [args.wav] if args.wav else None, texts, contexts=[args.context_text or []], bios=bios, context_wavs=before
+        )[0]
         inputs = {"wav": args.wav} if args.wav else {}
         inputs |= {"text": args.text} if args.text is not None else {}
         inputs |= {"bio": args.bio} if args.bio else {}

@@ -214,6 +214,7 @@ class Inputs:
             return self.clips[k]
 
         self.clip = clip
+        self.speech_before: dict[int, tuple] = {}  # with --context_speech, each utterance's turns before's speech
         self.bio = None  # each utterance's bio-signal features, for a run that reads them
         if self.p.signals:
             from common import bio
@@ -242,10 +243,25 @@ class Inputs:
                 elif condition.modality == "speech" and condition.level.endswith("dB"):
                     x = with_noise(x, self._noise(condition, k, len(x)), float(condition.level.split()[0]))
                 item["audio"] = model_samples(x, p.spec, run.utterances[k].level)
-        if self.bio is not None:
-            for item, k in zip(items, run.test, strict=True):
-                item["bio"] = self.bio[k] if condition.name != "no bio-signals" else np.full_like(self.bio[k], np.nan)
+        for item, k in zip(items, run.test, strict=True):
+            item |= self._beside(condition, k)
         return items
+
+    def _beside(self, condition: Condition, k: int) -> dict:
+        """What utterance k's item carries beside its transcript and recording: with --context_speech its turns
+        before's speech (as recorded, whatever the condition; computed once), and its bio-signal features."""
+        from common.dialogue import turns_before
+
+        out, p = {}, self.p
+        if p.uses_speech and p.model.config.context_speech:
+            if not self.speech_before:
+                self.turns = turns_before(self.run.utterances, p.args["context"])
+            if k not in self.speech_before:
+                self.speech_before[k] = p.speech_before([self.run.utterances[j].wav for j in self.turns[k]])
+            out["speech_context"], out["speech_context_mask"] = self.speech_before[k]
+        if self.bio is not None:
+            out["bio"] = self.bio[k] if condition.name != "no bio-signals" else np.full_like(self.bio[k], np.nan)
+        return out
 
     def _texts(self, condition: Condition) -> tuple[list[str], list[str] | None]:
         """(transcripts, the turns before each with --context) of the test utterances under `condition`."""
@@ -304,7 +320,7 @@ class Inputs:
                     states, mask = model.sequence(modality, batch)
                     part, n = (states * mask[..., None]).sum(dim=(0, 1)), int(mask.sum())
                 else:
-                    vectors = model.vector(modality, batch)
+                    vectors = model.own_vector(modality, batch)
                     part, n = vectors.sum(dim=0), len(vectors)
             total, count = (part if total is None else total + part), count + n
         mean = (total / count).float().cpu()

@@ -83,8 +83,10 @@ LOCK_SPEC = Fields({"pid": schema.count(1), "host": str, "started": str})
 def settings(recorded: dict, cell: Cell | None = None) -> dict:
     """The recorded settings that change a run's numbers (`common.settings`: those added later at their earlier
     value); for a `cell`, only those it reads."""
-    ignored = NOT_RESULTS | ({name for name in FLAGS if name not in concerned(cell)} if cell is not None else set())
-    return {k: v for k, v in (EARLIER | recorded).items() if k not in ignored}
+    values = EARLIER | recorded
+    reads = concerned(cell, values.get("context_speech") is True) if cell is not None else set(FLAGS)
+    ignored = NOT_RESULTS | {name for name in FLAGS if name not in reads}
+    return {k: v for k, v in values.items() if k not in ignored}
 
 
 def differences(a: dict, b: dict, cell: Cell | None = None) -> list[str]:

@@ -278,6 +278,19 @@ class Settings:
         "(see [Dialogues](data.md#dialogues))",
         shown="`0`",
     )
+    context_speech: bool = flag(
+        False,
+        "data",
+        "with --context K and a frozen speech encoder (--freeze speech or both), the speech side also reads the "
+        "mean of the K turns before's pooled speech vectors (a dialogue's first turn: a learnt vector), beside the "
+        "utterance's own; off: the utterance's recording alone",
+        kind="switch",
+        earlier=False,
+        concerns="speech",
+        folder="_context-speech",
+        doc="the speech side also reads the turns before's pooled speech vectors (with `--context K` and a frozen "
+        "speech encoder; see [Dialogues](data.md#dialogues))",
+    )
     bio: bool = flag(
         False,
         "data",
@@ -670,7 +683,7 @@ class Settings:
         path=True,
         doc="run directory; with `--num_fold all`, the folder of `fold1/` … `fold5/`; `_<encoder>` names each encoder "
         "other than the default (see [Encoders](encoders.md#encoders))",
-        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_scored-on-valid][_context<K>][_bio]"
+        shown="`runs/[demo/]<script>/KEMDy<dataset>[-to-KEMDy<test_dataset>][_session][_<protocol>][_scored-on-valid][_context<K>][_context-speech][_bio]"
         "[_original][_freeze-<which>][_layers-weighted][_modality-dropout<P>][_targets-raters][_seed<seed>]"
         "[_<encoder>…]/fold<k>`, without `fold<k>` across corpora",
     )
@@ -768,7 +781,7 @@ def folder_name(settings: Settings, cell: Cell | None = None) -> str:
     """The part of a default run folder's name the settings make, after KEMDy<dataset>: each flag declared with
     a `folder` part adds it where its value is not the default, in declaration order (with `cell`, only the flags
     that cell reads: a speech cell given --context runs, and is filed, as without it)."""
-    reads = concerned(cell) if cell is not None else FLAGS
+    reads = concerned(cell, settings.context_speech) if cell is not None else FLAGS
     return "".join(
         m["folder"].format(getattr(settings, name))
         for name, m in FLAGS.items()
@@ -787,13 +800,15 @@ def folder_flags(settings: Settings) -> list[str]:
     return flags
 
 
-def concerned(cell: Cell) -> set[str]:
-    """The settings a cell reads: not those of an encoder it does not have, nor a fusion's it does not read."""
+def concerned(cell: Cell, context_speech: bool = False) -> set[str]:
+    """The settings a cell reads: not those of an encoder it does not have, nor a fusion's it does not read.
+    `context_speech`: the run reads the turns before's speech, so --context concerns its speech side too."""
     reads = FUSIONS[cell.fusion].params if cell.fusion else ()
+    dialogue = {"context"} if context_speech and cell.uses_speech else set()
     return {
         name
         for name, m in FLAGS.items()
-        if not (m["concerns"] == "text" and not cell.uses_text)
+        if not (m["concerns"] == "text" and not cell.uses_text and name not in dialogue)
         and not (m["concerns"] == "speech" and not cell.uses_speech)
         and not (m["concerns"] == "emotions" and not cell.classifies)
         and not (m["concerns"] == "multimodal" and cell.fusion is None)

@@ -37,10 +37,11 @@ from common.data import (
     prepare_inputs,
     tokenless,
 )
+from common.dialogue import turns_before
 from common.encoders import Encoders, audio_spec, auto_text_pooling
 from common.errors import Interrupted, UserError, results_complete, writing
 from common.folds import Fold, cross_corpus_splits, fold_splits, hold_out_validation
-from common.frozen import frozen_sequences, frozen_vectors
+from common.frozen import context_means, frozen_sequences, frozen_vectors
 from common.grid import DEFAULT_MODELS, EMOTIONS, ENCODER_PREFIXES, FUSIONS, Cell, command_of, encoder_tags
 from common.kemdy import Corpus, Utterance, check_root, compare_labels, read_corpus
 from common.losses import Objective, balanced_weights, emotion_probabilities
@@ -254,11 +255,28 @@ def _resolve(plan: RunPlan, accelerator, log) -> RunPlan:
     check_root(settings.dataset, Path(settings.dataset_dir))  # the corpus folders first, then the models
     if settings.test_dataset:
         check_root(settings.test_dataset, Path(settings.test_dataset_dir), "--test_dataset_dir")
+    if settings.context_speech and cell.uses_speech:
+        _check_context_speech(cell, settings)
     if cell.uses_text and settings.text_pooling == "auto":
         pooling, why = auto_text_pooling(settings.text_model)
         log(f"--text_pooling auto: {pooling} ({why})")
         plan = plan.but(text_pooling=pooling)
     return plan
+
+
+def _check_context_speech(cell: Cell, settings: Settings) -> None:
+    """--context_speech reads the turns before's speech vectors from a frozen encoder's cache."""
+    if settings.context < 1:
+        raise UserError("--context_speech: reads the speech of the turns --context K names; give --context 1 or more")
+    if settings.freeze not in ("speech", "both"):
+        raise UserError(
+            "--context_speech: the turns before's speech vectors come from a frozen speech encoder (a fine-tuned one "
+            "would run K more clips at every step); add --freeze speech (or --freeze both)"
+        )
+    if not _reads_vectors(cell):
+        raise UserError(
+            f"--context_speech: the turns before are read as pooled vectors; --fusion {cell.fusion} reads every frame"
+        )
 
 
 def _next_steps(cell: Cell, settings: Settings, run_dir: Path, corpus: Corpus) -> str:
@@ -868,6 +886,17 @@ def _prepare(
                 show_progress=show,
             )
             setattr(inputs, f"{modality}_{'vectors' if _reads_vectors(cell) else 'sequences'}", computed)
+        if model.config.context_speech:
+            corpora = [shared.corpus] + ([shared.test_corpus] if shared.test_corpus else [])
+            turns, offset = [], 0
+            for corpus in corpora:  # the turns before, found within each corpus
+                turns += [[offset + j for j in rows] for rows in turns_before(corpus.utterances, settings.context)]
+                offset += len(corpus.utterances)
+            inputs.speech_context, inputs.speech_context_mask = context_means(inputs.speech_vectors, turns)
+            log(
+                f"--context_speech: {int(inputs.speech_context_mask.sum())} of {len(turns)} utterances read the "
+                f"speech of up to {settings.context} turns before them (the others open their dialogue)"
+            )
     return inputs
 
 

@@ -239,3 +239,98 @@ def test_a_speech_cell_reads_no_context_and_is_filed_as_without_it(corpus20):
     for script, folder in (("speech_classification", "KEMDy20"), ("text_classification", "KEMDy20_context2")):
         plan = parse_script(script, ["--dataset", "20", "--dataset_dir", str(corpus20[0]), "--context", "2"])
         assert _default_run_dir(plan.cell, plan.settings, 1).parent.name == folder
+
+
+def _speech_context_run(corpus, tiny_models, out, *flags, script="speech_classification", dataset="20", epochs=2):
+    argv = tiny_command(script, corpus, tiny_models, out, "--freeze", "speech", "--context", "2", *flags, epochs=epochs)
+    argv = [a if a != "20" or argv[k - 1] != "--dataset" else dataset for k, a in enumerate(argv)]
+    return train(parse_script(script, [*argv[2:], "--context_speech"]))
+
+
+def test_context_speech_is_the_mean_of_the_turns_before_and_predicts_as_its_run_scored(corpus19, tiny_models, tmp_path):
+    """The speech side reads, beside the utterance's own vector, the mean of its two turns before's (KEMDy19: each
+    recording once, though listed twice): the frozen encoder's vectors averaged by hand; a dialogue's first turn
+    reads the learnt vector in their place. The saved model, given the turns' recordings, answers as the run
+    scored, in any batch."""
+    from common.frozen import context_means
+
+    out = tmp_path / "run"
+    (result,) = _speech_context_run(corpus19[0], tiny_models, out, dataset="19")
+    utterances = read_corpus("19", corpus19[0]).utterances
+    turns = dialogue.turns_before(utterances, 2)
+    for k, before in enumerate(turns):  # never a later turn, never its own, each recording once
+        u = utterances[k]
+        assert all(utterances[j].start < u.start and utterances[j].wav != u.wav for j in before)
+        assert len({utterances[j].wav for j in before}) == len(before)
+    vectors = np.random.default_rng(0).standard_normal((len(utterances), 4)).astype(np.float32)
+    means, has = context_means(vectors, turns)
+    k = next(k for k, before in enumerate(turns) if len(before) == 2)
+    assert means[k] == pytest.approx((vectors[turns[k][0]] + vectors[turns[k][1]]) / 2, abs=1e-6) and has[k]
+    first = next(k for k, before in enumerate(turns) if not before)
+    assert not has[first] and not means[first].any()
+
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    index = {u.segment_id: k for k, u in enumerate(utterances)}
+    wavs = [utterances[index[r["segment_id"]]].wav for r in rows]
+    before = [[utterances[j].wav for j in dialogue.turns_before(utterances, 6)[index[r["segment_id"]]]] for r in rows]
+    predictor = Predictor(out)
+    assert predictor.model.config.context_speech and any(not b for b in before) and any(len(b) > 2 for b in before)
+    for size in (1, 4):
+        got = predictor(wavs, batch_size=size, context_wavs=before)  # more turns than it reads: the last 2
+        for answer, r in zip(got, rows, strict=True):
+            scored = [float(r[f"prob_{e}"]) for e in EMOTIONS]
+            assert [answer["probabilities"][e] for e in EMOTIONS] == pytest.approx(scored, abs=1e-5)
+    alone = predictor([wavs[0]], context_wavs=[[]])[0]["probabilities"]
+    assert alone != pytest.approx(predictor([wavs[0]], context_wavs=[before[0] or [wavs[1]]])[0]["probabilities"])
+    assert result["script"] == "speech_classification"
+
+
+def test_context_speech_works_with_a_fusion_of_vectors_weighted_layers_and_resumes_exactly(
+    corpus20, tiny_models, tmp_path
+):
+    def run(out, *more):
+        return _speech_context_run(
+            corpus20[0], tiny_models, out, "--freeze", "both", "--layers", "weighted", *more, script="multimodal_total"
+        )
+
+    (whole,) = run(tmp_path / "whole")
+    interrupted_after_epoch_1(lambda: run(tmp_path / "cut"))
+    (resumed,) = run(tmp_path / "cut", "--resume")
+    assert resumed == whole and whole["script"] == "multimodal_total_concat"
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["args"]["context_speech"] is True and config["args"]["context"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--freeze", "speech"], "--context_speech: reads the speech of the turns --context K names; give --context 1"),
+        (["--context", "2"], "--context_speech: the turns before's speech vectors come from a frozen speech encoder"),
+        (
+            ["--context", "2", "--freeze", "both", "--fusion", "cross_attention"],
+            "--context_speech: the turns before are read as pooled vectors; --fusion cross_attention reads every",
+        ),
+    ],
+)
+def test_context_speech_is_refused_where_it_cannot_work(corpus20, tiny_models, tmp_path, flags, message):
+    from helpers import train_in_process
+
+    argv = tiny_command("multimodal_total", corpus20[0], tiny_models, tmp_path / "run", *flags, "--context_speech")
+    code, _, error = train_in_process("multimodal_total", argv[2:])
+    assert code == 2 and error.startswith(f"error: {message}") and not (tmp_path / "run").exists()
+
+
+def test_a_speech_cell_with_context_speech_is_filed_and_compared_by_its_context(corpus20, tiny_models):
+    """--context concerns a speech cell that reads the turns before's speech: it names the folder and a run with
+    another K is another run."""
+    from common.rundir import differences
+    from common.settings import folder_name
+
+    argv = tiny_command("speech_total", corpus20[0], tiny_models, "unused", "--context", "2")[2:]
+    plain, reading = parse_script("speech_total", argv), parse_script("speech_total", [*argv, "--context_speech"])
+    assert folder_name(plain.settings, plain.cell) == ""
+    assert folder_name(reading.settings, reading.cell) == "_context2_context-speech"
+    other = reading.but(context=3)
+    assert differences(reading.record(), other.record(), reading.cell) == ["--context 2 -> 3"]
+    assert differences(plain.record(), plain.but(context=3).record(), plain.cell) == []
