@@ -334,3 +334,24 @@ def test_a_speech_cell_with_context_speech_is_filed_and_compared_by_its_context(
     other = reading.but(context=3)
     assert differences(reading.record(), other.record(), reading.cell) == ["--context 2 -> 3"]
     assert differences(plain.record(), plain.but(context=3).record(), plain.cell) == []
+
+
+def test_predict_takes_the_turns_before_recordings_on_the_command_line_and_in_a_csv(
+    corpus20, tiny_models, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    _speech_context_run(corpus20[0], tiny_models, out, epochs=1)
+    capsys.readouterr()
+    wavs = [str(u.wav) for u in read_corpus("20", corpus20[0]).utterances[:3]]
+    predict_main(["--run_dir", str(out), "--wav", wavs[2], "--context_wav", wavs[0], "--context_wav", wavs[1]])
+    one = json.loads(capsys.readouterr().out)
+    (direct,) = Predictor(out)([wavs[2]], context_wavs=[wavs[:2]])
+    assert one["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
+    table = tmp_path / "batch.csv"
+    with table.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["wav", "context_wav"], [wavs[2], "\n".join(wavs[:2])], [wavs[2], ""]])
+    predict_main(["--run_dir", str(out), "--csv", str(table)])
+    first, alone = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
+    assert alone["probabilities"] == pytest.approx(Predictor(out)([wavs[2]])[0]["probabilities"], abs=1e-6)
+    assert alone["probabilities"] != pytest.approx(direct["probabilities"], abs=1e-6)
