@@ -920,7 +920,8 @@ NOT_SETTING_PAIRS = ("seed", "text_model", "speech_model")
 def setting_pairs(sets: list[FoldSet]) -> list[tuple[tuple[str, FoldSet], tuple[str, FoldSet]]]:
     """((label, fold set) A, (label, fold set) B): complete fold sets of one script, dataset and split on the same
     corpus whose settings differ in exactly one flag (A the one off its default, where one is on it)."""
-    from common.settings import DEFAULTS
+    from common.grid import cell_of
+    from common.settings import DEFAULTS, FLAGS, concerned
 
     ready = [fs for fs in sets if _comparable(fs) and fs.settings]
     out = []
@@ -931,7 +932,10 @@ def setting_pairs(sets: list[FoldSet]) -> list[tuple[tuple[str, FoldSet], tuple[
             fb.split,
         ) or fa.settings.keys() != fb.settings.keys():
             continue
-        changed = [k for k in fa.settings if fa.settings[k] != fb.settings[k]]
+        # The flags the cell reads either way (a speech cell reads --context only with --context_speech, so a set
+        # with it pairs with the set without), and what is no flag (the corpus).
+        reads = concerned(cell_of(fa.script)) | (fa.settings.keys() - FLAGS.keys())
+        changed = [k for k in fa.settings if k in reads and fa.settings[k] != fb.settings[k]]
         if len(changed) != 1 or changed[0] not in DEFAULTS or changed[0] in NOT_SETTING_PAIRS:
             continue
         key = changed[0]

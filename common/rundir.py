@@ -80,18 +80,22 @@ MARKER_BYTES = 1 << 20
 LOCK_SPEC = Fields({"pid": schema.count(1), "host": str, "started": str})
 
 
-def settings(recorded: dict, cell: Cell | None = None) -> dict:
+def settings(recorded: dict, cell: Cell | None = None, context_speech: bool | None = None) -> dict:
     """The recorded settings that change a run's numbers (`common.settings`: those added later at their earlier
-    value); for a `cell`, only those it reads."""
+    value); for a `cell`, only those it reads (`context_speech`: as if it read the turns before's speech, whatever
+    it recorded)."""
     values = EARLIER | recorded
-    reads = concerned(cell, values.get("context_speech") is True) if cell is not None else set(FLAGS)
+    if context_speech is None:
+        context_speech = values.get("context_speech") is True
+    reads = concerned(cell, context_speech) if cell is not None else set(FLAGS)
     ignored = NOT_RESULTS | {name for name in FLAGS if name not in reads}
     return {k: v for k, v in values.items() if k not in ignored}
 
 
 def differences(a: dict, b: dict, cell: Cell | None = None) -> list[str]:
     """`--flag old -> new` for every result-changing argument that differs (for a `cell`, those it uses)."""
-    a, b = settings(a, cell), settings(b, cell)
+    context_speech = any((EARLIER | x).get("context_speech") is True for x in (a, b))  # then both read --context
+    a, b = settings(a, cell, context_speech), settings(b, cell, context_speech)
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return [f"--{k} {a.get(k)} -> {b.get(k)}" if k != "corpus" else "another corpus" for k in changed]
 

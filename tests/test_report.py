@@ -295,3 +295,30 @@ def test_fold_sets_that_differ_only_by_their_seed_are_gathered_with_the_seeds_an
     x = x / 2  # write_run's macro-F1
     means = x.mean(axis=1)
     assert f"| {means.mean():.4f} ± {means.std(ddof=1):.4f} (folds ± {x.std(axis=1, ddof=1).mean():.4f}) |" in row
+
+
+def test_a_speech_cell_is_compared_with_and_without_the_turns_before_speech(tmp_path):
+    """A speech cell records --context only where it reads the turns before's speech: the two fold sets still pair
+    on the one setting that differs."""
+    import numpy as np
+
+    from common.report import setting_pairs
+    from common.rundir import Owner
+    from tools.bench import _write_fake_run
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((20, 7)) < 0.3).astype(int)
+    for name, recorded in (("plain", {"lr": 1e-5, "context_speech": False}), ("turns", {"lr": 1e-5, "context": 2})):
+        recorded = recorded | ({"context_speech": True} if name == "turns" else {})
+        for k in range(1, 6):
+            folder = tmp_path / name / f"fold{k}"
+            va = rng.uniform(1, 5, (20, 2))
+            _write_fake_run(folder, "speech_classification", "classification", k, labels, rng.random((20, 7)), va, va)
+            entries = ["metrics.json", "predictions.csv"]
+            Owner(folder, "run", "speech_classification", recorded, {"listing": "c"}, False, entries, fold=k).write()
+    (pair,) = setting_pairs(find_fold_sets(tmp_path))
+    labels_of = [label for label, _ in pair]
+    assert labels_of == [
+        "speech_classification [--context_speech True]",
+        "speech_classification [--context_speech False]",
+    ]

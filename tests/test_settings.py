@@ -33,10 +33,10 @@ EARLIER = {
     "emotion_output": "sigmoid", "va_targets": "standardized", "va_loss": "mean", "dropout_on": "fused",
     "num_labels": 7, "regress": 1, "class_weight": "none", "layers": "last", "whisper_window": "clip",
     "optimizer": "adamw", "test_dataset": None, "targets": "total", "protocol": None, "context": 0,
-    "modality_dropout": 0.0, "score_on": "test", "bio": False,
+    "modality_dropout": 0.0, "score_on": "test", "bio": False, "context_speech": False,
 }  # fmt: skip
 TEXT_ONLY = {"text_model", "text_pooling", "text_inputs", "max_text_len", "pad_to_max_length", "context"}
-SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window"}
+SPEECH_ONLY = {"speech_model", "speech_pooling", "speech_inputs", "max_seq_len", "whisper_window", "context_speech"}
 
 
 def test_the_parser_holds_exactly_the_declared_flags_with_their_defaults_and_choices():
