@@ -145,7 +145,7 @@ def _corpus_roots(settings: Settings) -> Settings:
 
 
 def parse_script(script: str, argv: list[str] | None = None) -> RunPlan:
-    """The plan of a script's command line: one of the twelve, or multimodal_<task> with its --fusion."""
+    """The plan of a script's command line: one of the twelve, multimodal_<task> with its --fusion, or bio_<task>."""
     if script in FUSION_SCRIPTS:
         return parse_args(Cell("multimodal", script.split("_")[1], "concat"), argv, chooses_fusion=True)
     return parse_args(cell_of(script), argv)
