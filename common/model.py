@@ -317,7 +317,7 @@ class EmotionModel(nn.Module):
             fused = self.fusion(self.sequence("text", batch), self.sequence("speech", batch))
         else:
             fused = self.fusion(self.vector("text", batch), self.vector("speech", batch))
-        if self.bio_encoder is not None and not cell.uses_bio:  # --bio: the bio vector beside the fused one
+        if self.bio_encoder is not None and not cell.uses_bio:  # --bio: the bio vector beside the cell's own
             fused = torch.cat([fused, self.dropout(self.encode_bio(batch))], dim=-1)
         out = {}
         if self.emotion_head is not None:

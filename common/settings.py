@@ -77,7 +77,8 @@ def flag(  # noqa: PLR0913 (one keyword per property of a setting)
     the numbers a run produces (else it may differ on --resume, and runs differing only in it share a fold set).
     earlier: the value that computes what the code computed before the flag existed (a run written then is
     compared as if it had this value). concerns: "text" or "speech" (a cell without that encoder ignores it),
-    "emotions" (a cell without emotions ignores it), "multimodal" (a cell of one modality ignores it) or "fusion"
+    "emotions" (a cell without emotions ignores it), "multimodal" (a cell of one modality ignores it), "encoders" (a
+    bio cell, which has none, ignores it) or "fusion"
     (read by the fusions whose registry line names it). original, demo: the value under --original and --demo
     (flags given still win). rule: (test, the refusal's words after the value: "must be positive"). path: checked
     as a path.
@@ -294,15 +295,15 @@ class Settings:
     bio: bool = flag(
         False,
         "data",
-        "a multimodal cell also reads the speaker's wristband signals during the utterance (EDA, skin temperature, "
-        "heartbeat: the bio_<task>.py cells' encoder), their vector joined to the fused text and speech vector side "
-        "by side, with any --fusion; off: text and speech only, as the original",
+        "a text, speech or multimodal cell also reads the speaker's wristband signals during the utterance (EDA, skin "
+        "temperature, heartbeat: the bio_<task>.py cells' encoder), their vector beside the cell's own (its text or "
+        "speech vector, or the fused one with any --fusion); off: text and speech only, as the original",
         kind="switch",
         earlier=False,
-        concerns="multimodal",
+        concerns="encoders",
         folder="_bio",
-        doc="a multimodal cell also reads the speaker's bio-signals, their vector beside the fused one (see "
-        "[Bio-signals](data.md#bio-signals))",
+        doc="a text, speech or multimodal cell also reads the speaker's bio-signals, their vector beside the cell's "
+        "own (see [Bio-signals](data.md#bio-signals))",
     )
     max_seq_len: float = flag(
         5,
@@ -812,6 +813,7 @@ def concerned(cell: Cell, context_speech: bool = False) -> set[str]:
         and not (m["concerns"] == "speech" and not cell.uses_speech)
         and not (m["concerns"] == "emotions" and not cell.classifies)
         and not (m["concerns"] == "multimodal" and cell.fusion is None)
+        and not (m["concerns"] == "encoders" and cell.uses_bio)
         and not (m["concerns"] == "fusion" and name.removeprefix("fusion_") not in reads)
     }
 

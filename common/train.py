@@ -127,8 +127,8 @@ def read_corpora(settings: Settings, log=print) -> tuple[Corpus, Corpus | None]:
 
 
 def reads_bio(cell: Cell, settings: Settings) -> bool:
-    """Whether the cell's model reads bio-signals: a bio cell's, or a multimodal one's given --bio."""
-    return cell.uses_bio or (settings.bio and cell.fusion is not None)
+    """Whether the cell's model reads bio-signals: a bio cell's, or another given --bio."""
+    return cell.uses_bio or settings.bio
 
 
 @dataclass

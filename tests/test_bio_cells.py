@@ -113,7 +113,7 @@ def test_text_speech_and_bio_train_with_every_fusion_and_predict_as_their_run_sc
 
 def test_without_bio_a_multimodal_cell_is_the_model_it_was_and_its_folder_says_bio_where_given(corpus20, tiny_models):
     """--bio adds the bio vector after the fusion: without it the model's weights are drawn as before (the twelve
-    cells' numbers stand), with it the run folder gets `_bio`; a cell of one modality ignores the flag."""
+    cells' numbers stand), with it the run folder gets `_bio`; a bio cell ignores the flag."""
     from common.encoders import Encoders
     from common.model import build_model
     from common.settings import folder_name
@@ -130,8 +130,8 @@ def test_without_bio_a_multimodal_cell_is_the_model_it_was_and_its_folder_says_b
     assert joined["emotion_head.weight"].shape[1] == before["emotion_head.weight"].shape[1] + 32
     assert all(np.array_equal(before[k], joined[k]) for k in before if not k.startswith(("emotion_head", "va_head")))
     assert folder_name(with_bio.settings, with_bio.cell) == "_bio" and folder_name(plain.settings, plain.cell) == ""
-    text = parse_script("text_total", [*argv, "--bio"])
-    assert folder_name(text.settings, text.cell) == ""
+    text, alone = parse_script("text_total", [*argv, "--bio"]), parse_script("bio_total", [*argv, "--bio"])
+    assert folder_name(text.settings, text.cell) == "_bio" and folder_name(alone.settings, alone.cell) == ""
 
 
 def test_a_bio_cell_learns_the_planted_arousal_and_loses_it_with_the_signals_shuffled(corpus20, tmp_path, monkeypatch):
@@ -435,3 +435,19 @@ def test_a_bio_cell_holds_out_whole_sessions_with_the_session_split(tmp_path):
     (session,) = config["data"]["test_sessions"]
     whole = [u for u in read_corpus("20", tmp_path / "corpus").utterances if u.session == session]
     assert result["split"] == "session" and set(tested) == {session} and len(tested) == len(whole)
+
+
+@pytest.mark.parametrize("script", ["speech_total", "text_regression"])
+def test_speech_or_text_with_bio_trains_and_predicts_as_its_run_scored(corpus20, tiny_models, tmp_path, script):
+    out = tmp_path / "run"
+    (result,) = train(parse_script(script, tiny_command(script, corpus20[0], tiny_models, out, "--bio", epochs=1)[2:]))
+    predictor = Predictor(out)
+    assert result["script"] == script and predictor.model.bio_encoder is not None
+    table = _table(out)
+    utts = {u.segment_id: u for u in read_corpus("20", corpus20[0]).utterances}
+    wavs = [utts[r["segment_id"]].wav for r in table] if predictor.uses_speech else None
+    texts = [utts[r["segment_id"]].text for r in table] if predictor.uses_text else None
+    files = _samples_files(corpus20[0], "20", [r["segment_id"] for r in table], tmp_path / "samples")
+    columns = _columns(script.split("_")[1])
+    scored = np.array([[float(r[c]) for c in columns] for r in table])
+    assert _answers(predictor(wavs, texts, batch_size=8, bios=files), columns) == pytest.approx(scored, abs=1e-5)

@@ -84,7 +84,8 @@ def test_a_run_differs_from_another_by_exactly_the_settings_its_cell_reads_that_
     plan = parse_args(cell, ["--dataset_dir", str(ROOT)])
     unread = (set() if cell.uses_text else TEXT_ONLY) | (set() if cell.uses_speech else SPEECH_ONLY)
     unread |= set() if cell.classifies else {"targets"}  # what the emotion head learns
-    unread |= set() if cell.fusion else {"modality_dropout", "bio"}  # a modality lost in training, or added
+    unread |= set() if cell.fusion else {"modality_dropout"}  # a modality lost in training
+    unread |= {"bio"} if cell.uses_bio else set()  # the bio-signals added to a cell that has encoders
     reads = {"width"} if cell.fusion == "gated" else set()
     unread |= {f"fusion_{p}" for p in ("width", "heads", "layers", "rank") if p not in reads}
     for name in settings.FLAGS:
