@@ -44,6 +44,19 @@ FINISHED = ("COMPLETE", "PRUNED")
 TRIALS = "trials.csv"
 
 
+def trains_an_encoder(plan) -> bool:
+    """Whether the cell fine-tunes an encoder (what --lr sets): not a bio cell, nor one whose encoders are frozen."""
+    cell, freeze = plan.cell, plan.settings.freeze
+    return (cell.uses_text and freeze not in ("text", "both")) or (
+        cell.uses_speech and freeze not in ("speech", "both")
+    )
+
+
+def tuned_by_default(plan) -> list[str]:
+    """Every parameter of SPACE that changes the cell's training: --lr only where an encoder is fine-tuned."""
+    return [name for name in SPACE if name != "lr" or trains_an_encoder(plan)]
+
+
 def suggest(trial, plan, params: list[str]) -> dict:
     """The trial's values of `params` (the others stay as the command gives them)."""
     values = {}
@@ -122,7 +135,7 @@ def run_study(
     from common.train import train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    params = params or list(SPACE)
+    params = params or tuned_by_default(plan)
     study = study_of(folder, storage, name or plan.cell.name, plan.settings.seed)
 
     def objective(trial) -> float:
@@ -206,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         "a SQLite file in the study's folder",
     )
     parser.add_argument("--study_name", help="the study's name in the database (default: the script's)")
-    parser.add_argument("--params", help=f"what to tune, comma-separated (default: all of {', '.join(SPACE)})")
+    parser.add_argument(
+        "--params",
+        help=f"what to tune, comma-separated (default: all of {', '.join(SPACE)}; lr only where an encoder is "
+        "fine-tuned)",
+    )
     parser.add_argument(
         "--then",
         choices=("all", "fold", "none"),
@@ -235,6 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     ):
         if bad:
             raise UserError(f"{flag}: the study decides where and how its trials run; give it without {flag}")
+    if params and "lr" in params and not trains_an_encoder(plan):
+        raise UserError(
+            f"--params {own.params}: --lr is the encoders' learning rate, and {plan.cell.name} fine-tunes none here; "
+            "tune --head_lr instead"
+        )
     paths.check("--study", own.study)
     folder = Path(own.study or Path("runs", *(["demo"] if settings.demo else []), "tune", plan.cell.name))
     study = run_study(plan, folder, own.trials, own.storage, own.study_name, params)

@@ -79,3 +79,20 @@ def test_the_command_refuses_what_the_study_decides_in_one_line(corpus20):
         tune.main([*base, "--params", "lr,momentum"])
     with pytest.raises(UserError, match=r"^speech_thing: not a script of this project"):
         tune.main(["speech_thing"])
+
+
+def test_the_encoders_learning_rate_is_tuned_only_where_an_encoder_is_fine_tuned(corpus20):
+    from common.cli import parse_script
+
+    base = ["--dataset", "20", "--dataset_dir", str(corpus20[0])]
+    assert tune.tuned_by_default(parse_script("text_classification", base)) == list(tune.SPACE)
+    everything_but_lr = [name for name in tune.SPACE if name != "lr"]
+    assert tune.tuned_by_default(parse_script("bio_total", base)) == everything_but_lr
+    assert tune.tuned_by_default(parse_script("multimodal_total_concat", [*base, "--freeze", "both"])) == (
+        everything_but_lr
+    )
+    assert tune.tuned_by_default(parse_script("multimodal_total_concat", [*base, "--freeze", "text"])) == list(
+        tune.SPACE
+    )
+    with pytest.raises(UserError, match=r"^--params lr,dropout: --lr is the encoders' learning rate, and bio_total"):
+        tune.main(["bio_total", *base, "--params", "lr,dropout"])
