@@ -188,7 +188,7 @@ def page(root: Path, runs: list[Path]):
         gr.Markdown("# KEMDy emotion recognition")
         run = gr.Dropdown(names, value=names[0], label="Run", elem_id="run")
         with gr.Tab("Try it", elem_id="try"):
-            _try_it(run, view)
+            _try_it(run, view, view(names[0]))
         with gr.Tab("Errors", elem_id="errors-tab"):
             _errors(blocks, run, view, view(names[0]))
         with gr.Tab("Report", elem_id="report"):
@@ -199,7 +199,7 @@ def page(root: Path, runs: list[Path]):
     return blocks
 
 
-def _try_it(run, view) -> None:
+def _try_it(run, view, first: RunView) -> None:
     """A recording, its transcript and (for a run that reads them) its bio-signal samples in; the probabilities, the
     valence/arousal point and the printed answer out."""
     import gradio as gr
@@ -211,12 +211,19 @@ def _try_it(run, view) -> None:
             raise gr.Error(str(err)) from None
         return json.dumps(result, ensure_ascii=False, indent=1), result.get("probabilities", {}), va_figure(result)
 
+    def shown(v: RunView) -> tuple[bool, bool, bool]:  # the inputs the run reads
+        p = v.predictor
+        return p.uses_speech, p.uses_text, bool(p.signals)
+
     with gr.Row():
         with gr.Column():
-            wav = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Recording")
-            transcript = gr.Textbox(label="Transcript", elem_id="transcript")
+            reads = shown(first)
+            wav = gr.Audio(
+                sources=["upload", "microphone"], type="filepath", label="Recording", visible=reads[0], elem_id="wav"
+            )
+            transcript = gr.Textbox(label="Transcript", visible=reads[1], elem_id="transcript")
             bio = gr.File(
-                label="Bio-signal samples (a run that reads them: signal,value CSV)", type="filepath", elem_id="bio"
+                label="Bio-signal samples (signal,value CSV)", type="filepath", visible=reads[2], elem_id="bio"
             )
             go = gr.Button("Predict", variant="primary", elem_id="predict")
         with gr.Column():
@@ -224,6 +231,7 @@ def _try_it(run, view) -> None:
             plane = gr.Plot(va_figure(None), label="Valence / arousal (1-5)")
     printed = gr.Textbox(label="As common.predict prints it", lines=8, elem_id="answer")
     go.click(answer, [run, wav, transcript, bio], [printed, probabilities, plane])
+    run.change(lambda name: [gr.update(visible=v) for v in shown(view(name))], [run], [wav, transcript, bio])
 
 
 def _errors(blocks, run, view, first: RunView) -> None:

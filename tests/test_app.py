@@ -13,6 +13,7 @@ import pytest
 from common.cli import parse_script
 from common.grid import EMOTIONS
 from common.kemdy import read_corpus
+from common.predict import Predictor
 from common.predict import main as predict_main
 from common.report import main as report_main
 from common.train import train
@@ -105,6 +106,28 @@ def test_the_three_views_are_captured_and_a_folder_without_runs_is_refused(runs,
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty: holds no finished run with a saved model"):
         app_main([str(tmp_path / "empty")])
+
+
+def test_a_bio_run_asks_for_its_samples_only_and_answers_as_common_predict(corpus20, tmp_path):
+    from common import bio
+
+    folder = tmp_path / "runs"
+    argv = ["--dataset", "20", "--dataset_dir", str(corpus20[0]), "--epochs", "1", "--output_dir", str(folder / "bio")]
+    train(parse_script("bio_total", argv))
+    with (folder / "bio" / "predictions.csv").open(newline="") as f:
+        segment = next(csv.DictReader(f))["segment_id"]
+    utterances = [u for u in read_corpus("20", corpus20[0]).utterances if u.segment_id == segment]
+    samples = tmp_path / "samples.csv"
+    samples.write_text(bio.samples_text(bio.read_signals(corpus20[0], "20", utterances).samples[0]), encoding="utf-8")
+    (expected,) = Predictor(folder / "bio")(bios=[str(samples)])
+    with served(folder, os.environ | {"HF_HUB_OFFLINE": "1"}) as url, browser() as page:
+        page.goto(url)
+        page.wait_for_selector("#predict", timeout=60000)
+        assert page.locator("#bio").is_visible()
+        assert not page.locator("#wav").is_visible() and not page.locator("#transcript").is_visible()
+        answer = json.loads(predict_on_page(page, None, None, str(samples)))
+    assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+    assert (answer["valence"], answer["arousal"]) == pytest.approx((expected["valence"], expected["arousal"]))
 
 
 def test_a_regression_runs_errors_are_its_largest_valence_and_arousal_errors_first(corpus20, tiny_models, tmp_path):

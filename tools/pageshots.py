@@ -89,14 +89,18 @@ def browser():
             chrome.close()
 
 
-def predict_on_page(page, wav: str | None, text: str | None) -> str:
-    """The Try-it view given a recording and a transcript; the answer as the page prints it."""
+def predict_on_page(page, wav: str | None, text: str | None, bio: str | None = None) -> str:
+    """The Try-it view given a recording, a transcript and a bio-signal samples file (those given); the answer as
+    the page prints it."""
     page.get_by_role("tab", name="Try it").click()
     if wav:
-        page.locator("input[type=file]").first.set_input_files(wav)
+        page.locator("#wav input[type=file]").set_input_files(wav)
         page.wait_for_selector("audio", state="attached", timeout=30000)
     if text:
         page.locator("#transcript textarea").fill(text)
+    if bio:
+        page.locator("#bio input[type=file]").set_input_files(bio)
+        page.wait_for_selector("#bio a, #bio .file-preview", state="attached", timeout=30000)
     page.locator("#predict").click()
     page.wait_for_function("document.querySelector('#answer textarea').value.length > 0", timeout=60000)
     return page.locator("#answer textarea").input_value()
