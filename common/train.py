@@ -152,16 +152,15 @@ def read_bio_features(settings: Settings, corpus: Corpus, test_corpus: Corpus | 
     cache_dir = settings.cache_dir if settings.cache else None
     corpora = [(settings.dataset, settings.dataset_dir, corpus)]
     corpora += [(settings.test_dataset, settings.test_dataset_dir, test_corpus)] if test_corpus else []
-    signals, parts, files = None, [], []
+    own = Path(settings.dataset_dir)
+    signals = tuple(s for s in bio.SIGNALS[settings.dataset] if (own / s).is_dir())  # the training corpus's
+    parts, files = [], []
     for dataset, root, each in corpora:
         paths = bio.signal_files(Path(root), dataset)
         digests = file_digests(paths, cache_dir)
         files.append([(str(f.relative_to(root)), digests[str(f)]) for f in paths])
-        signals = (
-            signals if signals is not None else tuple(s for s in bio.SIGNALS[dataset] if (Path(root) / s).is_dir())
-        )
         rows = bio_feature_rows(Path(root), dataset, each.utterances, signals, fingerprint(files[-1]), cache_dir, log)
-        if len(parts) == 0 and not np.isfinite(rows).any():
+        if not parts and not np.isfinite(rows).any():
             folders = ", ".join(f"{s}/" for s in bio.SIGNALS[dataset])
             raise UserError(
                 f"--dataset_dir {root}: none of its utterances has a bio-signal sample (its {folders} folders hold "
@@ -192,13 +191,9 @@ def train(plan: RunPlan, on_epoch=None) -> list[dict]:
         return shared.encoders.references
 
     default = partial(_default_run_dir, cell, settings, tags=plan.encoder_tags)
-    bio = reads_bio(cell, settings)
-    with rundir.claim(
-        plan, default, partial(shared.read, settings, log=log, bio=bio), frozen, accelerator, log
-    ) as claimed:
-        shared.read(
-            settings, log=lambda _: None, bio=bio
-        )  # the main process has read it (and the digests): the others now
+    read = partial(shared.read, settings, bio=reads_bio(cell, settings))
+    with rundir.claim(plan, default, partial(read, log=log), frozen, accelerator, log) as claimed:
+        read(log=lambda _: None)  # the main process has read it (and the digests): the others now
         if claimed.todo:
             shared.load_encoders(cell, settings)
         results = []
